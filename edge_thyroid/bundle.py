@@ -1,0 +1,312 @@
+"""Model bundles: a directory (or a .zip of one) holding the engine files, the head weights and
+``manifest.json``.
+
+The manifest records the format version, the sha256 of every file, the input and preprocessing
+spec, the modalities, the decision threshold and how it was chosen, validation metrics, calibration
+and provenance. :func:`load_bundle` verifies every hash *before* any model file is parsed, refuses
+paths that escape the bundle directory, and names what does not match.
+
+Bundles are written atomically: into a temporary sibling directory, renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import BundleError
+from .kernels.reference import PreprocessSpec
+
+FORMAT = "edge-thyroid-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class Target(str, Enum):
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One compiled form of the backbone: which file, what precision, for which runtime."""
+
+    file: str
+    precision: Precision
+    target: Target = Target.ONNXRUNTIME
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "precision": self.precision.value, "target": self.target.value, **self.details}
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float = 0.5
+    method: str = "default"
+    chosen_on: str = "none"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "method": self.method, "chosen_on": self.chosen_on, **self.details}
+
+
+@dataclass
+class Manifest:
+    backbone: str
+    modalities: tuple[str, ...]
+    preprocessing: PreprocessSpec
+    models: dict[str, ModelEntry]
+    head_file: str
+    feature_channels: int
+    trained_modalities: tuple[str, ...] = ()
+    threshold: Threshold = field(default_factory=Threshold)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "backbone": self.backbone,
+            "modalities": list(self.modalities),
+            "trained_modalities": list(self.trained_modalities),
+            "input": {
+                "frame": {"dtype": "uint8", "layout": "HWC", "channels": 3, "color_order": "BGR",
+                          "height": "any", "width": "any"},
+                "rois": {"dtype": "int64", "shape": ["panes", 4], "order": "x, y, w, h", "panes": [1, len(self.modalities)]},
+            },
+            "output": {"feature_maps": {"dtype": "float32", "shape": ["panes", self.feature_channels, "h", "w"]}},
+            "preprocessing": self.preprocessing.to_dict(),
+            "models": {key: entry.to_dict() for key, entry in self.models.items()},
+            "head": {"file": self.head_file, "channels": self.feature_channels},
+            "threshold": self.threshold.to_dict(),
+            "metrics": self.metrics,
+            "calibration": self.calibration,
+            "provenance": self.provenance,
+            "files": dict(sorted(self.files.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = MANIFEST) -> "Manifest":
+        """Parse and validate; every problem is a BundleError naming the field."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        if data.get("format") != FORMAT:
+            raise BundleError(f"{source}: format is {data.get('format')!r}; expected {FORMAT!r}")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(f"{source}: format_version {version!r} is not supported; this edge-thyroid reads version {FORMAT_VERSION}")
+        try:
+            modalities = tuple(_strings(data["modalities"], "modalities"))
+            if not modalities or len(set(modalities)) != len(modalities):
+                raise BundleError(f"{source}: modalities must be distinct names, got {list(modalities)}")
+            models = {}
+            for key, entry in _mapping(data["models"], "models").items():
+                entry = _mapping(entry, f"models.{key}")
+                details = {k: v for k, v in entry.items() if k not in ("file", "precision", "target")}
+                models[str(key)] = ModelEntry(_relative(entry["file"], f"models.{key}.file"),
+                                              Precision(entry["precision"]), Target(entry.get("target", "onnxruntime")), details)
+            if not models:
+                raise BundleError(f"{source}: models is empty; expected at least one model file")
+            threshold = _mapping(data.get("threshold", {}), "threshold")
+            value = float(threshold.get("value", 0.5))
+            if not 0.0 <= value <= 1.0:
+                raise BundleError(f"{source}: threshold.value {value} is outside [0, 1]")
+            head = _mapping(data["head"], "head")
+            files = {_relative(name, "files"): str(digest) for name, digest in _mapping(data["files"], "files").items()}
+            return cls(
+                backbone=str(data["backbone"]),
+                modalities=modalities,
+                trained_modalities=tuple(_strings(data.get("trained_modalities", []), "trained_modalities")),
+                preprocessing=PreprocessSpec.from_dict(_mapping(data["preprocessing"], "preprocessing")),
+                models=models,
+                head_file=_relative(head["file"], "head.file"),
+                feature_channels=int(head["channels"]),
+                threshold=Threshold(value, str(threshold.get("method", "default")), str(threshold.get("chosen_on", "none")),
+                                    {k: v for k, v in threshold.items() if k not in ("value", "method", "chosen_on")}),
+                metrics=dict(_mapping(data.get("metrics", {}), "metrics")),
+                calibration=dict(_mapping(data.get("calibration", {}), "calibration")),
+                provenance=dict(_mapping(data.get("provenance", {}), "provenance")),
+                files=files,
+                format_version=version,
+            )
+        except BundleError:
+            raise
+        except KeyError as exc:
+            raise BundleError(f"{source}: missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{source}: invalid value ({exc})") from None
+
+
+def _mapping(value: Any, name: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise BundleError(f"manifest field {name!r} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BundleError(f"manifest field {name!r} must be a list of strings, got {value!r}"[:200])
+    return value
+
+
+def _relative(name: Any, field_name: str) -> str:
+    """A file name inside the bundle: relative, no '..', no absolute path, no drive."""
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"manifest field {field_name!r} must name a file, got {name!r}")
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts or ":" in name:
+        raise BundleError(f"manifest field {field_name!r} names {name!r}, which escapes the bundle directory")
+    return str(posix)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: Manifest
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def model_entry(self, key: str | Precision | None = None) -> tuple[str, ModelEntry]:
+        """The model to run: by key ('fp32', 'int8', ...) or precision; default int8 > fp32 > first."""
+        key = key.value if isinstance(key, Precision) else key
+        models = self.manifest.models
+        if key is None:
+            for preferred in ("int8", "fp32"):
+                if preferred in models and models[preferred].target is Target.ONNXRUNTIME:
+                    return preferred, models[preferred]
+            key = next(iter(models))
+        if key not in models:
+            raise BundleError(f"bundle {self.root} has no {key!r} model; it has {sorted(models)}")
+        return key, models[key]
+
+
+def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Open a bundle directory (or .zip), verify hashes of every listed file, parse the manifest."""
+    root = Path(path)
+    if root.is_file() and zipfile.is_zipfile(root):
+        root = _extract_zip(root)
+    if not root.exists():
+        raise BundleError(f"bundle not found: {path}")
+    if not root.is_dir():
+        raise BundleError(f"{path} is not a bundle directory or .zip; expected a folder with {MANIFEST}")
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path} has no {MANIFEST}; is it a bundle written by 'edge-thyroid export'?")
+    if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{manifest_path} is {manifest_path.stat().st_size} bytes; a manifest is at most {MAX_MANIFEST_BYTES}")
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON ({exc})") from None
+    manifest = Manifest.from_dict(data, str(manifest_path))
+    needed = {manifest.head_file, *(entry.file for entry in manifest.models.values())}
+    unlisted = sorted(needed - set(manifest.files))
+    if unlisted:
+        raise BundleError(f"{manifest_path}: {unlisted} are used but have no sha256 in 'files'")
+    if verify:
+        verify_files(root, manifest.files)
+    return Bundle(root, manifest)
+
+
+def verify_files(root: Path, files: Mapping[str, str]) -> None:
+    resolved_root = root.resolve()
+    for name, expected in files.items():
+        file_path = root / name
+        if not file_path.resolve().is_relative_to(resolved_root):
+            raise BundleError(f"bundle file {name!r} resolves outside the bundle directory {root}")
+        if not file_path.is_file():
+            raise BundleError(f"bundle file {name!r} is missing from {root}")
+        actual = sha256_file(file_path)
+        if actual != expected:
+            raise BundleError(f"bundle file {name!r} has sha256 {actual[:16]}..., manifest expects {str(expected)[:16]}...; "
+                              "the file was modified or corrupted")
+
+
+def _extract_zip(path: Path) -> Path:
+    target = Path(tempfile.mkdtemp(prefix="edge_thyroid_bundle_"))
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            _relative(member.filename, f"zip member of {path.name}")
+        archive.extractall(target)
+    entries = [p for p in target.iterdir()]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
+
+
+@contextmanager
+def bundle_writer(destination: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory to fill; on success it is renamed to ``destination``.
+
+    On any exception the temporary directory is removed: a half-written bundle never appears.
+    """
+    destination = Path(destination)
+    if destination.exists() and not overwrite:
+        raise BundleError(f"{destination} already exists; pass --force to replace it")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
+    try:
+        yield staging
+        if destination.exists():
+            old = destination.with_name(f".{destination.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            destination.rename(old)
+            staging.rename(destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    """Hash every file under ``root`` (except the manifest) into ``manifest.files`` and write it."""
+    manifest.files = {
+        str(p.relative_to(root).as_posix()): sha256_file(p)
+        for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
+    text = json.dumps(manifest.to_dict(), indent=2, default=_json_default) + "\n"
+    with open(root / MANIFEST, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -1,0 +1,71 @@
+"""The ``edge-thyroid`` command line. Subcommands import lazily, so ``--help`` is instant and never
+touches torch, ONNX Runtime or OpenCV."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from . import __version__
+
+# name -> "module:attribute"; each module imports its heavy dependencies inside the command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("edge_thyroid.commands.export:export", "Export a checkpoint to a model bundle (ONNX, fused preprocessing)."),
+    "classify": ("edge_thyroid.commands.classify:classify", "Classify still images with a bundle; optional CAM heatmaps."),
+    "info": ("edge_thyroid.commands.info:info", "Show and verify a bundle's manifest."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, _, attribute = COMMANDS[name][0].partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help from the table above: listing commands must not import them.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edge-thyroid")
+def cli() -> None:
+    """Edge inference for multimodal thyroid ultrasound: benign vs malignant nodules, in real time.
+
+    \b
+    Typical use:
+      edge-thyroid demo                                   stream the bundled demo clip
+      edge-thyroid export ckpt.pt -o bundle/              checkpoint -> ONNX bundle
+      edge-thyroid classify bundle/ image.png --cam cam.png
+    Run 'edge-thyroid COMMAND --help' for each command's options.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user-fixable errors print one line and exit non-zero (no traceback)."""
+    from .errors import EdgeThyroidError
+
+    try:
+        cli.main(args=argv, prog_name="edge-thyroid", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except EdgeThyroidError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,56 @@
+"""edge-thyroid classify: still images through a bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+
+
+def _cam_path(cam: str, image: Path, many: bool) -> Path:
+    target = Path(cam)
+    return target.with_name(f"{target.stem}_{image.stem}{target.suffix or '.png'}") if many else target
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--modality", default="bmode", show_default=True, help="Modality of the pane in each image.")
+@click.option("--roi", default=None, help="Pane ROI x,y,w,h in image pixels (default: the whole image).")
+@click.option("--model", "model_key", default=None, help="Which model of the bundle: fp32, int8, fp16 (default: int8 if present, else fp32).")
+@click.option("--threads", type=int, default=None, help="Inference threads (default: ONNX Runtime's choice).")
+@click.option("--cam", "cam_out", default=None, help="Write the CAM heatmap overlay PNG here (with several images: one per image, suffixed).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
+def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json) -> None:
+    """Classify IMAGES (PNG/JPEG/..., read as BGR; grayscale is replicated) with BUNDLE.
+
+    Prints p(malignant), the decision at the bundle's threshold and the per-modality logits.
+    """
+    import cv2
+
+    from ..engine import Engine, Pane
+    from ..visualize import overlay_prediction
+
+    with Engine(bundle, model=model_key, threads=threads) as engine:
+        for image_name in images:
+            path = Path(image_name)
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise InputError(f"cannot read image {path}: missing or not an image file OpenCV can decode")
+            pane = Pane.parse(modality, roi) if roi else Pane(modality, (0, 0, frame.shape[1], frame.shape[0]))
+            prediction = engine.classify(frame, [pane])
+            record = {"image": str(path), **prediction.to_dict()}
+            if cam_out:
+                target = _cam_path(cam_out, path, len(images) > 1)
+                if not cv2.imwrite(str(target), overlay_prediction(frame, prediction)):
+                    raise InputError(f"cannot write CAM image {target}; expected a writable path ending in .png or .jpg")
+                record["cam"] = str(target)
+            if as_json:
+                click.echo(json.dumps(record))
+            else:
+                logits = ", ".join(f"{m}={v:+.3f}" for m, v in prediction.contributions.items())
+                click.echo(f"{path}: p(malignant)={prediction.probability:.4f} -> {prediction.decision} "
+                           f"(threshold {prediction.threshold:.3f}; logits {logits})")

@@ -1,0 +1,96 @@
+"""Labelled image lists (CSV of image, label, case_id, modality[, mask]) and case-level splits.
+
+Shared by training (export/) and evaluation (runtime, no torch). Splits are by case, never by crop:
+crops of one patient always land on the same side.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LABELS = {"benign": 0, "malignant": 1, "0": 0, "1": 1}
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Path
+    label: int | None
+    case_id: str
+    modality: str = "bmode"
+    mask: Path | None = None
+
+    @property
+    def labelled(self) -> bool:
+        return self.label is not None
+
+
+def read_samples(csv_path: str | Path, *, labelled_only: bool = True) -> list[Sample]:
+    """Read a sample list; relative paths resolve against the CSV's folder.
+
+    Raises ValueError naming the row and column when a row is malformed.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"data CSV not found: {csv_path}")
+    root = csv_path.parent
+    samples: list[Sample] = []
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        required = {"image", "label", "case_id"}
+        missing = required - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; expected at least {sorted(required)}")
+        for row_number, row in enumerate(reader, start=2):
+            raw_label = (row.get("label") or "").strip().lower()
+            if raw_label and raw_label not in LABELS:
+                raise ValueError(f"{csv_path}:{row_number}: label {raw_label!r} is not one of benign/malignant/0/1")
+            label = LABELS[raw_label] if raw_label else None
+            if labelled_only and label is None:
+                continue
+            mask = (row.get("mask") or "").strip()
+            samples.append(Sample(
+                image=root / row["image"],
+                label=label,
+                case_id=str(row["case_id"]).strip(),
+                modality=(row.get("modality") or "bmode").strip() or "bmode",
+                mask=root / mask if mask else None,
+            ))
+    if not samples:
+        raise ValueError(f"{csv_path}: no {'labelled ' if labelled_only else ''}rows")
+    return samples
+
+
+def case_folds(samples: Sequence[Sample], folds: int, seed: int = 0) -> list[int]:
+    """Assign each sample a fold in [0, folds) by case, stratified by the case's majority label."""
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    case_labels: dict[str, list[int]] = {}
+    for s in samples:
+        case_labels.setdefault(s.case_id, []).append(-1 if s.label is None else s.label)
+    rng = np.random.default_rng(seed)
+    fold_of_case: dict[str, int] = {}
+    for stratum in (-1, 0, 1):
+        cases = sorted(c for c, ls in case_labels.items() if round(float(np.mean(ls))) == stratum
+                       or (stratum == -1 and min(ls) == -1))
+        cases = [c for c in cases if c not in fold_of_case]
+        rng.shuffle(cases)
+        offset = int(rng.integers(folds))
+        for i, case in enumerate(cases):
+            fold_of_case[case] = (i + offset) % folds
+    return [fold_of_case[s.case_id] for s in samples]
+
+
+def split_by_case(samples: Sequence[Sample], *, folds: int = 4, fold: int = 0,
+                  seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """(train, validation): fold ``fold`` of ``folds`` case-level folds is the validation side."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in [0, {folds}), got {fold}")
+    assignment = case_folds(samples, folds, seed)
+    train = [s for s, f in zip(samples, assignment) if f != fold]
+    val = [s for s, f in zip(samples, assignment) if f == fold]
+    return train, val

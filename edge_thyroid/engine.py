@@ -1,0 +1,166 @@
+"""The classifier: a verified bundle + a backend + the NumPy fusion head.
+
+``Engine.extract(frame, rois)`` runs the backbone (with fused preprocessing) on the panes that need
+it; ``Engine.classify(frame, panes)`` adds the head and returns a :class:`Prediction` with exact CAMs.
+The two steps are separate so a streaming pipeline can cache the features of unchanged panes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Backend, create_backend
+from .bundle import Bundle, Target, load_bundle
+from .errors import InputError
+from .head import FusionHead, HeadOutput, pool
+from .kernels.onnx_graph import FRAME, ROIS
+
+Roi = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Pane:
+    """One modality's region on the screen, (x, y, w, h) in frame pixels."""
+
+    modality: str
+    roi: Roi
+
+    @classmethod
+    def parse(cls, modality: str, roi: str | Sequence[int]) -> "Pane":
+        if isinstance(roi, str):
+            parts = roi.replace(" ", "").split(",")
+            try:
+                values = tuple(int(p) for p in parts)
+            except ValueError:
+                values = ()
+            if len(values) != 4:
+                raise InputError(f"ROI {roi!r} is not 4 integers; expected x,y,w,h such as 0,0,640,480")
+            roi = values
+        return cls(modality, tuple(int(v) for v in roi))  # type: ignore[arg-type]
+
+
+@dataclass
+class PaneResult:
+    modality: str
+    roi: Roi
+    feature_maps: np.ndarray  # [C, h, w]
+    pooled: np.ndarray        # [C]
+
+
+@dataclass
+class Prediction:
+    probability: float
+    logit: float
+    threshold: float
+    contributions: dict[str, float]
+    panes: list[PaneResult] = field(default_factory=list)
+    head: FusionHead | None = field(default=None, repr=False)
+
+    @property
+    def malignant(self) -> bool:
+        return self.probability >= self.threshold
+
+    @property
+    def decision(self) -> str:
+        return "malignant" if self.malignant else "benign"
+
+    def cam(self, modality: str) -> np.ndarray:
+        """The exact class activation map of ``modality``'s pane at feature-map resolution."""
+        for pane in self.panes:
+            if pane.modality == modality:
+                return self.head.cam(modality, pane.feature_maps)
+        raise InputError(f"no {modality!r} pane in this prediction; panes are {[p.modality for p in self.panes]}")
+
+    def to_dict(self) -> dict:
+        return {
+            "p_malignant": self.probability,
+            "logit": self.logit,
+            "decision": self.decision,
+            "threshold": self.threshold,
+            "modality_logits": self.contributions,
+            "panes": [{"modality": p.modality, "roi": list(p.roi)} for p in self.panes],
+        }
+
+
+def as_frame(frame: np.ndarray) -> np.ndarray:
+    """Validate a captured frame; grayscale is replicated to 3 channels. Returns uint8 HxWx3, C-contiguous."""
+    if not isinstance(frame, np.ndarray):
+        raise InputError(f"frame must be a NumPy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise InputError(f"frame dtype is {frame.dtype}; expected uint8 (8-bit BGR as captured)")
+    if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
+        import cv2
+
+        frame = cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise InputError(f"frame shape is {frame.shape}; expected HxWx3 (BGR) or HxW (grayscale)")
+    if frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise InputError(f"frame shape is {frame.shape}; expected a non-empty image")
+    return np.ascontiguousarray(frame)
+
+
+def check_rois(rois: Sequence[Roi], height: int, width: int) -> np.ndarray:
+    arr = np.asarray(rois, dtype=np.int64).reshape(-1, 4)
+    for (x, y, w, h) in arr.tolist():
+        if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
+            raise InputError(f"ROI x={x},y={y},w={w},h={h} is outside the {width}x{height} frame; "
+                             f"expected 0 <= x, x+w <= {width}, 0 <= y, y+h <= {height}, w,h >= 1")
+    return arr
+
+
+class Engine:
+    """Loads a bundle once; classifies frames. Use as a context manager or call close()."""
+
+    def __init__(self, bundle: Bundle | str | Path, *, backend: str = "onnxruntime", model: str | None = None,
+                 threads: int | None = None, **backend_options) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        manifest = self.bundle.manifest
+        self.model_key, entry = self.bundle.model_entry(model)
+        if backend == "onnxruntime" and entry.target is not Target.ONNXRUNTIME:
+            backend = entry.target.value
+        self.head = FusionHead.load(self.bundle.path(manifest.head_file), manifest.modalities)
+        self.threshold = manifest.threshold.value
+        self.backend: Backend = create_backend(backend, self.bundle.path(entry.file), threads=threads, **backend_options)
+        self.backend.load()
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.bundle.manifest.modalities
+
+    def extract(self, frame: np.ndarray, rois: Sequence[Roi]) -> np.ndarray:
+        """Feature maps [N, C, h, w] of the given panes (frame validated, ROIs checked)."""
+        frame = as_frame(frame)
+        roi_array = check_rois(rois, frame.shape[0], frame.shape[1])
+        if len(roi_array) == 0:
+            raise InputError("no panes given; expected 1 to 3 ROIs")
+        return self.backend.infer({FRAME: frame, ROIS: roi_array})["feature_maps"]
+
+    def head_output(self, pooled: dict[str, np.ndarray]) -> HeadOutput:
+        return self.head.predict(pooled)
+
+    def classify(self, frame: np.ndarray, panes: Sequence[Pane]) -> Prediction:
+        if not panes:
+            raise InputError("no panes given; expected at least one (modality, ROI)")
+        seen = set()
+        for pane in panes:
+            self.head.modality_index(pane.modality)
+            if pane.modality in seen:
+                raise InputError(f"modality {pane.modality!r} is given twice; expected one pane per modality")
+            seen.add(pane.modality)
+        maps = self.extract(frame, [p.roi for p in panes])
+        results = [PaneResult(p.modality, p.roi, maps[i], pool(maps[i])) for i, p in enumerate(panes)]
+        out = self.head.predict({r.modality: r.pooled for r in results})
+        return Prediction(out.probability, out.logit, self.threshold, out.contributions, results, self.head)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

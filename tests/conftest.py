@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("EDGE_THYROID_DATA", REPO.parent / "shared" / "data"))
+DDTI_CSV = DATA_DIR / "ddti" / "labels.csv"
+
+needs_data = pytest.mark.skipif(not DDTI_CSV.is_file(), reason=f"real data not found at {DATA_DIR}")
+
+
+def have_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_torch = pytest.mark.skipif(not have_torch(), reason="torch/torchvision not installed (pip install -e '.[export]')")
+
+
+def ultrasound_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A grayscale speckle image with a dark elliptical 'nodule': real-looking statistics, no data needed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    tissue = 90 + 40 * np.sin(yy / 17.0) * np.cos(xx / 23.0)
+    nodule = ((yy - height * 0.5) / (height * 0.22)) ** 2 + ((xx - width * 0.5) / (width * 0.3)) ** 2 < 1
+    tissue = np.where(nodule, 45, tissue)
+    speckle = rng.rayleigh(1.0, size=(height, width)) / 1.25
+    return np.clip(tissue * speckle, 0, 255).astype(np.uint8)
+
+
+def screen_frame(height: int = 720, width: int = 1280, seed: int = 0) -> np.ndarray:
+    """A BGR workstation screen: dark UI around two real-looking panes."""
+    frame = np.full((height, width, 3), 12, dtype=np.uint8)
+    pane = ultrasound_like(height - 100, width // 2 - 40, seed)
+    frame[50 : height - 50, 20 : 20 + pane.shape[1]] = pane[:, :, None]
+    frame[50 : height - 50, width // 2 + 20 : width // 2 + 20 + pane.shape[1]] = np.stack(
+        [pane, np.roll(pane, 7, axis=1), pane // 2], axis=2)
+    return frame
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    if not have_torch():
+        pytest.skip("torch/torchvision not installed")
+    import torch
+
+    from edge_thyroid.export.models import MultimodalClassifier
+
+    torch.manual_seed(0)
+    model = MultimodalClassifier("resnet50").eval()
+    torch.nn.init.normal_(model.head.weight, std=1e-3)
+    return model
+
+
+@pytest.fixture(scope="session")
+def random_bundle(tmp_path_factory, random_model) -> Path:
+    from edge_thyroid.export.bundle_export import export_bundle
+
+    return export_bundle(random_model, tmp_path_factory.mktemp("bundles") / "random", image_size=64)

@@ -1,0 +1,87 @@
+"""The command line through click's CliRunner (and one real subprocess for start-up cost)."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_thyroid import __version__
+from edge_thyroid.cli import cli, main
+
+from .conftest import needs_torch, ultrasound_like
+
+
+def run(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=True)
+
+
+def test_help_lists_commands_and_imports_nothing_heavy():
+    code = ("import sys; from edge_thyroid.cli import cli; from click.testing import CliRunner;"
+            "r = CliRunner().invoke(cli, ['--help']); print(r.output);"
+            "print('HEAVY', sorted(m for m in ('torch', 'onnxruntime', 'cv2', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "classify" in out and "export" in out
+    assert "HEAVY []" in out
+
+
+def test_version():
+    result = run(["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "nodule.png"
+    cv2.imwrite(str(path), ultrasound_like(240, 320, seed=5))
+    return path
+
+
+@needs_torch
+def test_export_classify_json_and_cam(tmp_path, image):
+    bundle = tmp_path / "b"
+    result = run(["export", "--random-init", "-o", str(bundle), "--image-size", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["image_size"] == 64
+    cam = tmp_path / "cam.png"
+    result = run(["classify", str(bundle), str(image), "--json", "--cam", str(cam), "--roi", "10,10,200,200"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output.strip().splitlines()[-1])
+    assert 0 <= record["p_malignant"] <= 1 and record["decision"] in ("benign", "malignant")
+    assert set(record["modality_logits"]) == {"bmode"}
+    overlay = cv2.imread(str(cam))
+    assert overlay.shape == (240, 320, 3)
+    assert not np.array_equal(overlay, cv2.imread(str(image)))
+    assert run(["info", str(bundle)]).exit_code == 0
+
+
+@needs_torch
+def test_export_refuses_to_overwrite_without_force(tmp_path):
+    bundle = tmp_path / "b"
+    assert run(["export", "--random-init", "-o", str(bundle), "--image-size", "32"]).exit_code == 0
+    assert run(["export", "--random-init", "-o", str(bundle), "--image-size", "32"]).exit_code != 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["classify", "/nonexistent/bundle", "x.png"], "bundle not found: /nonexistent/bundle"),
+    (["export", "-o", "/tmp/x"], "give either CHECKPOINT or --random-init"),
+])
+def test_errors_are_one_line_and_non_zero(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@needs_torch
+def test_unreadable_image_and_bad_roi(random_bundle, tmp_path, capsys, image):
+    with pytest.raises(SystemExit) as exc:
+        main(["classify", str(random_bundle), str(tmp_path / "missing.png")])
+    assert exc.value.code != 0 and "cannot read image" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["classify", str(random_bundle), str(image), "--roi", "0,0,999,10"])
+    assert "outside the 320x240 frame" in capsys.readouterr().err
