@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("edge_thyroid.commands.export:export", "Export a checkpoint to a model bundle (ONNX, fused preprocessing)."),
     "classify": ("edge_thyroid.commands.classify:classify", "Classify still images with a bundle; optional CAM heatmaps."),
     "info": ("edge_thyroid.commands.info:info", "Show and verify a bundle's manifest."),
+    "bench": ("edge_thyroid.commands.bench:bench", "Latency of our engine vs PyTorch, ONNX Runtime, OpenVINO, interleaved."),
 }
 
 

@@ -1,0 +1,128 @@
+"""edge-thyroid bench end to end on the tiny random bundle: the JSON record's schema, peers computing
+what our engine computes, and clear errors. Few frames; no timing is asserted."""
+
+import json
+
+import pytest
+
+from edge_thyroid.cli import main
+
+from .conftest import needs_torch
+
+LATENCY_KEYS = {"count", "mean", "std", "min", "p50", "p90", "p99", "p999", "max"}
+TINY = ["--frames", "3", "--warmup", "1", "--rounds", "3", "--frame-size", "480x270", "--quiet"]
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@needs_torch
+def test_bench_record_schema_peers_agree_and_plot(random_bundle, tmp_path, capsys):
+    out, png = tmp_path / "results" / "bench.json", tmp_path / "latency.png"
+    main(["bench", str(random_bundle), *TINY, "--panes", "2", "--peers", "ort-plain,openvino", "--no-flops",
+          "--json", str(out), "--plot", str(png)])
+    table = capsys.readouterr().out
+    record = json.loads(out.read_text())
+
+    assert record["schema"] == "edge-thyroid-bench/1"
+    assert record["git"]["commit"] is None or len(record["git"]["commit"]) == 40
+    for key in ("cpu_model", "threads", "allowed_cpus", "pinned_cpus", "loadavg_start", "loadavg_end", "versions"):
+        assert key in record["machine"], key
+    settings = record["settings"]
+    assert settings["panes"] == 2 and settings["modalities"] == ["bmode", "swe"]
+    assert settings["frames"] == 3 and settings["rounds"] == 3 and len(settings["rois"]) == 2
+    assert record["reference"] == "ours-fp32"
+    assert record["command"].startswith("edge-thyroid bench ") and "--peers ort-plain,openvino" in record["command"]
+
+    rows = {row["name"]: row for row in record["configs"]}
+    assert {"ours-fp32", "ort-plain-fp32", "openvino-fp32"} <= set(rows)
+    ran = [row for row in rows.values() if row["available"]]
+    for row in ran:
+        assert set(row["latency_ms"]) == LATENCY_KEYS
+        assert row["latency_ms"]["count"] == row["frames"] == len(row["samples_ms"]) == 3
+        assert row["latency_ms"]["min"] <= row["latency_ms"]["p50"] <= row["latency_ms"]["max"]
+        assert row["throughput_fps"] > 0 and row["dropped"] == 0 and row["size_mb"] > 1
+        assert len(row["block_p50_ms"]) == 3
+        assert row["cold_start_s"] > 0 and row["peak_rss_mb"] > 50, row.get("cold_start_error")
+        assert {"infer", "head"} <= set(row["stages_ms"])
+    assert "preprocess" not in rows["ours-fp32"]["stages_ms"]         # in the graph
+    assert "preprocess" in rows["ort-plain-fp32"]["stages_ms"]
+    assert rows["ours-fp32"]["ratio_vs_reference"] == 1.0
+    # Same frames, same weights: every peer's p(malignant) matches our engine's.
+    for name in ("ort-plain-fp32", "openvino-fp32"):
+        assert rows[name]["max_abs_dp_vs_reference"] < 2e-3, name
+    # Pane caching is reported, run or not, never silently missing.
+    cached = rows["ours-fp32-cached"]
+    assert cached["available"] or cached["reason"]
+
+    assert "| ours-fp32 |" in table and "x ours (p50)" in table
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_torch
+def test_torch_peer_runs_the_bundle_weights(random_bundle, capsys):
+    main(["bench", str(random_bundle), *TINY, "--panes", "1", "--peers", "torch", "--no-cache",
+          "--no-cold-start", "--no-flops", "--json", "-"])
+    record = json.loads(capsys.readouterr().out)
+    rows = {row["name"]: row for row in record["configs"]}
+    torch_row = rows["torch-eager-fp32"]
+    assert torch_row["available"], torch_row["reason"]
+    assert torch_row["details"]["weights"]["convs"] == 53
+    assert torch_row["max_abs_dp_vs_reference"] < 2e-3
+    assert set(torch_row["stages_ms"]) >= {"preprocess", "infer", "head"}
+
+
+@needs_torch
+def test_flop_floor_is_reported(random_bundle, capsys):
+    main(["bench", str(random_bundle), *TINY, "--peers", "none", "--no-cache", "--no-cold-start", "--json", "-"])
+    record = json.loads(capsys.readouterr().out)
+    flops = record["flops"]
+    assert flops["panes"] == 3 and flops["matmul"]["gflops_median"] > 0
+    assert flops["floor_ms_per_frame"] == pytest.approx(
+        3 * flops["flops_per_pane"] / (flops["matmul"]["gflops_median"] * 1e9) * 1000, rel=1e-3)
+    assert record["configs"][0]["ratio_vs_flop_floor"] > 0
+
+
+def test_unknown_peer_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    out.write_text("{\"kept\": true}\n")
+    code, _, err = run_cli(["bench", str(tmp_path), "--peers", "torch,tensorflow", "--json", str(out)], capsys)
+    assert code != 0
+    assert "unknown peer 'tensorflow'" in err and "ort-plain" in err
+    assert json.loads(out.read_text()) == {"kept": True}  # results written before stay intact
+
+
+@pytest.mark.parametrize("panes", ["0", "4", "two"])
+def test_bad_panes_is_a_usage_error(tmp_path, capsys, panes):
+    code, _, err = run_cli(["bench", str(tmp_path), "--panes", panes], capsys)
+    assert code == 2 and "--panes" in err
+
+
+@needs_torch
+def test_missing_model_and_bad_settings_are_clear_errors(random_bundle, capsys):
+    code, _, err = run_cli(["bench", str(random_bundle), "--model", "int8", "--quiet"], capsys)
+    assert code != 0 and "'int8'" in err and "fp32" in err
+    code, _, err = run_cli(["bench", str(random_bundle), "--fps", "-5", "--quiet"], capsys)
+    assert code != 0 and "--fps" in err
+    code, _, err = run_cli(["bench", str(random_bundle), "--frame-size", "big", "--quiet"], capsys)
+    assert code == 2 and "WIDTHxHEIGHT" in err
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path, capsys):
+    code, _, err = run_cli(["bench", str(tmp_path / "nope"), "--quiet", "--peers", "none"], capsys)
+    assert code != 0 and "bundle not found" in err
+
+
+def test_help_teaches():
+    from click.testing import CliRunner
+
+    from edge_thyroid.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench", "--help"])
+    assert result.exit_code == 0
+    for word in ("--peers", "--panes", "--fps", "--json", "--plot", "Examples"):
+        assert word in result.output
