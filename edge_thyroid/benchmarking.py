@@ -546,7 +546,7 @@ def format_table(record: Mapping[str, Any]) -> str:
         f"{machine['threads']} threads" + (f" pinned to CPUs {pinned}" if pinned else " (not pinned)")
         + f"; load average {machine.get('loadavg_start')} at start, {machine.get('loadavg_end')} at end; git {commit}.",
         "",
-        "| configuration | format | precision | size (MB) | AUC (val) | p50 ms | p99 ms | fps | x ours (p50) | x FLOP floor |",
+        "| configuration | format | precision | size (MB) | AUC (val) | p50 ms | p99 ms | fps | p50 / ours | p50 / FLOP floor |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in record["configs"]:
@@ -574,7 +574,7 @@ def format_table(record: Mapping[str, Any]) -> str:
             f"{row['dropped']} | {_fmt(row.get('cold_start_s'), 2)} | {_fmt(row.get('peak_rss_mb'), 0)} | "
             f"{_fmt(row.get('max_abs_dp_vs_reference'), 4)} |")
     lines.append("")
-    lines.append("x ours = median over rounds of (block p50 / reference block p50): each pair ran back to back. "
+    lines.append("p50 / ours = median over rounds of (block p50 / reference block p50), each pair run back to back: >1 is slower than ours. "
                  "Latency counts from each frame's capture" + (
                      f" (paced at {settings['pacing']['fps']} fps, policy {settings['pacing']['policy']})."
                      if settings["pacing"].get("fps") else " (closed loop: a frame is captured when the previous result exists)."))

@@ -59,7 +59,7 @@ def test_bench_record_schema_peers_agree_and_plot(random_bundle, tmp_path, capsy
     cached = rows["ours-fp32-cached"]
     assert cached["available"] or cached["reason"]
 
-    assert "| ours-fp32 |" in table and "x ours (p50)" in table
+    assert "| ours-fp32 |" in table and "p50 / ours" in table
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

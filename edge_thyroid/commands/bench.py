@@ -272,17 +272,29 @@ def _flops(options: BenchOptions, bundle: Any, reference: _Config, threads: int,
 
 
 def _auc(bundle: Any, model_key: str) -> float | None:
-    """Validation AUC for this model of the bundle, from the manifest; None when not recorded."""
+    """Validation AUC of this model of the bundle, from the manifest; None when not recorded.
+
+    Preference: the accuracy gate's figure for this model (measured through the engine on the
+    validation split), then a per-model metric, then (FP32) the training run's validation AUC.
+    """
     entry = bundle.model_entry(model_key)[1]
-    for source in (entry.details.get("metrics"), entry.details.get("verify"), entry.details):
-        if isinstance(source, dict):
-            for key in ("val_auc", "auc"):
-                if isinstance(source.get(key), (int, float)):
-                    return float(source[key])
-    if entry.precision.value == "fp32":
-        value = bundle.manifest.metrics.get("val_auc", bundle.manifest.metrics.get("auc"))
-        return float(value) if isinstance(value, (int, float)) else None
-    return None
+    metrics = bundle.manifest.metrics
+
+    def number(container: Any, *path: str) -> float | None:
+        for step in path:
+            container = container.get(step) if isinstance(container, dict) else None
+        return float(container) if isinstance(container, (int, float)) and not isinstance(container, bool) else None
+
+    found = (number(metrics, f"gate_{model_key}", "candidate", "auc") or number(metrics, f"gate_{model_key}", "auc")
+             or number(entry.details, "gate", "auc") or number(entry.details, "metrics", "auc")
+             or number(entry.details, "metrics", "val_auc"))
+    if found is None and entry.precision.value == "fp32":
+        gates = [v for k, v in metrics.items() if k.startswith("gate_") and isinstance(v, dict)]
+        found = next((number(g, "reference", "auc") for g in gates
+                      if isinstance(g.get("reference"), dict)
+                      and str(g["reference"].get("model", model_key)).split(" ")[0] == model_key), None)
+        found = found if found is not None else number(metrics, "val_auc")
+    return found
 
 
 def _record(options: BenchOptions, machine: dict, configs: list[_Config], reference: _Config, cold: dict,
