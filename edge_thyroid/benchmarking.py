@@ -584,6 +584,8 @@ def format_table(record: Mapping[str, Any]) -> str:
                      f"{matmul['gflops_median']} GFLOP/s (median of fp32 {matmul['size']}^2 matmuls, "
                      f"{matmul['threads']} threads; best {matmul['gflops_best']}) = {flops['floor_ms_per_frame']:.1f} ms "
                      "per frame (an FP32 bound; INT8 can go below it).")
+    if record.get("interrupted"):
+        lines.append("Interrupted: the run was stopped early; each configuration has only the frames it finished.")
     if record.get("command"):
         lines.append(f"Command: `{record['command']}`")
     return "\n".join(lines) + "\n"

@@ -126,3 +126,28 @@ def test_help_teaches():
     assert result.exit_code == 0
     for word in ("--peers", "--panes", "--fps", "--json", "--plot", "Examples"):
         assert word in result.output
+
+
+@needs_torch
+def test_interrupted_run_keeps_what_was_measured(random_bundle, monkeypatch):
+    from edge_thyroid import benchmarking as bm
+    from edge_thyroid.commands.bench import BenchOptions, run_bench
+
+    real = bm.run_frames
+    calls = []
+
+    def stop_on_third_block(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bm, "run_frames", stop_on_third_block)
+    options = BenchOptions([str(random_bundle)], panes=1, frames=4, warmup=0, rounds=4, peers="ort-plain",
+                           cache=False, cold_start=False, flops=False, frame_size=(320, 240), progress=False)
+    record = run_bench(options)
+    rows = {row["name"]: row for row in record["configs"]}
+    assert record["interrupted"] is True
+    # Round 1 ran both configurations (1 frame each); round 2 was cut at its first block.
+    assert rows["ours-fp32"]["frames"] == 1 and rows["ort-plain-fp32"]["frames"] == 1
+    assert "Interrupted" in bm.format_table(record)

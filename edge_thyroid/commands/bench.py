@@ -219,23 +219,14 @@ def _run_pinned(options: BenchOptions, threads: int, pinned: list[int] | None, p
             for index in range(options.warmup):
                 config.runner.process(first if index == 0 else screens.frame(index), rois, bm.StageTimer())
                 progress.update(1)
-        by_name = {c.spec.name: c for c in active}
-        for block, order in zip(blocks, bm.interleaved_order([c.spec.name for c in active], len(blocks))):
-            frames = {i: screens.frame(i) for i in [max(0, block.start - 1), *block]}
-            for name in order:
-                config = by_name[name]
-                progress.set_postfix_str(name)
-                # One untimed frame first: the first frame after another runtime ran pays for its caches.
-                config.runner.process(frames[max(0, block.start - 1)], rois, bm.StageTimer())
-                progress.update(1)
-                run = bm.run_frames(lambda i, timer, r=config.runner: r.process(frames[i], rois, timer),
-                                    list(block), interval=interval, policy=policy)
-                config.frames.extend(run.frames)
-                config.block_walls.append(run.wall)
-                config.block_p50.append(bm.percentile([f.latency for f in run.frames], 50))
-                config.dropped += run.dropped
-                progress.update(len(block))
-                time.sleep(options.settle)
+        interrupted = False
+        try:
+            _interleave(active, blocks, screens, rois, interval, policy, options.settle, progress)
+        except KeyboardInterrupt:
+            # Keep what was measured: the record says it was cut short.
+            interrupted = True
+            if not reference.frames:
+                raise
         for config in active:
             config.runner.close()
             config.runner = None
@@ -243,17 +234,45 @@ def _run_pinned(options: BenchOptions, threads: int, pinned: list[int] | None, p
         load_end = bm.loadavg()
 
         cold: dict[str, Any] = {}
-        if options.cold_start:
+        if options.cold_start and not interrupted:
             frame_path = scratch / "frame0.npy"
             np.save(frame_path, first)
             for config in tqdm(active, desc="cold start", file=sys.stderr, disable=not options.progress, leave=False):
                 cold[config.spec.name] = cold_start(config.spec, frame_path, rois)
 
-        flops = _flops(options, bundles[0], reference, threads, len(modalities), scratch) if options.flops else None
+        flops = None
+        if options.flops and not interrupted:
+            flops = _flops(options, bundles[0], reference, threads, len(modalities), scratch)
 
     record = _record(options, machine, configs, reference, cold, flops, rois, modalities, threads, started, load_end,
                      rounds=len(blocks), interval=interval, policy=policy)
+    record["interrupted"] = interrupted
     return record
+
+
+def _interleave(active: list[_Config], blocks: list[range], screens: Any, rois: Any, interval: float | None,
+                policy: Any, settle: float, progress: Any) -> None:
+    """Every configuration runs every block; the order reverses every other round."""
+    from .. import benchmarking as bm
+
+    by_name = {c.spec.name: c for c in active}
+    for block, order in zip(blocks, bm.interleaved_order([c.spec.name for c in active], len(blocks))):
+        before = max(0, block.start - 1)
+        frames = {i: screens.frame(i) for i in [before, *block]}
+        for name in order:
+            config = by_name[name]
+            progress.set_postfix_str(name)
+            # One untimed frame first: the first frame after another runtime ran pays for its caches.
+            config.runner.process(frames[before], rois, bm.StageTimer())
+            progress.update(1)
+            run = bm.run_frames(lambda i, timer, r=config.runner: r.process(frames[i], rois, timer),
+                                list(block), interval=interval, policy=policy)
+            config.frames.extend(run.frames)
+            config.block_walls.append(run.wall)
+            config.block_p50.append(bm.percentile([f.latency for f in run.frames], 50))
+            config.dropped += run.dropped
+            progress.update(len(block))
+            time.sleep(settle)
 
 
 def _flops(options: BenchOptions, bundle: Any, reference: _Config, threads: int, panes: int,
