@@ -440,6 +440,7 @@ def write_json_atomic(path: str | Path, record: Mapping[str, Any]) -> Path:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(record, out, indent=2, default=_json_default)
             out.write("\n")
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; a results file is for sharing
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -619,13 +620,14 @@ def plot_latency(record: Mapping[str, Any], path: str | Path) -> Path:
         label = f"{row['name']} (p50 {row['latency_ms']['p50']:.1f} ms)"
         hist_axes.hist(samples, bins=bins, histtype="step", linewidth=1.5, label=label)
         cdf_axes.step(samples, np.arange(1, len(samples) + 1) / len(samples), where="post", label=label)
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
+    nice = [m * 10.0 ** e for e in range(-2, 6) for m in (1, 2, 5) if low * 0.8 <= m * 10.0 ** e <= high * 1.25]
     for axes in (hist_axes, cdf_axes):
         axes.set_xscale("log")
+        axes.xaxis.set_major_locator(FixedLocator(nice))
         axes.xaxis.set_major_formatter(ScalarFormatter())
-        axes.xaxis.set_minor_formatter(ScalarFormatter())
-        axes.tick_params(axis="x", which="minor", labelsize=7)
+        axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set_xlabel("capture-to-result latency (ms, log scale)")
         axes.grid(True, which="both", alpha=0.3)
     hist_axes.set_ylabel("frames")

@@ -234,6 +234,8 @@ class EngineRunner(Runner):
 
         self.engine = Engine(self.bundle, model=self.spec.model, threads=self.spec.threads)
         self.details["providers"] = self.engine.backend.providers
+        runtime = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}.get(self.engine.backend.name, self.engine.backend.name)
+        self.format = f"edge-thyroid: {runtime}, preprocessing in the graph"
         self.cache = _pane_cache(self.engine) if self.spec.cached else None
         if self.spec.cached and self.cache is None:
             raise BackendError("pane caching needs edge_thyroid.pipeline (the streaming runtime), "
