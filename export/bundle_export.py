@@ -1,23 +1,43 @@
-"""Checkpoint -> model bundle (model.onnx with fused preprocessing, head.npz, manifest.json)."""
+"""Checkpoint -> model bundle: model.onnx (FP32, preprocessing fused in), on request an INT8 or FP16
+ONNX or a TensorRT plan, head.npz and manifest.json; optionally gated on labelled data.
+
+Every compiled form is built from one backbone export, so all of them share the same weights and
+the same float preprocessing graph. With a gate, the new model is judged against the FP32 model in
+the staging directory before the bundle is renamed into place: a bundle that fails is never written.
+"""
 
 from __future__ import annotations
 
 import platform
+import shutil
 import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edge_thyroid import __version__
-from edge_thyroid.bundle import Manifest, ModelEntry, Precision, Target, Threshold, bundle_writer, write_manifest
-from edge_thyroid.head import FusionHead
-from edge_thyroid.kernels.reference import PreprocessSpec
+import onnx
 
+from edge_thyroid import __version__
+from edge_thyroid.backends.tensorrt import PREPROCESS_FILE, import_tensorrt
+from edge_thyroid.bundle import (Bundle, Manifest, ModelEntry, Precision, Target, Threshold, bundle_writer,
+                                 write_manifest)
+from edge_thyroid.errors import InputError
+from edge_thyroid.head import FusionHead
+from edge_thyroid.kernels.onnx_graph import PIXELS, build_preprocess_graph
+from edge_thyroid.kernels.reference import PreprocessSpec
+from edge_thyroid.verification import GateBudget, GateFailedError, GateReport, Split, labelled_split, run_gate
+
+from .calibration import CalibrationOptions, CalibrationSet, calibration_set
 from .models import MultimodalClassifier, head_arrays
-from .onnx_export import export_fused_onnx, save_onnx
+from .onnx_export import export_backbone_onnx, save_onnx
+from .quantize import QuantConfig, convert_fp16, fuse_preprocessing, quantize_backbone
+
+FP32_FILE = "model.onnx"
+# ONNX Runtime providers an FP16 ONNX is meant for (the CPU provider runs it too, by casting to fp32).
+FP16_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def tool_versions() -> dict[str, str]:
-    import onnx
     import onnxruntime
     import torch
     import torchvision
@@ -27,32 +47,142 @@ def tool_versions() -> dict[str, str]:
             "platform": platform.platform()}
 
 
+@dataclass(frozen=True)
+class CalibrationRequest:
+    """Where INT8 calibration frames come from and how ranges are computed."""
+
+    data: Path
+    count: int = 100
+    options: CalibrationOptions = field(default_factory=CalibrationOptions)
+    fp32_layers: tuple[str, ...] = ()
+    folds: int = 4
+    fold: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GateRequest:
+    """Labelled data to judge the compiled model on against the FP32 model (see edge_thyroid.verification)."""
+
+    data: Path
+    split: Split = Split.VAL
+    folds: int = 4
+    fold: int = 0
+    seed: int = 0
+    budget: GateBudget = field(default_factory=GateBudget)
+
+
+def model_key(precision: Precision, target: Target) -> str:
+    """Key in manifest.models: 'fp32' / 'int8' / 'fp16' for ONNX Runtime, 'tensorrt_<precision>' for plans."""
+    return precision.value if target is Target.ONNXRUNTIME else f"{target.value}_{precision.value}"
+
+
 def export_bundle(model: MultimodalClassifier, out_dir: str | Path, *, image_size: int,
                   trained_modalities: tuple[str, ...] = (), threshold: Threshold | None = None,
                   metrics: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
-                  overwrite: bool = False) -> Path:
-    """Write an FP32 bundle atomically; returns its path."""
+                  overwrite: bool = False, precision: Precision = Precision.FP32,
+                  target: Target = Target.ONNXRUNTIME, calibration: CalibrationRequest | None = None,
+                  keep_fp32: bool = True, gate: GateRequest | None = None, cache_dir: Path | None = None,
+                  max_panes: int = 3, progress: bool = False) -> Path:
+    """Write a bundle atomically; returns its path. Raises GateFailedError (nothing written) when
+    ``gate`` is given and the compiled model is outside its budget."""
+    key = model_key(precision, target)
+    if key == "fp32" and not keep_fp32:
+        raise InputError("--no-keep-fp32 with an FP32 ONNX Runtime export would leave the bundle without a model")
+    if precision is Precision.INT8 and calibration is None:
+        raise InputError("INT8 needs calibration frames; pass --calib with a sample CSV or a folder of images")
+    if target is Target.TENSORRT:
+        import_tensorrt()  # fail before minutes of calibration, not after
+    # Read the data first: a wrong path fails in a second, not after the export.
+    labelled = labelled_split(gate.data, gate.split, folds=gate.folds, fold=gate.fold, seed=gate.seed) if gate else None
+    frames = None
+    if precision is Precision.INT8:
+        frames = calibration_set(calibration.data, count=calibration.count, folds=calibration.folds,
+                                 fold=calibration.fold, seed=calibration.seed)
     spec = PreprocessSpec(image_size=image_size)
     model = model.eval()
-    fused = export_fused_onnx(model, spec)
+    backbone = export_backbone_onnx(model, image_size)
     arrays = head_arrays(model)
     head = FusionHead(model.modalities, arrays["weight"], arrays["presence_bias"], float(arrays["bias"]))
     out_dir = Path(out_dir)
     with bundle_writer(out_dir, overwrite=overwrite) as staging:
-        save_onnx(fused, staging / "model.onnx")
         head.save(staging / "head.npz")
+        models = {}
+        if keep_fp32 or labelled is not None:  # the gate's reference, even when it is not kept
+            save_onnx(fuse_preprocessing(backbone, spec), staging / FP32_FILE)
+            models["fp32"] = ModelEntry(FP32_FILE, Precision.FP32, Target.ONNXRUNTIME)
+        calibration_record: dict[str, Any] = {}
+        if key != "fp32":
+            models[key], calibration_record = _compile(backbone, spec, precision, target, calibration, frames, staging,
+                                                       cache_dir=cache_dir, max_panes=max_panes, progress=progress)
         manifest = Manifest(
             backbone=model.backbone_name,
             modalities=model.modalities,
             trained_modalities=tuple(trained_modalities),
             preprocessing=spec,
-            models={"fp32": ModelEntry("model.onnx", Precision.FP32, Target.ONNXRUNTIME)},
+            models=models,
             head_file="head.npz",
             feature_channels=model.channels,
             threshold=threshold or Threshold(),
             metrics=dict(metrics or {}),
+            calibration=calibration_record,
             provenance={"tools": tool_versions(), **(provenance or {})},
         )
+        report = None
+        if labelled is not None and key != "fp32":
+            staged = Bundle(staging, manifest)  # not hashed yet: nothing has left the staging directory
+            report = run_gate(staged, staged, labelled, model=key, reference_model="fp32", budget=gate.budget,
+                              progress=progress)
+            _record_gate(manifest, key, report)
+        if not keep_fp32 and "fp32" in manifest.models:
+            (staging / FP32_FILE).unlink()
+            del manifest.models["fp32"]
         write_manifest(staging, manifest)
+        if report is not None and not report.passed:
+            raise GateFailedError(report)
     return out_dir
 
+
+def _record_gate(manifest: Manifest, key: str, report: GateReport) -> None:
+    """The gate's report into manifest.metrics, its summary into the model entry, both thresholds into
+    manifest.threshold (the bundle keeps deciding at the reference threshold)."""
+    manifest.metrics = {**manifest.metrics, f"gate_{key}": report.to_dict()}
+    entry = manifest.models[key]
+    manifest.models[key] = replace(entry, details={**entry.details, "gate": report.summary()})
+    old = manifest.threshold
+    refit = {"value": report.candidate["refit"]["threshold"], "method": "youden", "chosen_on": report.data}
+    manifest.threshold = Threshold(old.value, old.method, old.chosen_on,
+                                   {**old.details, "refit": {**old.details.get("refit", {}), key: refit}})
+
+
+def _compile(backbone: onnx.ModelProto, spec: PreprocessSpec, precision: Precision, target: Target,
+             calibration: CalibrationRequest | None, frames: CalibrationSet | None, staging: Path, *,
+             cache_dir: Path | None, max_panes: int, progress: bool) -> tuple[ModelEntry, dict[str, Any]]:
+    """Build the requested non-FP32 model into ``staging``; returns its manifest entry and the
+    calibration record (empty when nothing was calibrated)."""
+    record: dict[str, Any] = {}
+    source = backbone
+    if precision is Precision.INT8:
+        result = quantize_backbone(backbone, frames, spec,
+                                   QuantConfig(calibration.options, target, tuple(calibration.fp32_layers)),
+                                   cache_dir=cache_dir, progress=progress)
+        source, record = result.model, result.report
+    if target is Target.ONNXRUNTIME:
+        if precision is Precision.FP16:
+            source = convert_fp16(backbone)
+        name = f"model.{precision.value}.onnx"
+        save_onnx(fuse_preprocessing(source, spec), staging / name)
+        details: dict[str, Any] = {"io": "float32", "preprocessing": "float32"}
+        if precision is Precision.INT8:
+            details.update(scheme=record["scheme"], convolutions={k: v for k, v in record["convolutions"].items()
+                                                                  if k != "float_convs"})
+        else:
+            details["providers"] = FP16_PROVIDERS
+        return ModelEntry(name, precision, target, details), record
+    from .tensorrt_build import build_engine, profile_shapes
+
+    build = build_engine(source, precision, profile_shapes(spec.image_size, max_panes=max_panes), cache_dir=cache_dir)
+    name = f"model.{precision.value}.plan"
+    shutil.copyfile(build.plan, staging / name)
+    save_onnx(build_preprocess_graph(spec, output_name=PIXELS), staging / PREPROCESS_FILE)
+    return ModelEntry(name, precision, target, {**build.details, "preprocess": PREPROCESS_FILE}), record

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
+from ..bundle import Precision, Target
 from ..errors import EdgeThyroidError, MissingDependencyError
+
+# The calibration methods (mirrors edge_thyroid.export.calibration.METHODS, which needs onnxruntime's
+# quantization tools; listing them must not import those).
+CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
 
 BACKBONES = ("resnet50", "densenet121", "vgg16", "googlenet")
 
@@ -33,14 +39,46 @@ def _import_export_tools():
 @click.option("--random-init", is_flag=True, help="Export an untrained model (tests, benchmarks); no CHECKPOINT.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--precision", type=click.Choice([p.value for p in Precision]), default="fp32", show_default=True,
+              help="fp32, int8 (static post-training quantization, calibrated: needs --calib) or fp16 (for GPU providers).")
+@click.option("--target", type=click.Choice([t.value for t in Target]), default="onnxruntime", show_default=True,
+              help="onnxruntime: an ONNX model; tensorrt: a TensorRT plan for this machine's GPU (needs TensorRT).")
+@click.option("--calib", "calib", default=None, type=click.Path(),
+              help="INT8 calibration frames: a sample CSV (its training-side cases are used) or a folder of images.")
+@click.option("--calib-method", type=click.Choice(sorted(CALIBRATION_METHODS)), default="minmax", show_default=True,
+              help="How activation ranges are chosen from the calibration frames.")
+@click.option("--calib-count", type=int, default=100, show_default=True, help="Calibration frames to use (a seeded subset).")
+@click.option("--fp32-layers", default="", help="Comma-separated layers kept in float in an INT8 model: first, last or node names.")
+@click.option("--keep-fp32/--no-keep-fp32", default=True, show_default=True,
+              help="Keep model.onnx (FP32) beside the compiled model; --no-keep-fp32 makes a small INT8-only bundle.")
+@click.option("--verify-data", default=None, type=click.Path(dir_okay=False),
+              help="Labelled sample CSV: run the accuracy gate (validation split) against the FP32 model and record it.")
+@click.option("--max-auc-drop", type=float, default=0.01, show_default=True, help="Gate budget: largest AUC drop allowed.")
+@click.option("--min-agreement", type=float, default=0.98, show_default=True, help="Gate budget: smallest decision agreement allowed.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+              help="Calibration and TensorRT engine cache (default: $EDGE_THYROID_CACHE or ~/.cache/edge_thyroid).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
-def export(checkpoint, output, backbone, modalities, image_size, random_init, seed, force, as_json) -> None:
+def export(checkpoint, output, backbone, modalities, image_size, random_init, seed, force, precision, target, calib,
+           calib_method, calib_count, fp32_layers, keep_fp32, verify_data, max_auc_drop, min_agreement, cache_dir,
+           as_json) -> None:
     """Export CHECKPOINT (a torch state_dict with torchvision backbone keys + the fusion head, or a
     checkpoint written by edge-thyroid-train) to a model bundle: model.onnx with the preprocessing
     fused in (uint8 BGR frame + pane ROIs in, feature maps out), head.npz and manifest.json.
+
+    \b
+    Examples:
+      edge-thyroid export best.pt -o runs/fp32
+      edge-thyroid export best.pt -o runs/int8 --precision int8 --calib ../shared/data/ddti/labels.csv \\
+          --verify-data ../shared/data/ddti/labels.csv --no-keep-fp32
+      edge-thyroid export best.pt -o runs/trt --target tensorrt --precision fp16     (on the GPU machine)
     """
     if bool(checkpoint) == bool(random_init):
         raise click.UsageError("give either CHECKPOINT or --random-init (exactly one)")
+    precision, target = Precision(precision), Target(target)
+    if precision is Precision.INT8 and not calib:
+        raise click.UsageError("--precision int8 needs --calib (a sample CSV or a folder of real frames)")
+    if calib and precision is not Precision.INT8:
+        raise click.UsageError(f"--calib only applies to --precision int8, not {precision.value}")
     bundle_export, ckpt, models = _import_export_tools()
     import torch
 
@@ -69,9 +107,43 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
             provenance["checkpoint"] = {"file": str(checkpoint), "sha256": ckpt.sha256_file(checkpoint)}
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise EdgeThyroidError(str(exc)) from None
-    path = bundle_export.export_bundle(model, output, image_size=size, trained_modalities=trained,
-                                       threshold=threshold, metrics=metrics, provenance=provenance, overwrite=force)
+    calibration = gate = None
+    if precision is Precision.INT8:
+        from ..export.calibration import CalibrationOptions, parse_method
+
+        calibration = bundle_export.CalibrationRequest(
+            Path(calib), calib_count, CalibrationOptions(parse_method(calib_method)),
+            tuple(layer.strip() for layer in fp32_layers.split(",") if layer.strip()))
+    if verify_data:
+        from ..verification import GateBudget
+
+        gate = bundle_export.GateRequest(Path(verify_data), budget=GateBudget(max_auc_drop, min_agreement))
+    from ..verification import GateFailedError
+
+    try:
+        path = bundle_export.export_bundle(model, output, image_size=size, trained_modalities=trained,
+                                           threshold=threshold, metrics=metrics, provenance=provenance, overwrite=force,
+                                           precision=precision, target=target, calibration=calibration,
+                                           keep_fp32=keep_fp32, gate=gate, cache_dir=Path(cache_dir) if cache_dir else None,
+                                           progress=True)
+    except GateFailedError as failure:
+        click.echo("\n".join(failure.report.lines()), err=True)
+        click.echo(f"{output} was not written", err=True)
+        raise
+    from ..bundle import load_bundle
+
+    manifest = load_bundle(path).manifest
     summary = {"bundle": str(path), "backbone": model.backbone_name, "modalities": list(model.modalities),
-               "image_size": size, "files": sorted(p.name for p in path.iterdir())}
-    click.echo(json.dumps(summary) if as_json else f"wrote {path} ({model.backbone_name}, {size}x{size}, "
-               f"modalities {','.join(model.modalities)})")
+               "image_size": size, "files": sorted(p.name for p in path.iterdir()),
+               "models": {key: entry.to_dict() for key, entry in manifest.models.items()}}
+    gates = {key: value for key, value in manifest.metrics.items() if key.startswith("gate_")}
+    if gates:
+        summary["gate"] = {key: {k: value[k] for k in ("passed", "auc_drop", "agreement", "abs_dp")} for key, value in gates.items()}
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(f"wrote {path} ({model.backbone_name}, {size}x{size}, modalities {','.join(model.modalities)}; "
+               f"models {', '.join(f'{k}={e.file}' for k, e in manifest.models.items())})")
+    for key, value in gates.items():
+        click.echo(f"gate {key[5:]}: passed, AUC drop {value['auc_drop']:+.4f}, agreement {value['agreement']:.4f}, "
+                   f"max |dp| {value['abs_dp']['max']:.2e}")
