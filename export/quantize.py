@@ -78,10 +78,11 @@ class QuantConfig:
     target: Target = Target.ONNXRUNTIME
     fp32_layers: tuple[str, ...] = ()     # node names, or the aliases "first" / "last"
     per_channel: bool = True
+    scheme_override: QuantScheme | None = None  # e.g. S8S8 for a benchmark; default: the target's
 
     @property
     def scheme(self) -> QuantScheme:
-        return SCHEMES[self.target]
+        return self.scheme_override or SCHEMES[self.target]
 
 
 @dataclass
