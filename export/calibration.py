@@ -241,7 +241,11 @@ def calibrate(model_path: Path, model_sha256: str, frames: CalibrationSet, spec:
             contextlib.redirect_stdout(sys.stderr):  # the calibrators print; stdout may carry --json
         calibrator = create_calibrator(model_path, None, augmented_model_path=str(Path(scratch) / "augmented.onnx"),
                                        calibrate_method=options.method, extra_options=options.calibrator_options())
-        for start in range(0, len(reader), options.chunk_frames):
+        from tqdm import tqdm
+
+        chunks = range(0, len(reader), options.chunk_frames)
+        for start in tqdm(chunks, desc=f"calibrating ({method_name(options.method)})", unit="chunk",
+                          file=sys.stderr, disable=not progress):
             reader.set_range(start, start + options.chunk_frames)
             calibrator.collect_data(reader)
         ranges = calibrator.compute_data()
