@@ -8,6 +8,19 @@ touched), Cast to float, Resize with sizes=[S, S] on axes [1, 2] of a 1 x h x w 
 NHWC bilinear path; half_pixel, no anti-aliasing: the reference's definition). After the loop: one
 Transpose to NCHW, a Gather for BGR->RGB, and one Mul + Add for the per-channel affine
 ``(x / 255 - mean) / std``.
+
+Orderings tried (3 panes of 600x600 from a 1080p frame, ORT 1.32, 2 threads, 2-core CPU under load;
+see benchmarks/results/preprocess.md):
+
+* Resize the uint8 crop, Transpose while uint8, Gather, Cast, one BatchNormalization (DESIGN.md's
+  ordering): ~20% faster, but ORT's uint8 bilinear *truncates*: a -0.5 level bias on every pixel,
+  up to 1.28 levels off (0.022 normalized). The model is trained through the float reference, so
+  this is not taken.
+* Gathering only the 2S source rows before the Cast (less to convert), a Scan instead of the Loop,
+  BatchNormalization instead of Mul + Add, a fully vectorized GatherElements version with no Loop
+  (4 taps per output gathered from the flat frame, AveragePool for the blend): all within +-10% of
+  this graph or slower. The cost is ORT's float NHWC Resize (~3.5 ns per output value) and the
+  Cast of the crop, neither of which standard ONNX ops avoid.
 """
 
 from __future__ import annotations
@@ -85,3 +98,30 @@ def build_preprocess_graph(spec: PreprocessSpec, output_name: str = PIXELS) -> o
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edge_thyroid")
     onnx.checker.check_model(model)
     return model
+
+
+class InGraphPreprocessor:
+    """The preprocessing graph run alone in ONNX Runtime, in the NumPy calling convention of the
+    other paths (checks and benchmarks). Grayscale frames are replicated to 3 channels first: the
+    graph's input is HxWx3."""
+
+    def __init__(self, spec: PreprocessSpec, threads: int | None = None, spinning: bool = True) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        if not spinning:
+            # Idle ORT threads otherwise spin for a while after each run and steal the CPU from
+            # whatever runs next (matters when paths are interleaved on a 2-core machine).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.spec = spec
+        self.session = ort.InferenceSession(build_preprocess_graph(spec).SerializeToString(), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def __call__(self, frame: np.ndarray, rois) -> np.ndarray:
+        from .reference import as_bgr, validate_rois
+
+        bgr = np.ascontiguousarray(as_bgr(frame))
+        boxes = validate_rois(rois, bgr.shape[0], bgr.shape[1])
+        return self.session.run(None, {FRAME: bgr, ROIS: boxes})[0]
