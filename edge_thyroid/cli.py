@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("edge_thyroid.commands.classify:classify", "Classify still images with a bundle; optional CAM heatmaps."),
     "info": ("edge_thyroid.commands.info:info", "Show and verify a bundle's manifest."),
     "bench": ("edge_thyroid.commands.bench:bench", "Latency of our engine vs PyTorch, ONNX Runtime, OpenVINO, interleaved."),
+    "evaluate": ("edge_thyroid.commands.evaluate:evaluate", "Evaluate a bundle or checkpoint on labelled images: AUC [95% CI], operating point, plots."),
+    "compare": ("edge_thyroid.commands.compare:compare", "DeLong's paired test of two models' ROC AUCs on the same images."),
     "verify": ("edge_thyroid.commands.verify:verify", "Accuracy gate: a quantized/compiled model vs its FP32 reference on labelled images."),
 }
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 LABELS = {"benign": 0, "malignant": 1, "0": 0, "1": 1}
+
+
+class Split(str, Enum):
+    """Which rows of a labelled CSV: one side of the case-level split, or all of them."""
+
+    TRAIN = "train"
+    VAL = "val"
+    ALL = "all"
 
 
 @dataclass(frozen=True)

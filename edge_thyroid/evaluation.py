@@ -1,0 +1,423 @@
+"""Evaluate a model like a diagnostic-accuracy study: per-crop scores over a labelled CSV, ROC AUC
+with 95% confidence intervals (DeLong, and a case-level bootstrap that respects crops of one patient),
+the operating point at the model's own threshold (accuracy, sensitivity, specificity, PPV, NPV,
+confusion matrix), a threshold re-chosen on the validation side only (Youden's J or a sensitivity
+target), calibration (Brier score, expected calibration error, reliability bins) and ROC/calibration
+plots.
+
+A model is a bundle (run through the engine: no torch) or a training checkpoint (``*.pt``: needs
+torch, imported lazily). Each crop is a whole image: ROI = the full frame, modality from the CSV.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dataset import Sample, Split, read_samples, split_by_case
+from .errors import InputError, MissingDependencyError
+from .metrics import (bootstrap_auc_ci, delong_auc_ci, delong_test, operating_point, paired_bootstrap_test,
+                      roc_curve, sensitivity_threshold, youden_threshold)
+
+
+class ThresholdRule(str, Enum):
+    YOUDEN = "youden"
+    SENSITIVITY = "sensitivity"
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Which rows of the CSV: one side of the case-level split (the training protocol) or all."""
+
+    split: Split = Split.VAL
+    folds: int = 4
+    fold: int = 0
+    seed: int = 0
+
+    def describe(self) -> str:
+        if self.split is Split.ALL:
+            return "all labelled rows"
+        return f"{self.split.value} side of case split fold {self.fold}/{self.folds}, seed {self.seed}"
+
+
+def select_samples(csv_path: str | Path, spec: SplitSpec) -> tuple[list[Sample], list[Sample]]:
+    """(samples to evaluate, validation-side samples for choosing a threshold)."""
+    try:
+        samples = read_samples(csv_path, labelled_only=True)
+        train, val = split_by_case(samples, folds=spec.folds, fold=spec.fold, seed=spec.seed)
+    except (ValueError, FileNotFoundError) as exc:
+        raise InputError(str(exc)) from None
+    chosen = {Split.ALL: samples, Split.TRAIN: train, Split.VAL: val}[spec.split]
+    if {s.label for s in chosen} != {0, 1}:
+        raise InputError(f"{csv_path} ({spec.describe()}) has {len(chosen)} labelled rows with labels "
+                         f"{sorted({s.label for s in chosen})}; evaluation needs benign and malignant rows")
+    return chosen, val
+
+
+def read_frame(path: Path) -> np.ndarray:
+    import cv2
+
+    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise InputError(f"cannot read image {path}: missing or not an image OpenCV can decode")
+    return frame
+
+
+class Scorer:
+    """p(malignant) per sample from a bundle (engine) or a checkpoint (torch)."""
+
+    kind: str = ""
+    threshold: float = 0.5
+    name: str = ""
+
+    def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
+        raise TypeError(f"{type(self).__name__} does not score")
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Scorer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class BundleScorer(Scorer):
+    kind = "bundle"
+
+    def __init__(self, path: str | Path, *, model: str | None = None, threads: int | None = None) -> None:
+        from .engine import Engine
+
+        self.engine = Engine(path, model=model, threads=threads)
+        self.threshold = float(self.engine.threshold)
+        self.name = f"{path} [{self.engine.model_key}]"
+
+    def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
+        from tqdm import tqdm
+
+        from .engine import Pane
+
+        out = np.zeros(len(samples), dtype=np.float64)
+        for i, sample in enumerate(tqdm(samples, desc="scoring", unit="image", file=sys.stderr, disable=not progress)):
+            frame = read_frame(sample.image)
+            pane = Pane(sample.modality, (0, 0, frame.shape[1], frame.shape[0]))
+            out[i] = self.engine.classify(frame, [pane]).probability
+        return out
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class CheckpointScorer(Scorer):
+    """The torch model of a training checkpoint, fed the engine's reference preprocessing."""
+
+    kind = "checkpoint"
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, batch_size: int = 32) -> None:
+        try:
+            import torch
+            import torchvision  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError(exc.name or "torch", "export", "evaluating a checkpoint") from None
+        from .export.checkpoint import load_checkpoint
+        from .kernels.reference import PreprocessSpec
+
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            self.model, self.info, _ = load_checkpoint(path)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise InputError(f"{path}: not a loadable checkpoint ({exc})") from None
+        self.spec = PreprocessSpec(image_size=self.info.image_size)
+        self.threshold = float(self.info.threshold.get("value", 0.5))
+        self.name = f"{path} [{self.info.backbone} checkpoint]"
+        self.batch_size = batch_size
+
+    def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
+        import torch
+        from tqdm import tqdm
+
+        from .kernels.reference import preprocess_reference
+
+        modalities = self.model.modalities
+        size = self.spec.image_size
+        out = np.zeros(len(samples), dtype=np.float64)
+        starts = range(0, len(samples), self.batch_size)
+        for start in tqdm(starts, desc="scoring", unit="batch", file=sys.stderr, disable=not progress):
+            chunk = samples[start : start + self.batch_size]
+            panes = np.zeros((len(chunk), len(modalities), 3, size, size), dtype=np.float32)
+            present = np.zeros((len(chunk), len(modalities)), dtype=np.float32)
+            for j, sample in enumerate(chunk):
+                if sample.modality not in modalities:
+                    raise InputError(f"{sample.image}: modality {sample.modality!r} is not one of the model's {modalities}")
+                frame = read_frame(sample.image)
+                slot = modalities.index(sample.modality)
+                panes[j, slot] = preprocess_reference(frame, [(0, 0, frame.shape[1], frame.shape[0])], self.spec)[0]
+                present[j, slot] = 1.0
+            with torch.no_grad():
+                logits = self.model(torch.from_numpy(panes), torch.from_numpy(present))
+            out[start : start + len(chunk)] = torch.sigmoid(logits.double()).numpy()
+        return out
+
+
+def open_scorer(path: str | Path, *, model: str | None = None, threads: int | None = None) -> Scorer:
+    """A bundle directory/zip -> the engine; a ``.pt``/``.pth`` file -> the checkpoint's torch model."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"model not found: {path}; expected a bundle directory/zip or a checkpoint .pt file")
+    if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return CheckpointScorer(path, threads=threads)
+    return BundleScorer(path, model=model, threads=threads)
+
+
+@dataclass
+class Scored:
+    """Per-crop scores of one model on one sample list."""
+
+    samples: list[Sample]
+    scores: np.ndarray
+    threshold: float
+    model: str
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    @property
+    def cases(self) -> list[str]:
+        return [s.case_id for s in self.samples]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"image": str(s.image), "case_id": s.case_id, "label": s.label, "score": float(p)}
+                for s, p in zip(self.samples, self.scores)]
+
+
+def calibration(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Brier score, expected calibration error and equal-width reliability bins."""
+    labels = np.asarray(labels, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        member = index == b
+        n = int(member.sum())
+        if n == 0:
+            continue
+        mean_p, frac = float(scores[member].mean()), float(labels[member].mean())
+        ece += n / labels.size * abs(mean_p - frac)
+        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n,
+                      "mean_predicted": mean_p, "fraction_malignant": frac})
+    return {"brier": float(np.mean((scores - labels) ** 2)), "ece": float(ece), "bins": table}
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: ThresholdRule,
+                     sensitivity_target: float | None = None) -> float:
+    if rule is ThresholdRule.SENSITIVITY:
+        if sensitivity_target is None or not 0.0 < sensitivity_target <= 1.0:
+            raise InputError(f"sensitivity target {sensitivity_target} is outside (0, 1]")
+        return sensitivity_threshold(labels, scores, sensitivity_target)
+    return youden_threshold(labels, scores)
+
+
+@dataclass
+class EvaluationReport:
+    model: str
+    data: str
+    n: int
+    positives: int
+    cases: int
+    auc: float
+    auc_ci_delong: dict[str, float]
+    auc_ci_bootstrap: dict[str, float]
+    at_model_threshold: dict[str, Any]
+    chosen_threshold: dict[str, Any]
+    calibration: dict[str, Any]
+    label_note: str = "labels are TI-RADS categories (2-3 benign, 4a-5 malignant), not pathology"
+    plots: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        d, b, op = self.auc_ci_delong, self.auc_ci_bootstrap, self.at_model_threshold
+        ch = self.chosen_threshold
+        return [
+            f"model: {self.model}",
+            f"data: {self.data}: {self.n} crops ({self.positives} malignant / {self.n - self.positives} benign), {self.cases} cases",
+            f"AUC {self.auc:.3f}  95% CI DeLong [{d['low']:.3f}, {d['high']:.3f}]  "
+            f"case bootstrap [{b['low']:.3f}, {b['high']:.3f}]",
+            f"at the model's threshold {op['threshold']:.4f}: accuracy {op['accuracy']:.3f}  sensitivity "
+            f"{op['sensitivity']:.3f}  specificity {op['specificity']:.3f}  PPV {op['ppv']:.3f}  NPV {op['npv']:.3f}",
+            "confusion matrix (rows truth, columns prediction):",
+            "                 pred benign  pred malignant",
+            f"  benign         {op['tn']:11d}  {op['fp']:14d}",
+            f"  malignant      {op['fn']:11d}  {op['tp']:14d}",
+            f"threshold chosen on {ch['chosen_on']} ({ch['rule']}): {ch['threshold']:.4f} -> sensitivity "
+            f"{ch['operating_point']['sensitivity']:.3f}  specificity {ch['operating_point']['specificity']:.3f}  "
+            f"accuracy {ch['operating_point']['accuracy']:.3f}",
+            f"calibration: Brier {self.calibration['brier']:.4f}  ECE {self.calibration['ece']:.4f}",
+            f"note: {self.label_note}",
+            *[f"plot: {p}" for p in self.plots],
+        ]
+
+
+def evaluate_scores(scored: Scored, *, data: str, validation: Scored | None = None,
+                    rule: ThresholdRule = ThresholdRule.YOUDEN, sensitivity_target: float | None = None,
+                    resamples: int = 2000, seed: int = 0) -> EvaluationReport:
+    """The study's figures from per-crop scores. The re-chosen threshold comes from ``validation``
+    (the validation side of the split) so that it is never fitted on the rows it is judged on
+    unless those rows are the validation side itself."""
+    labels, scores = scored.labels, scored.scores
+    validation = validation or scored
+    chosen = choose_threshold(validation.labels, validation.scores, rule, sensitivity_target)
+    chosen_point = operating_point(labels, scores, chosen)
+    return EvaluationReport(
+        model=scored.model, data=data, n=int(labels.size), positives=int(labels.sum()), cases=len(set(scored.cases)),
+        auc=delong_auc_ci(labels, scores).auc,
+        auc_ci_delong=delong_auc_ci(labels, scores).to_dict(),
+        auc_ci_bootstrap=bootstrap_auc_ci(labels, scores, resamples=resamples, seed=seed, groups=scored.cases).to_dict(),
+        at_model_threshold=operating_point(labels, scores, scored.threshold).to_dict(),
+        chosen_threshold={"rule": rule.value, "sensitivity_target": sensitivity_target, "threshold": chosen,
+                          "chosen_on": "validation side", "operating_point": chosen_point.to_dict()},
+        calibration=calibration(labels, scores),
+    )
+
+
+def require_pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError("matplotlib", "export", "ROC and calibration plots") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(curves: Sequence[tuple[str, Scored]], path: str | Path, title: str = "ROC") -> Path:
+    """One ROC curve per model (label: AUC [DeLong CI]), with each model's operating point."""
+    plt = require_pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=120)
+    for name, scored in curves:
+        fpr, tpr, _ = roc_curve(scored.labels, scored.scores)
+        ci = delong_auc_ci(scored.labels, scored.scores)
+        ax.plot(fpr, tpr, lw=1.6, label=f"{name}: AUC {ci.auc:.3f} [{ci.low:.3f}, {ci.high:.3f}]")
+        op = operating_point(scored.labels, scored.scores, scored.threshold)
+        ax.plot(1 - op.specificity, op.sensitivity, "o", ms=5, color=ax.lines[-1].get_color())
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_calibration(scored: Scored, path: str | Path, title: str = "Calibration") -> Path:
+    plt = require_pyplot()
+    table = calibration(scored.labels, scored.scores)
+    fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=120)
+    xs = [b["mean_predicted"] for b in table["bins"]]
+    ys = [b["fraction_malignant"] for b in table["bins"]]
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+    ax.plot(xs, ys, "o-", lw=1.6)
+    for x, y, b in zip(xs, ys, table["bins"]):
+        ax.annotate(str(b["n"]), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
+    ax.set(xlabel="mean predicted p(malignant)", ylabel="fraction malignant", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"{title} (Brier {table['brier']:.3f}, ECE {table['ece']:.3f})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def score_model(path: str | Path, samples: list[Sample], *, model: str | None = None, threads: int | None = None,
+                progress: bool = False, extra: list[Sample] | None = None) -> tuple[Scored, Scored | None]:
+    """Score ``samples`` (and optionally ``extra`` rows, e.g. the validation side) with one model."""
+    with open_scorer(path, model=model, threads=threads) as scorer:
+        scored = Scored(samples, scorer.score(samples, progress=progress), scorer.threshold, scorer.name)
+        other = None
+        if extra is not None:
+            other = Scored(extra, scorer.score(extra, progress=progress), scorer.threshold, scorer.name)
+    return scored, other
+
+
+def evaluate_model(path: str | Path, csv_path: str | Path, spec: SplitSpec, *, model: str | None = None,
+                   rule: ThresholdRule = ThresholdRule.YOUDEN, sensitivity_target: float | None = None,
+                   plots_dir: str | Path | None = None, threads: int | None = None, resamples: int = 2000,
+                   progress: bool = False) -> tuple[EvaluationReport, Scored]:
+    samples, val = select_samples(csv_path, spec)
+    same = spec.split is Split.VAL
+    scored, val_scored = score_model(path, samples, model=model, threads=threads, progress=progress,
+                                     extra=None if same else val)
+    if val_scored is None:
+        val_scored = scored
+    report = evaluate_scores(scored, data=f"{csv_path} ({spec.describe()})", validation=val_scored, rule=rule,
+                             sensitivity_target=sensitivity_target, resamples=resamples)
+    if plots_dir is not None:
+        folder = Path(plots_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        report.plots = [str(plot_roc([(Path(path).name, scored)], folder / "roc.png", f"ROC ({spec.split.value})")),
+                        str(plot_calibration(scored, folder / "calibration.png", f"Calibration ({spec.split.value})"))]
+    return report, scored
+
+
+@dataclass
+class ComparisonReport:
+    model_a: str
+    model_b: str
+    data: str
+    n: int
+    positives: int
+    cases: int
+    delong: dict[str, float]
+    bootstrap: dict[str, float]
+    label_note: str = "labels are TI-RADS categories (2-3 benign, 4a-5 malignant), not pathology"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        d, b = self.delong, self.bootstrap
+        return [
+            f"A: {self.model_a}", f"B: {self.model_b}",
+            f"data: {self.data}: {self.n} crops ({self.positives} malignant), {self.cases} cases",
+            f"AUC A {d['auc_a']:.3f}  B {d['auc_b']:.3f}  difference {d['difference']:+.3f}",
+            f"DeLong (paired): SE {d['std_error']:.4f}  z {d['z']:+.3f}  p {d['p_value']:.4g}",
+            f"case-level paired bootstrap ({b['resamples']}): SE {b['std_error']:.4f}  95% CI "
+            f"[{b['low']:+.3f}, {b['high']:+.3f}]  p {b['p_value']:.4g}",
+            f"note: {self.label_note}",
+        ]
+
+
+def compare_scores(a: Scored, b: Scored, *, data: str, resamples: int = 2000, seed: int = 0) -> ComparisonReport:
+    if [s.image for s in a.samples] != [s.image for s in b.samples]:
+        raise InputError("the two models were scored on different rows; a paired test needs the same crops")
+    labels = a.labels
+    test = delong_test(labels, a.scores, b.scores)
+    boot = paired_bootstrap_test(labels, a.scores, b.scores, groups=a.cases, resamples=resamples, seed=seed)
+    return ComparisonReport(a.model, b.model, data, int(labels.size), int(labels.sum()), len(set(a.cases)),
+                            test.to_dict(), boot.to_dict())
+
+
+def compare_models(path_a: str | Path, path_b: str | Path, csv_path: str | Path, spec: SplitSpec, *,
+                   threads: int | None = None, resamples: int = 2000, progress: bool = False,
+                   plot: str | Path | None = None) -> ComparisonReport:
+    samples, _ = select_samples(csv_path, spec)
+    a, _ = score_model(path_a, samples, threads=threads, progress=progress)
+    b, _ = score_model(path_b, samples, threads=threads, progress=progress)
+    report = compare_scores(a, b, data=f"{csv_path} ({spec.describe()})", resamples=resamples)
+    if plot is not None:
+        plot_roc([(Path(path_a).name, a), (Path(path_b).name, b)], plot, f"ROC ({spec.split.value})")
+    return report
