@@ -94,7 +94,7 @@ def load_model(checkpoint: str | None, seed: int):
     if checkpoint:
         model, info, _ = load_checkpoint(checkpoint)
         return model.eval(), {"checkpoint": str(checkpoint), "image_size": info.image_size,
-                              "trained_modalities": list(info.trained_modalities)}
+                              "trained_modalities": list(info.trained_modalities), "threshold": dict(info.threshold)}
     torch.manual_seed(seed)
     model = MultimodalClassifier("resnet50").eval()
     torch.nn.init.normal_(model.head.weight, std=1e-3)
@@ -162,8 +162,11 @@ def peak_rss(bundle: Path, key: str) -> dict:
 
 
 def export_int8(model, directory: Path, size: int, calib: Path, count: int, method: str, cache: Path,
-                gate_csv: Path | None = None, fp32_layers: tuple[str, ...] = (), keep_fp32: bool = True) -> Path:
-    from edge_thyroid.bundle import Precision
+                gate_csv: Path | None = None, fp32_layers: tuple[str, ...] = (), keep_fp32: bool = True,
+                threshold: dict | None = None) -> Path:
+    """As `edge-thyroid export --precision int8` does it (the checkpoint's decision threshold included:
+    the gate's decision agreement is measured at it)."""
+    from edge_thyroid.bundle import Precision, Threshold
     from edge_thyroid.export.bundle_export import CalibrationRequest, GateRequest, export_bundle
     from edge_thyroid.export.calibration import CalibrationOptions, parse_method
     from edge_thyroid.verification import GateFailedError
@@ -171,8 +174,11 @@ def export_int8(model, directory: Path, size: int, calib: Path, count: int, meth
     request = CalibrationRequest(calib, count, CalibrationOptions(parse_method(method)), fp32_layers)
     gate = GateRequest(gate_csv) if gate_csv else None
     try:
+        t = dict(threshold or {})
+        chosen = Threshold(float(t.pop("value")), str(t.pop("method", "unknown")), str(t.pop("chosen_on", "unknown")), t) if t else None
         return export_bundle(model, directory, image_size=size, precision=Precision.INT8, calibration=request,
-                             keep_fp32=keep_fp32, gate=gate, cache_dir=cache, overwrite=True, progress=True)
+                             keep_fp32=keep_fp32, gate=gate, cache_dir=cache, overwrite=True, progress=True,
+                             threshold=chosen)
     except GateFailedError as failure:
         # A failed gate is a result here, not an error: keep its report.
         failed = directory.with_name(directory.name + ".failed.json")
@@ -308,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 name = method + (f" + fp32 {'/'.join(layers)}" if layers else "")
                 print(f"== gate: {name}", file=sys.stderr)
                 out = export_int8(model, Path(scratch) / f"gate_{method}_{len(layers)}", size, calib, args.calib_count,
-                                  method, cache, gate_csv=DDTI_CSV, fp32_layers=layers)
+                                  method, cache, gate_csv=DDTI_CSV, fp32_layers=layers, threshold=model_info["threshold"])
                 if out.suffix == ".json":
                     gate["variants"][name] = json.loads(out.read_text())
                 else:

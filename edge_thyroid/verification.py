@@ -198,8 +198,9 @@ def compare_scores(labels: Sequence[int] | np.ndarray, reference: np.ndarray, ca
 def run_gate(candidate: Bundle | str | Path, reference: Bundle | str | Path, labelled: LabelledSet, *,
              model: str | None = None, reference_model: str | None = "fp32", budget: GateBudget | None = None,
              threads: int | None = None, backend_options: dict[str, Any] | None = None,
-             progress: bool = False) -> GateReport:
-    """Run both bundles' models over ``labelled`` and compare them (see :func:`compare_scores`)."""
+             progress: bool = False, display_name: str | None = None) -> GateReport:
+    """Run both bundles' models over ``labelled`` and compare them (see :func:`compare_scores`).
+    ``display_name`` names the bundles in the report (default: their directory names)."""
     from .engine import Engine
 
     with Engine(candidate, model=model, threads=threads, **(backend_options or {})) as cand, \
@@ -210,5 +211,6 @@ def run_gate(candidate: Bundle | str | Path, reference: Bundle | str | Path, lab
         scores = score_engines([ref, cand], labelled.samples, progress=progress)
         return compare_scores(labelled.labels, scores[0], scores[1], reference_threshold=ref.threshold,
                               candidate_threshold=cand.threshold, budget=budget,
-                              reference_name=f"{ref.model_key} ({ref.bundle.root.name})",
-                              candidate_name=f"{cand.model_key} ({cand.bundle.root.name})", data=labelled.description)
+                              reference_name=f"{ref.model_key} ({display_name or ref.bundle.root.name})",
+                              candidate_name=f"{cand.model_key} ({display_name or cand.bundle.root.name})",
+                              data=labelled.description)

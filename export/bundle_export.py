@@ -132,7 +132,7 @@ def export_bundle(model: MultimodalClassifier, out_dir: str | Path, *, image_siz
         if labelled is not None and key != "fp32":
             staged = Bundle(staging, manifest)  # not hashed yet: nothing has left the staging directory
             report = run_gate(staged, staged, labelled, model=key, reference_model="fp32", budget=gate.budget,
-                              progress=progress)
+                              progress=progress, display_name=out_dir.name)
             _record_gate(manifest, key, report)
         if not keep_fp32 and "fp32" in manifest.models:
             (staging / FP32_FILE).unlink()
