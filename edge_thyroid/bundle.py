@@ -155,7 +155,7 @@ class Manifest:
             raise
         except KeyError as exc:
             raise BundleError(f"{source}: missing field {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: JSON allows 1e999 and 10**400
             raise BundleError(f"{source}: invalid value ({exc})") from None
 
 
@@ -176,7 +176,7 @@ def _relative(name: Any, field_name: str) -> str:
     if not isinstance(name, str) or not name:
         raise BundleError(f"manifest field {field_name!r} must name a file, got {name!r}")
     posix = PurePosixPath(name.replace("\\", "/"))
-    if posix.is_absolute() or ".." in posix.parts or ":" in name:
+    if posix.is_absolute() or ".." in posix.parts or ":" in name or "\x00" in name:
         raise BundleError(f"manifest field {field_name!r} names {name!r}, which escapes the bundle directory")
     return str(posix)
 
@@ -221,6 +221,8 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     if not root.is_dir():
         raise BundleError(f"{path} is not a bundle directory or .zip; expected a folder with {MANIFEST}")
     manifest_path = root / MANIFEST
+    if manifest_path.is_symlink() and not manifest_path.resolve().is_relative_to(root.resolve()):
+        raise BundleError(f"{manifest_path} is a symlink to {manifest_path.resolve()}, outside the bundle directory")
     if not manifest_path.is_file():
         raise BundleError(f"{path} has no {MANIFEST}; is it a bundle written by 'edge-thyroid export'?")
     if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
@@ -229,6 +231,8 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BundleError(f"{manifest_path} is nested too deeply to be a manifest") from None
     manifest = Manifest.from_dict(data, str(manifest_path))
     needed = {manifest.head_file, *(entry.file for entry in manifest.models.values())}
     unlisted = sorted(needed - set(manifest.files))
@@ -243,11 +247,14 @@ def verify_files(root: Path, files: Mapping[str, str]) -> None:
     resolved_root = root.resolve()
     for name, expected in files.items():
         file_path = root / name
-        if not file_path.resolve().is_relative_to(resolved_root):
-            raise BundleError(f"bundle file {name!r} resolves outside the bundle directory {root}")
-        if not file_path.is_file():
-            raise BundleError(f"bundle file {name!r} is missing from {root}")
-        actual = sha256_file(file_path)
+        try:
+            if not file_path.resolve().is_relative_to(resolved_root):
+                raise BundleError(f"bundle file {name!r} resolves outside the bundle directory {root}")
+            if not file_path.is_file():
+                raise BundleError(f"bundle file {name!r} is missing from {root}")
+            actual = sha256_file(file_path)
+        except OSError as exc:  # e.g. a name too long, a permission denied, an I/O error
+            raise BundleError(f"bundle file {name[:80]!r} cannot be read ({exc.strerror or exc})") from None
         if actual != expected:
             raise BundleError(f"bundle file {name!r} has sha256 {actual[:16]}..., manifest expects {str(expected)[:16]}...; "
                               "the file was modified or corrupted")
