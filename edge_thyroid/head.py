@@ -47,8 +47,9 @@ class FusionHead:
         try:
             with np.load(path, allow_pickle=False) as data:
                 weight, presence, bias = data["weight"], data["presence_bias"], data["bias"]
-        except (OSError, KeyError, ValueError) as exc:
-            raise BundleError(f"head weights {path} are unreadable ({exc}); expected an .npz with weight, presence_bias, bias") from exc
+        except Exception as exc:  # corrupt npz bytes raise BadZipFile, NotImplementedError, SyntaxError, ... from numpy/zipfile
+            raise BundleError(f"head weights {path} are unreadable ({type(exc).__name__}: {str(exc)[:120]}); "
+                              "expected an .npz with weight, presence_bias, bias") from None
         if weight.ndim != 2 or weight.shape[0] != len(modalities) or presence.shape != (len(modalities),):
             raise BundleError(f"head weights {path} have shapes weight={weight.shape}, presence_bias={presence.shape}; "
                               f"expected ({len(modalities)}, C) and ({len(modalities)},) for modalities {list(modalities)}")
