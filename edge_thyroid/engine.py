@@ -15,7 +15,7 @@ import numpy as np
 
 from .backends import Backend, create_backend
 from .bundle import Bundle, Target, load_bundle
-from .errors import InputError
+from .errors import BundleError, InputError
 from .head import FusionHead, HeadOutput, pool
 from .kernels.onnx_graph import FRAME, ROIS
 
@@ -126,6 +126,12 @@ class Engine:
         self.threshold = manifest.threshold.value
         self.backend: Backend = create_backend(backend, self.bundle.path(entry.file), threads=threads, **backend_options)
         self.backend.load()
+        # A model with another signature would pass the hash check and fail only at the first frame.
+        inputs = set(self.backend.input_names)
+        if inputs and inputs != {FRAME, ROIS}:
+            self.backend.close()
+            raise BundleError(f"model {entry.file} takes inputs {sorted(inputs)}; expected {sorted((FRAME, ROIS))} "
+                              "(uint8 frame + int64 ROIs)")
 
     @property
     def modalities(self) -> tuple[str, ...]:
