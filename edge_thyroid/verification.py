@@ -17,22 +17,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .bundle import Bundle
-from .dataset import Sample, read_samples, split_by_case
+from .dataset import Sample, Split
 from .errors import EdgeThyroidError, InputError
-from .metrics import delong_auc_ci, delong_test, operating_point, roc_auc, youden_threshold
+from .evaluation import SplitSpec, read_frame, select_samples
+from .metrics import delong_auc_ci, delong_test, operating_point, youden_threshold
 
-
-class Split(str, Enum):
-    TRAIN = "train"
-    VAL = "val"
-    ALL = "all"
+__all__ = ["GateBudget", "GateFailedError", "GateReport", "LabelledSet", "Split", "compare_scores", "labelled_split",
+           "run_gate", "score_engines"]
 
 
 @dataclass(frozen=True)
@@ -73,33 +70,21 @@ class LabelledSet:
 def labelled_split(csv_path: str | Path, split: Split = Split.VAL, *, folds: int = 4, fold: int = 0,
                    seed: int = 0) -> LabelledSet:
     """The labelled rows of one side of the case-level split (the training engineer's protocol)."""
-    try:
-        samples = read_samples(csv_path, labelled_only=True)
-        if split is not Split.ALL:
-            train, val = split_by_case(samples, folds=folds, fold=fold, seed=seed)
-            samples = val if split is Split.VAL else train
-    except (ValueError, FileNotFoundError) as exc:
-        raise InputError(str(exc)) from None
-    labels = {s.label for s in samples}
-    if labels != {0, 1}:
-        raise InputError(f"{csv_path} ({split.value} side) has labels {sorted(labels)}; the gate needs both benign and malignant cases")
-    where = "all rows" if split is Split.ALL else f"{split.value} side of case split fold {fold}/{folds}, seed {seed}"
-    return LabelledSet(samples, f"{csv_path} ({where}, {len(samples)} labelled images)")
+    spec = SplitSpec(split, folds, fold, seed)
+    samples, _ = select_samples(csv_path, spec)
+    return LabelledSet(samples, f"{csv_path} ({spec.describe()}, {len(samples)} labelled images)")
 
 
 def score_engines(engines: Sequence[Any], samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
     """p(malignant) of each engine on each image (one pane of the sample's modality, the whole image);
     shape [len(engines), len(samples)]. Each image is read once and fed to every engine."""
-    import cv2
     from tqdm import tqdm
 
     from .engine import Pane
 
     scores = np.zeros((len(engines), len(samples)), dtype=np.float64)
     for j, sample in enumerate(tqdm(samples, desc="gate", unit="image", file=sys.stderr, disable=not progress)):
-        frame = cv2.imread(str(sample.image), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise InputError(f"cannot read image {sample.image}: missing or not an image OpenCV can decode")
+        frame = read_frame(sample.image)
         pane = Pane(sample.modality, (0, 0, frame.shape[1], frame.shape[0]))
         for i, engine in enumerate(engines):
             scores[i, j] = engine.classify(frame, [pane]).probability

@@ -33,6 +33,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 from edge_thyroid.bundle import sha256_file
 from edge_thyroid.dataset import read_samples, split_by_case
 from edge_thyroid.errors import InputError
+from edge_thyroid.evaluation import read_frame  # uint8 BGR, grayscale replicated: what the engine receives
 from edge_thyroid.kernels.onnx_graph import FRAME, PIXELS, ROIS, build_preprocess_graph
 from edge_thyroid.kernels.reference import PreprocessSpec
 
@@ -117,16 +118,6 @@ def calibration_set(source: str | Path, *, count: int, folds: int = 4, fold: int
         picks = np.sort(np.random.default_rng(seed).choice(len(candidates), size=count, replace=False))
         chosen, selection = [candidates[i] for i in picks], f"random {count} of {len(candidates)} (seed {seed})"
     return CalibrationSet(tuple(chosen), origin, selection, len(candidates))
-
-
-def read_frame(path: Path) -> np.ndarray:
-    """A calibration image as the engine would receive it: uint8 BGR, grayscale replicated."""
-    import cv2
-
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise InputError(f"cannot read calibration image {path}: missing or not an image OpenCV can decode")
-    return frame
 
 
 class PanePreprocessor:

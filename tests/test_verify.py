@@ -72,7 +72,7 @@ def test_budget_must_be_a_fraction(drop, agreement):
 def test_labelled_split_needs_both_classes(tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text("image,label,case_id\n" + "".join(f"{i}.png,benign,{i}\n" for i in range(8)))
-    with pytest.raises(InputError, match="needs both benign and malignant"):
+    with pytest.raises(InputError, match="needs benign and malignant"):
         labelled_split(csv, Split.ALL)
     with pytest.raises(InputError, match="not found"):
         labelled_split(tmp_path / "absent.csv")
