@@ -15,7 +15,7 @@ tensors: the same kernel runs in Triton's interpreter (a correctness check, not 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -137,8 +137,24 @@ def preprocess_triton(
     into ``out`` (contiguous fp16/fp32 tensor [N, 3, S, S] on the frame's device); returns ``out``.
 
     ``rois`` (x, y, w, h) are validated on the host. Pass an int32 [N, 4] tensor already on the
-    device to skip the copy (it is then trusted: validate it once with :func:`device_rois`).
+    device to skip the copy (it is then trusted: make it with :func:`device_rois`).
     """
+    launcher(frame, rois, spec, out, block=block, num_warps=num_warps)()
+    return out
+
+
+def launcher(
+    frame: "torch.Tensor",
+    rois: "np.ndarray | Sequence[Sequence[int]] | torch.Tensor",
+    spec: PreprocessSpec,
+    out: "torch.Tensor",
+    *,
+    block: int = DEFAULT_BLOCK,
+    num_warps: int = DEFAULT_WARPS,
+) -> Callable[[], None]:
+    """Validate everything once and return a no-argument function that launches the kernel on the
+    current stream: for the hot loop (the frame and output buffers are reused, their contents
+    change) and for capture into a CUDA graph."""
     torch = _import_torch()
     triton, kernel = _kernel()
     spec.validate()
@@ -164,9 +180,12 @@ def preprocess_triton(
     scale = (1.0 / (255.0 * std)).tolist()
     shift = (-mean / std).tolist()
     grid = (triton.cdiv(size * size, block), count)
-    kernel[grid](frame, roi_tensor, out, stride_h, stride_w, stride_c, *scale, *shift,
-                 SIZE=size, BLOCK=block, num_warps=num_warps)
-    return out
+
+    def launch() -> None:
+        kernel[grid](frame, roi_tensor, out, stride_h, stride_w, stride_c, *scale, *shift,
+                     SIZE=size, BLOCK=block, num_warps=num_warps)
+
+    return launch
 
 
 def device_rois(rois: "np.ndarray | Sequence[Sequence[int]]", height: int, width: int, device: Any) -> "torch.Tensor":
