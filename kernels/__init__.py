@@ -5,6 +5,14 @@ Every implementation computes the same function, defined by :mod:`.reference` (t
 bilinear interpolation with half-pixel centres and clamp-to-edge, no anti-aliasing, in float.
 The model is trained through exactly this transform, so what it saw in training is what it sees
 in the field.
+
+- :mod:`.reference`: float64 NumPy, written for clarity.
+- :mod:`.numpy_path`: NumPy float32, gathering only the bilinear taps (no OpenCV needed).
+- :mod:`.opencv_path`: the CPU fast path (cv2.resize + blobFromImagesWithParams) for graphs without
+  preprocessing.
+- :mod:`.onnx_graph`: the in-graph version fused in front of the exported model.
+- :mod:`.triton_kernel`: the GPU kernel (triton/torch imported lazily).
+- :mod:`.check`: ``check_kernel``, the one equality check every implementation passes.
 """
 
 from .reference import PreprocessSpec, preprocess_reference

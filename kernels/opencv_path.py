@@ -13,8 +13,9 @@ Two resampling modes (:class:`Resampling`):
   network sees exactly what it was trained on. 3 panes of 1080p (600x600 -> 128): ~0.5 ms here.
 * ``UINT8``: ``cv2.resize`` straight on the uint8 crop. OpenCV uses 11-bit fixed-point weights with
   truncating shifts and rounds the result to uint8: up to 0.8 uint8 level off the reference (mean
-  0.27, bias -0.12 level; see :data:`kernels.check.UINT8_RESIZE`). ~2.5x faster at 128 px. Use it
-  only where that is measured to be harmless for the model at hand.
+  0.27, bias -0.12 level; see :data:`kernels.check.UINT8_RESIZE`). 2-4x faster; the INT8 models
+  built here quantize their input in steps of 0.5-1.1 levels anyway. Opt-in: use it where that is
+  measured to be harmless for the model at hand.
 
 fp16 output is supported (computed in float32, rounded once to float16).
 """
