@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ FORMAT = "edge-thyroid-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20
+MAX_ZIP_BYTES = 16 << 30  # declared uncompressed size; zipfile never inflates a member past it (zip bombs)
 
 
 class Precision(str, Enum):
@@ -212,10 +214,25 @@ class Bundle:
 
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Open a bundle directory (or .zip), verify hashes of every listed file, parse the manifest."""
+    """Open a bundle directory (or .zip), verify hashes of every listed file, parse the manifest.
+
+    A .zip is extracted to a temporary directory that lives as long as the returned Bundle.
+    """
     root = Path(path)
-    if root.is_file() and zipfile.is_zipfile(root):
-        root = _extract_zip(root)
+    if not (root.is_file() and zipfile.is_zipfile(root)):
+        return _load_directory(root, path, verify)
+    extracted = _extract_zip(root)
+    try:
+        bundle = _load_directory(_bundle_root(extracted), path, verify)
+    except BaseException:
+        shutil.rmtree(extracted, ignore_errors=True)
+        raise
+    # Engines hold their Bundle; a long-running process must not leave one copy per load on disk.
+    weakref.finalize(bundle, shutil.rmtree, extracted, True)
+    return bundle
+
+
+def _load_directory(root: Path, path: str | Path, verify: bool) -> Bundle:
     if not root.exists():
         raise BundleError(f"bundle not found: {path}")
     if not root.is_dir():
@@ -262,12 +279,27 @@ def verify_files(root: Path, files: Mapping[str, str]) -> None:
 
 def _extract_zip(path: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="edge_thyroid_bundle_"))
-    with zipfile.ZipFile(path) as archive:
-        for member in archive.infolist():
-            _relative(member.filename, f"zip member of {path.name}")
-        archive.extractall(target)
-    entries = [p for p in target.iterdir()]
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            for member in members:
+                _relative(member.filename, f"zip member of {path.name}")
+            total = sum(member.file_size for member in members)
+            if total > MAX_ZIP_BYTES:
+                raise BundleError(f"{path} unpacks to {total} bytes; a bundle .zip is at most {MAX_ZIP_BYTES}")
+            archive.extractall(target)
+    except BundleError:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    except Exception as exc:  # zipfile, zlib, bz2 and lzma raise their own types on damaged archives
+        shutil.rmtree(target, ignore_errors=True)
+        raise BundleError(f"{path} is a damaged .zip ({type(exc).__name__}: {str(exc)[:120]})") from None
+    return target
+
+
+def _bundle_root(extracted: Path) -> Path:
+    entries = list(extracted.iterdir())
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else extracted
 
 
 @contextmanager
