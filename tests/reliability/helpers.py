@@ -63,3 +63,17 @@ def parse_jsonl(path: Path) -> list[dict]:
     text = path.read_text(encoding="utf-8")
     assert text == "" or text.endswith("\n"), f"{path} ends with a partial line: {text[-200:]!r}"
     return [json.loads(line) for line in text.splitlines()]
+
+
+def fake_bundle(root: Path) -> Path:
+    """A bundle whose files are placeholders (nothing here parses them): manifest-level tests without torch."""
+    from edge_thyroid.bundle import Manifest, ModelEntry, Precision, write_manifest
+    from edge_thyroid.kernels.reference import PreprocessSpec
+
+    root.mkdir(parents=True)
+    (root / "model.onnx").write_bytes(b"model bytes")
+    (root / "head.npz").write_bytes(b"head bytes")
+    manifest = Manifest(backbone="resnet50", modalities=("bmode", "smi", "swe"), preprocessing=PreprocessSpec(image_size=64),
+                        models={"fp32": ModelEntry("model.onnx", Precision.FP32)}, head_file="head.npz", feature_channels=2048)
+    write_manifest(root, manifest)
+    return root
