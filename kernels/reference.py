@@ -72,6 +72,8 @@ class PreprocessSpec:
             raise ValueError(f"mean and std need 3 values each, got {self.mean} and {self.std}")
         if any(not np.isfinite(s) or s <= 0 for s in self.std):
             raise ValueError(f"std values must be finite and > 0, got {self.std}")
+        if not all(np.isfinite(m) for m in self.mean):  # a NaN mean turns every pane's features into NaN
+            raise ValueError(f"mean values must be finite, got {self.mean}")
         supported = ("bilinear", "half_pixel", False, "RGB", "BGR")
         got = (self.interpolation, self.coordinate_transformation, self.antialias,
                self.color_order, self.input_color_order)
