@@ -87,6 +87,8 @@ MANIFEST_CASES = [
      ["invalid value (int too large to convert to float)"]),
     ("infinite image size", lambda b: replace_file(b / MANIFEST, (b / MANIFEST).read_bytes().replace(
         b'"image_size": 64', b'"image_size": Infinity')), ["invalid value (cannot convert float infinity to integer)"]),
+    ("NaN preprocessing mean", lambda b: edit_manifest(b, lambda d: d["preprocessing"].update(mean=[float("nan")] * 3)),
+     ["mean values must be finite"]),
     ("NUL in a file name", lambda b: edit_manifest(b, lambda d: d["head"].update(file="head\x00.npz")),
      ["head\\x00.npz"]),
     ("file name too long", lambda b: edit_manifest(b, lambda d: (d["head"].update(file="h" * 5000),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import math
 import shutil
 import tempfile
 import zipfile
@@ -83,6 +84,7 @@ def test_mutated_manifest_parses_or_raises_bundle_error(valid, data):
         assert manifest.modalities and all(isinstance(m, str) for m in manifest.modalities)
         assert 0.0 <= manifest.threshold.value <= 1.0
         assert isinstance(manifest.feature_channels, int)
+        assert all(math.isfinite(v) for v in (*manifest.preprocessing.mean, *manifest.preprocessing.std))
         assert all(".." not in f.split("/") and not f.startswith("/") for f in (manifest.head_file, *manifest.files))
 
 
