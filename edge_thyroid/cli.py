@@ -53,10 +53,19 @@ def cli() -> None:
     """
 
 
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user-fixable errors print one line and exit non-zero (no traceback)."""
+    import signal
+
     from .errors import EdgeThyroidError
 
+    # A service manager stops us with SIGTERM: unwind exactly like Ctrl-C, so atomic writers remove
+    # their staging directories and streams close (and fsync) their outputs.
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         cli.main(args=argv, prog_name="edge-thyroid", standalone_mode=False)
     except click.exceptions.Exit as exc:
