@@ -77,8 +77,13 @@ class FusionHead:
             vector = np.asarray(features, dtype=np.float64).reshape(-1)
             if vector.shape[0] != self.channels:
                 raise InputError(f"{modality} features have {vector.shape[0]} channels; expected {self.channels}")
-            contributions[modality] = float(self.weight[index] @ vector + self.presence_bias[index])
+            with np.errstate(over="ignore", invalid="ignore"):  # reported below, as one error
+                contributions[modality] = float(self.weight[index] @ vector + self.presence_bias[index])
         logit = self.bias + sum(contributions.values())
+        if not math.isfinite(logit):
+            # NaN compares false with the threshold and would silently read as "benign".
+            raise InputError(f"the head's logit is {logit} (per modality {contributions}); the features or head "
+                             "weights overflow, so no decision is made")
         return HeadOutput(logit, sigmoid(logit), contributions)
 
     def cam(self, modality: str, feature_maps: np.ndarray) -> np.ndarray:
