@@ -88,6 +88,9 @@ def main(bundle, data, folds, fold, seed, out_json, grid_png, threads) -> None:
     if not samples:
         raise click.ClickException(f"no validation rows of {data} have a mask file")
     rows, overlays = [], []
+    # An empty mask localises nothing: such crops are listed, not scored.
+    empty = [s.image.name for s in samples if not (cv2.imread(str(s.mask), cv2.IMREAD_GRAYSCALE) > 127).any()]
+    samples = [s for s in samples if s.image.name not in empty]
     # Grid: 4 malignant and 4 benign crops spread over the validation side (fixed choice).
     malignant = [i for i, s in enumerate(samples) if s.label == 1]
     benign = [i for i, s in enumerate(samples) if s.label == 0]
@@ -116,7 +119,7 @@ def main(bundle, data, folds, fold, seed, out_json, grid_png, threads) -> None:
                 overlays.append(canvas)
     rows = [r for r in rows if np.isfinite(r["cam"])]
     cam = np.array([r["cam"] for r in rows])
-    summary = {"n": len(rows), "bundle": str(bundle), "data": f"{data} (validation side, fold {fold}/{folds}, seed {seed})"}
+    summary = {"n": len(rows), "empty_masks_skipped": empty, "bundle": str(bundle), "data": f"{data} (validation side, fold {fold}/{folds}, seed {seed})"}
     for key in ("cam", "centre_disc", "centre_gaussian", "mask_area_fraction"):
         values = np.array([r[key] for r in rows])
         summary[key] = {"mean": float(values.mean()), "median": float(np.median(values))}

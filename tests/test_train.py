@@ -76,7 +76,7 @@ def test_fit_resumes_epoch_optimizer_and_history(tmp_path):
 
     samples = read_samples(synthetic_csv(tmp_path / "data", n_cases=6))
     train, val = samples[:8], samples[8:]
-    config = TrainConfig(backbone="resnet50", modalities=("bmode",), image_size=32, epochs=1, batch_size=4,
+    config = TrainConfig(backbone="googlenet", modalities=("bmode",), image_size=32, epochs=1, batch_size=4,
                          balance=Balance.BOTH, mixup=0.4, patience=5)
     out = tmp_path / "run"
     first = fit(config, train, val, out, log=lambda _: None)
