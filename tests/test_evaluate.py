@@ -152,3 +152,20 @@ def test_evaluate_model_refuses_a_missing_model(tmp_path):
     csv_path = synthetic_csv(tmp_path)
     with pytest.raises(InputError, match="model not found"):
         evaluate_model(tmp_path / "nope", csv_path, SplitSpec(Split.ALL))
+
+
+def test_checkpoint_without_torch_says_how_to_install(tmp_path):
+    import subprocess
+    import sys
+
+    from .test_torch_free import BLOCK_TORCH
+
+    csv_path = synthetic_csv(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"not used")
+    script = BLOCK_TORCH + f"""
+from edge_thyroid.cli import main
+main(['evaluate', {str(tmp_path / 'model.pt')!r}, '--data', {str(csv_path)!r}, '--split', 'all'])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "pip install 'edge-thyroid[export]'" in result.stderr
