@@ -207,3 +207,30 @@ def test_error_lines_are_single_lines_even_for_long_inputs(bundle):
     message = assert_refused(run_cli("info", bundle), "'modalities' must be a list of strings")
     assert len(message) < 400
     json.dumps(message)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A 1 kB PNG whose header claims width x height pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
+
+
+BAD_IMAGES = {
+    "truncated": lambda ok: ok[: len(ok) // 2],
+    "empty": lambda ok: b"",
+    "not an image": lambda ok: b"GIF? no, text",
+    "decompression bomb": lambda ok: png_declaring(30_000, 30_000),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_IMAGES)
+def test_bad_image_is_refused_by_classify(random_bundle, image, tmp_path, kind):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(BAD_IMAGES[kind](image.read_bytes()))
+    assert_refused(run_cli("classify", random_bundle, bad), "cannot read image", "bad.png")
