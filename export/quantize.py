@@ -41,7 +41,7 @@ from .calibration import CalibrationOptions, CalibrationSet, calibrate, default_
 from .onnx_export import _rename_uses
 
 # Aliases for --fp32-layers: the layers most often sensitive to 8-bit rounding.
-LAYER_ALIASES = ("first", "last")
+LAYER_ALIASES = ("first", "last", "stem")
 
 
 def model_sha256(model: onnx.ModelProto) -> str:
@@ -120,20 +120,29 @@ def conv_quantization(model: onnx.ModelProto) -> dict[str, Any]:
 
 
 def resolve_layers(model: onnx.ModelProto, layers: Sequence[str]) -> list[str]:
-    """Node names for ``layers`` ("first"/"last" name the first/last Conv in topological order)."""
+    """Node names for ``layers``: a node name; "first"/"last" (the first/last Conv in topological
+    order); "stem" (every node before the first residual stage); or a module path such as "layer1"
+    or "layer2/layer2.0", which takes every node of that module (its convolutions *and* its residual
+    additions: keeping only the convolutions in float leaves the residual stream quantized)."""
+    nodes = [node.name for node in model.graph.node]
     convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
-    names = {node.name for node in model.graph.node}
+    first_stage = next((i for i, name in enumerate(nodes) if name.startswith("/layer")), len(nodes))
     resolved = []
     for layer in layers:
+        prefix = "/" + layer.strip("/") + "/"
         if layer == "first" and convs:
             resolved.append(convs[0])
         elif layer == "last" and convs:
             resolved.append(convs[-1])
-        elif layer in names:
+        elif layer == "stem" and first_stage:
+            resolved.extend(nodes[:first_stage])
+        elif layer in nodes:
             resolved.append(layer)
+        elif any(name.startswith(prefix) for name in nodes):
+            resolved.extend(name for name in nodes if name.startswith(prefix))
         else:
-            raise InputError(f"layer {layer!r} is not in the backbone; expected {' or '.join(LAYER_ALIASES)} "
-                             f"or a node name such as {convs[:2]}")
+            raise InputError(f"layer {layer!r} is not in the backbone; expected {', '.join(LAYER_ALIASES)}, a module "
+                             f"such as layer1 or layer2/layer2.0, or a node name such as {convs[:2]}")
     return list(dict.fromkeys(resolved))
 
 

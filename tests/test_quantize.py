@@ -218,8 +218,11 @@ def test_calibration_cache_hits_and_keys_on_method(backbone, frames, quantized, 
     digest = model_sha256(backbone)
     assert digest == quantized.report["backbone_sha256"]
     prepared = prepare(backbone, tmp_path, digest)
-    minmax = calibrate(prepared, digest, frames, SPEC, CalibrationOptions(), cache_dir)
-    assert minmax.cache_hit and minmax.key == quantized.report["cache"]["key"]
+    assert calibrate(prepared, digest, frames, SPEC, CalibrationOptions(), cache_dir).key == quantized.report["cache"]["key"]
+    minmax = calibrate(prepared, digest, frames, SPEC, CalibrationOptions(frame_average=False), cache_dir)
+    assert not minmax.cache_hit and minmax.key != quantized.report["cache"]["key"]
+    averaged = {name: data.range_value for name, data in load_tensors_data(calibrate(
+        prepared, digest, frames, SPEC, CalibrationOptions(), cache_dir).ranges_path).items()}
     entropy = calibrate(prepared, digest, frames, SPEC, CalibrationOptions(METHODS["entropy"], entropy_bins=256), cache_dir)
     assert not entropy.cache_hit and entropy.key != minmax.key
     low_high = {name: data.range_value for name, data in load_tensors_data(minmax.ranges_path).items()}
@@ -229,6 +232,24 @@ def test_calibration_cache_hits_and_keys_on_method(backbone, frames, quantized, 
     widths = {n: (np.ptp(np.ravel(low_high[n])), np.ptp(np.ravel(clipped[n]))) for n in low_high}
     assert all(b <= a * (1 + 1e-5) for a, b in widths.values())
     assert sum(b < 0.9 * a for a, b in widths.values()) >= 10
+    # Averaging per-frame ranges lies inside the extremes, and strictly inside where frames differ.
+    inner = {n: np.ptp(np.ravel(averaged[n])) for n in low_high}
+    assert all(inner[n] <= widths[n][0] * (1 + 1e-5) for n in low_high)
+    assert sum(inner[n] < 0.95 * widths[n][0] for n in low_high) >= 10
+
+
+def test_histogram_calibration_with_a_partial_last_batch(backbone, frames, tmp_path):
+    """Six frames in batches of four: the histogram collector must never see two batch shapes at once."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from edge_thyroid.export.calibration import METHODS, CalibrationOptions, calibrate
+    from edge_thyroid.export.quantize import model_sha256, prepare
+
+    digest = model_sha256(backbone)
+    options = CalibrationOptions(METHODS["percentile"], batch_size=4, percentile=99.9, percentile_bins=256)
+    result = calibrate(prepare(backbone, tmp_path, digest), digest, frames, SPEC, options, tmp_path / "cache")
+    ranges = load_tensors_data(result.ranges_path)
+    assert len(ranges.data) > 100 and ranges.calibration_method.name == "Percentile"
 
 
 def test_fp32_layers_stay_float(backbone, frames, cache_dir):
@@ -238,6 +259,14 @@ def test_fp32_layers_stay_float(backbone, frames, cache_dir):
     convs = conv_quantization(result.model)
     assert convs["int8_convs"] == 51 and convs["float_convs"] == result.report["fp32_layers"]
     assert result.report["cache"]["hit"] is True  # exclusions do not change the calibrated ranges
+    # A module keeps all of it in float, residual additions included; "stem" is everything before layer1.
+    mixed = quantize_backbone(backbone, frames, SPEC, QuantConfig(fp32_layers=("stem", "layer1")), cache_dir=cache_dir)
+    convs = conv_quantization(mixed.model)
+    assert convs["convs"] == 53 and convs["int8_convs"] == 53 - 1 - 10
+    excluded = mixed.report["fp32_layers"]
+    assert "/conv1/Conv" in excluded and "/maxpool/MaxPool" in excluded
+    assert sum(name.startswith("/layer1/") and name.endswith("/Add") for name in excluded) == 3
+    assert not any(name.startswith("/layer2/") for name in excluded)
     with pytest.raises(InputError, match="not in the backbone"):
         quantize_backbone(backbone, frames, SPEC, QuantConfig(fp32_layers=("layer9",)), cache_dir=cache_dir)
 

@@ -48,7 +48,11 @@ def _import_export_tools():
 @click.option("--calib-method", type=click.Choice(sorted(CALIBRATION_METHODS)), default="minmax", show_default=True,
               help="How activation ranges are chosen from the calibration frames.")
 @click.option("--calib-count", type=int, default=100, show_default=True, help="Calibration frames to use (a seeded subset).")
-@click.option("--fp32-layers", default="", help="Comma-separated layers kept in float in an INT8 model: first, last or node names.")
+@click.option("--calib-average/--calib-extremes", default=True, show_default=True,
+              help="minmax: average each frame's range (robust to one atypical frame) or take the extremes over all frames.")
+@click.option("--fp32-layers", default="",
+              help="Comma-separated parts kept in float in an INT8 model: stem, first, last, a module (layer1, "
+                   "layer2/layer2.0: its convolutions and residual additions) or node names.")
 @click.option("--keep-fp32/--no-keep-fp32", default=True, show_default=True,
               help="Keep model.onnx (FP32) beside the compiled model; --no-keep-fp32 makes a small INT8-only bundle.")
 @click.option("--verify-data", default=None, type=click.Path(dir_okay=False),
@@ -59,7 +63,7 @@ def _import_export_tools():
               help="Calibration and TensorRT engine cache (default: $EDGE_THYROID_CACHE or ~/.cache/edge_thyroid).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 def export(checkpoint, output, backbone, modalities, image_size, random_init, seed, force, precision, target, calib,
-           calib_method, calib_count, fp32_layers, keep_fp32, verify_data, max_auc_drop, min_agreement, cache_dir,
+           calib_method, calib_count, calib_average, fp32_layers, keep_fp32, verify_data, max_auc_drop, min_agreement, cache_dir,
            as_json) -> None:
     """Export CHECKPOINT (a torch state_dict with torchvision backbone keys + the fusion head, or a
     checkpoint written by edge-thyroid-train) to a model bundle: model.onnx with the preprocessing
@@ -112,7 +116,7 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
         from ..export.calibration import CalibrationOptions, parse_method
 
         calibration = bundle_export.CalibrationRequest(
-            Path(calib), calib_count, CalibrationOptions(parse_method(calib_method)),
+            Path(calib), calib_count, CalibrationOptions(parse_method(calib_method), frame_average=calib_average),
             tuple(layer.strip() for layer in fp32_layers.split(",") if layer.strip()))
     if verify_data:
         from ..verification import GateBudget
