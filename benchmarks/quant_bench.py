@@ -163,7 +163,7 @@ def peak_rss(bundle: Path, key: str) -> dict:
 
 def export_int8(model, directory: Path, size: int, calib: Path, count: int, method: str, cache: Path,
                 gate_csv: Path | None = None, fp32_layers: tuple[str, ...] = (), keep_fp32: bool = True,
-                threshold: dict | None = None) -> Path:
+                threshold: dict | None = None, frame_average: bool = True) -> Path:
     """As `edge-thyroid export --precision int8` does it (the checkpoint's decision threshold included:
     the gate's decision agreement is measured at it)."""
     from edge_thyroid.bundle import Precision, Threshold
@@ -171,7 +171,8 @@ def export_int8(model, directory: Path, size: int, calib: Path, count: int, meth
     from edge_thyroid.export.calibration import CalibrationOptions, parse_method
     from edge_thyroid.verification import GateFailedError
 
-    request = CalibrationRequest(calib, count, CalibrationOptions(parse_method(method)), fp32_layers)
+    request = CalibrationRequest(calib, count, CalibrationOptions(parse_method(method), frame_average=frame_average),
+                                 fp32_layers)
     gate = GateRequest(gate_csv) if gate_csv else None
     try:
         t = dict(threshold or {})
@@ -186,15 +187,18 @@ def export_int8(model, directory: Path, size: int, calib: Path, count: int, meth
         return failed
 
 
-def s8s8_model(model, size: int, calib: Path, count: int, method: str, cache: Path):
-    """The same calibration with int8 (S8S8) activations: quantize_static's default, for comparison."""
+def variant_model(model, size: int, calib: Path, count: int, method: str, cache: Path, *, s8s8: bool = False,
+                  fp32_layers: tuple[str, ...] = ()):
+    """The same calibration with int8 (S8S8) activations (quantize_static's default), or with some
+    layers kept in float: for comparison."""
     from edge_thyroid.export.calibration import CalibrationOptions, calibration_set, parse_method
     from edge_thyroid.export.onnx_export import export_backbone_onnx
     from edge_thyroid.export.quantize import QuantConfig, QuantScheme, fuse_preprocessing, quantize_backbone
     from edge_thyroid.kernels.reference import PreprocessSpec
 
     spec = PreprocessSpec(image_size=size)
-    config = QuantConfig(CalibrationOptions(parse_method(method)), scheme_override=QuantScheme("int8", "int8", False))
+    config = QuantConfig(CalibrationOptions(parse_method(method)), fp32_layers=fp32_layers,
+                         scheme_override=QuantScheme("int8", "int8", False) if s8s8 else None)
     result = quantize_backbone(export_backbone_onnx(model, size), calibration_set(calib, count=count), spec, config,
                                cache_dir=cache)
     return fuse_preprocessing(result.model, spec), result.report
@@ -208,8 +212,11 @@ def markdown(record: dict, gate: dict | None) -> str:
     m = record["machine"]
     lines += [
         f"Model: {what}. INT8: static QDQ, per-channel int8 weights, uint8 activations, "
-        f"{record['settings']['calib_method']} calibration on {record['settings']['calib_count']} DDTI training-side frames "
-        "run through the engine's own preprocessing; the Loop/Resize preprocessing stays float32.",
+        f"{record['settings']['calib_method']} calibration (per-frame ranges averaged) on {record['settings']['calib_count']} "
+        "DDTI training-side frames run through the engine's own preprocessing; the Loop/Resize preprocessing stays float32. "
+        "int8_s8s8: the same with int8 activations (quantize_static's default). int8_mixed: "
+        + (", ".join(next((e["mixed"]["fp32_layers"] for e in record["sizes"].values() if "mixed" in e), [])) or "none")
+        + " kept in float (convolutions and residual additions).",
         f"Machine: {m['cpu']} ({', '.join(m['isa'])}), {m['logical_cpus']} logical CPUs, {record['settings']['threads']} "
         f"inference threads; load average {m['load_average']} at start, {record['machine_end']['load_average']} at end; "
         f"ONNX Runtime {m['onnxruntime']}. Other busy processes at start: "
@@ -233,7 +240,9 @@ def markdown(record: dict, gate: dict | None) -> str:
     if gate:
         lines += ["## Accuracy gate (DDTI validation split, fold 0 of 4, seed 0)", "",
                   "Labels are TI-RADS categories binarised (2-3 benign, 4a-5 malignant), a radiologist's risk category, "
-                  "not biopsy results. Gate: AUC drop <= 0.01 and decision agreement >= 0.98 against the FP32 model.", "",
+                  "not biopsy results. Gate: AUC drop <= 0.01 and decision agreement >= 0.98 against the FP32 model, "
+                  "both deciding at the checkpoint's threshold. minmax = per-frame ranges averaged (the export default); "
+                  "minmax-extremes = ranges over all frames; '+ fp32 ...' = those parts kept in float.", "",
                   "| INT8 variant | n | FP32 AUC | INT8 AUC | AUC drop | agreement | abs dp p50 | p99 | max | refit threshold | gate |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for name, report in gate["variants"].items():
@@ -242,6 +251,8 @@ def markdown(record: dict, gate: dict | None) -> str:
                          f"| {report['abs_dp']['p99']:.4f} | {report['abs_dp']['max']:.4f} "
                          f"| {report['candidate']['refit']['threshold']:.4f} | {'pass' if report['passed'] else 'FAIL'} |")
         lines.append("")
+    if record.get("note"):
+        lines += [record["note"], ""]
     lines.append("Raw: `quant_cpu.json`" + (", `quant_gate.json`" if gate else "") + ".")
     return "\n".join(lines) + "\n"
 
@@ -259,10 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-count", type=int, default=100)
     parser.add_argument("--calib-method", default="minmax")
     parser.add_argument("--no-s8s8", action="store_true", help="skip the S8S8 (int8 activations) comparison model")
-    parser.add_argument("--gate-methods", default="minmax,entropy,percentile",
+    parser.add_argument("--mixed-layers", default="stem,layer1,layer2",
+                        help="an extra INT8 model with these parts in float (--fp32-layers syntax); '' for none")
+    parser.add_argument("--gate-methods", default="minmax,minmax-extremes,entropy,percentile",
                         help="with a trained checkpoint: calibration methods to gate on the validation split")
+    parser.add_argument("--gate-fp32-layers", default="stem,layer1,layer2/layer2.0;stem,layer1,layer2",
+                        help="with a trained checkpoint: ';'-separated --fp32-layers variants (minmax) to gate too")
     parser.add_argument("--cache-dir", default=None, help="calibration cache (default: the export default)")
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--no-latency", action="store_true",
+                        help="keep the latency record already in RESULTS/quant_cpu.json; run only the gate")
+    parser.add_argument("--note", default="", help="a paragraph for quantization.md (what the numbers mean here)")
     args = parser.parse_args(argv)
 
     checkpoint = None if args.random_init else args.checkpoint
@@ -270,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads(TRAINING_RECORD.read_text())
         checkpoint = record.get("checkpoint") or record.get("best_checkpoint")
     calib = Path(args.calib)
+    mixed_layers = tuple(part for part in args.mixed_layers.split(",") if part)
     cache = Path(args.cache_dir) if args.cache_dir else None
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -277,20 +296,30 @@ def main(argv: list[str] | None = None) -> int:
     model, model_info = load_model(checkpoint, seed=0)
     record = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command.strip(),
               "machine": machine_state(), "model": model_info,
-              "settings": {"runs": args.runs, "block": args.block, "threads": args.threads, "calib": str(calib),
+              "note": args.note, "settings": {"runs": args.runs, "block": args.block, "threads": args.threads, "calib": str(calib),
                            "calib_count": args.calib_count, "calib_method": args.calib_method}, "sizes": {}}
     frame = screen(DDTI_CSV)
     with tempfile.TemporaryDirectory(prefix="quant_bench_") as scratch:
-        for size in (int(s) for s in args.sizes.split(",")):
+        if args.no_latency:
+            kept = json.loads((results / "quant_cpu.json").read_text())
+            record.update({k: kept[k] for k in ("when", "command", "machine", "machine_end", "settings", "sizes")})
+            record["model"] = kept["model"]
+        for size in ([] if args.no_latency else (int(s) for s in args.sizes.split(","))):
             print(f"== {size} px: export", file=sys.stderr)
             bundle = export_int8(model, Path(scratch) / f"b{size}", size, calib, args.calib_count, args.calib_method, cache)
             keys = ["fp32", "int8"]
             entry: dict = {}
             if not args.no_s8s8:
-                s8s8, report = s8s8_model(model, size, calib, args.calib_count, args.calib_method, cache)
+                s8s8, report = variant_model(model, size, calib, args.calib_count, args.calib_method, cache, s8s8=True)
                 add_model(bundle, "int8_s8s8", s8s8, "int8")
                 keys.append("int8_s8s8")
                 entry["s8s8_convolutions"] = report["convolutions"]["int8_convs"]
+            if mixed_layers:
+                mixed, report = variant_model(model, size, calib, args.calib_count, args.calib_method, cache,
+                                              fp32_layers=mixed_layers)
+                add_model(bundle, "int8_mixed", mixed, "int8")
+                keys.append("int8_mixed")
+                entry["mixed"] = {"fp32_layers": list(mixed_layers), "int8_convolutions": report["convolutions"]["int8_convs"]}
             from edge_thyroid.bundle import load_bundle
 
             manifest = load_bundle(bundle).manifest
@@ -302,19 +331,22 @@ def main(argv: list[str] | None = None) -> int:
                                                for p in ("1", "3")}
             entry["peak_rss_mb"] = {k: peak_rss(bundle, k) for k in keys}
             record["sizes"][str(size)] = entry
-        record["machine_end"] = {"load_average": list(os.getloadavg())}
-        (results / "quant_cpu.json").write_text(json.dumps(record, indent=2) + "\n")
+        if not args.no_latency:
+            record["machine_end"] = {"load_average": list(os.getloadavg())}
+            (results / "quant_cpu.json").write_text(json.dumps(record, indent=2) + "\n")
 
         gate = None
         if checkpoint:
             size = model_info["image_size"]
             gate = {"when": record["when"], "checkpoint": checkpoint, "image_size": size, "variants": {}}
-            variants = [(m, ()) for m in args.gate_methods.split(",")] + [(args.calib_method, ("first", "last"))]
-            for method, layers in variants:
-                name = method + (f" + fp32 {'/'.join(layers)}" if layers else "")
+            variants = [(m, ()) for m in args.gate_methods.split(",")]
+            variants += [("minmax", tuple(v.split(","))) for v in args.gate_fp32_layers.split(";") if v]
+            for index, (method, layers) in enumerate(variants):
+                name = method + (f" + fp32 {','.join(layers)}" if layers else "")
                 print(f"== gate: {name}", file=sys.stderr)
-                out = export_int8(model, Path(scratch) / f"gate_{method}_{len(layers)}", size, calib, args.calib_count,
-                                  method, cache, gate_csv=DDTI_CSV, fp32_layers=layers, threshold=model_info["threshold"])
+                out = export_int8(model, Path(scratch) / f"gate_{index}", size, calib, args.calib_count,
+                                  method.split("-")[0], cache, gate_csv=DDTI_CSV, fp32_layers=layers,
+                                  threshold=model_info["threshold"], frame_average=not method.endswith("-extremes"))
                 if out.suffix == ".json":
                     gate["variants"][name] = json.loads(out.read_text())
                 else:

@@ -238,6 +238,16 @@ def test_calibration_cache_hits_and_keys_on_method(backbone, frames, quantized, 
     assert sum(inner[n] < 0.95 * widths[n][0] for n in low_high) >= 10
 
 
+def test_calibration_passes_keep_batch_shapes_uniform():
+    from edge_thyroid.export.calibration import METHODS, CalibrationOptions
+
+    entropy = CalibrationOptions(METHODS["entropy"], batch_size=8, batches_per_pass=4)
+    assert entropy.passes(100) == (8, [(0, 32), (32, 64), (64, 96), (96, 100)])
+    assert entropy.passes(30) == (8, [(0, 24), (24, 30)])  # a partial batch never shares a pass
+    assert CalibrationOptions().passes(100) == (1, [(0, 100)])  # per-frame ranges: one frame per batch, one pass
+    assert CalibrationOptions(frame_average=False).passes(40) == (8, [(0, 32), (32, 40)])
+
+
 def test_histogram_calibration_with_a_partial_last_batch(backbone, frames, tmp_path):
     """Six frames in batches of four: the histogram collector must never see two batch shapes at once."""
     from onnxruntime.quantization.calibrate import load_tensors_data
