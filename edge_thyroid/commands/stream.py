@@ -1,0 +1,222 @@
+"""edge-thyroid stream / demo: classify a live screen (or a recording) in real time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import BundleError, InputError
+
+DEMO_CLIP = "demo_clip.mp4"
+DEMO_LAYOUT = "demo_clip.layout.json"
+DEMO_BUNDLE = "demo_bundle"
+DEMO_CREDIT = ("demo clip: thyroid B-mode crops from DDTI (Pedraza et al., Proc. SPIE 9287, 2015), "
+               "composed into a workstation screen")
+
+
+def data_path(name: str) -> Path:
+    """A file or folder shipped in edge_thyroid/data (resolved through the installed package)."""
+    return Path(str(resources.files("edge_thyroid").joinpath("data", name)))
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not WIDTHxHEIGHT, e.g. 1920x1080") from None
+    return width, height
+
+
+@dataclass
+class StreamOptions:
+    layout: str | None
+    json_out: str | None
+    overlay: str | None
+    show: bool
+    max_frames: int | None
+    as_fast_as_possible: bool
+    as_json: bool
+    model: str | None
+    threads: int | None
+    loop: bool
+    fps: float | None
+    capture_size: str | None
+    fourcc: str | None
+    smoothing: str
+    tau: float
+    window: int
+    hysteresis: float
+    frozen_after: float
+    unstable_std: float
+    change_threshold: float
+    cache: bool
+    reconnect_attempts: int
+    quiet: bool
+
+
+def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `stream` and `demo` share (applied bottom-up, so listed here in reverse help order)."""
+    options = [
+        click.option("--quiet", is_flag=True, help="No live status line on stderr."),
+        click.option("--reconnect-attempts", type=click.IntRange(0, 1000), default=8, show_default=True,
+                     help="Reopen tries (back-off 0.25 s doubling to 4 s) before a lost device/network source ends the stream."),
+        click.option("--no-cache", "cache", flag_value=False, default=True,
+                     help="Re-run every pane on every frame (pane caching off; for comparison)."),
+        click.option("--change-threshold", type=click.FloatRange(0, 255), default=1.0, show_default=True,
+                     help="Mean absolute pixel difference (grey levels) under which a pane counts as unchanged."),
+        click.option("--unstable-std", type=click.FloatRange(0, 1, min_open=True), default=0.2, show_default=True,
+                     help="Abstain when the std of p over the last 10 frames exceeds this."),
+        click.option("--frozen-after", type=click.FloatRange(0), default=2.0, show_default=True,
+                     help="Abstain after this many seconds without any pane changing (0: never)."),
+        click.option("--hysteresis", type=click.FloatRange(0, 0.5, max_open=True), default=0.05, show_default=True,
+                     help="The decision flips only when smoothed p crosses threshold +/- this margin."),
+        click.option("--window", type=click.IntRange(1, 1000), default=8, show_default=True,
+                     help="Frames averaged by --smoothing window."),
+        click.option("--tau", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True,
+                     help="EMA time constant in seconds (--smoothing ema)."),
+        click.option("--smoothing", type=click.Choice(["ema", "window", "none"]), default="ema", show_default=True,
+                     help="How p(malignant) is smoothed over time."),
+        click.option("--fourcc", default=None, help="Capture device pixel format to request, e.g. MJPG or YUYV."),
+        click.option("--capture-size", default=None, help="Capture device resolution to request (or synthetic screen size), WxH."),
+        click.option("--fps", type=float, default=None,
+                     help="Capture device rate to request; for files/folders/DICOM: replay at this rate instead of the stated one."),
+        click.option("--loop", is_flag=True, help="Replay a file, folder or DICOM from the start when it ends."),
+        click.option("--threads", type=int, default=None, help="Inference threads (default: ONNX Runtime's choice)."),
+        click.option("--model", default=None, help="Which model of the bundle: int8, fp32, fp16 (default: int8 if present)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout."),
+        click.option("--as-fast-as-possible", is_flag=True,
+                     help="Replay files without pacing; capture waits for the model, so no frame is dropped."),
+        click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many captured frames."),
+        click.option("--show", is_flag=True, help="Show the overlay in a window (needs a display and OpenCV with GUI)."),
+        click.option("--overlay", default=None, help="Write an annotated video (CAM heatmap + decision): out.mp4 / .avi / .mkv."),
+        click.option("--json-out", default=None, help="Write one JSON record per processed frame (and per source gap) here; '-' = stdout."),
+        click.option("--layout", default=None,
+                     help="Pane layout: a preset (single, dual, triple, full) or a .yaml/.json file. Default: the source's "
+                          "own (DICOM ultrasound regions, the demo clip) or the whole frame as one B-mode pane."),
+    ]
+    for option in options:
+        function = option(function)
+    return function
+
+
+def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, default_layout: str | None = None,
+               banner: str | None = None) -> None:
+    from ..engine import Engine
+    from ..layout import load_layout
+    from ..pipeline import Pipeline, PipelineConfig, ReconnectPolicy
+    from ..sinks import ConsoleSink, JsonlSink, OverlayVideoSink, WindowSink
+    from ..sources import SourceOptions, create_source
+    from ..temporal import Smoothing, TemporalConfig
+
+    layout_spec = options.layout or default_layout
+    layout = load_layout(layout_spec) if layout_spec else None
+    temporal = TemporalConfig(smoothing=Smoothing(options.smoothing), tau_s=options.tau, window=options.window,
+                              margin=options.hysteresis, unstable_std=options.unstable_std,
+                              frozen_after_s=options.frozen_after)
+    config = PipelineConfig(layout=layout, lossless=options.as_fast_as_possible, max_frames=options.max_frames,
+                            cache=options.cache, change_threshold=options.change_threshold, temporal=temporal,
+                            reconnect=ReconnectPolicy(attempts=options.reconnect_attempts))
+    source = create_source(source_spec, SourceOptions(
+        realtime=not options.as_fast_as_possible, fps=options.fps, size=_parse_size(options.capture_size),
+        fourcc=options.fourcc, loop=options.loop, layout=layout))
+    with Engine(bundle, model=options.model, threads=options.threads) as engine:
+        source.open()
+        try:
+            sinks = []
+            if options.json_out:
+                sinks.append(JsonlSink(options.json_out))
+            if not options.quiet:
+                sinks.append(ConsoleSink())
+            if options.overlay:
+                sinks.append(OverlayVideoSink(options.overlay, source.fps or 30.0))
+            if options.show:
+                sinks.append(WindowSink())
+            if banner and not options.quiet:
+                click.echo(banner, err=True)
+            summary = Pipeline(engine, source, sinks, config).run()
+        finally:
+            source.close()
+    # With the records on stdout, the summary goes to stderr so stdout stays pure JSONL.
+    to_stderr = options.json_out == "-"
+    if options.as_json:
+        click.echo(json.dumps(summary.to_dict(), allow_nan=False), err=to_stderr)
+    else:
+        click.echo(summary.text(), err=to_stderr)
+    if summary.error:
+        raise InputError(summary.error)
+
+
+def _options(kwargs: dict[str, Any]) -> StreamOptions:
+    return StreamOptions(**{name: kwargs[name] for name in StreamOptions.__dataclass_fields__})
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--source", "source_spec", default=None,
+              help="Capture source: device (0, /dev/video0), video file, rtsp:// tcp:// udp:// URL, DICOM cine, image "
+                   "folder, or synthetic[:dual|triple][?size=WxH&fps=30&swe_hz=2&frames=N&freeze=A-B]. "
+                   "Default: the bundled demo clip.")
+@stream_options
+def stream(bundle: str, source_spec: str | None, **kwargs: Any) -> None:
+    """Classify a live ultrasound screen with BUNDLE, in real time.
+
+    \b
+    Frames are captured on their own thread; the model always takes the newest frame (older ones are
+    dropped and counted), re-runs only the panes whose pixels changed, and smooths p(malignant) over
+    time with hysteresis. It abstains (with a reason) on blank, frozen or unstable input.
+    \b
+    Examples:
+      edge-thyroid stream bundle/ --source 0 --layout dual --json-out results.jsonl
+      edge-thyroid stream bundle/ --source cine.dcm --overlay review.mp4
+      edge-thyroid stream bundle/ --source rtsp://scanner.local/live --layout triple.yaml
+      edge-thyroid stream bundle/ --source synthetic:triple --max-frames 300
+    \b
+    Ctrl-C or SIGTERM stops cleanly: the JSONL is complete (every line parses) and a summary
+    (frames, processed, dropped, cache hits, latency p50/p90/p99) is printed.
+    """
+    options = _options(kwargs)
+    if source_spec is None:
+        clip = _demo_clip()
+        run_stream(bundle, str(clip), options, default_layout=str(data_path(DEMO_LAYOUT)), banner=DEMO_CREDIT)
+    else:
+        run_stream(bundle, source_spec, options)
+
+
+def _demo_clip() -> Path:
+    clip = data_path(DEMO_CLIP)
+    if not clip.is_file():
+        raise InputError(f"the bundled demo clip is missing at {clip}; reinstall edge-thyroid or pass --source")
+    return clip
+
+
+@click.command()
+@click.option("--bundle", default=None, type=click.Path(),
+              help="Model bundle to run (default: the bundled demo model).")
+@stream_options
+def demo(bundle: str | None, **kwargs: Any) -> None:
+    """Stream the bundled demo clip through the bundled model, printing live results.
+
+    \b
+    The clip is a few thyroid B-mode crops from the public DDTI database composed into a workstation
+    screen. Every option of 'edge-thyroid stream' applies, e.g.:
+      edge-thyroid demo --overlay demo.mp4 --json-out demo.jsonl
+    """
+    if bundle is None:
+        default = data_path(DEMO_BUNDLE)
+        if not (default / "manifest.json").is_file():
+            raise BundleError(f"the bundled demo model is missing at {default}; pass --bundle DIR "
+                              "(e.g. one made by 'edge-thyroid export')")
+        bundle = str(default)
+    run_stream(bundle, str(_demo_clip()), _options(kwargs), default_layout=str(data_path(DEMO_LAYOUT)),
+               banner=DEMO_CREDIT)
+
+
+__all__ = ["demo", "run_stream", "stream"]
