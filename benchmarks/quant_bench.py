@@ -218,7 +218,8 @@ def markdown(record: dict, gate: dict | None) -> str:
         + (", ".join(next((e["mixed"]["fp32_layers"] for e in record["sizes"].values() if "mixed" in e), [])) or "none")
         + " kept in float (convolutions and residual additions).",
         f"Machine: {m['cpu']} ({', '.join(m['isa'])}), {m['logical_cpus']} logical CPUs, {record['settings']['threads']} "
-        f"inference threads; load average {m['load_average']} at start, {record['machine_end']['load_average']} at end; "
+        f"inference threads; load average {[round(v, 2) for v in m['load_average']]} at start, "
+        f"{[round(v, 2) for v in record['machine_end']['load_average']]} at end; "
         f"ONNX Runtime {m['onnxruntime']}. Other busy processes at start: "
         + ("; ".join(f"{p['command']} ({p['cpu_percent']}%)" for p in m["other_busy_processes"]) or "none") + ".",
         f"Latency: `Engine.classify` (frame + ROIs -> p(malignant), preprocessing in the graph) on a 1920x1080 screen with "
@@ -336,11 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             (results / "quant_cpu.json").write_text(json.dumps(record, indent=2) + "\n")
 
         gate = None
-        if checkpoint:
+        variants = [(m, ()) for m in args.gate_methods.split(",") if m]
+        variants += [("minmax", tuple(v.split(","))) for v in args.gate_fp32_layers.split(";") if v]
+        if checkpoint and variants:
             size = model_info["image_size"]
             gate = {"when": record["when"], "checkpoint": checkpoint, "image_size": size, "variants": {}}
-            variants = [(m, ()) for m in args.gate_methods.split(",")]
-            variants += [("minmax", tuple(v.split(","))) for v in args.gate_fp32_layers.split(";") if v]
             for index, (method, layers) in enumerate(variants):
                 name = method + (f" + fp32 {','.join(layers)}" if layers else "")
                 print(f"== gate: {name}", file=sys.stderr)
