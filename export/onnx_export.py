@@ -40,12 +40,24 @@ def export_backbone_onnx(model: MultimodalClassifier, image_size: int) -> onnx.M
 
 def export_fused_onnx(model: MultimodalClassifier, spec: PreprocessSpec) -> onnx.ModelProto:
     """Preprocessing graph + backbone graph merged into one model: (frame, rois) -> feature_maps."""
-    backbone = export_backbone_onnx(model, spec.image_size)
+    return fuse_preprocessing(export_backbone_onnx(model, spec.image_size), spec)
+
+
+def fuse_preprocessing(backbone: onnx.ModelProto, spec: PreprocessSpec) -> onnx.ModelProto:
+    """The float preprocessing graph in front of any backbone (fp32, fp16 or QDQ int8):
+    (frame uint8, rois int64) -> feature_maps float32."""
     preprocess = build_preprocess_graph(spec, output_name=PIXELS)
+    backbone = onnx.ModelProto.FromString(backbone.SerializeToString())
+    # merge_models needs one opset per domain; the preprocessing ops (Loop, Slice, Resize, Gather,
+    # Cast) mean the same in every opset from 18 on, so the higher of the two serves both.
+    version = max([preprocess.opset_import[0].version] + [o.version for o in backbone.opset_import if o.domain in ("", "ai.onnx")])
+    for model in (preprocess, backbone):
+        for opset in model.opset_import:
+            if opset.domain in ("", "ai.onnx"):
+                opset.version = version
     backbone.ir_version = preprocess.ir_version = min(backbone.ir_version, preprocess.ir_version)
     fused = compose.merge_models(preprocess, backbone, io_map=[(PIXELS, PIXELS)],
                                  prefix1="pre/", prefix2="", producer_name="edge_thyroid")
-    # Keep the public names plain: merge_models prefixed the preprocessing inputs.
     rename = {f"pre/{FRAME}": FRAME, f"pre/{ROIS}": ROIS}
     for graph_input in fused.graph.input:
         graph_input.name = rename.get(graph_input.name, graph_input.name)

@@ -30,15 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from onnx import compose
 
 from edge_thyroid.bundle import Target
 from edge_thyroid.errors import InputError, MissingDependencyError
-from edge_thyroid.kernels.onnx_graph import FRAME, PIXELS, ROIS, build_preprocess_graph
 from edge_thyroid.kernels.reference import PreprocessSpec
 
 from .calibration import CalibrationOptions, CalibrationSet, calibrate, default_cache_dir
-from .onnx_export import _rename_uses
+from .onnx_export import fuse_preprocessing  # noqa: F401  (re-exported: bundle_export uses it from here)
 
 # Aliases for --fp32-layers: the layers most often sensitive to 8-bit rounding.
 LAYER_ALIASES = ("first", "last", "stem")
@@ -251,24 +249,3 @@ def _prune_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def fuse_preprocessing(backbone: onnx.ModelProto, spec: PreprocessSpec) -> onnx.ModelProto:
-    """The float preprocessing graph in front of any backbone (fp32, fp16 or QDQ int8):
-    (frame uint8, rois int64) -> feature_maps float32."""
-    preprocess = build_preprocess_graph(spec, output_name=PIXELS)
-    backbone = onnx.ModelProto.FromString(backbone.SerializeToString())
-    # merge_models needs one opset per domain; the preprocessing ops (Loop, Slice, Resize, Gather,
-    # Cast) mean the same in every opset from 18 on, so the higher of the two serves both.
-    version = max([preprocess.opset_import[0].version] + [o.version for o in backbone.opset_import if o.domain in ("", "ai.onnx")])
-    for model in (preprocess, backbone):
-        for opset in model.opset_import:
-            if opset.domain in ("", "ai.onnx"):
-                opset.version = version
-    backbone.ir_version = preprocess.ir_version = min(backbone.ir_version, preprocess.ir_version)
-    fused = compose.merge_models(preprocess, backbone, io_map=[(PIXELS, PIXELS)],
-                                 prefix1="pre/", prefix2="", producer_name="edge_thyroid")
-    rename = {f"pre/{FRAME}": FRAME, f"pre/{ROIS}": ROIS}
-    for graph_input in fused.graph.input:
-        graph_input.name = rename.get(graph_input.name, graph_input.name)
-    _rename_uses(fused.graph, rename)
-    onnx.checker.check_model(fused)
-    return fused
