@@ -200,12 +200,19 @@ class DicomSource(Source):
             raise SourceError(f"cannot parse DICOM {path.name}: {type(exc).__name__}: {str(exc)[:160]}") from None
         if syntax is None:
             raise SourceError(f"DICOM {path.name} has no TransferSyntaxUID in its file meta; expected a DICOM file")
-        encapsulated = bool(syntax.is_encapsulated)
-        pixel_bytes = None if element is None else getattr(element, "length", None)
-        if pixel_bytes is None and element is not None:
-            pixel_bytes = len(element.value or b"")
-        info = self.info = inspect_dataset(ds, path, pixel_bytes, encapsulated)
-        decoder = get_decoder(syntax) if syntax.is_compressed else None
+        try:
+            # pydicom parses elements lazily: a damaged tag raises here, as anything from NotImplementedError
+            # (an unknown VR) to ValueError (not a transfer syntax UID) or TypeError.
+            encapsulated = bool(syntax.is_encapsulated)
+            pixel_bytes = None if element is None else getattr(element, "length", None)
+            if pixel_bytes is None and element is not None:
+                pixel_bytes = len(element.value or b"")
+            info = self.info = inspect_dataset(ds, path, pixel_bytes, encapsulated)
+            decoder = get_decoder(syntax) if syntax.is_compressed else None
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"cannot parse DICOM {path.name}: {type(exc).__name__}: {str(exc)[:160]}") from None
         if decoder is not None and not decoder.is_available:
             raise SourceError(f"DICOM {path.name} is compressed ({syntax.name}) and no installed decoder reads it; "
                               f"pip install {' or '.join(sorted(decoder.missing_dependencies)) or 'pylibjpeg'}"[:300])
@@ -248,7 +255,13 @@ class DicomSource(Source):
     @property
     def layout_hint(self) -> Layout | None:
         if not self._layout_checked:
-            self._layout = regions_layout(self.dataset, self.info.rows, self.info.columns, self.path.name)
+            try:
+                self._layout = regions_layout(self.dataset, self.info.rows, self.info.columns, self.path.name)
+            except SourceError:
+                raise
+            except Exception as exc:  # a damaged region item, parsed only now
+                raise SourceError(f"DICOM {self.path.name}: unreadable Sequence of Ultrasound Regions: "
+                                  f"{type(exc).__name__}: {str(exc)[:160]}") from None
             self._layout_checked = True
         return self._layout
 
