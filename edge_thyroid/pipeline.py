@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import cv2
@@ -609,8 +609,11 @@ class Pipeline:
                     continue
                 result = self.process(item)
                 self._account(result)
+                # Sinks that draw get the frame; the others a copy without it, so a lagging JSONL queue
+                # holds a few numbers per frame rather than megabytes of pixels.
+                light = replace(result, image=None, prediction=None) if self.keep_frames else result
                 for sink in self.sinks:
-                    sink.submit("frame", result)
+                    sink.submit("frame", result if sink.needs_frames else light)
         finally:
             self.stop_event.set()
             self.source.stop()

@@ -427,3 +427,24 @@ def test_spec_registry(tmp_path):
         resolve_spec("gopher://old")
     register_source("replay", "edge_thyroid.sources.folder:FolderSource")
     assert create_source(f"replay:{tmp_path}").kind is SourceKind.FOLDER
+
+
+def test_tcp_stream_dropping_out_is_reconnected_and_both_gaps_recorded(mkv_payload):
+    from edge_thyroid.pipeline import Pipeline, PipelineConfig, ReconnectPolicy
+
+    from .test_pipeline import FakeEngine, ListSink
+
+    payload, images = mkv_payload
+    server = TcpVideoServer(payload, connections=2)
+    source = create_source(server.url, SourceOptions(open_timeout_s=2, read_timeout_s=2))
+    sink = ListSink()
+    source.open()
+    config = PipelineConfig(lossless=True, reconnect=ReconnectPolicy(attempts=2, first_delay_s=0.05, max_delay_s=0.1))
+    summary = Pipeline(FakeEngine(), source, [sink], config).run()
+    source.close()
+    server.close()
+    # Connection 1 ends -> reopened (connection 2) -> it ends -> nobody listens: the source is lost.
+    assert [g["resumed"] for g in sink.events] == [True, False]
+    assert sink.events[0]["frames_before"] == len(images) and sink.events[1]["attempts"] == 2
+    assert summary.processed == 2 * len(images) and summary.frames == 2 * len(images)
+    assert "was lost and did not come back after 2 reopen attempts" in summary.error
