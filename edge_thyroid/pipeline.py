@@ -399,6 +399,8 @@ class Pipeline:
         self.abstained: Counter[str] = Counter()
         self.last_change_ts: float | None = None
         self.media_fps = 30.0
+        self._backoff = self.config.reconnect.first_delay_s
+        self._attempts_without_frame = 0
         self.last_head: tuple[tuple[str, ...], Any] | None = None
         self.layout: Layout | None = None
         self._resolved: tuple[tuple[int, int], Layout] | None = None
@@ -439,6 +441,8 @@ class Pipeline:
                 if item is None:
                     return
                 self.captured += 1
+                self._attempts_without_frame = 0  # frames flow again: the next failure starts a fresh back-off
+                self._backoff = self.config.reconnect.first_delay_s
                 self.slot.put(item, self.stop_event)
         except Exception as exc:  # an unexpected capture failure ends the stream with its message
             self.error = SourceError(f"capture from {self.source.describe()} failed: {type(exc).__name__}: {exc}")
@@ -450,15 +454,20 @@ class Pipeline:
                 self.source.notes.append(f"closing the source failed: {exc}")
 
     def _reconnect(self, failure: SourceError) -> bool:
+        """Reopen with exponential back-off. The back-off and the attempt budget carry over between
+        failures until a frame is delivered again: a device that reopens but never delivers is
+        declared lost after ``attempts`` reopens, not retried at the first delay forever."""
         policy = self.config.reconnect
         start = time.monotonic()
-        delay, attempts, last = policy.first_delay_s, 0, str(failure)
+        attempts, last = 0, str(failure)
+        delay = self._backoff
         self.source.close()
         resumed = False
-        while not self.stop_event.is_set() and attempts < policy.attempts:
+        while not self.stop_event.is_set() and self._attempts_without_frame < policy.attempts:
             if self.stop_event.wait(delay):
                 break
             attempts += 1
+            self._attempts_without_frame += 1
             try:
                 self.source.open()
                 resumed = True
@@ -466,6 +475,7 @@ class Pipeline:
             except SourceError as exc:
                 last = str(exc)
                 delay = min(delay * 2, policy.max_delay_s)
+        self._backoff = min(delay * 2, policy.max_delay_s) if resumed else delay
         end = time.monotonic()
         gap = {"type": "gap", "start_ts": round(start, 6), "end_ts": round(end, 6),
                "duration_s": round(end - start, 3), "attempts": attempts, "resumed": resumed,
@@ -473,8 +483,9 @@ class Pipeline:
                "frames_before": self.captured, "wall_time": round(time.time(), 3)}
         self.events.put(gap)
         if not resumed and not self.stop_event.is_set():
-            self.error = SourceError(f"{self.source.describe()} was lost and did not come back after {attempts} "
-                                     f"reopen attempts over {end - start:.1f} s: {last}")
+            self.error = SourceError(f"{self.source.describe()} was lost and did not come back after "
+                                     f"{self._attempts_without_frame} reopen attempts (the last {end - start:.1f} s): "
+                                     f"{last}")
         return resumed
 
     # -- one frame -------------------------------------------------------------------------------
@@ -503,6 +514,8 @@ class Pipeline:
             mark = now
 
         try:
+            if item.problem is not None:
+                raise InputError(item.problem)
             layout = self._layout_for(frame.shape[1], frame.shape[0])
             engine_panes = layout.engine_panes()
             checks = [self.cache.check(frame, pane.roi) for pane in engine_panes]

@@ -418,3 +418,38 @@ def test_layout_nodule_roi_is_what_the_model_sees():
     engine, sink = FakeEngine(), ListSink()
     run(engine, ListSource([screen()]), sink, layout=layout, lossless=True)
     assert engine.calls == [[(40, 30, 64, 48)]] and sink.results[0].panes[0].roi == (40, 30, 64, 48)
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["file", "live"])
+def test_a_frame_that_is_not_an_image_is_an_abstention_and_the_source_goes_on(live):
+    frames = [screen(seed=0), screen(seed=1).astype(np.float32), np.zeros((0, 0, 3), np.uint8), screen(seed=3)]
+    sink = ListSink()
+    summary = run(FakeEngine(), ListSource(frames, live=live), sink, lossless=True)
+    assert [r.frame for r in sink.results] == [0, 1, 2, 3] and not sink.events and summary.error is None
+    assert [r.reason for r in sink.results] == [None, Reason.INVALID, Reason.INVALID, None]
+    assert "frame dtype is float32; expected uint8" in sink.results[1].detail
+    assert "gave a frame that is not an image" in sink.results[2].detail
+
+
+class DeadAfterReopen(ListSource):
+    """Opens every time, delivers frames only before its first failure (a grabber with no signal)."""
+
+    def _read(self):
+        if self.opens > 1:
+            raise SourceError("no signal")
+        return super()._read()
+
+
+def test_a_source_that_reopens_but_never_delivers_is_lost_after_the_attempt_budget():
+    source = DeadAfterReopen([screen()] * 3, live=True, fail_after=2)
+    sink = ListSink()
+    start = time.monotonic()
+    summary = run(FakeEngine(), source, sink, lossless=True,
+                  reconnect=ReconnectPolicy(attempts=4, first_delay_s=0.02, max_delay_s=0.5))
+    assert time.monotonic() - start < 5
+    assert len(sink.results) == 2 and source.opens == 1 + 4
+    gaps = sink.events
+    assert [g["resumed"] for g in gaps] == [True, True, True, True, False]
+    waits = [g["duration_s"] for g in gaps[:4]]
+    assert waits == sorted(waits) and waits[3] >= 0.15  # 0.02, 0.04, 0.08, 0.16: the back-off kept growing
+    assert "did not come back after 4 reopen attempts" in summary.error

@@ -38,10 +38,11 @@ class SourceKind(str, Enum):
 
 
 class Captured(NamedTuple):
-    frame: np.ndarray   # uint8 HxWx3 BGR
+    frame: np.ndarray   # uint8 HxWx3 BGR (as delivered when ``problem`` is set)
     timestamp: float    # time.monotonic() when the frame became available
     index: int          # frames this source has produced before this one
     decode_ms: float = 0.0
+    problem: str | None = None  # why this frame is not an image; the stream goes on (it abstains on it)
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,13 @@ class Source(abc.ABC):
         if item is None:
             return None
         frame, timestamp, decode_ms = item
+        problem = None
         try:
             frame = as_frame(frame)
         except InputError as exc:
-            raise SourceError(f"{self.describe()} gave a frame that is not an image: {exc}") from None
-        captured = Captured(frame, timestamp, self.index, decode_ms)
+            # One bad frame is not a broken source: report it with the frame, do not end or reopen.
+            problem = f"{self.describe()} gave a frame that is not an image: {exc}"
+        captured = Captured(frame, timestamp, self.index, decode_ms, problem)
         self.index += 1
         return captured
 
