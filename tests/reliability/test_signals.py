@@ -16,7 +16,7 @@ import pytest
 from edge_thyroid.bundle import load_bundle
 
 from ..conftest import needs_torch
-from .helpers import REPO
+from .helpers import REPO, parse_jsonl
 
 
 def spawn(*args: str | Path) -> subprocess.Popen:
@@ -72,3 +72,48 @@ def test_killed_export_never_leaves_a_half_written_bundle(tmp_path, seed, signum
                             "-o", str(destination), "--force"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert retry.returncode == 0, retry.stderr[-2000:]
     assert load_bundle(destination).manifest.files
+
+
+def count_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+# (seed, signals sent, phase): 'running' waits until records flow, then a random delay; 'startup'
+# signals while the bundle and the source are still being opened.
+STREAM_KILLS = [(0, (signal.SIGINT,), "running"), (1, (signal.SIGTERM,), "running"),
+                (2, (signal.SIGTERM,), "startup"), (3, (signal.SIGINT, signal.SIGINT), "running"),
+                (4, (signal.SIGTERM, signal.SIGINT), "running")]
+
+
+@needs_torch
+@pytest.mark.parametrize("seed, signals, phase", STREAM_KILLS,
+                         ids=[f"{s}-{'+'.join(g.name for g in gs)}-{p}" for s, gs, p in STREAM_KILLS])
+def test_signalled_stream_leaves_a_complete_jsonl_and_a_summary(random_bundle, tmp_path, seed, signals, phase):
+    rng = random.Random(seed)
+    out = tmp_path / "out.jsonl"
+    process = spawn("stream", random_bundle, "--source", "synthetic:triple?size=480x270", "--layout", "triple",
+                    "--json-out", out, "--quiet")
+    try:
+        if phase == "running":
+            assert wait_for(lambda: count_lines(out) >= 3, process, 120), process.communicate()
+            time.sleep(rng.uniform(0.0, 1.5))
+        else:
+            time.sleep(rng.uniform(0.2, 1.0))
+        for signum in signals:
+            process.send_signal(signum)
+            time.sleep(rng.uniform(0.0, 0.05))
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert "Traceback" not in stderr, stderr[-2000:]
+    records = parse_jsonl(out) if out.exists() else []  # every line parses: none is torn
+    if phase == "running" and len(signals) == 1:
+        assert process.returncode == 0, stderr[-2000:]
+        assert f"stopped by {signals[0].name}" in stdout and f"processed {len(records)}" in stdout
+        assert len(records) >= 3
+    elif process.returncode == -signal.SIGINT:
+        # A second SIGINT landing while the interpreter exits after the summary: Python then reports the
+        # unhandled KeyboardInterrupt by dying of SIGINT. The summary must already be out.
+        assert "stopped by" in stdout, (stdout[-2000:], stderr[-2000:])
+    else:  # interrupted before the pipeline ran, or a second signal: 'interrupted'/'aborted', exit 130
+        assert process.returncode in (0, 130), (process.returncode, stdout[-2000:], stderr[-2000:])
