@@ -58,11 +58,26 @@ def rehash(bundle: Path, *names: str) -> None:
     edit_manifest(bundle, lambda d: d["files"].update({n: sha256_file(bundle / n) for n in names}))
 
 
+# Tallies for the run's report (printed by this package's conftest at the end of the session).
+TALLY = {"jsonl_files": 0, "frame_records": 0, "gap_records": 0, "records_lost": 0}
+
+
 def parse_jsonl(path: Path) -> list[dict]:
     """Every line of a JSONL file must parse; a torn last line fails the test."""
     text = path.read_text(encoding="utf-8")
+    records, lost = [], 0
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            lost += 1
+    TALLY["jsonl_files"] += 1
+    TALLY["frame_records"] += sum(r.get("type") == "frame" for r in records)
+    TALLY["gap_records"] += sum(r.get("type") == "gap" for r in records)
+    TALLY["records_lost"] += lost + (text != "" and not text.endswith("\n"))
     assert text == "" or text.endswith("\n"), f"{path} ends with a partial line: {text[-200:]!r}"
-    return [json.loads(line) for line in text.splitlines()]
+    assert lost == 0, f"{lost} lines of {path} are not JSON"
+    return records
 
 
 def fake_bundle(root: Path) -> Path:

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from edge_thyroid.errors import InputError
 from edge_thyroid.layout import MAX_LAYOUT_BYTES, Layout, load_layout, parse_layout
 
-from .helpers import REPO
+from ..conftest import needs_torch
+from .helpers import REPO, assert_refused, run_cli
 
 GOOD = "name: ws\nscreen: {width: 1920, height: 1080}\npanes:\n  - {modality: bmode, roi: [40, 120, 900, 840]}\n" \
        "  - {modality: swe, roi: [980, 120, 900, 840]}\nnodule: [300, 400, 320, 280]\n"
@@ -174,3 +175,13 @@ def test_mutated_layout_text_loads_or_raises_input_error(tmp_path_factory, data)
         load_layout(path)
     except InputError as exc:
         assert "\n" not in str(exc)
+
+
+@needs_torch
+@pytest.mark.parametrize("kind, fragment", [("alias bomb as a modality", "aliases (*name) are not allowed"),
+                                            ("python object tag", "not valid YAML"),
+                                            ("deep nesting", "not valid YAML")])
+def test_malicious_layout_is_refused_by_stream(random_bundle, tmp_path, kind, fragment):
+    path = write(tmp_path, MALICIOUS[kind])
+    assert_refused(run_cli("stream", random_bundle, "--source", "synthetic", "--layout", path, "--max-frames", 1,
+                           timeout=60), str(path), fragment)
