@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend, create_backend
+from .backends import Backend, backend_class, create_backend
 from .bundle import Bundle, Target, load_bundle
 from .errors import BundleError, InputError
 from .head import FusionHead, HeadOutput, pool
@@ -124,6 +124,8 @@ class Engine:
             backend = entry.target.value
         self.head = FusionHead.load(self.bundle.path(manifest.head_file), manifest.modalities)
         self.threshold = manifest.threshold.value
+        if backend_class(backend).accepts_preprocessing:
+            backend_options.setdefault("preprocessing", manifest.preprocessing)
         self.backend: Backend = create_backend(backend, self.bundle.path(entry.file), threads=threads, **backend_options)
         self.backend.load()
         # A model with another signature would pass the hash check and fail only at the first frame.

@@ -34,6 +34,7 @@ import numpy as np
 from .benchmarking import Stage, StageTimer, peak_rss_mb
 from .bundle import Bundle, Precision, load_bundle
 from .errors import BackendError, BundleError, InputError, MissingDependencyError
+from .graph import backbone_graph
 from .head import FusionHead, pool
 from .kernels.onnx_graph import PIXELS
 
@@ -88,11 +89,17 @@ class ConfigSpec:
     cached: bool = False
     backbone_onnx: str | None = None
     label: str = ""                 # prefix when several bundles share a table
+    backend: str = "onnxruntime"    # our engine's runtime (ENGINE only)
+    execution_precision: str | None = None  # our engine on openvino: f32 / bf16 float parts
 
     @property
     def name(self) -> str:
         base = {Kind.ENGINE: "ours", Kind.ORT_PLAIN: "ort-plain", Kind.OPENVINO: "openvino",
                 Kind.TORCH: "torch-eager"}[self.kind]
+        if self.kind is Kind.ENGINE and self.backend != "onnxruntime":
+            base += "-ov" if self.backend == "openvino" else f"-{self.backend}"
+            if self.execution_precision and self.execution_precision != "f32":
+                base += f"-{self.execution_precision}"
         name = f"{base}-{self.model}" + ("-cached" if self.cached else "")
         return f"{self.label}/{name}" if self.label else name
 
@@ -108,46 +115,7 @@ class ConfigSpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# Graph surgery shared by the ONNX peers
-
-
-def backbone_graph(model_path: str | Path) -> Any:
-    """The backbone-only ONNX model (pixels [N,3,S,S] -> feature_maps) cut out of a bundle's fused
-    model: exactly the weights and quantization our engine runs, without the in-graph preprocessing."""
-    import onnx
-    from onnx import TensorProto, helper
-    from onnx.utils import Extractor
-
-    model = onnx.load(str(model_path))
-    produced = {out for node in model.graph.node for out in node.output}
-    candidates = [name for name in (PIXELS, f"pre/{PIXELS}") if name in produced]
-    if not candidates:
-        if any(i.name == PIXELS for i in model.graph.input):
-            return model  # already a backbone-only graph
-        raise BundleError(f"{model_path} has no {PIXELS!r} tensor between preprocessing and backbone; "
-                          "expected a model written by 'edge-thyroid export'")
-    pixels = candidates[0]
-    size = _pixels_size(model)
-    model.graph.value_info.append(helper.make_tensor_value_info(pixels, TensorProto.FLOAT, ["panes", 3, size, size]))
-    sub = Extractor(model).extract_model([pixels], ["feature_maps"])
-    if pixels != PIXELS:
-        for node in sub.graph.node:
-            for i, name in enumerate(node.input):
-                if name == pixels:
-                    node.input[i] = PIXELS
-        sub.graph.input[0].name = PIXELS
-    return sub
-
-
-def _pixels_size(model: Any) -> int:
-    for node in model.graph.node:
-        if node.op_type == "Loop":
-            body = next(a.g for a in node.attribute if a.name == "body")
-            for out in body.output:
-                dims = out.type.tensor_type.shape.dim
-                if len(dims) == 3 and dims[0].dim_value:
-                    return int(dims[0].dim_value)
-    raise BundleError("cannot find the pane size in the fused model's preprocessing loop")
+# The backbone-only graph the ONNX peers run (cut out of the bundle's fused model)
 
 
 def write_backbone(bundle: Bundle, model_key: str, destination: Path) -> Path:
@@ -232,10 +200,16 @@ class EngineRunner(Runner):
     def load(self) -> None:
         from .engine import Engine
 
-        self.engine = Engine(self.bundle, model=self.spec.model, threads=self.spec.threads)
+        options = {"execution_precision": self.spec.execution_precision} if self.spec.execution_precision else {}
+        self.engine = Engine(self.bundle, model=self.spec.model, threads=self.spec.threads, backend=self.spec.backend,
+                             **options)
         self.details["providers"] = self.engine.backend.providers
-        runtime = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}.get(self.engine.backend.name, self.engine.backend.name)
-        self.format = f"edge-thyroid: {runtime}, preprocessing in the graph"
+        runtime = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT", "openvino": "OpenVINO"}.get(
+            self.engine.backend.name, self.engine.backend.name)
+        if self.spec.execution_precision and self.spec.execution_precision != "f32":
+            runtime += f" ({self.spec.execution_precision} float parts)"
+        host = getattr(self.engine.backend, "preprocessing", None) is not None
+        self.format = f"edge-thyroid: {runtime}, " + ("OpenCV preprocessing" if host else "preprocessing in the graph")
         self.cache = _pane_cache(self.engine) if self.spec.cached else None
         if self.spec.cached and self.cache is None:
             raise BackendError("pane caching needs edge_thyroid.pipeline (the streaming runtime), "
@@ -321,9 +295,12 @@ class OpenVinoRunner(OrtPlainRunner):
             config["INFERENCE_PRECISION_HINT"] = "f32"
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        executed = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self.details.update({"openvino": ov.__version__, "config": {k: str(v) for k, v in config.items()},
-                             "execution_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))})
-        self.format = f"OpenVINO {ov.__version__.split('-')[0]} + NumPy preprocessing"
+                             "execution_precision": executed})
+        # OpenVINO's own default; on CPUs with AVX-512 BF16/AMX it runs an INT8 model's float parts in bf16.
+        self.format = f"OpenVINO {ov.__version__.split('-')[0]} + NumPy preprocessing ({executed} float parts)"
 
     def features(self, frame: np.ndarray, rois: np.ndarray, timer: StageTimer) -> np.ndarray:
         pixels = self.preprocess(frame, rois, timer)

@@ -190,12 +190,14 @@ def run_gate(candidate: Bundle | str | Path, reference: Bundle | str | Path, lab
 
     with Engine(candidate, model=model, threads=threads, **(backend_options or {})) as cand, \
             Engine(reference, model=reference_model, threads=threads) as ref:
-        if cand.bundle.root == ref.bundle.root and cand.model_key == ref.model_key:
-            raise InputError(f"candidate and reference are the same model ({cand.model_key!r} of {cand.bundle.root}); "
-                             "name another with --model / --reference-model, or give --reference")
+        if cand.bundle.root == ref.bundle.root and cand.model_key == ref.model_key and cand.backend.name == ref.backend.name:
+            raise InputError(f"candidate and reference are the same model ({cand.model_key!r} of {cand.bundle.root}) "
+                             f"on the same backend; name another with --model / --reference-model, give --reference, "
+                             f"or run the candidate on another --backend")
         scores = score_engines([ref, cand], labelled.samples, progress=progress)
         return compare_scores(labelled.labels, scores[0], scores[1], reference_threshold=ref.threshold,
                               candidate_threshold=cand.threshold, budget=budget,
                               reference_name=f"{ref.model_key} ({display_name or ref.bundle.root.name})",
-                              candidate_name=f"{cand.model_key} ({display_name or cand.bundle.root.name})",
+                              candidate_name=f"{cand.model_key} ({display_name or cand.bundle.root.name})"
+                                             + ("" if cand.backend.name == ref.backend.name else f" on {cand.backend.name}"),
                               data=labelled.description)

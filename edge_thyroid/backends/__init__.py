@@ -11,6 +11,7 @@ from .base import Backend
 
 _REGISTRY: dict[str, str] = {
     "onnxruntime": "edge_thyroid.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "edge_thyroid.backends.openvino:OpenVinoBackend",
     "tensorrt": "edge_thyroid.backends.tensorrt:TensorRTBackend",
 }
 

@@ -27,6 +27,7 @@ class BenchOptions:
     warmup: int = 5
     rounds: int | None = None
     source: str | None = None
+    layout: str | None = None          # with source: the panes (default: the source's own, else the whole frame)
     fps: float | None = None
     policy: str = "queue"
     peers: str | None = None           # None: every installed peer; "" / "none": no peers
@@ -40,6 +41,8 @@ class BenchOptions:
     settle: float = 0.05
     progress: bool = True
     command: str | None = None         # the command line that reproduces this run
+    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])  # our engine's runtimes, one row set each
+    execution_precision: str | None = None  # openvino rows of our engine: f32 (default) or bf16
 
 
 @dataclass
@@ -96,10 +99,13 @@ def _build_configs(options: BenchOptions, bundles: list, modalities: tuple[str, 
         for key in keys:
             bundle.model_entry(key)  # a clear error for a model the bundle lacks
         for key in keys:
-            common = dict(bundle=str(bundle.root), model=key, modalities=modalities, threads=threads, label=label)
-            configs.append(_Config(ConfigSpec(Kind.ENGINE, **common), bundle))
-            if options.cache:
-                configs.append(_Config(ConfigSpec(Kind.ENGINE, cached=True, **common), bundle))
+            for backend in options.backends:
+                common = dict(bundle=str(bundle.root), model=key, modalities=modalities, threads=threads, label=label,
+                              backend=backend,
+                              execution_precision=options.execution_precision if backend == "openvino" else None)
+                configs.append(_Config(ConfigSpec(Kind.ENGINE, **common), bundle))
+                if options.cache:
+                    configs.append(_Config(ConfigSpec(Kind.ENGINE, cached=True, **common), bundle))
         for key in keys:
             entry = bundle.model_entry(key)[1]
             digest = bundle.manifest.files.get(entry.file, f"{bundle.root}/{entry.file}")
@@ -152,9 +158,8 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         raise InputError(f"--frames {options.frames}: expected at least 1")
     if options.fps is not None and options.fps <= 0:
         raise InputError(f"--fps {options.fps}: expected a positive frame rate")
-    if options.source is not None:
-        raise InputError("--source needs the streaming runtime's capture sources (edge_thyroid.sources), "
-                         "which this build does not have; run without --source to bench on synthetic screens")
+    if options.layout is not None and options.source is None:
+        raise InputError("--layout describes the panes of a --source; synthetic screens use --panes")
     policy = bm.DropPolicy(options.policy)
     threads = options.threads or len(bm.allowed_cpus())
     if threads < 1:
@@ -179,16 +184,20 @@ def _run_pinned(options: BenchOptions, threads: int, pinned: list[int] | None, p
     machine = bm.machine_info(threads, pinned)
     started = time.time()
     bundles = [load_bundle(path) for path in options.bundles]
-    modalities = pick_modalities(bundles[0].manifest.modalities, options.panes)
-    for bundle in bundles[1:]:
+    rounds = options.rounds or min(options.frames, 10)
+    blocks = bm.split_blocks(options.frames, rounds)
+    if options.source is not None:
+        screens = bm.record_source(options.source, options.warmup + options.frames + 1)
+        modalities, rois = _source_panes(screens, options.layout)
+    else:
+        modalities = pick_modalities(bundles[0].manifest.modalities, options.panes)
+        width, height = options.frame_size
+        rois = bm.side_by_side_rois(len(modalities), width, height)
+        screens = bm.SyntheticScreens(rois, width, height, refresh=options.refresh)
+    for bundle in bundles:
         missing = [m for m in modalities if m not in bundle.manifest.modalities]
         if missing:
             raise InputError(f"bundle {bundle.root} has no {missing} modality; every bundle must have {list(modalities)}")
-    width, height = options.frame_size
-    rois = bm.side_by_side_rois(len(modalities), width, height)
-    screens = bm.SyntheticScreens(rois, width, height, refresh=options.refresh)
-    rounds = options.rounds or min(options.frames, 10)
-    blocks = bm.split_blocks(options.frames, rounds)
     interval = 1.0 / options.fps if options.fps else None
     progress = tqdm(total=0, desc="bench", unit="frame", file=sys.stderr, disable=not options.progress, leave=False)
 
@@ -248,7 +257,25 @@ def _run_pinned(options: BenchOptions, threads: int, pinned: list[int] | None, p
     record = _record(options, machine, configs, reference, cold, flops, rois, modalities, threads, started, load_end,
                      rounds=len(blocks), interval=interval, policy=policy)
     record["interrupted"] = interrupted
+    if isinstance(screens, bm.RecordedFrames):
+        record["settings"]["source"] = {
+            "spec": options.source, "description": screens.description, "frames_recorded": len(screens.frames),
+            "frame_size": list(screens.frames[0].shape[1::-1]),
+            "decode_ms": bm.Summary.of(screens.decode_ms).to_dict(),
+            "note": "decoded once, replayed from memory to every configuration (decode is timed here, not per row)"}
     return record
+
+
+def _source_panes(screens: Any, layout_spec: str | None) -> tuple[tuple[str, ...], Any]:
+    """Modalities and ROIs of a recorded source: --layout, else the source's own, else the whole frame."""
+    import numpy as np
+
+    from ..layout import load_layout, preset
+
+    layout = load_layout(layout_spec) if layout_spec else (screens.layout_hint or preset("full"))
+    height, width = screens.frames[0].shape[:2]
+    panes = layout.resolve(width, height).engine_panes()
+    return tuple(p.modality for p in panes), np.array([p.roi for p in panes], dtype=np.int64)
 
 
 def _interleave(active: list[_Config], blocks: list[range], screens: Any, rois: Any, interval: float | None,
@@ -421,7 +448,12 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--frames", type=click.IntRange(1), default=60, show_default=True, help="Timed frames per configuration.")
 @click.option("--warmup", type=click.IntRange(0), default=5, show_default=True, help="Untimed frames per configuration first.")
 @click.option("--rounds", type=click.IntRange(1), default=None, help="Interleaving rounds (default: min(frames, 10)).")
-@click.option("--source", default=None, help="Capture source (needs the streaming runtime); default: synthetic screens.")
+@click.option("--source", default=None,
+              help="Bench on frames from a capture source (video file, DICOM cine, image folder, device, URL; "
+                   "decoded once, then replayed from memory to every configuration). Default: synthetic screens.")
+@click.option("--layout", default=None,
+              help="With --source: the panes (a preset or a .yaml/.json layout file); default: the source's own "
+                   "(DICOM ultrasound regions) or the whole frame. --panes is then not used.")
 @click.option("--fps", type=float, default=None,
               help="Pace frames at this rate; latency then counts from each frame's scheduled capture time. "
                    "Default: closed loop, back to back.")
@@ -441,11 +473,15 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--flops/--no-flops", default=True, show_default=True,
               help="Measure fp32 matmul GFLOP/s and show each p50 against the FLOP-bound floor.")
 @click.option("--frame-size", default="1920x1080", show_default=True, help="Synthetic screen size WIDTHxHEIGHT.")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "openvino"]),
+              help="Runtime(s) of our engine's rows; repeat for both (default: onnxruntime). The first is the reference.")
+@click.option("--execution-precision", type=click.Choice(["f32", "bf16"]), default=None,
+              help="Our engine's openvino rows: precision of the float parts (default f32; bf16 must pass the gate).")
 @click.option("--json", "json_out", default=None, help="Write the full record (JSON) here; '-' for stdout.")
 @click.option("--plot", "plot_out", default=None, help="Write a latency histogram + CDF (PNG) here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def bench(bundles, models, panes, frames, warmup, rounds, source, fps, policy, peers, threads, pin, cache, refresh,
-          cold_start, flops, frame_size, json_out, plot_out, quiet) -> None:
+def bench(bundles, models, panes, frames, warmup, rounds, source, layout, fps, policy, peers, threads, pin, cache,
+          refresh, cold_start, flops, frame_size, backends, execution_precision, json_out, plot_out, quiet) -> None:
     """Benchmark BUNDLE(s): our engine against PyTorch eager, plain ONNX Runtime and OpenVINO, on the
     same frames, in one run, in alternating order so the machine's drift cancels.
 
@@ -460,12 +496,18 @@ def bench(bundles, models, panes, frames, warmup, rounds, source, fps, policy, p
       edge-thyroid bench bundle/ --frames 100 --json benchmarks/results/bench.json --plot latency.png
       edge-thyroid bench bundle/ --model int8 --panes 3 --peers torch,openvino
       edge-thyroid bench bundle/ --fps 30 --policy latest --peers none
+      edge-thyroid bench bundle/ --backend onnxruntime --backend openvino --peers openvino
+      edge-thyroid bench bundle/ --source clip.mp4 --layout clip.layout.json --frames 100
     """
     from .. import benchmarking as bm
 
-    options = BenchOptions(list(bundles), list(models), panes, frames, warmup, rounds, source, fps, policy, peers,
-                           threads, pin, cache, cold_start, flops, refresh, _parse_size(frame_size),
-                           progress=not quiet, command=_command_line(click.get_current_context()))
+    if execution_precision and "openvino" not in backends:
+        raise click.UsageError("--execution-precision applies to our engine's openvino rows; add --backend openvino")
+    options = BenchOptions(list(bundles), list(models), panes, frames, warmup, rounds, source, layout, fps, policy,
+                           peers, threads, pin, cache, cold_start, flops, refresh, _parse_size(frame_size),
+                           progress=not quiet, command=_command_line(click.get_current_context()),
+                           backends=list(dict.fromkeys(backends)) or ["onnxruntime"],
+                           execution_precision=execution_precision)
     if plot_out:
         bm.require_matplotlib()
     record = run_bench(options)

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..errors import BundleError, InputError
+from .runtime_options import engine_backend, runtime_options
 
 DEMO_CLIP = "demo_clip.mp4"
 DEMO_LAYOUT = "demo_clip.layout.json"
@@ -60,6 +61,8 @@ class StreamOptions:
     cache: bool
     reconnect_attempts: int
     quiet: bool
+    backend: str = "onnxruntime"
+    execution_precision: str | None = None
 
 
 def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,7 +107,7 @@ def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in options:
         function = option(function)
-    return function
+    return runtime_options(function)
 
 
 def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, default_layout: str | None = None,
@@ -127,7 +130,8 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
     source = create_source(source_spec, SourceOptions(
         realtime=not options.as_fast_as_possible, fps=options.fps, size=_parse_size(options.capture_size),
         fourcc=options.fourcc, loop=options.loop, layout=layout))
-    with Engine(bundle, model=options.model, threads=options.threads) as engine:
+    with Engine(bundle, model=options.model, threads=options.threads,
+                **engine_backend(options.backend, options.execution_precision)) as engine:
         source.open()
         try:
             sinks = []

@@ -7,6 +7,7 @@ import json
 import click
 
 from ..verification import Split
+from .runtime_options import engine_backend, runtime_options
 
 
 @click.command()
@@ -30,8 +31,9 @@ from ..verification import Split
               help="ONNX Runtime execution providers for the candidate, comma-separated, e.g. "
                    "TensorrtExecutionProvider,CUDAExecutionProvider (fails if one is unavailable or silently falls back).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@runtime_options
 def verify(bundle, reference, data, split, folds, fold, seed, model_key, reference_model, max_auc_drop, min_agreement,
-           threads, providers, as_json) -> None:
+           threads, providers, as_json, backend, execution_precision) -> None:
     """Judge BUNDLE's model against an FP32 reference on labelled images: AUC of both and the drop,
     sensitivity/specificity at the decision threshold and at a re-fitted (Youden) threshold, decision
     agreement and |dp| (p50/p99/max). Exit status 0 when within the budget, 1 when not.
@@ -41,14 +43,18 @@ def verify(bundle, reference, data, split, folds, fold, seed, model_key, referen
       edge-thyroid verify runs/int8 --data ../shared/data/ddti/labels.csv              (INT8 vs the FP32 it kept)
       edge-thyroid verify runs/int8 --reference runs/fp32 --data labels.csv --json
       edge-thyroid verify runs/b --model fp16 --providers CUDAExecutionProvider --data labels.csv
+      edge-thyroid verify runs/int8 --backend openvino --execution-precision bf16 --data labels.csv
+        (the candidate runs on OpenVINO; the reference stays on ONNX Runtime FP32)
     """
     from ..verification import GateBudget, GateFailedError, labelled_split, run_gate
 
     budget = GateBudget(max_auc_drop, min_agreement)
     labelled = labelled_split(data, Split(split), folds=folds, fold=fold, seed=seed)
-    options = {}
+    options = engine_backend(backend, execution_precision)
     if providers:
-        options = {"providers": [p.strip() for p in providers.split(",") if p.strip()], "require_providers": True}
+        if backend != "onnxruntime":
+            raise click.UsageError("--providers are ONNX Runtime execution providers; they need --backend onnxruntime")
+        options.update({"providers": [p.strip() for p in providers.split(",") if p.strip()], "require_providers": True})
     report = run_gate(bundle, reference or bundle, labelled, model=model_key, reference_model=reference_model,
                       budget=budget, threads=threads, backend_options=options, progress=True)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
