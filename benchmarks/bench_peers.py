@@ -35,13 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--results", default=str(RESULTS), help="output folder (default benchmarks/results)")
     parser.add_argument("--note", default="", help="a line saying under what conditions this ran (goes into latency.md)")
+    parser.add_argument("--name", default="bench",
+                        help="results stem: <name>_<P>pane.json/.png and, unless 'bench', <name>.md instead of latency.md")
     args = parser.parse_args(argv)
 
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     sections = []
     for panes in (int(p) for p in args.panes.split(",")):
-        stem = results / f"bench_{panes}pane"
+        stem = results / f"{args.name}_{panes}pane"
         command = [sys.executable, "-m", "edge_thyroid", "bench", *args.bundles, "--panes", str(panes),
                    "--frames", str(args.frames), "--warmup", str(args.warmup),
                    "--json", f"{stem}.json", "--plot", f"{stem}.png", *passthrough]
@@ -58,10 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Latency: our engine vs peers", ""]
     if args.note:
         lines += [f"**{args.note}**", ""]
+    if "--source" in passthrough:
+        what = [f"What: capture-to-result latency per frame on frames of {passthrough[passthrough.index('--source') + 1]}",
+                "(decoded once, replayed from memory to every configuration), every configuration on the same",
+                "frames in interleaved rounds (order reversed every other round). Medians and ratios."]
+    else:
+        what = ["What: capture-to-result latency per frame (synthetic 1920x1080 workstation screens, panes side by side,",
+                "B-mode changing every frame, other panes every 15 frames), every configuration on the same frames in",
+                "interleaved rounds (order reversed every other round). Medians and ratios; the machine is shared."]
     lines += [
-        "What: capture-to-result latency per frame (synthetic 1920x1080 workstation screens, panes side by side,",
-        "B-mode changing every frame, other panes every 15 frames), every configuration on the same frames in",
-        "interleaved rounds (order reversed every other round). Medians and ratios; the machine is shared.",
+        *what,
         "",
         "Reproduce: `" + shlex.join([".venv/bin/python", "benchmarks/bench_peers.py", *(argv or []),
                                      *(["--", *passthrough] if passthrough else [])]) + "`",
@@ -69,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for panes, record, seconds in sections:
         lines += [f"## {panes} pane{'s' if panes > 1 else ''} per frame", "", format_table(record).rstrip(), "",
-                  f"Raw record: `bench_{panes}pane.json`; plot: `bench_{panes}pane.png` ({seconds:.0f} s run).", ""]
-    (results / "latency.md").write_text("\n".join(lines))
-    print(f"wrote {results / 'latency.md'}", file=sys.stderr)
+                  f"Raw record: `{args.name}_{panes}pane.json`; plot: `{args.name}_{panes}pane.png` ({seconds:.0f} s run).", ""]
+    markdown = results / ("latency.md" if args.name == "bench" else f"{args.name}.md")
+    markdown.write_text("\n".join(lines))
+    print(f"wrote {markdown}", file=sys.stderr)
     return 0
 
 

@@ -3,8 +3,8 @@
 Runs ``edge-thyroid stream`` as a subprocess on the synthetic source (as fast as possible) and
 samples the process from outside (psutil) while it runs: resident memory, open file descriptors and
 threads, against the number of records already in its JSONL. Latency comes from the JSONL records
-themselves. Reports RSS growth after warm-up, fd/thread drift, and latency p50/p99 of the first vs
-the last thousand frames; writes JSON to benchmarks/results/soak.json.
+themselves. Reports RSS growth after warm-up, fd/thread drift, and latency p50/p99 of the first thousand
+frames after warm-up vs the last thousand; writes JSON to benchmarks/results/soak.json.
 
     .venv/bin/python benchmarks/soak.py --frames 10000                      # random-init 64 px bundle
     .venv/bin/python benchmarks/soak.py --bundle runs/int8 --frames 20000 --layout triple
@@ -64,8 +64,10 @@ class SoakReport:
     threads_after_warmup: int
     threads_final: int
     threads_max: int
-    latency_first_1000_ms: dict[str, float]
+    latency_warmup_ms: dict[str, float]       # the warm-up frames (first inferences, caches filling)
+    latency_first_1000_ms: dict[str, float]   # the first 1000 frames after warm-up
     latency_last_1000_ms: dict[str, float]
+    latency_p99_last_over_first: float | None  # > 1: latency drifted up over the run
     exit_code: int
     summary: str
     command: list[str]
@@ -141,6 +143,12 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
             "max": float(arr.max())}
 
 
+def _ratio(last: Sequence[float], first: Sequence[float]) -> float | None:
+    if not last or not first:
+        return None
+    return float(np.percentile(last, 99) / np.percentile(first, 99))
+
+
 def at_frame(samples: list[Sample], frame: int) -> Sample:
     """The first sample taken once ``frame`` records were written (the last one if never)."""
     return next((s for s in samples if s.frames >= frame), samples[-1])
@@ -164,7 +172,10 @@ def analyse(samples: list[Sample], records: list[dict], lost: int, warmup: int, 
         rss_mb_peak=max(s.rss_mb for s in samples), rss_growth_pct=100.0 * (final.rss_mb - base.rss_mb) / base.rss_mb,
         rss_slope_mb_per_1000=slope, fds_after_warmup=base.fds, fds_final=final.fds, fds_max=max(s.fds for s in after),
         threads_after_warmup=base.threads, threads_final=final.threads, threads_max=max(s.threads for s in after),
-        latency_first_1000_ms=percentiles(latencies[:1000]), latency_last_1000_ms=percentiles(latencies[-1000:]),
+        latency_warmup_ms=percentiles(latencies[:warmup]),
+        latency_first_1000_ms=percentiles(latencies[warmup:warmup + 1000]),
+        latency_last_1000_ms=percentiles(latencies[-1000:]),
+        latency_p99_last_over_first=_ratio(latencies[-1000:], latencies[warmup:warmup + 1000]),
         exit_code=exit_code, summary=summary, command=command, samples=samples)
 
 
@@ -238,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{report.frames} frames in {report.seconds:.0f} s ({report.fps:.1f} fps), {report.lost} lost; "
           f"RSS {report.rss_mb_after_warmup:.0f} -> {report.rss_mb_final:.0f} MB ({report.rss_growth_pct:+.2f}%, "
           f"{report.rss_slope_mb_per_1000:+.2f} MB/1000 frames); fds {report.fds_after_warmup} -> {report.fds_final}; "
-          f"threads {report.threads_after_warmup} -> {report.threads_final}; p99 first/last 1000: "
+          f"threads {report.threads_after_warmup} -> {report.threads_final}; p99 first (after warm-up)/last 1000: "
           f"{report.latency_first_1000_ms.get('p99', float('nan')):.1f} / {report.latency_last_1000_ms.get('p99', float('nan')):.1f} ms")
     print(f"wrote {args.out}")
     return 0 if report.lost == 0 and report.exit_code == 0 else 1

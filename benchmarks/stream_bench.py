@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-cache-compare", action="store_true", help="skip the cache-off rows")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: ONNX Runtime's)")
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"], help="runtime of the engine")
+    parser.add_argument("--execution-precision", default=None, choices=["f32", "bf16"], help="openvino: float parts in f32 or bf16")
     parser.add_argument("--tag", default=None, help="results file name: stream_<tag>.json")
     parser.add_argument("--note", default="", help="free text stored with the results (bundle kind, machine state)")
     args = parser.parse_args(argv)
@@ -195,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     bundle = args.bundle or export_random(args.image_size, scratch)
     tag = args.tag or f"{'soak_' if args.soak else ''}{'fp32_random' + str(args.image_size) if args.bundle is None else bundle.name}"
     rows = []
-    with Engine(bundle, model=args.model, threads=args.threads) as engine:
+    backend_options = {"execution_precision": args.execution_precision} if args.execution_precision else {}
+    with Engine(bundle, model=args.model, threads=args.threads, backend=args.backend, **backend_options) as engine:
         manifest = engine.bundle.manifest
         info = machine_info(args.threads or 0, None)
         for view in args.views.split(","):
@@ -213,10 +216,11 @@ def main(argv: list[str] | None = None) -> None:
                        "random_init": bool((manifest.provenance.get("checkpoint") or {}).get("random_init")),
                        "image_size": manifest.preprocessing.image_size,
                        "backbone": manifest.backbone},
+            "backend": {"name": engine.backend.name, "providers": engine.backend.providers},
             "screen": "1920x1080 synthetic, paced in real time", "fps": args.fps, "frames_per_view": frames,
             "warmup_excluded_s": WARMUP_S, "note": args.note,
             "machine": {**info, "loadavg_end": loadavg()}, "git": git_state(REPO),
-            "versions": package_versions(["onnxruntime", "cv2", "onnx"]), "results": rows,
+            "versions": package_versions(["onnxruntime", "openvino", "cv2", "onnx"]), "results": rows,
         }
     path = write_json_atomic(RESULTS / f"stream_{tag}.json", record)
     print(table(rows))

@@ -587,9 +587,16 @@ def format_table(record: Mapping[str, Any]) -> str:
     git = record.get("git") or {}
     commit = (git.get("commit") or "unknown")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
     pinned = machine.get("pinned_cpus")
+    source = settings.get("source")
+    if isinstance(source, dict):  # frames recorded from a capture source
+        width, height = source["frame_size"]
+        screen = (f"{width}x{height} frames of {source['description']}, {source['frames_recorded']} decoded once "
+                  f"(decode p50 {_fmt(source['decode_ms'].get('p50'), 2)} ms) and replayed")
+    else:
+        screen = f"{settings['frame_size'][0]}x{settings['frame_size'][1]} synthetic screen"
     lines = [
         f"Latency per {settings['panes']}-pane frame ({'+'.join(settings['modalities'])}, "
-        f"{settings['frame_size'][0]}x{settings['frame_size'][1]} screen), {settings['frames']} frames per "
+        f"{screen}), {settings['frames']} frames per "
         f"configuration in {settings['rounds']} interleaved rounds; reference: {record['reference']}.",
         f"Machine: {machine['cpu_model']} ({', '.join(machine.get('cpu_flags') or []) or 'flags unknown'}), "
         f"{machine['threads']} threads" + (f" pinned to CPUs {pinned}" if pinned else " (not pinned)")
