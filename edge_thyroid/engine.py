@@ -126,6 +126,7 @@ class Engine:
         self.threshold = manifest.threshold.value
         if backend_class(backend).accepts_preprocessing:
             backend_options.setdefault("preprocessing", manifest.preprocessing)
+            backend_options.setdefault("max_panes", len(manifest.modalities))
         self.backend: Backend = create_backend(backend, self.bundle.path(entry.file), threads=threads, **backend_options)
         self.backend.load()
         # A model with another signature would pass the hash check and fail only at the first frame.

@@ -8,12 +8,14 @@ and the NCHW layout for all panes at once, writing straight into the caller's bu
 
 Two resampling modes (:class:`Resampling`):
 
-* ``FLOAT`` (default): exact bilinear in float32. Without anti-aliasing each output pixel reads two
-  source rows and two source columns, so only those 2S x 2S uint8 pixels are gathered, converted
-  and blended (rows, then columns, as the reference does). Equal to the reference to float32
-  rounding: the network sees exactly what it was trained on. The first version converted the whole
-  crop to float and ran cv2.resize on it: 1.7 ms for 3 panes of 606x970, and it streamed ~21 MB
-  through the cache right before inference; the gather touches 3 x 256 x 256 pixels.
+* ``FLOAT`` (default): exact bilinear in float32, two ways. A crop much larger than the output
+  (area >= :data:`GATHER_MIN_AREA_RATIO` x S^2, the usual case: 600x970 panes -> 128): without
+  anti-aliasing each output pixel reads two source rows and two source columns, so only those
+  2S x 2S uint8 pixels are gathered, converted and blended (rows, then columns, as the reference
+  does); converting the whole crop instead cost 1.7 ms for 3 panes of 606x970 and streamed ~21 MB
+  through the cache right before inference. Smaller crops are converted to float32 whole (into a
+  reused buffer) and resized by cv2.resize. Both equal the reference to float32 rounding: the
+  network sees exactly what it was trained on.
 * ``UINT8``: ``cv2.resize`` straight on the uint8 crop. OpenCV uses 11-bit fixed-point weights with
   truncating shifts and rounds the result to uint8: up to 0.8 uint8 level off the reference (mean
   0.27, bias -0.12 level; see :data:`kernels.check.UINT8_RESIZE`). 2-4x faster; the INT8 models
@@ -43,6 +45,12 @@ class Resampling(enum.Enum):
 
 _SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
+# FLOAT mode gathers the 2S x 2S tap pixels when the crop has at least this many times S x S pixels;
+# below it, converting the whole crop and running cv2.resize is cheaper than the NumPy blend of the
+# gather (measured, 3 panes of a 1080p frame: 600x600 -> 128 (ratio 22) gather 0.59 vs 0.71 ms;
+# 600x600 -> 224 (7.2) 1.81 vs 0.96 ms; 300x300 -> 128 (5.5) 0.58 vs 0.33 ms).
+GATHER_MIN_AREA_RATIO = 16
+
 
 class OpenCVPreprocessor:
     """Keeps the per-pane buffers between frames, so the hot loop allocates nothing.
@@ -67,7 +75,8 @@ class OpenCVPreprocessor:
         self._buffer_dtype = np.float32 if resampling is Resampling.FLOAT else np.uint8
         self._resized: list[np.ndarray] = []  # one S x S x 3 buffer per pane, grown on demand
         self._gray: np.ndarray = np.empty((size, size), dtype=self._buffer_dtype)
-        self._tap_cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}  # (h, w) -> gather indices, weights
+        self._scratch = np.empty(0, dtype=np.float32)  # the float crop (FLOAT mode, small crops), grown on demand
+        self._tap_cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}  # (h, w) -> gather maps, weights
         self._blob = np.empty((0, 3, size, size), dtype=np.float32)  # float32 staging for fp16 output
         params = cv2.dnn.Image2BlobParams()
         params.size = (size, size)
@@ -83,6 +92,13 @@ class OpenCVPreprocessor:
         while len(self._resized) < count:
             self._resized.append(np.empty((size, size, 3), dtype=self._buffer_dtype))
         return self._resized[:count]
+
+    def _float_crop(self, crop: np.ndarray) -> np.ndarray:
+        if self._scratch.size < crop.size:
+            self._scratch = np.empty(crop.size, dtype=np.float32)
+        buffer = self._scratch[: crop.size].reshape(crop.shape)
+        np.copyto(buffer, crop, casting="unsafe")  # uint8 -> float32 is exact
+        return buffer
 
     def _taps(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Gather maps and blend weights for a ``height`` x ``width`` crop (cached: a layout's panes
@@ -152,11 +168,13 @@ class OpenCVPreprocessor:
         for i, (x, y, w, h) in enumerate(boxes.tolist()):
             crop = frame[y : y + h, x : x + w]
             if self.resampling is Resampling.FLOAT:
-                if frame.ndim == 2:
-                    cv2.cvtColor(self._two_tap_resize(crop, self._gray), cv2.COLOR_GRAY2BGR, dst=resized[i])
-                else:
-                    self._two_tap_resize(crop, resized[i])
-                continue
+                if h * w >= GATHER_MIN_AREA_RATIO * size * size:
+                    if frame.ndim == 2:
+                        cv2.cvtColor(self._two_tap_resize(crop, self._gray), cv2.COLOR_GRAY2BGR, dst=resized[i])
+                    else:
+                        self._two_tap_resize(crop, resized[i])
+                    continue
+                crop = self._float_crop(crop)
             if frame.ndim == 2:
                 # Resample the single channel once, then replicate it: 3x less resize work.
                 cv2.resize(crop, (size, size), dst=self._gray, interpolation=cv2.INTER_LINEAR)

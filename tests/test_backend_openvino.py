@@ -60,9 +60,11 @@ def test_fused_graph_mode_equals_host_preprocessing(random_bundle):
 
 @needs_torch
 def test_pane_count_changes_between_frames(random_bundle):
-    """The pane cache asks for 3, then 1, then 2 panes: one static network per count, right shapes."""
+    """The pane cache asks for 3, then 1, then 2 panes: one static network per count, all compiled at
+    load (none mid-stream), right shapes."""
     frame = screen_frame(seed=2)
     with Engine(random_bundle, backend="openvino", threads=1) as engine, Engine(random_bundle, threads=1) as reference:
+        assert sorted(engine.backend._networks) == [1, 2, 3]
         for count in (3, 1, 2, 3):
             rois = [p.roi for p in PANES_3[:count]]
             maps = engine.extract(frame, rois)
@@ -100,6 +102,8 @@ def test_lifecycle_and_errors(tmp_path, monkeypatch):
 
     with pytest.raises(BackendError, match="'fp8'.*expected one of"):
         create_backend("openvino", model, execution_precision="fp8")
+    with pytest.raises(BackendError, match="max_panes 0"):
+        create_backend("openvino", model, max_panes=0)
     with pytest.raises(BackendError, match="'NPU9'.*not available"):
         create_backend("openvino", model, device="NPU9").load()
     broken = tmp_path / "broken.onnx"

@@ -71,6 +71,16 @@ def test_opencv_float_path_is_exact_to_float32():
     assert report.max_abs["float32"] < 1e-5
 
 
+@pytest.mark.parametrize("ratio, path", [(0, "gather the taps"), (float("inf"), "convert the crop + cv2.resize")])
+def test_both_exact_opencv_float_strategies_are_exact(monkeypatch, ratio, path):
+    """FLOAT mode picks a strategy by crop size; force each one over every case (grayscale included)."""
+    import edge_thyroid.kernels.opencv_path as opencv_path
+
+    monkeypatch.setattr(opencv_path, "GATHER_MIN_AREA_RATIO", ratio)
+    report = check_kernel(opencv_impl(Resampling.FLOAT), FLOAT32, dtypes=BOTH, cases=kernel_cases(6, count=30))
+    assert report.max_abs["float32"] < 1e-5, path
+
+
 def test_opencv_uint8_path_within_one_level():
     report = check_kernel(opencv_impl(Resampling.UINT8), UINT8_RESIZE, dtypes=BOTH, cases=kernel_cases(3, count=30))
     # It really is a uint8 path: clearly worse than the float one, and it would fail the float bound.

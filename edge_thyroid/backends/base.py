@@ -18,8 +18,8 @@ from ..errors import BackendError
 
 class Backend(abc.ABC):
     name: ClassVar[str]
-    # True: the backend takes ``preprocessing=`` (the bundle's PreprocessSpec) and may preprocess on the
-    # host instead of in the graph; the engine passes the spec to such backends.
+    # True: the backend takes ``preprocessing=`` (the bundle's PreprocessSpec) and ``max_panes=`` and may
+    # preprocess on the host instead of in the graph; the engine passes both to such backends.
     accepts_preprocessing: ClassVar[bool] = False
 
     def __init__(self, model_path: str | Path, *, threads: int | None = None) -> None:

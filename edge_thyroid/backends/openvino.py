@@ -7,7 +7,7 @@ generic code (3 panes of 1080p: ~4 ms, against ~1 ms for OpenCV on the host). Gi
 preprocessing spec (the engine passes it), the backend instead cuts the backbone out of the fused
 graph and preprocesses on the host with :class:`kernels.opencv_path.OpenCVPreprocessor` in its exact
 float mode (equal to the reference within float32 rounding), so the model sees the same pixels.
-One network is compiled per pane count, with static shapes, on first use. On CPUs with
+One network is compiled per pane count (1 to the bundle's modalities), with static shapes, at load. On CPUs with
 AVX-512 BF16 or AMX, OpenVINO would by default run the float parts of a model in bfloat16. That
 changes the numbers the accuracy gate approved, so this backend asks for f32 unless told otherwise;
 ``ExecutionPrecision.BF16`` is an opt-in to be judged with ``edge-thyroid verify --backend openvino
@@ -42,8 +42,10 @@ class OpenVinoBackend(Backend):
 
     def __init__(self, model_path: str | Path, *, threads: int | None = None, device: str = "CPU",
                  execution_precision: ExecutionPrecision | str = ExecutionPrecision.F32,
-                 preprocessing: PreprocessSpec | None = None) -> None:
-        """``preprocessing`` None: run the fused graph as exported (preprocessing inside OpenVINO)."""
+                 preprocessing: PreprocessSpec | None = None, max_panes: int = 3) -> None:
+        """``preprocessing`` None: run the fused graph as exported (preprocessing inside OpenVINO).
+        ``max_panes``: networks for 1..max_panes panes are compiled at load, because compiling one
+        mid-stream (the pane cache asks for 1, 2 or 3 panes from frame to frame) stalls for ~0.2 s."""
         super().__init__(model_path, threads=threads)
         self.device = device
         try:
@@ -52,6 +54,9 @@ class OpenVinoBackend(Backend):
             raise BackendError(f"execution precision {execution_precision!r} is not supported; expected one of "
                                f"{[p.value for p in ExecutionPrecision]}") from None
         self.preprocessing = preprocessing
+        if not isinstance(max_panes, int) or max_panes < 1:
+            raise BackendError(f"max_panes {max_panes!r} is not a positive integer; expected the most panes a frame has")
+        self.max_panes = max_panes
         self._core: Any = None
         self._model: Any = None
         self._config: dict[str, object] = {}
@@ -87,8 +92,10 @@ class OpenVinoBackend(Backend):
             raise BundleError(f"cannot read {self.model_path} as ONNX: {_first_line(exc)}") from None
         self._core = core
         self.version = ov.__version__.split("-")[0]
-        # Compile now what the first frame needs, so a bad model fails at load, not mid-stream.
-        self._network(0 if self.preprocessing is None else 1)
+        # Compile now every network a stream will ask for: a bad model fails at load, and no frame waits
+        # for a compiler.
+        for panes in ([0] if self.preprocessing is None else range(1, self.max_panes + 1)):
+            self._network(panes)
 
     def _network(self, panes: int) -> tuple[Any, Any]:
         if panes not in self._networks:
