@@ -204,7 +204,7 @@ def markdown(result: dict) -> str:
 DESCRIPTIONS = {
     "reference": "float64 NumPy written for clarity (the naive implementation, the oracle)",
     "numpy-fp32": "NumPy gathering only the 4 bilinear taps per output, float32",
-    "opencv-float": "gather the 2S x 2S source pixels the bilinear taps read (cv2.remap, nearest) -> float32 blend -> one blobFromImagesWithParams (default CPU path, exact to float32)",
+    "opencv-float": "the default CPU path, exact to float32: crops with >= 16x the output's pixels gather the 2S x 2S source pixels the bilinear taps read (cv2.remap, nearest) and blend in float32, smaller ones go crop -> float32 -> cv2.resize; then one blobFromImagesWithParams",
     "opencv-uint8": "cv2.resize on the uint8 crop (fixed point, rounds) -> blobFromImagesWithParams",
     "onnx-in-graph": "the preprocessing subgraph of the exported model, alone in ONNX Runtime",
     "triton": "one Triton launch on CUDA, frame already on the device, incl. synchronize + copy back",
