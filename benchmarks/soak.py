@@ -143,12 +143,6 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
             "max": float(arr.max())}
 
 
-def _ratio(last: Sequence[float], first: Sequence[float]) -> float | None:
-    if not last or not first:
-        return None
-    return float(np.percentile(last, 99) / np.percentile(first, 99))
-
-
 def at_frame(samples: list[Sample], frame: int) -> Sample:
     """The first sample taken once ``frame`` records were written (the last one if never)."""
     return next((s for s in samples if s.frames >= frame), samples[-1])
@@ -166,6 +160,7 @@ def analyse(samples: list[Sample], records: list[dict], lost: int, warmup: int, 
     rss_axis = np.array([s.rss_mb for s in after])
     slope = float(np.polyfit(frames_axis, rss_axis, 1)[0] * 1000) if len(after) >= 3 and np.ptp(frames_axis) > 0 else 0.0
     latencies = [v for v in (latency_ms(r) for r in records) if v is not None]
+    first, last = percentiles(latencies[warmup:warmup + 1000]), percentiles(latencies[-1000:])
     return SoakReport(
         frames=len(records), records=len(records), lost=lost, seconds=seconds, fps=len(records) / max(seconds, 1e-9),
         warmup_frames=warmup, rss_mb_after_warmup=base.rss_mb, rss_mb_final=final.rss_mb,
@@ -173,9 +168,8 @@ def analyse(samples: list[Sample], records: list[dict], lost: int, warmup: int, 
         rss_slope_mb_per_1000=slope, fds_after_warmup=base.fds, fds_final=final.fds, fds_max=max(s.fds for s in after),
         threads_after_warmup=base.threads, threads_final=final.threads, threads_max=max(s.threads for s in after),
         latency_warmup_ms=percentiles(latencies[:warmup]),
-        latency_first_1000_ms=percentiles(latencies[warmup:warmup + 1000]),
-        latency_last_1000_ms=percentiles(latencies[-1000:]),
-        latency_p99_last_over_first=_ratio(latencies[-1000:], latencies[warmup:warmup + 1000]),
+        latency_first_1000_ms=first, latency_last_1000_ms=last,
+        latency_p99_last_over_first=last["p99"] / first["p99"] if first and last else None,
         exit_code=exit_code, summary=summary, command=command, samples=samples)
 
 

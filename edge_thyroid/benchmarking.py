@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
+
 SCHEMA = "edge-thyroid-bench/1"
 PERCENTILES: tuple[float, ...] = (50.0, 90.0, 99.0, 99.9)
 
@@ -565,8 +567,6 @@ def record_source(spec: str, count: int, max_bytes: int = 1 << 30) -> RecordedFr
     finally:
         source.close()
     if not frames:
-        from .errors import InputError
-
         raise InputError(f"source {spec!r} delivered no frames; expected a video, DICOM cine, image folder or live source")
     return RecordedFrames(frames, decode, description, hint)
 
@@ -624,7 +624,7 @@ def format_table(record: Mapping[str, Any]) -> str:
             continue
         stages, latency = row["stages_ms"], row["latency_ms"]
         # Our engine preprocesses inside its backend call: in the graph, or on the host (openvino).
-        inside = "in graph" if "in the graph" in row.get("format", "") else "in infer"
+        inside = "in infer" if (row.get("details") or {}).get("preprocessing") == "host" else "in graph"
         stage = lambda s: _fmt(stages[s]["p50"], 2) if s in stages else inside if s == "preprocess" else "-"  # noqa: E731
         lines.append(
             f"| {row['name']} | {stage('preprocess')} | {stage('infer')} | {stage('head')} | {_fmt(latency['p90'])} | "

@@ -32,6 +32,8 @@ class ThresholdRule(str, Enum):
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
+# What the DDTI labels are, carried in every report so no figure is read as a pathology result.
+LABEL_NOTE = "labels are TI-RADS categories (2-3 benign, 4a-5 malignant), not pathology"
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,7 @@ class EvaluationReport:
     at_model_threshold: dict[str, Any]
     chosen_threshold: dict[str, Any]
     calibration: dict[str, Any]
-    label_note: str = "labels are TI-RADS categories (2-3 benign, 4a-5 malignant), not pathology"
+    label_note: str = LABEL_NOTE
     plots: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -383,7 +385,7 @@ class ComparisonReport:
     cases: int
     delong: dict[str, float]
     bootstrap: dict[str, float]
-    label_note: str = "labels are TI-RADS categories (2-3 benign, 4a-5 malignant), not pathology"
+    label_note: str = LABEL_NOTE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

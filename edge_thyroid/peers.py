@@ -209,6 +209,7 @@ class EngineRunner(Runner):
         if self.spec.execution_precision and self.spec.execution_precision != "f32":
             runtime += f" ({self.spec.execution_precision} float parts)"
         host = getattr(self.engine.backend, "preprocessing", None) is not None
+        self.details["preprocessing"] = "host" if host else "graph"  # timed inside the backend call either way
         self.format = f"edge-thyroid: {runtime}, " + ("OpenCV preprocessing" if host else "preprocessing in the graph")
         self.cache = _pane_cache(self.engine) if self.spec.cached else None
         if self.spec.cached and self.cache is None:
@@ -295,8 +296,9 @@ class OpenVinoRunner(OrtPlainRunner):
             config["INFERENCE_PRECISION_HINT"] = "f32"
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        executed = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        from .backends.openvino import executed_precision
+
+        executed = executed_precision(self.compiled)
         self.details.update({"openvino": ov.__version__, "config": {k: str(v) for k, v in config.items()},
                              "execution_precision": executed})
         # OpenVINO's own default; on CPUs with AVX-512 BF16/AMX it runs an INT8 model's float parts in bf16.

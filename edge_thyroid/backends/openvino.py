@@ -62,6 +62,7 @@ class OpenVinoBackend(Backend):
         self._config: dict[str, object] = {}
         self._networks: dict[int, tuple[Any, Any]] = {}  # pane count (0: dynamic) -> (compiled, request)
         self._preprocess: Any = None
+        self._output_names: list[str] = []
         self.version = ""
 
     def _load(self) -> None:
@@ -91,6 +92,7 @@ class OpenVinoBackend(Backend):
         except Exception as exc:  # onnx's DecodeError and friends, when the graph is cut first
             raise BundleError(f"cannot read {self.model_path} as ONNX: {_first_line(exc)}") from None
         self._core = core
+        self._output_names = [port.get_any_name() for port in self._model.outputs]
         self.version = ov.__version__.split("-")[0]
         # Compile now every network a stream will ask for: a bad model fails at load, and no frame waits
         # for a compiler.
@@ -125,25 +127,30 @@ class OpenVinoBackend(Backend):
         if not self._networks:
             return []
         compiled, _ = next(iter(self._networks.values()))
-        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-        actual = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        actual = executed_precision(compiled)
         where = "OpenCV preprocessing on the host" if self.preprocessing is not None else "preprocessing in the graph"
         return [f"OpenVINO {self.version} {self.device} ({actual}; {where})"]
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.preprocessing is None:
-            compiled, request = self._network(0)
+            _, request = self._network(0)
             results = request.infer(dict(feeds))
         else:
             pixels = self._preprocess(feeds[FRAME], feeds[ROIS])
-            compiled, request = self._network(len(pixels))
+            _, request = self._network(len(pixels))
             results = request.infer({0: pixels})
         # The request owns these buffers and overwrites them on the next call; the pane cache keeps maps.
-        return {port.get_any_name(): np.array(results[port]) for port in compiled.outputs}
+        return {name: np.array(results[i]) for i, name in enumerate(self._output_names)}
 
     def _close(self) -> None:
         self._networks.clear()
         self._model = self._core = self._preprocess = None
+
+
+def executed_precision(compiled: Any) -> str:
+    """The precision OpenVINO runs a compiled model's float parts in ("f32", "bf16", ...)."""
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
 
 
 def _first_line(exc: BaseException) -> str:

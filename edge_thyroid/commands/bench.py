@@ -306,7 +306,7 @@ def _interleave(active: list[_Config], blocks: list[range], screens: Any, rois: 
 def _flops(bundle: Any, reference: _Config, threads: int, panes: int,
            matmul_before: dict[str, Any] | None) -> dict[str, Any]:
     from .. import benchmarking as bm
-    from ..peers import backbone_graph
+    from ..graph import backbone_graph
 
     fp32 = "fp32" if "fp32" in bundle.manifest.models else reference.spec.model
     entry = bundle.model_entry(fp32)[1]

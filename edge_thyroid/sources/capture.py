@@ -152,16 +152,11 @@ class VideoFileSource(OpenCVSource):
         self.frame_count = int(max(0.0, self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0))
         fps = self.fps
         if self.options.realtime and fps is None:
-            self.close_capture()
+            self._close()
             raise SourceError(f"video file {path} does not state its frame rate; pass --fps or --as-fast-as-possible")
         self.period = 1.0 / fps if (self.options.realtime and fps) else None
         self.pacer = Pacer(self.interrupt)
         self.position = 0  # frames read in the current pass over the file
-
-    def close_capture(self) -> None:
-        if self.capture is not None:
-            self.capture.release()
-            self.capture = None
 
     def _open_failure(self) -> str:
         return f"cannot decode video file {self.target}; expected a video OpenCV's FFmpeg backend can read"

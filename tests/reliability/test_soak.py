@@ -37,4 +37,4 @@ def test_short_soak_leaks_no_descriptors_or_threads_and_loses_nothing(random_bun
         start, end = statistics.median(series[:fifth]), statistics.median(series[-fifth:])
         assert end - start <= 1, (what, series)
     assert report.latency_warmup_ms["n"] == 100 and report.latency_first_1000_ms["n"] == 400
-    assert report.latency_last_1000_ms["n"] == 500 and report.latency_p99_last_over_first > 0
+    assert report.latency_last_1000_ms["n"] == 500
