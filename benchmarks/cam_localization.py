@@ -27,7 +27,8 @@ import click
 import cv2
 import numpy as np
 
-from edge_thyroid.engine import Engine, Pane
+from edge_thyroid.engine import Engine
+from edge_thyroid.frames import Pane
 from edge_thyroid.evaluation import SplitSpec, select_samples
 from edge_thyroid.dataset import Split
 from edge_thyroid.visualize import cam_to_heat, overlay_prediction

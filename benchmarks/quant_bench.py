@@ -113,7 +113,8 @@ def add_model(bundle: Path, key: str, model, precision: str) -> None:
 
 
 def latency(bundle: Path, keys: list[str], frame: np.ndarray, runs: int, block: int, threads: int) -> dict:
-    from edge_thyroid.engine import Engine, Pane
+    from edge_thyroid.engine import Engine
+    from edge_thyroid.frames import Pane
 
     engines = {key: Engine(bundle, model=key, threads=threads) for key in keys}
     configs = [(key, panes) for key in keys for panes in (1, 3)]
@@ -140,7 +141,8 @@ def latency(bundle: Path, keys: list[str], frame: np.ndarray, runs: int, block: 
 RSS_PROBE = """
 import json, sys
 import numpy as np
-from edge_thyroid.engine import Engine, Pane
+from edge_thyroid.engine import Engine
+from edge_thyroid.frames import Pane
 def peak():  # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over fork + exec)
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024

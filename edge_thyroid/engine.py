@@ -16,32 +16,9 @@ import numpy as np
 from .backends import Backend, backend_class, create_backend
 from .bundle import Bundle, Target, load_bundle
 from .errors import BundleError, InputError
+from .frames import Pane, Roi, as_frame, check_rois
 from .head import FusionHead, HeadOutput, pool
 from .kernels.onnx_graph import FRAME, ROIS
-
-Roi = tuple[int, int, int, int]
-
-
-@dataclass(frozen=True)
-class Pane:
-    """One modality's region on the screen, (x, y, w, h) in frame pixels."""
-
-    modality: str
-    roi: Roi
-
-    @classmethod
-    def parse(cls, modality: str, roi: str | Sequence[int]) -> "Pane":
-        if isinstance(roi, str):
-            parts = roi.replace(" ", "").split(",")
-            try:
-                values = tuple(int(p) for p in parts)
-            except ValueError:
-                values = ()
-            if len(values) != 4:
-                raise InputError(f"ROI {roi!r} is not 4 integers; expected x,y,w,h such as 0,0,640,480")
-            roi = values
-        return cls(modality, tuple(int(v) for v in roi))  # type: ignore[arg-type]
-
 
 @dataclass
 class PaneResult:
@@ -84,32 +61,6 @@ class Prediction:
             "modality_logits": self.contributions,
             "panes": [{"modality": p.modality, "roi": list(p.roi)} for p in self.panes],
         }
-
-
-def as_frame(frame: np.ndarray) -> np.ndarray:
-    """Validate a captured frame; grayscale is replicated to 3 channels. Returns uint8 HxWx3, C-contiguous."""
-    if not isinstance(frame, np.ndarray):
-        raise InputError(f"frame must be a NumPy array, got {type(frame).__name__}")
-    if frame.dtype != np.uint8:
-        raise InputError(f"frame dtype is {frame.dtype}; expected uint8 (8-bit BGR as captured)")
-    if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
-        import cv2
-
-        frame = cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_GRAY2BGR)
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise InputError(f"frame shape is {frame.shape}; expected HxWx3 (BGR) or HxW (grayscale)")
-    if frame.shape[0] < 1 or frame.shape[1] < 1:
-        raise InputError(f"frame shape is {frame.shape}; expected a non-empty image")
-    return np.ascontiguousarray(frame)
-
-
-def check_rois(rois: Sequence[Roi], height: int, width: int) -> np.ndarray:
-    arr = np.asarray(rois, dtype=np.int64).reshape(-1, 4)
-    for (x, y, w, h) in arr.tolist():
-        if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
-            raise InputError(f"ROI x={x},y={y},w={w},h={h} is outside the {width}x{height} frame; "
-                             f"expected 0 <= x, x+w <= {width}, 0 <= y, y+h <= {height}, w,h >= 1")
-    return arr
 
 
 class Engine:

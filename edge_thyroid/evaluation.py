@@ -22,6 +22,7 @@ import numpy as np
 
 from .dataset import Sample, Split, read_samples, split_by_case
 from .errors import InputError, MissingDependencyError
+from .frames import Pane, read_image
 from .metrics import (bootstrap_auc_ci, delong_auc_ci, delong_test, operating_point, paired_bootstrap_test,
                       roc_curve, sensitivity_threshold, youden_threshold)
 
@@ -65,15 +66,6 @@ def select_samples(csv_path: str | Path, spec: SplitSpec) -> tuple[list[Sample],
     return chosen, val
 
 
-def read_frame(path: Path) -> np.ndarray:
-    import cv2
-
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise InputError(f"cannot read image {path}: missing or not an image OpenCV can decode")
-    return frame
-
-
 class Scorer:
     """p(malignant) per sample from a bundle (engine) or a checkpoint (torch)."""
 
@@ -107,11 +99,9 @@ class BundleScorer(Scorer):
     def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
         from tqdm import tqdm
 
-        from .engine import Pane
-
         out = np.zeros(len(samples), dtype=np.float64)
         for i, sample in enumerate(tqdm(samples, desc="scoring", unit="image", file=sys.stderr, disable=not progress)):
-            frame = read_frame(sample.image)
+            frame = read_image(sample.image)
             pane = Pane(sample.modality, (0, 0, frame.shape[1], frame.shape[0]))
             out[i] = self.engine.classify(frame, [pane]).probability
         return out
@@ -162,7 +152,7 @@ class CheckpointScorer(Scorer):
             for j, sample in enumerate(chunk):
                 if sample.modality not in modalities:
                     raise InputError(f"{sample.image}: modality {sample.modality!r} is not one of the model's {modalities}")
-                frame = read_frame(sample.image)
+                frame = read_image(sample.image)
                 slot = modalities.index(sample.modality)
                 panes[j, slot] = preprocess_reference(frame, [(0, 0, frame.shape[1], frame.shape[0])], self.spec)[0]
                 present[j, slot] = 1.0

@@ -27,10 +27,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .engine import Pane
 from .errors import InputError
-
-Roi = tuple[int, int, int, int]
+from .frames import Pane, Roi, check_roi
 
 MAX_LAYOUT_BYTES = 64 * 1024   # a layout is a few lines; anything bigger is a mistake or an attack
 MAX_PANES = 3
@@ -53,26 +51,27 @@ class Modality(str, Enum):
 
 
 @dataclass(frozen=True)
-class PaneRegion:
-    modality: Modality
-    roi: Roi
-
-
-@dataclass(frozen=True)
 class Layout:
     """Panes on a screen. ``screen`` = (width, height) the ROIs refer to; None = absolute pixels."""
 
     name: str
-    panes: tuple[PaneRegion, ...]
+    panes: tuple[Pane, ...]
     nodule: Roi | None = None
     screen: tuple[int, int] | None = None
     whole_frame: bool = field(default=False, repr=False)  # the 'full' preset: one pane = the whole frame
+
+    def __post_init__(self) -> None:
+        # Panes may be given with plain modality strings; the layout holds them as Modality members.
+        where = f"layout {self.name!r}"
+        panes = tuple(p if isinstance(p.modality, Modality) else Pane(Modality.parse(p.modality, where), p.roi)
+                      for p in self.panes)
+        object.__setattr__(self, "panes", panes)
 
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(p.modality.value for p in self.panes)
 
-    def pane(self, modality: Modality | str) -> PaneRegion | None:
+    def pane(self, modality: Modality | str) -> Pane | None:
         wanted = Modality(modality)
         return next((p for p in self.panes if p.modality is wanted), None)
 
@@ -81,7 +80,7 @@ class Layout:
         if width < 1 or height < 1:
             raise InputError(f"frame size {width}x{height} is empty; expected a positive width and height")
         if self.whole_frame:
-            return replace(self, panes=(PaneRegion(self.panes[0].modality, (0, 0, width, height)),),
+            return replace(self, panes=(Pane(self.panes[0].modality, (0, 0, width, height)),),
                            screen=(width, height))
         resolved = self
         if self.screen is not None and self.screen != (width, height):
@@ -90,7 +89,7 @@ class Layout:
                 raise InputError(f"layout {self.name!r} is for a {sw}x{sh} screen; the source gives {width}x{height} "
                                  f"(another aspect ratio); give a layout file measured on this screen")
             sx, sy = width / sw, height / sh
-            resolved = replace(self, panes=tuple(PaneRegion(p.modality, _scale(p.roi, sx, sy)) for p in self.panes),
+            resolved = replace(self, panes=tuple(Pane(p.modality, _scale(p.roi, sx, sy)) for p in self.panes),
                                nodule=_scale(self.nodule, sx, sy) if self.nodule else None)
         resolved = replace(resolved, screen=(width, height))
         resolved.validate(width, height)
@@ -99,7 +98,7 @@ class Layout:
     def validate(self, width: int, height: int) -> None:
         """Every ROI inside the frame, no two panes overlapping, the nodule inside the B-mode pane."""
         for pane in self.panes:
-            _check_inside(pane.roi, width, height, f"layout {self.name!r}: {pane.modality.value} pane")
+            check_roi(pane.roi, width, height, f"layout {self.name!r}: {pane.modality.value} pane")
         for i, a in enumerate(self.panes):
             for b in self.panes[i + 1:]:
                 if _overlap(a.roi, b.roi):
@@ -136,13 +135,6 @@ def _scale(roi: Roi, sx: float, sy: float) -> Roi:
     return (x0, y0, max(1, x1 - x0), max(1, y1 - y0))
 
 
-def _check_inside(roi: Roi, width: int, height: int, what: str) -> None:
-    x, y, w, h = roi
-    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
-        raise InputError(f"{what} x={x},y={y},w={w},h={h} is outside the {width}x{height} frame; expected "
-                         f"0 <= x, x+w <= {width}, 0 <= y, y+h <= {height}, w,h >= 1")
-
-
 def _overlap(a: Roi, b: Roi) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
@@ -157,13 +149,13 @@ def _contains(outer: Roi, inner: Roi) -> bool:
 
 PRESET_SCREEN = (1920, 1080)
 PRESETS: dict[str, Layout] = {
-    "single": Layout("single", (PaneRegion(Modality.BMODE, (360, 110, 1200, 900)),), screen=PRESET_SCREEN),
-    "dual": Layout("dual", (PaneRegion(Modality.BMODE, (40, 120, 900, 840)),
-                            PaneRegion(Modality.SWE, (980, 120, 900, 840))), screen=PRESET_SCREEN),
-    "triple": Layout("triple", (PaneRegion(Modality.BMODE, (20, 160, 620, 700)),
-                                PaneRegion(Modality.SMI, (650, 160, 620, 700)),
-                                PaneRegion(Modality.SWE, (1280, 160, 620, 700))), screen=PRESET_SCREEN),
-    "full": Layout("full", (PaneRegion(Modality.BMODE, (0, 0, 1, 1)),), whole_frame=True),
+    "single": Layout("single", (Pane(Modality.BMODE, (360, 110, 1200, 900)),), screen=PRESET_SCREEN),
+    "dual": Layout("dual", (Pane(Modality.BMODE, (40, 120, 900, 840)),
+                            Pane(Modality.SWE, (980, 120, 900, 840))), screen=PRESET_SCREEN),
+    "triple": Layout("triple", (Pane(Modality.BMODE, (20, 160, 620, 700)),
+                                Pane(Modality.SMI, (650, 160, 620, 700)),
+                                Pane(Modality.SWE, (1280, 160, 620, 700))), screen=PRESET_SCREEN),
+    "full": Layout("full", (Pane(Modality.BMODE, (0, 0, 1, 1)),), whole_frame=True),
 }
 
 
@@ -244,7 +236,7 @@ def parse_layout(data: Any, origin: str = "layout", default_name: str = "custom"
         raise InputError(f"{origin}: 'panes' must be a non-empty list of {{modality, roi}}")
     if len(panes_data) > MAX_PANES:
         raise InputError(f"{origin}: {len(panes_data)} panes; expected 1 to {MAX_PANES} (bmode, smi, swe)")
-    panes: list[PaneRegion] = []
+    panes: list[Pane] = []
     for number, item in enumerate(panes_data):
         where = f"{origin}: pane {number}"
         if not isinstance(item, Mapping):
@@ -255,7 +247,7 @@ def parse_layout(data: Any, origin: str = "layout", default_name: str = "custom"
         modality = Modality.parse(item.get("modality"), where)
         if any(p.modality is modality for p in panes):
             raise InputError(f"{where}: modality {modality.value!r} appears twice; expected one pane per modality")
-        panes.append(PaneRegion(modality, parse_roi(item.get("roi"), f"{where} ({modality.value}) roi")))
+        panes.append(Pane(modality, parse_roi(item.get("roi"), f"{where} ({modality.value}) roi")))
     screen = None
     if "screen" in data:
         screen = _parse_screen(data["screen"], origin)

@@ -31,8 +31,9 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from .engine import PaneResult, Prediction, Roi
+from .engine import PaneResult, Prediction
 from .errors import EdgeThyroidError, InputError
+from .frames import Roi
 from .head import FusionHead, pool, sigmoid
 from .layout import Layout, Modality, preset
 from .sinks import AsyncSink, Sink

@@ -25,7 +25,8 @@ import numpy as np
 from .bundle import Bundle
 from .dataset import Sample, Split
 from .errors import EdgeThyroidError, InputError
-from .evaluation import SplitSpec, read_frame, select_samples
+from .evaluation import SplitSpec, select_samples
+from .frames import Pane, read_image
 from .metrics import delong_auc_ci, delong_test, operating_point, youden_threshold
 
 __all__ = ["GateBudget", "GateFailedError", "GateReport", "LabelledSet", "Split", "compare_scores", "labelled_split",
@@ -80,11 +81,9 @@ def score_engines(engines: Sequence[Any], samples: Sequence[Sample], *, progress
     shape [len(engines), len(samples)]. Each image is read once and fed to every engine."""
     from tqdm import tqdm
 
-    from .engine import Pane
-
     scores = np.zeros((len(engines), len(samples)), dtype=np.float64)
     for j, sample in enumerate(tqdm(samples, desc="gate", unit="image", file=sys.stderr, disable=not progress)):
-        frame = read_frame(sample.image)
+        frame = read_image(sample.image)
         pane = Pane(sample.modality, (0, 0, frame.shape[1], frame.shape[0]))
         for i, engine in enumerate(engines):
             scores[i, j] = engine.classify(frame, [pane]).probability

@@ -33,7 +33,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 from edge_thyroid.bundle import sha256_file
 from edge_thyroid.dataset import read_samples, split_by_case
 from edge_thyroid.errors import InputError
-from edge_thyroid.evaluation import read_frame  # uint8 BGR, grayscale replicated: what the engine receives
+from edge_thyroid.frames import read_image  # uint8 BGR, grayscale replicated: what the engine receives
 from edge_thyroid.kernels.onnx_graph import FRAME, PIXELS, ROIS, build_preprocess_graph
 from edge_thyroid.kernels.reference import PreprocessSpec
 
@@ -141,7 +141,7 @@ class PanePreprocessor:
         from tqdm import tqdm
 
         for image in tqdm(images, desc="calibration frames", unit="frame", file=sys.stderr, disable=not progress):
-            yield self(read_frame(image))
+            yield self(read_image(image))
 
 
 class PixelsReader(CalibrationDataReader):

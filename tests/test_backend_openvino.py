@@ -12,8 +12,9 @@ import pytest
 
 from edge_thyroid.cli import main
 from edge_thyroid.commands.stream import DEMO_BUNDLE, DEMO_CLIP, DEMO_LAYOUT, data_path
-from edge_thyroid.engine import Engine, Pane
+from edge_thyroid.engine import Engine
 from edge_thyroid.errors import BackendError, BundleError, MissingDependencyError
+from edge_thyroid.frames import Pane
 
 from .conftest import needs_torch, screen_frame
 

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from edge_thyroid.engine import Engine, Pane
+from edge_thyroid.engine import Engine
 from edge_thyroid.errors import InputError
+from edge_thyroid.frames import Pane
 
 from .conftest import needs_torch, screen_frame
 

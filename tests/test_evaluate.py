@@ -98,7 +98,8 @@ def test_bad_csv_is_a_clear_error(tmp_path):
 
 @needs_torch
 def test_bundle_and_checkpoint_give_the_same_scores(random_bundle, random_model, tmp_path):
-    from edge_thyroid.engine import Engine, Pane
+    from edge_thyroid.engine import Engine
+    from edge_thyroid.frames import Pane
     from edge_thyroid.evaluation import score_model
     from edge_thyroid.export.checkpoint import CheckpointInfo, save_checkpoint
 

@@ -7,10 +7,9 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from edge_thyroid.engine import Pane
 from edge_thyroid.errors import InputError
-from edge_thyroid.layout import (MAX_LAYOUT_BYTES, PRESETS, Layout, Modality, PaneRegion, load_layout, parse_layout,
+from edge_thyroid.frames import Pane
+from edge_thyroid.layout import (MAX_LAYOUT_BYTES, PRESETS, Layout, Modality, load_layout, parse_layout,
                                  preset)
 
 
@@ -144,7 +143,7 @@ def test_bad_files(tmp_path):
 
 
 def test_a_layout_object_passes_through():
-    layout = Layout("x", (PaneRegion(Modality.BMODE, (0, 0, 5, 5)),))
+    layout = Layout("x", (Pane(Modality.BMODE, (0, 0, 5, 5)),))
     assert load_layout(layout) is layout
     assert set(PRESETS) == {"single", "dual", "triple", "full"}
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from edge_thyroid.engine import Engine, Pane
+from edge_thyroid.engine import Engine
+from edge_thyroid.frames import Pane
 from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
 
 from .conftest import needs_torch, screen_frame

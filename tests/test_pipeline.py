@@ -12,10 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_thyroid.engine import Engine, Pane
+from edge_thyroid.engine import Engine
 from edge_thyroid.errors import InputError
+from edge_thyroid.frames import Pane
 from edge_thyroid.head import FusionHead, sigmoid
-from edge_thyroid.layout import Layout, Modality, PaneRegion, parse_layout, preset
+from edge_thyroid.layout import Layout, Modality, parse_layout, preset
 from edge_thyroid.pipeline import (LatencyHistogram, LatestFrameSlot, PaneCache, Pipeline, PipelineConfig,
                                    ReconnectPolicy, StreamResult)
 from edge_thyroid.sinks import JsonlSink, Sink
@@ -414,7 +415,7 @@ def test_latency_histogram_percentiles_within_a_bin_of_numpy():
 
 
 def test_layout_nodule_roi_is_what_the_model_sees():
-    layout = Layout("n", (PaneRegion(Modality.BMODE, (0, 0, 160, 120)),), nodule=(40, 30, 64, 48))
+    layout = Layout("n", (Pane(Modality.BMODE, (0, 0, 160, 120)),), nodule=(40, 30, 64, 48))
     engine, sink = FakeEngine(), ListSink()
     run(engine, ListSource([screen()]), sink, layout=layout, lossless=True)
     assert engine.calls == [[(40, 30, 64, 48)]] and sink.results[0].panes[0].roi == (40, 30, 64, 48)

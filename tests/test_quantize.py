@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from edge_thyroid.bundle import load_bundle
 from edge_thyroid.cli import cli, main
-from edge_thyroid.engine import Pane
 from edge_thyroid.errors import InputError
+from edge_thyroid.frames import Pane
 from edge_thyroid.head import FusionHead, pool
 from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
 
@@ -90,10 +90,11 @@ def fused_maps(model):
 # --- calibration data -------------------------------------------------------------------------
 
 def test_calibration_pixels_are_the_engines_preprocessing(calib_dir):
-    from edge_thyroid.export.calibration import PanePreprocessor, read_frame
+    from edge_thyroid.export.calibration import PanePreprocessor
+    from edge_thyroid.frames import read_image
 
     image = sorted(calib_dir.iterdir())[3]
-    frame = read_frame(image)
+    frame = read_image(image)
     pixels = PanePreprocessor(SPEC)(frame)
     expected = preprocess_reference(frame, [(0, 0, frame.shape[1], frame.shape[0])], SPEC, dtype=np.float64)
     assert pixels.shape == (1, 3, SIZE, SIZE)

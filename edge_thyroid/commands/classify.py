@@ -33,15 +33,14 @@ def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json
     """
     import cv2
 
-    from ..engine import Engine, Pane
+    from ..engine import Engine
+    from ..frames import Pane, read_image
     from ..visualize import overlay_prediction
 
     with Engine(bundle, model=model_key, threads=threads, **engine_backend(backend, execution_precision)) as engine:
         for image_name in images:
             path = Path(image_name)
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is None:
-                raise InputError(f"cannot read image {path}: missing or not an image file OpenCV can decode")
+            frame = read_image(path)
             pane = Pane.parse(modality, roi) if roi else Pane(modality, (0, 0, frame.shape[1], frame.shape[0]))
             prediction = engine.classify(frame, [pane])
             record = {"image": str(path), **prediction.to_dict()}

@@ -19,7 +19,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from ..engine import as_frame
+from ..frames import as_frame
 from ..errors import InputError
 from ..layout import Layout
 

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..layout import Layout, Modality, PaneRegion
+from ..frames import Pane
+from ..layout import Layout, Modality
 from .base import Pacer, Source, SourceError, SourceKind
 
 MAX_SIDE = 8192
@@ -149,7 +150,7 @@ def regions_layout(ds: Any, rows: int, columns: int, name: str) -> Layout | None
     regions = ds.get("SequenceOfUltrasoundRegions")
     if not regions:
         return None
-    panes: list[PaneRegion] = []
+    panes: list[Pane] = []
     for number, region in enumerate(regions):
         fmt, kind = region.get("RegionSpatialFormat"), region.get("RegionDataType")
         if fmt != REGION_2D or kind not in REGION_MODALITY:
@@ -166,7 +167,7 @@ def regions_layout(ds: Any, rows: int, columns: int, name: str) -> Layout | None
         if any(p.modality is modality for p in panes):
             raise SourceError(f"DICOM {name}: more than one 2D region of data type {kind} ({modality.value}); "
                               "pass --layout to say which pane is which")
-        panes.append(PaneRegion(modality, (x0, y0, x1 - x0 + 1, y1 - y0 + 1)))
+        panes.append(Pane(modality, (x0, y0, x1 - x0 + 1, y1 - y0 + 1)))
     if not panes:
         return None
     layout = Layout(f"dicom regions of {name}", tuple(panes), screen=(columns, rows))

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from edge_thyroid.engine import Engine, Pane
+from edge_thyroid.engine import Engine
 from edge_thyroid.errors import InputError
+from edge_thyroid.frames import Pane
 from edge_thyroid.head import FusionHead
 
 from ..conftest import needs_torch
