@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import psutil
 
+from edge_thyroid.stream.stats import STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 GOALS = {"dual": {"p50": 40.0, "p99": 80.0}, "triple": {"p50": 70.0}}
@@ -47,13 +49,12 @@ class Collector:
 
     name = "collector"
     needs_frames = False
-    STAGES = ("capture", "wait", "preprocess", "infer", "head", "temporal")
 
     def __init__(self, capacity: int) -> None:
         self.count = 0
         self.captured = np.zeros(capacity)
         self.total = np.zeros(capacity)
-        self.stages = np.zeros((capacity, len(self.STAGES)))
+        self.stages = np.zeros((capacity, len(STAGES)))
 
     def __len__(self) -> int:
         return self.count
@@ -66,10 +67,10 @@ class Collector:
             return
         self.captured[self.count] = result.capture_ts
         self.total[self.count] = result.total_ms
-        self.stages[self.count] = [result.stages_ms.get(s, 0.0) for s in self.STAGES]
+        self.stages[self.count] = [result.stages_ms.get(s, 0.0) for s in STAGES]
         self.count += 1
 
-    def event(self, record: dict) -> None:
+    def event(self, gap: Any) -> None:
         pass
 
     def close(self) -> None:
@@ -100,7 +101,7 @@ def percentiles(values: list[float]) -> dict[str, float | int | None]:
 
 def run_view(engine: Any, view: str, frames: int, cache: bool, fps: float) -> dict[str, Any]:
     from edge_thyroid.layout import preset
-    from edge_thyroid.pipeline import Pipeline, PipelineConfig
+    from edge_thyroid.stream import Pipeline, PipelineConfig
     from edge_thyroid.sources import SourceOptions
     from edge_thyroid.sources.synthetic import SyntheticSource
 
@@ -132,7 +133,7 @@ def run_view(engine: Any, view: str, frames: int, cache: bool, fps: float) -> di
         "cache_hit_rate": None if rate is None else round(rate, 4),
         "latency_ms": percentiles(total),
         "stages_p50_ms": {k: round(float(np.median(collector.stages[:count][steady, j])), 3)
-                          for j, k in enumerate(Collector.STAGES)},
+                          for j, k in enumerate(STAGES)},
         "rss_mb": {"after_warmup": round(float(ys[0]), 1) if len(ys) else None,
                    "final": round(sampler.samples[-1][2], 1) if sampler.samples else None,
                    "peak": round(max(s[2] for s in sampler.samples), 1) if sampler.samples else None,

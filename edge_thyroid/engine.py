@@ -1,8 +1,9 @@
 """The classifier: a verified bundle + a backend + the NumPy fusion head.
 
 ``Engine.extract(frame, rois)`` runs the backbone (with fused preprocessing) on the panes that need
-it; ``Engine.classify(frame, panes)`` adds the head and returns a :class:`Prediction` with exact CAMs.
-The two steps are separate so a streaming pipeline can cache the features of unchanged panes.
+it; ``Engine.fuse(panes, maps)`` applies the head and returns a :class:`Prediction` with exact CAMs;
+``Engine.classify(frame, panes)`` is both. The steps are separate so the stream can cache the
+features of unchanged panes.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ class Prediction:
         }
 
 
+def fuse(head: FusionHead, panes: Sequence[Pane], maps: Sequence[np.ndarray], threshold: float = 0.5) -> Prediction:
+    """Pool each pane's feature maps and apply the fusion head (for runners that have a head but no Engine)."""
+    results = [PaneResult(p.modality, p.roi, m, pool(m)) for p, m in zip(panes, maps)]
+    out = head.predict({r.modality: r.pooled for r in results})
+    return Prediction(out.probability, out.logit, threshold, out.contributions, results, head)
+
+
 class Engine:
     """Loads a bundle once; classifies frames. Use as a context manager or call close()."""
 
@@ -111,10 +119,12 @@ class Engine:
             if pane.modality in seen:
                 raise InputError(f"modality {pane.modality!r} is given twice; expected one pane per modality")
             seen.add(pane.modality)
-        maps = self.extract(frame, [p.roi for p in panes])
-        results = [PaneResult(p.modality, p.roi, maps[i], pool(maps[i])) for i, p in enumerate(panes)]
-        out = self.head.predict({r.modality: r.pooled for r in results})
-        return Prediction(out.probability, out.logit, self.threshold, out.contributions, results, self.head)
+        return self.fuse(panes, self.extract(frame, [p.roi for p in panes]))
+
+    def fuse(self, panes: Sequence[Pane], maps: Sequence[np.ndarray]) -> Prediction:
+        """The head over the panes' feature maps [C, h, w] (one per pane, in order): p(malignant),
+        per-modality logits and exact CAMs. Every caller fuses here: classify, the stream, the bench."""
+        return fuse(self.head, panes, maps, self.threshold)
 
     def close(self) -> None:
         self.backend.close()

@@ -35,8 +35,11 @@ from .benchmarking import Stage, StageTimer, peak_rss_mb
 from .bundle import Bundle, Precision, load_bundle
 from .errors import BackendError, BundleError, InputError, MissingDependencyError
 from .graph import backbone_graph
-from .head import FusionHead, pool
+from .engine import fuse
+from .frames import Pane
+from .head import FusionHead
 from .kernels.onnx_graph import PIXELS
+from .stream.cache import PaneCache
 
 
 class Kind(str, Enum):
@@ -151,13 +154,12 @@ def numpy_preprocess(frame: np.ndarray, rois: Sequence[Sequence[int]], size: int
 # Runners
 
 
-def run_head(head: FusionHead, modalities: Sequence[str], maps: np.ndarray) -> float:
+def run_head(head: FusionHead, modalities: Sequence[str], rois: np.ndarray, maps: np.ndarray) -> float:
     """Pooling + fusion head + the CAM of every pane: identical for every configuration."""
-    pooled = pool(maps)
-    out = head.predict({m: pooled[i] for i, m in enumerate(modalities)})
-    for i, modality in enumerate(modalities):
-        head.cam(modality, maps[i])
-    return out.probability
+    prediction = fuse(head, [Pane(m, tuple(r)) for m, r in zip(modalities, rois.tolist())], maps)
+    for modality in modalities:
+        prediction.cam(modality)
+    return prediction.probability
 
 
 class Runner(abc.ABC):
@@ -188,7 +190,7 @@ class Runner(abc.ABC):
     def process(self, frame: np.ndarray, rois: np.ndarray, timer: StageTimer) -> float:
         maps = self.features(frame, rois, timer)
         with timer.stage(Stage.HEAD):
-            return run_head(self.head, self.spec.modalities, maps)
+            return run_head(self.head, self.spec.modalities, rois, maps)
 
     def close(self) -> None:
         """Drop the runtime session so its memory and threads go away before the next runner loads."""
@@ -211,10 +213,7 @@ class EngineRunner(Runner):
         host = getattr(self.engine.backend, "preprocessing", None) is not None
         self.details["preprocessing"] = "host" if host else "graph"  # timed inside the backend call either way
         self.format = f"edge-thyroid: {runtime}, " + ("OpenCV preprocessing" if host else "preprocessing in the graph")
-        self.cache = _pane_cache(self.engine) if self.spec.cached else None
-        if self.spec.cached and self.cache is None:
-            raise BackendError("pane caching needs edge_thyroid.pipeline (the streaming runtime), "
-                               "which is not in this build")
+        self.cache = PaneCache(self.engine).extract if self.spec.cached else None
 
     def features(self, frame: np.ndarray, rois: np.ndarray, timer: StageTimer) -> np.ndarray:
         with timer.stage(Stage.INFER):
@@ -227,19 +226,6 @@ class EngineRunner(Runner):
 
     def close(self) -> None:
         self.engine.close()
-
-
-def _pane_cache(engine: Any) -> Any:
-    """The streaming runtime's pane cache as ``(frame, rois) -> maps``, or None where it is absent."""
-    try:
-        from . import pipeline  # noqa: F401  (the streaming runtime; optional in this build)
-    except ImportError:
-        return None
-    cache_class = getattr(pipeline, "PaneCache", None)
-    if cache_class is None:
-        return None
-    cache = cache_class(engine)
-    return cache.extract
 
 
 class OrtPlainRunner(Runner):

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 from .errors import EdgeThyroidError
 
 if TYPE_CHECKING:
-    from .pipeline import StreamResult
+    from .stream.records import GapRecord, StreamResult
 
 
 class SinkError(EdgeThyroidError):
@@ -32,7 +32,7 @@ class SinkError(EdgeThyroidError):
 
 class Sink(abc.ABC):
     name: str = "sink"
-    needs_frames: bool = False   # the pipeline keeps frames and feature maps for this sink
+    needs_frames: bool = False   # the stream keeps frames and feature maps for this sink
 
     def open(self) -> None:
         """Acquire resources; errors here stop the stream before it starts."""
@@ -40,8 +40,8 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def write(self, result: "StreamResult") -> None: ...
 
-    def event(self, record: dict[str, Any]) -> None:
-        """A stream event that is not a frame (a source gap)."""
+    def event(self, gap: "GapRecord") -> None:
+        """A stream event that is not a frame: a source gap."""
 
     def close(self) -> None:
         """Flush and release."""
@@ -104,8 +104,8 @@ class JsonlSink(Sink):
         record["latency_ms"]["sink"] = round((time.monotonic() - result.result_time) * 1000.0, 3)
         self._line(record)
 
-    def event(self, record: dict[str, Any]) -> None:
-        self._line(record)
+    def event(self, gap: "GapRecord") -> None:
+        self._line(gap.record())
 
     def close(self) -> None:
         handle, self.handle = self.handle, None
@@ -163,13 +163,11 @@ class ConsoleSink(Sink):
         self.stream.flush()
         self.printed = True
 
-    def event(self, record: dict[str, Any]) -> None:
-        if record.get("type") == "gap":
-            state = "resumed" if record.get("resumed") else "lost"
-            text = (f"source {state} after a {record.get('duration_s', 0):.1f} s gap "
-                    f"({record.get('attempts')} reopen attempts): {record.get('reason')}")
-            self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
-            self.stream.flush()
+    def event(self, gap: "GapRecord") -> None:
+        state = "resumed" if gap.resumed else "lost"
+        text = f"source {state} after a {gap.duration_s:.1f} s gap ({gap.attempts} reopen attempts): {gap.reason}"
+        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
 
     def close(self) -> None:
         if self.tty and self.printed:

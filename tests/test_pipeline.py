@@ -17,8 +17,9 @@ from edge_thyroid.errors import InputError
 from edge_thyroid.frames import Pane
 from edge_thyroid.head import FusionHead, sigmoid
 from edge_thyroid.layout import Layout, Modality, parse_layout, preset
-from edge_thyroid.pipeline import (LatencyHistogram, LatestFrameSlot, PaneCache, Pipeline, PipelineConfig,
-                                   ReconnectPolicy, StreamResult)
+from edge_thyroid.stream import (LatencyHistogram, LatestFrameSlot, PaneCache, Pipeline, PipelineConfig, ReconnectPolicy,
+                                 StreamResult)
+from edge_thyroid.stream.records import GapRecord
 from edge_thyroid.sinks import JsonlSink, Sink
 from edge_thyroid.sources import Captured, Source, SourceError, SourceKind, SourceOptions, create_source
 from edge_thyroid.temporal import Decision, Reason, Smoothing, TemporalConfig, TemporalFilter
@@ -39,6 +40,8 @@ class FakeEngine:
         self.head = FusionHead(MODALITIES, rng.normal(0, 1.0, (3, 8)), rng.normal(0, 0.1, 3), 0.1)
         self.delay = delay
         self.calls: list[list[tuple[int, ...]]] = []
+
+    fuse = Engine.fuse  # the real head step, on these fake features
 
     def extract(self, frame: np.ndarray, rois) -> np.ndarray:
         self.calls.append([tuple(int(v) for v in r) for r in rois])
@@ -63,8 +66,8 @@ class ListSink(Sink):
     def write(self, result: StreamResult) -> None:
         self.results.append(result)
 
-    def event(self, record: dict) -> None:
-        self.events.append(record)
+    def event(self, gap: GapRecord) -> None:
+        self.events.append(gap.record())
 
 
 def run(engine, source, *sinks, **config):

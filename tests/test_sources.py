@@ -430,7 +430,7 @@ def test_spec_registry(tmp_path):
 
 
 def test_tcp_stream_dropping_out_is_reconnected_and_both_gaps_recorded(mkv_payload):
-    from edge_thyroid.pipeline import Pipeline, PipelineConfig, ReconnectPolicy
+    from edge_thyroid.stream import Pipeline, PipelineConfig, ReconnectPolicy
 
     from .test_pipeline import FakeEngine, ListSink
 

@@ -114,7 +114,7 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
                banner: str | None = None) -> None:
     from ..engine import Engine
     from ..layout import load_layout
-    from ..pipeline import Pipeline, PipelineConfig, ReconnectPolicy
+    from ..stream import Pipeline, PipelineConfig, ReconnectPolicy
     from ..sinks import ConsoleSink, JsonlSink, OverlayVideoSink, WindowSink
     from ..sources import SourceOptions, create_source
     from ..temporal import Smoothing, TemporalConfig

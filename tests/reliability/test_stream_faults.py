@@ -22,7 +22,7 @@ import pytest
 from edge_thyroid.engine import Engine
 from edge_thyroid.head import FusionHead
 from edge_thyroid.layout import preset
-from edge_thyroid.pipeline import Pipeline, PipelineConfig, ReconnectPolicy, StreamSummary
+from edge_thyroid.stream import Pipeline, PipelineConfig, ReconnectPolicy, StreamSummary
 from edge_thyroid.sinks import JsonlSink, Sink
 from edge_thyroid.sources import SourceError, SourceOptions
 from edge_thyroid.sources.synthetic import SyntheticSource

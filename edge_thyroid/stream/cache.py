@@ -1,0 +1,106 @@
+"""Pane cache: each pane's feature maps, reused while its pixels stay the same.
+
+Each pane's pixels are compared (subsampled, mean absolute difference) with the pixels its cached
+features came from; only changed panes go through the backbone (``extract`` on just those ROIs),
+unchanged ones reuse their feature maps. A frozen screen costs no inference at all; an SWE pane
+refreshing at 2 Hz is re-run twice a second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from ..errors import InputError
+from ..frames import Roi
+
+
+class Extractor(Protocol):
+    """What the cache needs of the engine: feature maps [N, C, h, w] of the given panes."""
+
+    def extract(self, frame: np.ndarray, rois: Sequence[Roi]) -> np.ndarray: ...
+
+
+@dataclass
+class PaneCheck:
+    roi: Roi
+    signature: np.ndarray
+    blank: bool
+    unchanged: bool             # same pixels as when its cached maps were computed
+    cached: np.ndarray | None   # feature maps [C, h, w] reusable for this pane (cache on), or None: run it
+
+
+class PaneCache:
+    """Feature maps per pane ROI, reused while the pane's pixels stay the same.
+
+    "The same" = mean absolute difference of a subsampled copy (every ``stride``-th pixel) against the
+    pixels the cached maps came from, at most ``threshold`` grey levels: exact repeats (a freeze, an
+    SWE pane between refreshes) and compression noise hit; live speckle (differences of 10+) misses.
+    Comparing with the cached pane, not the previous frame, means slow drift still triggers a re-run.
+    """
+
+    def __init__(self, engine: Extractor, threshold: float = 1.0, stride: int = 4, enabled: bool = True,
+                 blank_std: float = 2.0) -> None:
+        if not (math.isfinite(threshold) and threshold >= 0):
+            raise InputError(f"change threshold {threshold} must be a finite number >= 0 grey levels")
+        self.engine = engine
+        self.threshold = threshold
+        self.stride = max(1, int(stride))
+        self.enabled = enabled
+        self.blank_std = blank_std
+        self.entries: dict[Roi, tuple[np.ndarray, np.ndarray]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def signature(self, frame: np.ndarray, roi: Roi) -> np.ndarray:
+        x, y, w, h = roi
+        step = self.stride if min(w, h) >= 8 * self.stride else 1
+        return np.ascontiguousarray(frame[y:y + h:step, x:x + w:step])
+
+    def check(self, frame: np.ndarray, roi: Roi) -> PaneCheck:
+        signature = self.signature(frame, roi)
+        _, std = cv2.meanStdDev(signature)
+        blank = float(std.max()) < self.blank_std
+        unchanged = False
+        entry = self.entries.get(roi)
+        if entry is not None and entry[0].shape == signature.shape:
+            difference = float(np.mean(cv2.mean(cv2.absdiff(entry[0], signature))[:3]))
+            unchanged = difference <= self.threshold
+        # With the cache off, change detection still runs (a frozen screen is still noticed).
+        return PaneCheck(roi, signature, blank, unchanged, entry[1] if (unchanged and self.enabled) else None)
+
+    def store(self, check: PaneCheck, maps: np.ndarray) -> None:
+        self.entries[check.roi] = (check.signature, maps)
+
+    def retain(self, rois: Sequence[Roi]) -> None:
+        """Forget panes no longer on screen (a layout change): the cache stays bounded."""
+        keep = set(rois)
+        for roi in [r for r in self.entries if r not in keep]:
+            del self.entries[roi]
+
+    def run(self, frame: np.ndarray, checks: Sequence[PaneCheck]) -> list[np.ndarray]:
+        """Maps for every check: cached ones reused, the others extracted in one batch and stored."""
+        todo = [c for c in checks if c.cached is None]
+        self.hits += len(checks) - len(todo)
+        self.misses += len(todo)
+        fresh = iter(self.engine.extract(frame, [c.roi for c in todo])) if todo else iter(())
+        out = []
+        for check in checks:
+            if check.cached is None:
+                maps = np.array(next(fresh), copy=True)  # own the memory, not a view of the batch
+                self.store(check, maps)
+                out.append(maps)
+            else:
+                out.append(check.cached)
+        return out
+
+    def extract(self, frame: np.ndarray, rois: Sequence[Roi]) -> np.ndarray:
+        """``Engine.extract`` with the cache: maps [N, C, h, w] for ``rois``, re-running only changed panes."""
+        rois = [tuple(int(v) for v in r) for r in np.asarray(rois).reshape(-1, 4).tolist()]
+        self.retain(rois)
+        return np.stack(self.run(frame, [self.check(frame, r) for r in rois]))

@@ -1,0 +1,148 @@
+"""The classify step: one captured frame -> a :class:`StreamResult`.
+
+Per frame: resolve the layout for the frame's size, check each pane against the pane cache (blank?
+unchanged?), run the backbone on the changed panes only, fuse with the head (``Engine.fuse``; reused
+while nothing changed), and pass p(malignant) through the temporal filter. A frame that cannot be
+classified is an abstention with its reason, never an exception.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from ..engine import Prediction
+from ..errors import InputError
+from ..frames import Pane, Roi
+from ..head import FusionHead, sigmoid
+from ..layout import Layout, Modality, preset
+from ..sources import Captured
+from ..temporal import Reason, TemporalFilter
+from .cache import PaneCache
+from .records import PaneRecord, StreamResult
+
+
+class EngineLike(Protocol):
+    """What the stream needs of :class:`edge_thyroid.engine.Engine` (tests pass slow fakes)."""
+
+    head: FusionHead
+    threshold: float
+
+    @property
+    def modalities(self) -> tuple[str, ...]: ...
+
+    def extract(self, frame: np.ndarray, rois: Sequence[Roi]) -> np.ndarray: ...
+
+    def fuse(self, panes: Sequence[Pane], maps: Sequence[np.ndarray]) -> Prediction: ...
+
+
+def choose_layout(engine: EngineLike, requested: Layout | None, hint: Layout | None) -> Layout:
+    """The requested layout, else the source's own (DICOM regions), else the whole frame as B-mode."""
+    layout = requested or hint or preset("full")
+    unknown = [m for m in layout.modalities if m not in engine.modalities]
+    if unknown:
+        raise InputError(f"layout {layout.name!r} has pane(s) {unknown} the model does not know; the bundle's "
+                         f"modalities are {list(engine.modalities)}")
+    return layout
+
+
+class FrameClassifier:
+    """Classifies frames of one stream; keeps what carries over between frames (the resolved layout,
+    the last fused prediction, when the screen last changed)."""
+
+    def __init__(self, engine: EngineLike, layout: Layout, cache: PaneCache, temporal: TemporalFilter, *,
+                 media_fps: float, lossless: bool, keep_frames: bool) -> None:
+        self.engine = engine
+        self.layout = layout
+        self.cache = cache
+        self.temporal = temporal
+        self.media_fps = media_fps
+        self.lossless = lossless
+        self.keep_frames = keep_frames
+        self.last_change_ts: float | None = None
+        self.last_fused: Prediction | None = None
+        self._resolved: tuple[tuple[int, int], Layout] | None = None
+
+    def _layout_for(self, width: int, height: int) -> Layout:
+        if self._resolved is None or self._resolved[0] != (width, height):
+            self._resolved = ((width, height), self.layout.resolve(width, height))
+            self.cache.retain([p.roi for p in self._resolved[1].engine_panes()])
+            self.last_fused = None
+        return self._resolved[1]
+
+    def _fused(self, panes: Sequence[Pane], maps: Sequence[np.ndarray], changed: bool) -> Prediction:
+        """The head's answer for these panes, recomputed only when a pane changed or the set of panes did."""
+        last = self.last_fused
+        if changed or last is None or [p.modality for p in last.panes] != [p.modality for p in panes]:
+            self.last_fused = self.engine.fuse(panes, maps)
+        return self.last_fused
+
+    def classify(self, item: Captured) -> StreamResult:
+        """The frame's result; the stream's counters (processed, dropped, cache hits, gaps) are left at 0
+        for the caller to stamp."""
+        picked = time.monotonic()
+        stages = {"capture": item.decode_ms,
+                  "wait": max(0.0, (picked - item.timestamp) * 1000.0 - item.decode_ms)}
+        frame = item.frame
+        mark = picked
+        panes: list[PaneRecord] = []
+        prediction = None
+        p = logit = None
+
+        def lap(stage: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            stages[stage] = (now - mark) * 1000.0
+            mark = now
+
+        try:
+            if item.problem is not None:
+                raise InputError(item.problem)
+            layout = self._layout_for(frame.shape[1], frame.shape[0])
+            engine_panes = layout.engine_panes()
+            checks = [self.cache.check(frame, pane.roi) for pane in engine_panes]
+            panes = [PaneRecord(pane.modality, pane.roi, c.cached is not None, c.blank)
+                     for pane, c in zip(engine_panes, checks)]
+            lap("preprocess")
+            live = [(pane, check) for pane, check in zip(engine_panes, checks) if not check.blank]
+            bmode_blank = any(p.blank for p in panes if p.modality == Modality.BMODE.value)
+            if not live or bmode_blank:
+                verdict = self.temporal.abstain(Reason.BLANK, "the B-mode pane is blank" if bmode_blank
+                                                else "every pane is blank")
+                self.last_change_ts = None
+            else:
+                maps = self.cache.run(frame, [c for _, c in live])
+                changed = not all(c.unchanged for _, c in live)
+                lap("infer")
+                fused = self._fused([pane for pane, _ in live], maps, changed)
+                p, logit = fused.probability, fused.logit
+                for pane_record in panes:
+                    if pane_record.modality in fused.contributions:
+                        pane_record.logit = fused.contributions[pane_record.modality]
+                        pane_record.p = sigmoid(self.engine.head.bias + pane_record.logit)
+                if self.keep_frames:
+                    prediction = fused
+                lap("head")
+                # Temporal logic runs on stream time: the capture clock live, the frame's place in the
+                # recording when replaying as fast as possible (wall time would compress a 2 s freeze).
+                now = item.index / self.media_fps if self.lossless else item.timestamp
+                if changed or self.last_change_ts is None:
+                    self.last_change_ts = now
+                verdict = self.temporal.update(now, p, frozen_for_s=now - self.last_change_ts)
+        except InputError as exc:
+            # A frame of another size, a non-finite output, ...: abstain with the reason, keep streaming.
+            verdict = self.temporal.abstain(Reason.INVALID, str(exc))
+            p = logit = prediction = None
+        lap("temporal")
+        for stage in ("preprocess", "infer", "head"):
+            stages.setdefault(stage, 0.0)
+        done = time.monotonic()
+        return StreamResult(
+            frame=item.index, capture_ts=item.timestamp, wall_time=time.time(), stages_ms=stages,
+            total_ms=(done - item.timestamp) * 1000.0, panes=panes, p=p, logit=logit,
+            p_smoothed=verdict.p_smoothed, decision=verdict.decision, reason=verdict.reason, detail=verdict.detail,
+            threshold=self.engine.threshold, processed=0, dropped=0, cache_hits=0, gaps=0, result_time=done,
+            image=frame if self.keep_frames else None, prediction=prediction)

@@ -1,0 +1,161 @@
+"""The real-time stream: capture thread -> latest-frame slot -> classify step -> sinks.
+
+:class:`Pipeline` wires the parts together and owns only the run loop, stopping and signals:
+:mod:`.capture` (the capture thread and reconnect policy), :mod:`.slot` (latest frame wins),
+:mod:`.classify` (pane cache, ``Engine.fuse``, temporal logic), :mod:`.stats` and :mod:`.fanout`.
+Every stage is timed on the monotonic clock; capture-to-result latency runs from the frame's capture
+timestamp to the moment its result is handed to the sinks. SIGINT/SIGTERM stop the stream after the
+current frame; sinks drain and close (JSONL fsynced).
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import EdgeThyroidError
+from ..layout import Layout
+from ..sinks import Sink
+from ..sources import Source
+from ..temporal import TemporalConfig, TemporalFilter
+from .cache import PaneCache
+from .capture import CaptureLoop, ReconnectPolicy
+from .classify import EngineLike, FrameClassifier, choose_layout
+from .fanout import Fanout
+from .records import StreamSummary
+from .slot import LatestFrameSlot
+from .stats import StreamStats
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    layout: Layout | None = None       # None: the source's own (DICOM regions) or the whole frame
+    lossless: bool = False             # as fast as possible: capture waits for the model, nothing dropped
+    max_frames: int | None = None      # stop after this many captured frames
+    cache: bool = True
+    change_threshold: float = 1.0      # grey levels of mean |difference| that still count as unchanged
+    blank_std: float = 2.0             # a pane whose pixel std is below this is blank
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+    sink_queue: int = 10_000           # JSONL/console records queued per sink before dropping
+    frame_sink_queue: int = 8          # overlay/window frames queued before dropping (they are large)
+    handle_signals: bool = True        # SIGINT/SIGTERM stop cleanly (main thread only)
+
+
+class Pipeline:
+    """Runs ``source`` through ``engine`` into ``sinks`` until the source ends, ``max_frames`` or a stop."""
+
+    def __init__(self, engine: EngineLike, source: Source, sinks: Sequence[Sink] = (),
+                 config: PipelineConfig | None = None) -> None:
+        self.engine = engine
+        self.source = source
+        self.config = config or PipelineConfig()
+        self.fanout = Fanout(sinks, record_queue=self.config.sink_queue, frame_queue=self.config.frame_sink_queue)
+        self.cache = PaneCache(engine, self.config.change_threshold, enabled=self.config.cache,
+                               blank_std=self.config.blank_std)
+        self.temporal = TemporalFilter(engine.threshold, self.config.temporal)
+        self.slot = LatestFrameSlot(self.config.lossless)
+        self.stop_event = threading.Event()
+        self.stopped_by: str | None = None
+        self.error: EdgeThyroidError | None = None
+        self.capture = CaptureLoop(source, self.slot, self.stop_event, self.config.reconnect,
+                                   max_frames=self.config.max_frames, note_stop=self._note_stop)
+        self.stats = StreamStats()
+        self.layout: Layout | None = None
+
+    # -- control ---------------------------------------------------------------------------------
+    def stop(self, reason: str = "stop request") -> None:
+        """Thread-safe: finish the current frame, then drain the sinks and return."""
+        self._note_stop(reason)
+        self.stop_event.set()
+        self.source.stop()
+
+    def _note_stop(self, reason: str) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = reason
+
+    def _forward_gaps(self) -> None:
+        while True:
+            try:
+                gap = self.capture.gaps.get_nowait()
+            except queue.Empty:
+                return
+            self.stats.gaps.append(gap)
+            self.fanout.gap(gap)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> StreamSummary:
+        """Open the sinks, stream until the end, return the summary. The source must be open."""
+        self.layout = choose_layout(self.engine, self.config.layout, self.source.layout_hint)
+        classifier = FrameClassifier(self.engine, self.layout, self.cache, self.temporal,
+                                     media_fps=self.source.fps or 30.0, lossless=self.config.lossless,
+                                     keep_frames=self.fanout.keep_frames)
+        self.fanout.open()
+        previous = self._install_signals()
+        capture = threading.Thread(target=self.capture.run, name="capture", daemon=True)
+        start = time.monotonic()
+        capture.start()
+        try:
+            while not self.stop_event.is_set():
+                self._forward_gaps()
+                failed = self.fanout.failed()
+                if failed is not None:
+                    self.error = failed[1]
+                    self.stopped_by = f"{failed[0]} sink error"
+                    break
+                item = self.slot.get(timeout=0.1)
+                if item is None:
+                    if self.slot.finished:
+                        break
+                    continue
+                result = classifier.classify(item)
+                self.stats.processed += 1
+                result.processed, result.dropped = self.stats.processed, self.slot.dropped
+                result.cache_hits, result.gaps = self.cache.hits, len(self.stats.gaps)
+                self.stats.add(result)
+                self.fanout.frame(result)
+        finally:
+            self.stop_event.set()
+            self.source.stop()
+            capture.join(timeout=self.source.options.read_timeout_s + 1.0)
+            self._forward_gaps()
+            self.fanout.close()
+            self._restore_signals(previous)
+        self.error = self.error or self.capture.error
+        if self.error is None and (failed := self.fanout.failed()) is not None:
+            self.error = failed[1]
+            self.stopped_by = self.stopped_by or f"{failed[0]} sink error"
+        return self._summary(time.monotonic() - start)
+
+    def _summary(self, seconds: float) -> StreamSummary:
+        stopped = self.stopped_by or ("source error" if self.error else "end of source")
+        return self.stats.summary(
+            source=self.source.describe(), layout=self.layout.name if self.layout else "-",
+            frames=self.capture.captured, dropped=self.slot.dropped, cache_hits=self.cache.hits,
+            cache_misses=self.cache.misses, seconds=seconds, stopped_by=stopped, sink_dropped=self.fanout.dropped(),
+            notes=list(dict.fromkeys(self.source.notes)), error=str(self.error) if self.error else None)
+
+    # -- signals ---------------------------------------------------------------------------------
+    def _install_signals(self) -> dict[int, Any]:
+        if not self.config.handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def handler(signum: int, frame: object) -> None:
+            if self.stop_event.is_set():  # a second signal: the user means it
+                raise KeyboardInterrupt(f"signal {signum}")
+            self.stop(signal.Signals(signum).name)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

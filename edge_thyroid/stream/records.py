@@ -1,0 +1,164 @@
+"""The stream's records: what a frame, a source gap and the whole stream produce.
+
+The producer (the stream) and the consumers (sinks, benchmarks) both import this module, and it
+imports neither. ``record()`` / ``to_dict()`` give the JSONL objects (``"type"``: frame, gap, summary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..frames import Roi
+from ..temporal import Decision, Reason
+
+if TYPE_CHECKING:
+    from ..engine import Prediction
+
+
+def rounded(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+@dataclass
+class PaneRecord:
+    """One pane of a frame record: where it was, whether its features came from the cache, whether it
+    was blank, and its contribution to the fused logit."""
+
+    modality: str
+    roi: Roi
+    cached: bool
+    blank: bool
+    logit: float | None = None   # this pane's contribution to the fused logit
+    p: float | None = None       # p(malignant) from this pane alone: sigmoid(bias + contribution)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"modality": self.modality, "roi": list(self.roi), "cached": self.cached, "blank": self.blank,
+                "logit": rounded(self.logit), "p": rounded(self.p)}
+
+
+@dataclass
+class StreamResult:
+    """One processed frame: timings, panes, p and the smoothed decision (or abstention with its reason),
+    and the stream's counters at that moment. ``image``/``prediction`` are kept only for sinks that draw."""
+
+    frame: int
+    capture_ts: float
+    wall_time: float
+    stages_ms: dict[str, float]
+    total_ms: float
+    panes: list[PaneRecord]
+    p: float | None
+    logit: float | None
+    p_smoothed: float | None
+    decision: Decision
+    reason: Reason | None
+    detail: str | None
+    threshold: float
+    processed: int
+    dropped: int
+    cache_hits: int
+    gaps: int
+    result_time: float
+    image: np.ndarray | None = field(default=None, repr=False)
+    prediction: Prediction | None = field(default=None, repr=False)
+
+    def record(self) -> dict[str, Any]:
+        latency = {k: round(v, 3) for k, v in self.stages_ms.items()}
+        latency["total"] = round(self.total_ms, 3)
+        return {"type": "frame", "frame": self.frame, "capture_ts": round(self.capture_ts, 6),
+                "wall_time": round(self.wall_time, 3), "latency_ms": latency,
+                "panes": [p.to_dict() for p in self.panes], "p": rounded(self.p), "logit": rounded(self.logit),
+                "p_smoothed": rounded(self.p_smoothed), "decision": self.decision.value,
+                "reason": self.reason.value if self.reason else None, "detail": self.detail,
+                "threshold": self.threshold, "processed": self.processed, "dropped_so_far": self.dropped,
+                "cache_hits": self.cache_hits, "gaps": self.gaps}
+
+
+@dataclass(frozen=True)
+class GapRecord:
+    """A live source failed and was reopened (``resumed``) or given up on; times are time.monotonic()."""
+
+    start_ts: float
+    end_ts: float
+    attempts: int
+    resumed: bool
+    reason: str                 # the failure that started the gap
+    last_error: str | None      # the last reopen failure, when the source did not come back
+    frames_before: int          # frames captured before the gap
+    wall_time: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_ts - self.start_ts
+
+    def record(self) -> dict[str, Any]:
+        return {"type": "gap", "start_ts": round(self.start_ts, 6), "end_ts": round(self.end_ts, 6),
+                "duration_s": round(self.duration_s, 3), "attempts": self.attempts, "resumed": self.resumed,
+                "reason": self.reason, "last_error": self.last_error, "frames_before": self.frames_before,
+                "wall_time": round(self.wall_time, 3)}
+
+
+@dataclass
+class StreamSummary:
+    source: str
+    layout: str
+    frames: int = 0                 # captured
+    processed: int = 0
+    dropped: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+    abstained: dict[str, int] = field(default_factory=dict)
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    latency_ms: dict[str, Any] = field(default_factory=dict)     # capture-to-result
+    stages_ms: dict[str, Any] = field(default_factory=dict)      # per stage
+    seconds: float = 0.0
+    stopped_by: str = "end of source"
+    sink_dropped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    last: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        total = self.cache_hits + self.cache_misses
+        return self.cache_hits / total if total else None
+
+    def to_dict(self) -> dict[str, Any]:
+        record = dict(self.__dict__)
+        record["cache_hit_rate"] = rounded(self.cache_hit_rate, 4)
+        record["capture_fps"] = rounded(self.frames / self.seconds if self.seconds else None, 2)
+        record["processed_fps"] = rounded(self.processed / self.seconds if self.seconds else None, 2)
+        return {"type": "summary", **record}
+
+    def text(self) -> str:
+        lat = self.latency_ms
+        rate = self.cache_hit_rate
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        lines = [f"stream {self.source} ({self.layout} layout): stopped by {self.stopped_by} after {self.seconds:.1f} s",
+                 f"  frames {self.frames}, processed {self.processed}, dropped {self.dropped}, pane cache hits "
+                 f"{self.cache_hits}/{self.cache_hits + self.cache_misses}"
+                 + (f" ({100 * rate:.0f}%)" if rate is not None else ""),
+                 f"  capture-to-result latency p50 {fmt(lat.get('p50'))} ms, p90 {fmt(lat.get('p90'))} ms, "
+                 f"p99 {fmt(lat.get('p99'))} ms, max {fmt(lat.get('max'))} ms",
+                 "  stage p50 (ms): " + ", ".join(f"{k} {fmt(v.get('p50'))}" for k, v in self.stages_ms.items()),
+                 "  decisions: " + (", ".join(f"{k} {v}" for k, v in sorted(self.decisions.items())) or "none")
+                 + ("; abstained: " + ", ".join(f"{k} {v}" for k, v in sorted(self.abstained.items()))
+                    if self.abstained else "")]
+        if self.last:
+            p, smoothed = self.last.get("p"), self.last.get("p_smoothed")
+            lines.append(f"  last frame {self.last.get('frame')}: p {'-' if p is None else f'{p:.3f}'}, smoothed "
+                         f"{'-' if smoothed is None else f'{smoothed:.3f}'} -> {self.last.get('decision')}")
+        for gap in self.gaps:
+            lines.append(f"  gap: {gap['duration_s']:.1f} s, {gap['attempts']} reopen attempts, "
+                         f"{'resumed' if gap['resumed'] else 'not resumed'}: {gap['reason']}")
+        if any(self.sink_dropped.values()):
+            lines.append("  sink records dropped (sink too slow): "
+                         + ", ".join(f"{k} {v}" for k, v in self.sink_dropped.items() if v))
+        lines += [f"  note: {n}" for n in self.notes]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        return "\n".join(lines)
