@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from edge_thyroid.backends import selectable_backends
 from edge_thyroid.stream.stats import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-cache-compare", action="store_true", help="skip the cache-off rows")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: ONNX Runtime's)")
-    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"], help="runtime of the engine")
+    parser.add_argument("--backend", default=None, choices=selectable_backends(),
+                        help="runtime of the engine (default: the one the model was built for)")
     parser.add_argument("--execution-precision", default=None, choices=["f32", "bf16"], help="openvino: float parts in f32 or bf16")
     parser.add_argument("--tag", default=None, help="results file name: stream_<tag>.json")
     parser.add_argument("--note", default="", help="free text stored with the results (bundle kind, machine state)")

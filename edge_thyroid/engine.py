@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend, backend_class, create_backend
-from .bundle import Bundle, Target, load_bundle
-from .errors import BundleError, InputError
+from .backends import Backend, backend_class, backend_for_target
+from .bundle import Bundle, load_bundle
+from .errors import BackendError, BundleError, InputError
 from .frames import Pane, Roi, as_frame, check_rois
 from .head import FusionHead, HeadOutput, pool
 from .kernels.onnx_graph import FRAME, ROIS
@@ -74,19 +74,21 @@ def fuse(head: FusionHead, panes: Sequence[Pane], maps: Sequence[np.ndarray], th
 class Engine:
     """Loads a bundle once; classifies frames. Use as a context manager or call close()."""
 
-    def __init__(self, bundle: Bundle | str | Path, *, backend: str = "onnxruntime", model: str | None = None,
+    def __init__(self, bundle: Bundle | str | Path, *, backend: str | None = None, model: str | None = None,
                  threads: int | None = None, **backend_options) -> None:
+        """``backend`` None: the one that runs the chosen model's target (ONNX Runtime for ONNX models)."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         manifest = self.bundle.manifest
         self.model_key, entry = self.bundle.model_entry(model)
-        if backend == "onnxruntime" and entry.target is not Target.ONNXRUNTIME:
-            backend = entry.target.value
+        target = entry.target.value
+        backend_type = backend_class(backend or backend_for_target(target))
+        if target not in backend_type.targets:
+            raise BackendError(f"the {backend_type.name} backend cannot run model {self.model_key!r} ({entry.file}, "
+                               f"target {target}); expected a model of target {list(backend_type.targets)}, or "
+                               f"--backend {backend_for_target(target)} for this one")
         self.head = FusionHead.load(self.bundle.path(manifest.head_file), manifest.modalities)
         self.threshold = manifest.threshold.value
-        if backend_class(backend).accepts_preprocessing:
-            backend_options.setdefault("preprocessing", manifest.preprocessing)
-            backend_options.setdefault("max_panes", len(manifest.modalities))
-        self.backend: Backend = create_backend(backend, self.bundle.path(entry.file), threads=threads, **backend_options)
+        self.backend: Backend = backend_type.from_bundle(self.bundle, entry, threads=threads, **backend_options)
         self.backend.load()
         # A model with another signature would pass the hash check and fail only at the first frame.
         inputs = set(self.backend.input_names)

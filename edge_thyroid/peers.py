@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import DEFAULT_BACKEND, backend_class
 from .benchmarking import Stage, StageTimer, peak_rss_mb
 from .bundle import Bundle, Precision, load_bundle
 from .errors import BackendError, BundleError, InputError, MissingDependencyError
@@ -92,29 +93,35 @@ class ConfigSpec:
     cached: bool = False
     backbone_onnx: str | None = None
     label: str = ""                 # prefix when several bundles share a table
-    backend: str = "onnxruntime"    # our engine's runtime (ENGINE only)
-    execution_precision: str | None = None  # our engine on openvino: f32 / bf16 float parts
+    backend: str = DEFAULT_BACKEND  # our engine's runtime (ENGINE only)
+    backend_options: tuple[tuple[str, str], ...] = ()  # our engine's backend settings, e.g. execution_precision
 
     @property
     def name(self) -> str:
         base = {Kind.ENGINE: "ours", Kind.ORT_PLAIN: "ort-plain", Kind.OPENVINO: "openvino",
                 Kind.TORCH: "torch-eager"}[self.kind]
-        if self.kind is Kind.ENGINE and self.backend != "onnxruntime":
-            base += "-ov" if self.backend == "openvino" else f"-{self.backend}"
-            if self.execution_precision and self.execution_precision != "f32":
-                base += f"-{self.execution_precision}"
+        if self.kind is Kind.ENGINE and self.backend != DEFAULT_BACKEND:
+            backend = backend_class(self.backend)
+            base += f"-{backend.tag or backend.name}" + "".join(f"-{v}" for _, v in self.changed_options())
         name = f"{base}-{self.model}" + ("-cached" if self.cached else "")
         return f"{self.label}/{name}" if self.label else name
+
+    def changed_options(self) -> list[tuple[str, str]]:
+        """The backend settings that differ from the backend's defaults (they name the row)."""
+        defaults = {o.name: o.default for o in backend_class(self.backend).options}
+        return [(k, v) for k, v in self.backend_options if v != defaults.get(k)]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["kind"] = self.kind.value
         data["modalities"] = list(self.modalities)
+        data["backend_options"] = dict(self.backend_options)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ConfigSpec":
-        return cls(**{**data, "kind": Kind(data["kind"]), "modalities": tuple(data["modalities"])})
+        return cls(**{**data, "kind": Kind(data["kind"]), "modalities": tuple(data["modalities"]),
+                      "backend_options": tuple(data.get("backend_options", {}).items())})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,14 +209,13 @@ class EngineRunner(Runner):
     def load(self) -> None:
         from .engine import Engine
 
-        options = {"execution_precision": self.spec.execution_precision} if self.spec.execution_precision else {}
         self.engine = Engine(self.bundle, model=self.spec.model, threads=self.spec.threads, backend=self.spec.backend,
-                             **options)
+                             **dict(self.spec.backend_options))
         self.details["providers"] = self.engine.backend.providers
-        runtime = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT", "openvino": "OpenVINO"}.get(
-            self.engine.backend.name, self.engine.backend.name)
-        if self.spec.execution_precision and self.spec.execution_precision != "f32":
-            runtime += f" ({self.spec.execution_precision} float parts)"
+        runtime = type(self.engine.backend).display_name
+        changed = self.spec.changed_options() if self.spec.backend != DEFAULT_BACKEND else []
+        if changed:
+            runtime += " (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in changed) + ")"
         host = getattr(self.engine.backend, "preprocessing", None) is not None
         self.details["preprocessing"] = "host" if host else "graph"  # timed inside the backend call either way
         self.format = f"edge-thyroid: {runtime}, " + ("OpenCV preprocessing" if host else "preprocessing in the graph")

@@ -1,26 +1,56 @@
 """One lifecycle for every inference backend: construct (cheap) -> load -> infer* -> close.
 
 Backends are context managers; ``infer`` takes and returns name -> array mappings, so a caller never
-depends on which runtime executes the graph.
+depends on which runtime executes the graph. A backend is one file: its class declares its name,
+display name, the bundle targets it runs, its command-line options and how it is built from a bundle
+entry (:meth:`Backend.from_bundle`); the registry (:mod:`edge_thyroid.backends`) and the CLI read
+them from there.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..errors import BackendError
 
+if TYPE_CHECKING:
+    from ..bundle import Bundle, ModelEntry
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """A setting a backend takes from the command line: ``--flag`` with fixed choices, passed to the
+    backend's constructor as the keyword ``name``."""
+
+    name: str                     # constructor keyword, e.g. "execution_precision"
+    choices: tuple[str, ...]
+    default: str                  # what the backend uses when the option is not given
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
 
 class Backend(abc.ABC):
     name: ClassVar[str]
-    # True: the backend takes ``preprocessing=`` (the bundle's PreprocessSpec) and ``max_panes=`` and may
-    # preprocess on the host instead of in the graph; the engine passes both to such backends.
-    accepts_preprocessing: ClassVar[bool] = False
+    display_name: ClassVar[str]                 # for reports: "ONNX Runtime"
+    tag: ClassVar[str | None] = None            # short suffix of benchmark rows (default: the name)
+    targets: ClassVar[tuple[str, ...]] = ("onnxruntime",)   # bundle model targets it runs (manifest "target")
+    selectable: ClassVar[bool] = True           # offered by --backend (False: chosen by the model's target)
+    options: ClassVar[tuple[BackendOption, ...]] = ()
+
+    @classmethod
+    def from_bundle(cls, bundle: "Bundle", entry: "ModelEntry", *, threads: int | None = None,
+                    **options: Any) -> "Backend":
+        """This backend for one model of a bundle (not loaded yet)."""
+        return cls(bundle.path(entry.file), threads=threads, **options)
 
     def __init__(self, model_path: str | Path, *, threads: int | None = None) -> None:
         self.model_path = Path(model_path)

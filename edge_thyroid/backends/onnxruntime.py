@@ -13,6 +13,7 @@ from .base import Backend
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    display_name = "ONNX Runtime"
 
     def __init__(self, model_path: str | Path, *, threads: int | None = None,
                  providers: Sequence[str] | None = None, optimization: str = "all",

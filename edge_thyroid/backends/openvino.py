@@ -19,14 +19,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BackendError, BundleError, MissingDependencyError
 from ..kernels.onnx_graph import FRAME, ROIS
 from ..kernels.reference import PreprocessSpec
-from .base import Backend
+from .base import Backend, BackendOption
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle, ModelEntry
 
 
 class ExecutionPrecision(str, Enum):
@@ -38,7 +41,21 @@ class ExecutionPrecision(str, Enum):
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    accepts_preprocessing: ClassVar[bool] = True
+    display_name = "OpenVINO"
+    tag = "ov"
+    options = (BackendOption(
+        "execution_precision", tuple(p.value for p in ExecutionPrecision), ExecutionPrecision.F32.value,
+        "openvino only: precision of the graph's float parts (default f32, the numbers the gate approved; "
+        "bf16 is faster on CPUs with AVX-512 BF16/AMX and must pass 'edge-thyroid verify' first)."),)
+
+    @classmethod
+    def from_bundle(cls, bundle: "Bundle", entry: "ModelEntry", *, threads: int | None = None,
+                    **options: Any) -> "OpenVinoBackend":
+        """Preprocessing on the host (the bundle's spec) with networks for up to every modality's pane,
+        unless the caller says otherwise (``preprocessing=None``: the fused graph as exported)."""
+        options.setdefault("preprocessing", bundle.manifest.preprocessing)
+        options.setdefault("max_panes", len(bundle.manifest.modalities))
+        return cls(bundle.path(entry.file), threads=threads, **options)
 
     def __init__(self, model_path: str | Path, *, threads: int | None = None, device: str = "CPU",
                  execution_precision: ExecutionPrecision | str = ExecutionPrecision.F32,

@@ -57,6 +57,9 @@ def cuda_call(cudart: Any, result: Any, what: str) -> Any:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    display_name = "TensorRT"
+    targets = ("tensorrt",)
+    selectable = False   # a plan is one of the bundle's models: picked by --model, run by this backend
 
     def __init__(self, model_path: str | Path, *, threads: int | None = None,
                  preprocess: str | Path | None = None, device: int = 0) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..errors import EdgeThyroidError, InputError
+from .runtime_options import BackendChoice, backend_option_decorators
 
 # Which modalities a screen with N panes shows (dual view = B-mode + elastography).
 PANE_PREFERENCE = ("bmode", "swe", "smi")
@@ -41,8 +42,8 @@ class BenchOptions:
     settle: float = 0.05
     progress: bool = True
     command: str | None = None         # the command line that reproduces this run
-    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])  # our engine's runtimes, one row set each
-    execution_precision: str | None = None  # openvino rows of our engine: f32 (default) or bf16
+    backends: list[str] = field(default_factory=list)  # our engine's runtimes, one row set each (none: the default)
+    backend_options: dict[str, str] = field(default_factory=dict)  # e.g. execution_precision, for backends taking it
 
 
 @dataclass
@@ -79,8 +80,30 @@ def _parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def backend_options_of_rows(function: Any) -> Any:
+    """The settings backends declare (e.g. --execution-precision), for our engine's rows that take them."""
+    for decorator in backend_option_decorators():
+        function = decorator(function)
+    return function
+
+
+def _row_settings(backends: list[str], given: dict[str, str | None]) -> dict[str, str]:
+    """The backend settings given; each must apply to one of the chosen --backend rows."""
+    from ..backends import DEFAULT_BACKEND, backend_options
+
+    declared = backend_options()
+    settings = {name: value for name, value in given.items() if value is not None}
+    for name in settings:
+        option, owners = declared[name]
+        if not set(owners) & set(backends or [DEFAULT_BACKEND]):
+            raise click.UsageError(f"{option.flag} applies to our engine's {' / '.join(owners)} rows; add "
+                                   f"--backend {owners[0]}")
+    return settings
+
+
 def _build_configs(options: BenchOptions, bundles: list, modalities: tuple[str, ...], threads: int,
                    scratch: Path) -> list[_Config]:
+    from ..backends import DEFAULT_BACKEND, backend_class
     from ..bundle import Target
     from ..peers import ConfigSpec, Kind, PEER_KINDS, missing_peer_error, parse_peers, peer_installed, write_backbone
 
@@ -99,10 +122,11 @@ def _build_configs(options: BenchOptions, bundles: list, modalities: tuple[str, 
         for key in keys:
             bundle.model_entry(key)  # a clear error for a model the bundle lacks
         for key in keys:
-            for backend in options.backends:
+            for backend in options.backends or [DEFAULT_BACKEND]:
+                takes = {o.name for o in backend_class(backend).options}
+                settings = tuple((k, v) for k, v in options.backend_options.items() if k in takes)
                 common = dict(bundle=str(bundle.root), model=key, modalities=modalities, threads=threads, label=label,
-                              backend=backend,
-                              execution_precision=options.execution_precision if backend == "openvino" else None)
+                              backend=backend, backend_options=settings)
                 configs.append(_Config(ConfigSpec(Kind.ENGINE, **common), bundle))
                 if options.cache:
                     configs.append(_Config(ConfigSpec(Kind.ENGINE, cached=True, **common), bundle))
@@ -473,15 +497,14 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--flops/--no-flops", default=True, show_default=True,
               help="Measure fp32 matmul GFLOP/s and show each p50 against the FLOP-bound floor.")
 @click.option("--frame-size", default="1920x1080", show_default=True, help="Synthetic screen size WIDTHxHEIGHT.")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "openvino"]),
-              help="Runtime(s) of our engine's rows; repeat for both (default: onnxruntime). The first is the reference.")
-@click.option("--execution-precision", type=click.Choice(["f32", "bf16"]), default=None,
-              help="Our engine's openvino rows: precision of the float parts (default f32; bf16 must pass the gate).")
+@click.option("--backend", "backends", multiple=True, type=BackendChoice(),
+              help="Runtime(s) of our engine's rows; repeat for several (default: ONNX Runtime). The first is the reference.")
+@backend_options_of_rows
 @click.option("--json", "json_out", default=None, help="Write the full record (JSON) here; '-' for stdout.")
 @click.option("--plot", "plot_out", default=None, help="Write a latency histogram + CDF (PNG) here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench(bundles, models, panes, frames, warmup, rounds, source, layout, fps, policy, peers, threads, pin, cache,
-          refresh, cold_start, flops, frame_size, backends, execution_precision, json_out, plot_out, quiet) -> None:
+          refresh, cold_start, flops, frame_size, backends, json_out, plot_out, quiet, **backend_settings) -> None:
     """Benchmark BUNDLE(s): our engine against PyTorch eager, plain ONNX Runtime and OpenVINO, on the
     same frames, in one run, in alternating order so the machine's drift cancels.
 
@@ -501,13 +524,11 @@ def bench(bundles, models, panes, frames, warmup, rounds, source, layout, fps, p
     """
     from .. import benchmarking as bm
 
-    if execution_precision and "openvino" not in backends:
-        raise click.UsageError("--execution-precision applies to our engine's openvino rows; add --backend openvino")
+    settings = _row_settings(list(backends), backend_settings)
     options = BenchOptions(list(bundles), list(models), panes, frames, warmup, rounds, source, layout, fps, policy,
                            peers, threads, pin, cache, cold_start, flops, refresh, _parse_size(frame_size),
                            progress=not quiet, command=_command_line(click.get_current_context()),
-                           backends=list(dict.fromkeys(backends)) or ["onnxruntime"],
-                           execution_precision=execution_precision)
+                           backends=list(dict.fromkeys(backends)), backend_options=settings)
     if plot_out:
         bm.require_matplotlib()
     record = run_bench(options)

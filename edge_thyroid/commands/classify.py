@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from .runtime_options import engine_backend, runtime_options
+from .runtime_options import backend_settings, runtime_options
 
 
 def _cam_path(cam: str, image: Path, many: bool) -> Path:
@@ -26,7 +26,7 @@ def _cam_path(cam: str, image: Path, many: bool) -> Path:
 @click.option("--cam", "cam_out", default=None, help="Write the CAM heatmap overlay PNG here (with several images: one per image, suffixed).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 @runtime_options
-def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json, backend, execution_precision) -> None:
+def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json, **backend_kwargs) -> None:
     """Classify IMAGES (PNG/JPEG/..., read as BGR; grayscale is replicated) with BUNDLE.
 
     Prints p(malignant), the decision at the bundle's threshold and the per-modality logits.
@@ -37,7 +37,7 @@ def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json
     from ..frames import Pane, read_image
     from ..visualize import overlay_prediction
 
-    with Engine(bundle, model=model_key, threads=threads, **engine_backend(backend, execution_precision)) as engine:
+    with Engine(bundle, model=model_key, threads=threads, **backend_settings(backend_kwargs)) as engine:
         for image_name in images:
             path = Path(image_name)
             frame = read_image(path)

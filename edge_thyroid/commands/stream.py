@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..errors import BundleError, InputError
-from .runtime_options import engine_backend, runtime_options
+from .runtime_options import backend_settings, runtime_options
 
 DEMO_CLIP = "demo_clip.mp4"
 DEMO_LAYOUT = "demo_clip.layout.json"
@@ -61,8 +61,7 @@ class StreamOptions:
     cache: bool
     reconnect_attempts: int
     quiet: bool
-    backend: str = "onnxruntime"
-    execution_precision: str | None = None
+    backend_settings: dict[str, Any] = field(default_factory=dict)   # Engine keywords: backend and its options
 
 
 def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -131,7 +130,7 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
         realtime=not options.as_fast_as_possible, fps=options.fps, size=_parse_size(options.capture_size),
         fourcc=options.fourcc, loop=options.loop, layout=layout))
     with Engine(bundle, model=options.model, threads=options.threads,
-                **engine_backend(options.backend, options.execution_precision)) as engine:
+                **options.backend_settings) as engine:
         source.open()
         try:
             sinks = []
@@ -159,7 +158,9 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
 
 
 def _options(kwargs: dict[str, Any]) -> StreamOptions:
-    return StreamOptions(**{name: kwargs[name] for name in StreamOptions.__dataclass_fields__})
+    settings = backend_settings(kwargs)
+    return StreamOptions(**{name: kwargs[name] for name in StreamOptions.__dataclass_fields__ if name in kwargs},
+                         backend_settings=settings)
 
 
 @click.command()

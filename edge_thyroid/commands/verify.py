@@ -7,7 +7,7 @@ import json
 import click
 
 from ..verification import Split
-from .runtime_options import engine_backend, runtime_options
+from .runtime_options import backend_settings, require_keyword, runtime_options
 
 
 @click.command()
@@ -33,7 +33,7 @@ from .runtime_options import engine_backend, runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @runtime_options
 def verify(bundle, reference, data, split, folds, fold, seed, model_key, reference_model, max_auc_drop, min_agreement,
-           threads, providers, as_json, backend, execution_precision) -> None:
+           threads, providers, as_json, **backend_kwargs) -> None:
     """Judge BUNDLE's model against an FP32 reference on labelled images: AUC of both and the drop,
     sensitivity/specificity at the decision threshold and at a re-fitted (Youden) threshold, decision
     agreement and |dp| (p50/p99/max). Exit status 0 when within the budget, 1 when not.
@@ -50,10 +50,9 @@ def verify(bundle, reference, data, split, folds, fold, seed, model_key, referen
 
     budget = GateBudget(max_auc_drop, min_agreement)
     labelled = labelled_split(data, Split(split), folds=folds, fold=fold, seed=seed)
-    options = engine_backend(backend, execution_precision)
+    options = backend_settings(backend_kwargs)
     if providers:
-        if backend != "onnxruntime":
-            raise click.UsageError("--providers are ONNX Runtime execution providers; they need --backend onnxruntime")
+        require_keyword(options["backend"], "providers", "--providers (ONNX Runtime execution providers)")
         options.update({"providers": [p.strip() for p in providers.split(",") if p.strip()], "require_providers": True})
     report = run_gate(bundle, reference or bundle, labelled, model=model_key, reference_model=reference_model,
                       budget=budget, threads=threads, backend_options=options, progress=True)
