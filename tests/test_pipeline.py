@@ -21,7 +21,7 @@ from edge_thyroid.stream import (LatencyHistogram, LatestFrameSlot, PaneCache, P
                                  StreamResult)
 from edge_thyroid.stream.records import GapRecord
 from edge_thyroid.sinks import JsonlSink, Sink
-from edge_thyroid.sources import Captured, Source, SourceError, SourceKind, SourceOptions, create_source
+from edge_thyroid.sources import Captured, Source, SourceError, SourceOptions, create_source
 from edge_thyroid.temporal import Decision, Reason, Smoothing, TemporalConfig, TemporalFilter
 
 from .conftest import needs_torch, ultrasound_like
@@ -234,7 +234,7 @@ def test_real_engine_stream_matches_classify_and_cache_is_exact(random_bundle):
 
 
 class ListSource(Source):
-    kind = SourceKind.SYNTHETIC
+    kind = "synthetic"
 
     def __init__(self, frames, live: bool = False, fail_after: int | None = None, open_failures: int = 0) -> None:
         super().__init__("list")

@@ -21,19 +21,19 @@ import importlib
 import re
 from pathlib import Path
 
-from .base import Captured, Pacer, Source, SourceError, SourceKind, SourceOptions
+from .base import Captured, Pacer, Source, SourceError, SourceOptions
 
 _REGISTRY: dict[str, str] = {
-    SourceKind.DEVICE.value: "edge_thyroid.sources.capture:DeviceSource",
-    SourceKind.FILE.value: "edge_thyroid.sources.capture:VideoFileSource",
-    SourceKind.NETWORK.value: "edge_thyroid.sources.capture:NetworkSource",
-    SourceKind.DICOM.value: "edge_thyroid.sources.dicom:DicomSource",
-    SourceKind.FOLDER.value: "edge_thyroid.sources.folder:FolderSource",
-    SourceKind.SYNTHETIC.value: "edge_thyroid.sources.synthetic:SyntheticSource",
+    "device": "edge_thyroid.sources.capture:DeviceSource",
+    "file": "edge_thyroid.sources.capture:VideoFileSource",
+    "network": "edge_thyroid.sources.capture:NetworkSource",
+    "dicom": "edge_thyroid.sources.dicom:DicomSource",
+    "folder": "edge_thyroid.sources.folder:FolderSource",
+    "synthetic": "edge_thyroid.sources.synthetic:SyntheticSource",
 }
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "tcp", "udp", "srt", "http", "https")
 for _scheme in NETWORK_SCHEMES:
-    _REGISTRY[_scheme] = _REGISTRY[SourceKind.NETWORK.value]
+    _REGISTRY[_scheme] = _REGISTRY["network"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _DEVICE = re.compile(r"^(\d+|/dev/video\d+)$")
@@ -65,9 +65,9 @@ def resolve_spec(spec: str) -> tuple[str, str]:
     if not spec:
         raise SourceError("empty source; expected a device (0, /dev/video0), a file, a folder, a URL or 'synthetic'")
     if spec == "synthetic" or spec.startswith(("synthetic:", "synthetic?")):
-        return SourceKind.SYNTHETIC.value, spec
+        return "synthetic", spec
     if _DEVICE.match(spec):
-        return SourceKind.DEVICE.value, spec
+        return "device", spec
     match = _SCHEME.match(spec)
     if match and len(match.group(1)) > 1:  # "C:" is a Windows drive, not a scheme
         scheme = match.group(1)
@@ -79,9 +79,9 @@ def resolve_spec(spec: str) -> tuple[str, str]:
             raise SourceError(f"unknown source scheme {scheme!r} in {spec!r}; expected one of {available_schemes()}")
     path = Path(spec)
     if path.is_dir():
-        return SourceKind.FOLDER.value, spec
+        return "folder", spec
     if path.is_file():
-        return (SourceKind.DICOM.value if _is_dicom(path) else SourceKind.FILE.value), spec
+        return ("dicom" if _is_dicom(path) else "file"), spec
     raise SourceError(f"source {spec!r} is not a device, an existing file or folder, a URL "
                       f"({', '.join(s + '://' for s in NETWORK_SCHEMES)}) or 'synthetic'")
 
@@ -99,5 +99,5 @@ def create_source(spec: str, options: SourceOptions | None = None) -> Source:
     return source_class(scheme)(target, options or SourceOptions())
 
 
-__all__ = ["Captured", "Pacer", "Source", "SourceError", "SourceKind", "SourceOptions", "available_schemes",
+__all__ = ["Captured", "Pacer", "Source", "SourceError", "SourceOptions", "available_schemes",
            "create_source", "register_source", "resolve_spec", "source_class"]

@@ -14,7 +14,6 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from enum import Enum
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -26,15 +25,6 @@ from ..layout import Layout
 
 class SourceError(InputError):
     """A source cannot be opened, read or decoded; the message names it and what was expected."""
-
-
-class SourceKind(str, Enum):
-    DEVICE = "device"        # a capture card / camera through OpenCV (V4L2 on Linux)
-    FILE = "file"            # a video file, replayed at its native frame rate
-    NETWORK = "network"      # rtsp:// tcp:// udp:// ... through OpenCV's FFmpeg backend
-    DICOM = "dicom"          # a multi-frame ultrasound DICOM cine
-    FOLDER = "folder"        # a folder of still images
-    SYNTHETIC = "synthetic"  # composed multi-pane workstation screens
 
 
 class Captured(NamedTuple):
@@ -90,7 +80,7 @@ class Pacer:
 class Source(abc.ABC):
     """Base class. Subclasses implement ``_open``, ``_read`` (-> frame or None) and ``_close``."""
 
-    kind: ClassVar[SourceKind]
+    kind: ClassVar[str]            # what it reads, in words and records: "device", "file", "dicom", ...
     live: ClassVar[bool] = False   # live sources are reopened with back-off when they fail
 
     def __init__(self, target: str, options: SourceOptions | None = None) -> None:
@@ -162,7 +152,7 @@ class Source(abc.ABC):
         return None
 
     def describe(self) -> str:
-        return f"{self.kind.value} source {self.target}"
+        return f"{self.kind} source {self.target}"
 
 
 def timed(read) -> tuple[object, float]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .base import Pacer, Source, SourceError, SourceKind, timed
+from .base import Pacer, Source, SourceError, timed
 
 
 
@@ -86,7 +86,7 @@ class DeviceSource(OpenCVSource):
     """A capture card or camera: ``0`` or ``/dev/video0``; resolution, frame rate and FOURCC are requested
     (the device may choose others: what it chose is noted)."""
 
-    kind = SourceKind.DEVICE
+    kind = "device"
     live = True
     api_preference = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
 
@@ -122,7 +122,7 @@ class NetworkSource(OpenCVSource):
     """A network stream FFmpeg can open (rtsp://, tcp://, udp://, ...). Frames are read as they arrive; a
     stall longer than the read timeout or a closed connection is a failure (the pipeline reconnects)."""
 
-    kind = SourceKind.NETWORK
+    kind = "network"
     live = True
     api_preference = cv2.CAP_FFMPEG
 
@@ -141,7 +141,7 @@ class NetworkSource(OpenCVSource):
 class VideoFileSource(OpenCVSource):
     """A video file, replayed at its native frame rate (or as fast as possible); ``loop`` starts it again."""
 
-    kind = SourceKind.FILE
+    kind = "file"
     api_preference = cv2.CAP_FFMPEG
 
     def _open(self) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..frames import Pane
 from ..layout import Layout, Modality
-from .base import Pacer, Source, SourceError, SourceKind
+from .base import Pacer, Source, SourceError
 
 MAX_SIDE = 8192
 MAX_FRAMES = 100_000
@@ -179,7 +179,7 @@ def regions_layout(ds: Any, rows: int, columns: int, name: str) -> Layout | None
 
 
 class DicomSource(Source):
-    kind = SourceKind.DICOM
+    kind = "dicom"
 
     def _open(self) -> None:
         import pydicom

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .base import Pacer, Source, SourceError, SourceKind
+from .base import Pacer, Source, SourceError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
@@ -22,7 +22,7 @@ def natural_key(path: Path) -> list[object]:
 
 
 class FolderSource(Source):
-    kind = SourceKind.FOLDER
+    kind = "folder"
 
     def _open(self) -> None:
         folder = Path(self.target)

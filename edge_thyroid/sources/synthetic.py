@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from ..layout import Layout, Modality, load_layout, preset
-from .base import Pacer, Source, SourceError, SourceKind
+from .base import Pacer, Source, SourceError
 
 LIVE_VARIANTS = 12        # distinct live pane images cycled (consecutive frames always differ)
 SWE_VARIANTS = 6
@@ -201,7 +201,7 @@ def load_content(folder: Path) -> list[np.ndarray]:
 class SyntheticSource(Source):
     """Composes screens of ``options.layout`` (else the spec's preset, else ``dual``)."""
 
-    kind = SourceKind.SYNTHETIC
+    kind = "synthetic"
 
     def __init__(self, target: str, options=None, content: list[np.ndarray] | None = None,
                  title: str = "edge-thyroid synthetic") -> None:
