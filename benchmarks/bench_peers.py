@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge_thyroid.benchmarking import format_table
+from edge_thyroid_bench.benchmarking import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

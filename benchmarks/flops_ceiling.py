@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge_thyroid import benchmarking as bm
+from edge_thyroid_bench import benchmarking as bm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RESNET50_MACS_224 = 4.09e9
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.bundle:
         from edge_thyroid.bundle import load_bundle
-        from edge_thyroid.peers import backbone_graph
+        from edge_thyroid_bench.peers import backbone_graph
 
         bundle = load_bundle(args.bundle)
         entry = bundle.model_entry(args.model)[1]

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge_thyroid.benchmarking import SCHEMA, plot_latency
+from edge_thyroid_bench.benchmarking import SCHEMA, plot_latency
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,7 +95,7 @@ class RssSampler(threading.Thread):
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:
-    from edge_thyroid.benchmarking import Summary
+    from edge_thyroid_bench.benchmarking import Summary
 
     return Summary.of(values).to_dict(2) if values else {"count": 0}
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--note", default="", help="free text stored with the results (bundle kind, machine state)")
     args = parser.parse_args(argv)
 
-    from edge_thyroid.benchmarking import git_state, loadavg, machine_info, package_versions, write_json_atomic
+    from edge_thyroid_bench.benchmarking import git_state, loadavg, machine_info, package_versions, write_json_atomic
     from edge_thyroid.engine import Engine
 
     frames = 10_000 if args.soak else args.frames

@@ -110,64 +110,17 @@ class BundleScorer(Scorer):
         self.engine.close()
 
 
-class CheckpointScorer(Scorer):
-    """The torch model of a training checkpoint, fed the engine's reference preprocessing."""
-
-    kind = "checkpoint"
-
-    def __init__(self, path: str | Path, *, threads: int | None = None, batch_size: int = 32) -> None:
-        try:
-            import torch
-            import torchvision  # noqa: F401
-        except ImportError as exc:
-            raise MissingDependencyError(exc.name or "torch", "export", "evaluating a checkpoint") from None
-        from .export.checkpoint import load_checkpoint
-        from .kernels.reference import PreprocessSpec
-
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            self.model, self.info, _ = load_checkpoint(path)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise InputError(f"{path}: not a loadable checkpoint ({exc})") from None
-        self.spec = PreprocessSpec(image_size=self.info.image_size)
-        self.threshold = float(self.info.threshold.get("value", 0.5))
-        self.name = f"{path} [{self.info.backbone} checkpoint]"
-        self.batch_size = batch_size
-
-    def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
-        import torch
-        from tqdm import tqdm
-
-        from .kernels.reference import preprocess_reference
-
-        modalities = self.model.modalities
-        size = self.spec.image_size
-        out = np.zeros(len(samples), dtype=np.float64)
-        starts = range(0, len(samples), self.batch_size)
-        for start in tqdm(starts, desc="scoring", unit="batch", file=sys.stderr, disable=not progress):
-            chunk = samples[start : start + self.batch_size]
-            panes = np.zeros((len(chunk), len(modalities), 3, size, size), dtype=np.float32)
-            present = np.zeros((len(chunk), len(modalities)), dtype=np.float32)
-            for j, sample in enumerate(chunk):
-                if sample.modality not in modalities:
-                    raise InputError(f"{sample.image}: modality {sample.modality!r} is not one of the model's {modalities}")
-                frame = read_image(sample.image)
-                slot = modalities.index(sample.modality)
-                panes[j, slot] = preprocess_reference(frame, [(0, 0, frame.shape[1], frame.shape[0])], self.spec)[0]
-                present[j, slot] = 1.0
-            with torch.no_grad():
-                logits = self.model(torch.from_numpy(panes), torch.from_numpy(present))
-            out[start : start + len(chunk)] = torch.sigmoid(logits.double()).numpy()
-        return out
-
-
 def open_scorer(path: str | Path, *, model: str | None = None, threads: int | None = None) -> Scorer:
-    """A bundle directory/zip -> the engine; a ``.pt``/``.pth`` file -> the checkpoint's torch model."""
+    """A bundle directory/zip -> the engine; a ``.pt``/``.pth`` file -> the checkpoint's torch model
+    (:class:`edge_thyroid.export.scoring.CheckpointScorer`, the same interface, built with torch)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"model not found: {path}; expected a bundle directory/zip or a checkpoint .pt file")
     if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        try:  # torch and torchvision: the export extra, build-time code
+            from .export.scoring import CheckpointScorer
+        except ImportError as exc:
+            raise MissingDependencyError(exc.name or "torch", "export", "evaluating a checkpoint") from None
         return CheckpointScorer(path, threads=threads)
     return BundleScorer(path, model=model, threads=threads)
 

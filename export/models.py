@@ -114,6 +114,16 @@ class MultimodalClassifier(nn.Module):
                     self.head.weight[0, len(self.modalities) * self.channels + index] = 0
 
 
+def random_init_model(backbone: str = "resnet50", modalities: Sequence[str] = MODALITIES,
+                      seed: int = 0) -> MultimodalClassifier:
+    """An untrained classifier (ImageNet-free random weights) for tests and benchmarks, seeded."""
+    torch.manual_seed(seed)
+    model = MultimodalClassifier(backbone, modalities).eval()
+    # A small head keeps untrained logits O(1), so p(malignant) is not saturated at 0 or 1.
+    torch.nn.init.normal_(model.head.weight, std=1e-3)
+    return model
+
+
 def head_arrays(model: MultimodalClassifier) -> dict[str, "numpy.ndarray"]:  # noqa: F821
     """The fusion head as NumPy arrays in the runtime's layout (see edge_thyroid.head)."""
     weight = model.head.weight.detach().double().cpu().numpy()[0]

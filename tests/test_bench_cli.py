@@ -2,6 +2,7 @@
 what our engine computes, and clear errors. Few frames; no timing is asserted."""
 
 import json
+import sys
 
 import pytest
 
@@ -130,8 +131,8 @@ def test_help_teaches():
 
 @needs_torch
 def test_interrupted_run_keeps_what_was_measured(random_bundle, monkeypatch):
-    from edge_thyroid import benchmarking as bm
-    from edge_thyroid.commands.bench import BenchOptions, run_bench
+    from edge_thyroid_bench import benchmarking as bm
+    from edge_thyroid_bench.harness import BenchOptions, run_bench
 
     real = bm.run_frames
     calls = []
@@ -151,3 +152,14 @@ def test_interrupted_run_keeps_what_was_measured(random_bundle, monkeypatch):
     # Round 1 ran both configurations (1 frame each); round 2 was cut at its first block.
     assert rows["ours-fp32"]["frames"] == 1 and rows["ort-plain-fp32"]["frames"] == 1
     assert "Interrupted" in bm.format_table(record)
+
+
+def test_bench_without_the_harness_says_how_to_install(monkeypatch, capsys, tmp_path):
+    """The runtime does not need the bench package: without it the command is one line with the fix."""
+    monkeypatch.setitem(sys.modules, "edge_thyroid_bench", None)  # import edge_thyroid_bench -> ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "edge_thyroid_bench.harness", None)
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", str(tmp_path), "--peers", "none", "--quiet"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert "edge_thyroid_bench" in err and "pip install 'edge-thyroid[bench]'" in err

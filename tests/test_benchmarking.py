@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_thyroid import benchmarking as bm
+from edge_thyroid_bench import benchmarking as bm
 
 from .conftest import needs_torch
 
@@ -194,7 +194,7 @@ def test_count_flops_of_the_bundle_backbone_matches_torch_layer_count(random_bun
     import torch
 
     from edge_thyroid.bundle import load_bundle
-    from edge_thyroid.peers import backbone_graph
+    from edge_thyroid_bench.peers import backbone_graph
 
     bundle = load_bundle(random_bundle)
     size = bundle.manifest.preprocessing.image_size

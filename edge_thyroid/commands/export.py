@@ -18,12 +18,10 @@ BACKBONES = ("resnet50", "densenet121", "vgg16", "googlenet")
 
 
 def _import_export_tools():
-    try:
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
+    try:  # the build-time tools need torch and torchvision (the export extra)
+        from ..export import bundle_export, checkpoint, models
     except ImportError as exc:
         raise MissingDependencyError(exc.name or "torch", "export", "edge-thyroid export") from None
-    from ..export import bundle_export, checkpoint, models
 
     return bundle_export, checkpoint, models
 
@@ -84,17 +82,13 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
     if calib and precision is not Precision.INT8:
         raise click.UsageError(f"--calib only applies to --precision int8, not {precision.value}")
     bundle_export, ckpt, models = _import_export_tools()
-    import torch
 
     modality_tuple = tuple(m.strip() for m in modalities.split(",")) if modalities else None
     provenance = {}
     trained, metrics, threshold = (), {}, None
     try:
         if random_init:
-            torch.manual_seed(seed)
-            model = models.MultimodalClassifier(backbone or "resnet50", modality_tuple or models.MODALITIES).eval()
-            # A small head keeps untrained logits O(1), so p(malignant) is not saturated at 0 or 1.
-            torch.nn.init.normal_(model.head.weight, std=1e-3)
+            model = models.random_init_model(backbone or "resnet50", modality_tuple or models.MODALITIES, seed)
             size = image_size or 128
             provenance["checkpoint"] = {"random_init": True, "seed": seed}
         else:

@@ -12,7 +12,7 @@ behind one small interface so the harness times them all the same way on the sam
 Every runner ends with the same NumPy head (pooling, fusion, a CAM per pane), so the stages differ
 only where the runtimes differ. torch and openvino are imported only when their runner loads.
 
-``python -m edge_thyroid.peers cold-start SPEC FRAME.npy`` measures one configuration's cold start
+``python -m edge_thyroid_bench.peers cold-start SPEC FRAME.npy`` measures one configuration's cold start
 (process start to first result) and peak RSS in a fresh process; :func:`cold_start` drives it.
 """
 
@@ -31,16 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from .backends import DEFAULT_BACKEND, backend_class
+from edge_thyroid.backends import DEFAULT_BACKEND, backend_class
+from edge_thyroid.bundle import Bundle, Precision, load_bundle
+from edge_thyroid.engine import Engine, fuse
+from edge_thyroid.errors import BackendError, BundleError, InputError, MissingDependencyError
+from edge_thyroid.frames import Pane
+from edge_thyroid.graph import backbone_graph
+from edge_thyroid.head import FusionHead
+from edge_thyroid.kernels.onnx_graph import PIXELS
+from edge_thyroid.stream.cache import PaneCache
+
 from .benchmarking import Stage, StageTimer, peak_rss_mb
-from .bundle import Bundle, Precision, load_bundle
-from .errors import BackendError, BundleError, InputError, MissingDependencyError
-from .graph import backbone_graph
-from .engine import fuse
-from .frames import Pane
-from .head import FusionHead
-from .kernels.onnx_graph import PIXELS
-from .stream.cache import PaneCache
 
 
 class Kind(str, Enum):
@@ -207,8 +208,6 @@ class EngineRunner(Runner):
     format = "edge-thyroid: ONNX Runtime, preprocessing in the graph"
 
     def load(self) -> None:
-        from .engine import Engine
-
         self.engine = Engine(self.bundle, model=self.spec.model, threads=self.spec.threads, backend=self.spec.backend,
                              **dict(self.spec.backend_options))
         self.details["providers"] = self.engine.backend.providers
@@ -288,7 +287,7 @@ class OpenVinoRunner(OrtPlainRunner):
             config["INFERENCE_PRECISION_HINT"] = "f32"
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        from .backends.openvino import executed_precision
+        from edge_thyroid.backends.openvino import executed_precision
 
         executed = executed_precision(self.compiled)
         self.details.update({"openvino": ov.__version__, "config": {k: str(v) for k, v in config.items()},
@@ -315,7 +314,7 @@ class TorchRunner(Runner):
             import torchvision  # noqa: F401
         except ImportError:
             raise missing_peer_error(Kind.TORCH) from None
-        from .export.models import BackboneFeatures, build_torchvision_model
+        from edge_thyroid.export.models import BackboneFeatures, build_torchvision_model
 
         self.torch = torch
         self._previous_threads = torch.get_num_threads()
@@ -447,7 +446,7 @@ def cold_start(spec: ConfigSpec, frame_path: Path, rois: np.ndarray, frames: int
     child's, after ``frames`` results, so each configuration is measured alone."""
     payload = json.dumps({"spec": spec.to_dict(), "rois": rois.tolist(), "frames": frames})
     started = time.time()
-    result = subprocess.run([sys.executable, "-m", "edge_thyroid.peers", "cold-start", payload, str(frame_path)],
+    result = subprocess.run([sys.executable, "-m", "edge_thyroid_bench.peers", "cold-start", payload, str(frame_path)],
                             capture_output=True, text=True, timeout=timeout)
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
@@ -477,4 +476,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "cold-start":
         _cold_start_child(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: python -m edge_thyroid.peers cold-start SPEC_JSON FRAME.npy")
+        sys.exit("usage: python -m edge_thyroid_bench.peers cold-start SPEC_JSON FRAME.npy")

@@ -2,7 +2,7 @@
 coordinated omission, interleaved configurations, machine facts and JSON records.
 
 No timing here depends on torch, ONNX Runtime or any other runtime: this module measures whatever
-callables it is given (see :mod:`edge_thyroid.peers` for what ``edge-thyroid bench`` gives it).
+callables it is given (see :mod:`edge_thyroid_bench.peers` for what ``edge-thyroid bench`` gives it).
 
 Definitions used everywhere in the bench output:
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from edge_thyroid.errors import InputError
 
 SCHEMA = "edge-thyroid-bench/1"
 PERCENTILES: tuple[float, ...] = (50.0, 90.0, 99.0, 99.9)
@@ -545,7 +545,7 @@ class RecordedFrames:
 def record_source(spec: str, count: int, max_bytes: int = 1 << 30) -> RecordedFrames:
     """Read up to ``count`` frames (and at most ``max_bytes`` of pixels) from a capture source, as
     fast as it delivers them. Frames the source flags as not an image are skipped."""
-    from .sources import SourceOptions, create_source
+    from edge_thyroid.sources import SourceOptions, create_source
 
     source = create_source(spec, SourceOptions(realtime=False))
     frames: list[np.ndarray] = []
@@ -653,7 +653,7 @@ def require_matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError:
-        from .errors import MissingDependencyError
+        from edge_thyroid.errors import MissingDependencyError
 
         raise MissingDependencyError("matplotlib", "bench", "the latency plot") from None
     matplotlib.use("Agg")
