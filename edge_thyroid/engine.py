@@ -18,7 +18,7 @@ from .backends import Backend, backend_class, backend_for_target
 from .bundle import Bundle, load_bundle
 from .errors import BackendError, BundleError, InputError
 from .frames import Pane, Roi, as_frame, check_rois
-from .head import FusionHead, HeadOutput, pool
+from .head import FusionHead, pool
 from .kernels.onnx_graph import FRAME, ROIS
 
 @dataclass
@@ -108,9 +108,6 @@ class Engine:
         if len(roi_array) == 0:
             raise InputError("no panes given; expected 1 to 3 ROIs")
         return self.backend.infer({FRAME: frame, ROIS: roi_array})["feature_maps"]
-
-    def head_output(self, pooled: dict[str, np.ndarray]) -> HeadOutput:
-        return self.head.predict(pooled)
 
     def classify(self, frame: np.ndarray, panes: Sequence[Pane]) -> Prediction:
         if not panes:

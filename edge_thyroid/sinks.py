@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .errors import EdgeThyroidError
+from .stream.stats import percentile
 
 if TYPE_CHECKING:
     from .stream.records import GapRecord, StreamResult
@@ -144,9 +145,7 @@ class ConsoleSink(Sink):
             span = self.times[-1][0] - self.times[0][0]
             fps_in = (self.times[-1][1] - self.times[0][1]) / span
             fps_done = (len(self.times) - 1) / span
-        ordered = sorted(self.latencies)
-        p50 = ordered[len(ordered) // 2]
-        p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+        p50, p99 = percentile(self.latencies, 50), percentile(self.latencies, 99)
         p = "  -  " if result.p is None else f"{result.p:.3f}"
         smooth = "  -  " if result.p_smoothed is None else f"{result.p_smoothed:.3f}"
         decision = result.decision.value + (f" ({result.reason.value})" if result.reason else "")

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from edge_thyroid.errors import InputError
+from edge_thyroid.stream.stats import percentile  # the one definition, shared with the stream's console
 
 SCHEMA = "edge-thyroid-bench/1"
 PERCENTILES: tuple[float, ...] = (50.0, 90.0, 99.0, 99.9)
@@ -45,11 +46,8 @@ class Stage(str, Enum):
 
     CAPTURE = "capture"          # grab + decode a frame from the source
     PREPROCESS = "preprocess"    # crop/resize/normalize outside the model graph (peers)
-    HOST_TO_DEVICE = "host_to_device"
     INFER = "infer"              # the model; our engine's in-graph preprocessing is inside it
     HEAD = "head"                # pooling, fusion head, CAM of every pane
-    TEMPORAL = "temporal"        # smoothing / hysteresis
-    SINK = "sink"                # writing the result
 
 
 class DropPolicy(str, Enum):
@@ -61,22 +59,6 @@ class DropPolicy(str, Enum):
 
 # ---------------------------------------------------------------------------------------------
 # Statistics
-
-
-def percentile(samples: Sequence[float] | np.ndarray, q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation between closest ranks.
-
-    Written out rather than delegated so the definition the reports quote is the one in this file.
-    """
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f"percentile q must be in [0, 100], got {q}")
-    values = sorted(float(v) for v in samples)
-    if not values:
-        raise ValueError("percentile of no samples")
-    rank = (len(values) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(values) - 1)
-    return values[low] + (values[high] - values[low]) * (rank - low)
 
 
 def mean_std(samples: Sequence[float] | np.ndarray) -> tuple[float, float]:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..errors import MissingDependencyError
+from .params import parse_size
 from .runtime_options import BackendChoice, backend_option_decorators
 
 
@@ -25,16 +26,6 @@ def _harness() -> Any:
         raise MissingDependencyError("the benchmark harness (edge_thyroid_bench)", "bench",
                                      "edge-thyroid bench") from None
     return harness
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not WIDTHxHEIGHT, e.g. 1920x1080") from None
-    if not (64 <= width <= 8192 and 64 <= height <= 8192):
-        raise click.BadParameter(f"{text!r}: width and height must be in 64..8192")
-    return width, height
 
 
 def backend_options_of_rows(function: Any) -> Any:
@@ -144,7 +135,7 @@ def bench(bundles, models, panes, frames, warmup, rounds, source, layout, fps, p
     settings = _row_settings(list(backends), backend_settings)
     options = harness.BenchOptions(list(bundles), list(models), panes, frames, warmup, rounds, source, layout, fps,
                                    policy, peers, threads, pin, cache, cold_start, flops, refresh,
-                                   _parse_size(frame_size), progress=not quiet,
+                                   parse_size(frame_size, low=64, high=8192), progress=not quiet,
                                    command=_command_line(click.get_current_context()),
                                    backends=list(dict.fromkeys(backends)), backend_options=settings)
     if plot_out:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..bundle import Precision, Target
+from ..bundle import Precision, Target, sha256_file
 from ..errors import EdgeThyroidError, MissingDependencyError
 
 # The calibration methods (mirrors edge_thyroid.export.calibration.METHODS, which needs onnxruntime's
@@ -102,7 +102,7 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
 
                 t = dict(info.threshold)
                 threshold = Threshold(float(t.pop("value")), str(t.pop("method", "unknown")), str(t.pop("chosen_on", "unknown")), t)
-            provenance["checkpoint"] = {"file": str(checkpoint), "sha256": ckpt.sha256_file(checkpoint)}
+            provenance["checkpoint"] = {"file": str(checkpoint), "sha256": sha256_file(checkpoint)}
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise EdgeThyroidError(str(exc)) from None
     calibration = gate = None

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..errors import BundleError, InputError
+from .params import parse_size
 from .runtime_options import backend_settings, runtime_options
 
 DEMO_CLIP = "demo_clip.mp4"
@@ -24,16 +25,6 @@ DEMO_CREDIT = ("demo clip: thyroid B-mode crops from DDTI (Pedraza et al., Proc.
 def data_path(name: str) -> Path:
     """A file or folder shipped in edge_thyroid/data (resolved through the installed package)."""
     return Path(str(resources.files("edge_thyroid").joinpath("data", name)))
-
-
-def _parse_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not WIDTHxHEIGHT, e.g. 1920x1080") from None
-    return width, height
 
 
 @dataclass
@@ -127,7 +118,7 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
                             cache=options.cache, change_threshold=options.change_threshold, temporal=temporal,
                             reconnect=ReconnectPolicy(attempts=options.reconnect_attempts))
     source = create_source(source_spec, SourceOptions(
-        realtime=not options.as_fast_as_possible, fps=options.fps, size=_parse_size(options.capture_size),
+        realtime=not options.as_fast_as_possible, fps=options.fps, size=parse_size(options.capture_size) if options.capture_size else None,
         fourcc=options.fourcc, loop=options.loop, layout=layout))
     with Engine(bundle, model=options.model, threads=options.threads,
                 **options.backend_settings) as engine:

@@ -4,18 +4,40 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
 from .records import GapRecord, StreamResult, StreamSummary, rounded
 
-# The per-frame stages, in the order they run (the JSONL's latency_ms keys and the summary's).
+# The per-frame stages, in the order they run (the JSONL's latency_ms keys and the summary's):
+# capture = decoding the frame, wait = in the slot until the model took it, preprocess = the pane
+# checks that decide what runs (change and blank detection; the pixels' crop/resize/normalise is
+# fused into the model, so it is inside infer), infer = the backbone on the changed panes, head =
+# fusion and CAM inputs, temporal = smoothing, hysteresis and abstention.
 STAGES = ("capture", "wait", "preprocess", "infer", "head", "temporal")
+
+
+def percentile(samples: Sequence[float] | np.ndarray, q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation between closest ranks.
+
+    Written out rather than delegated so the definition the reports quote is the one in this file.
+    """
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile q must be in [0, 100], got {q}")
+    values = sorted(float(v) for v in samples)
+    if not values:
+        raise ValueError("percentile of no samples")
+    rank = (len(values) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (rank - low)
 
 
 class LatencyHistogram:
     """Bounded-memory latency distribution: log-spaced bins 0.01 ms .. 1000 s, ~0.9% wide, so an
-    hours-long stream keeps a fixed footprint. Percentiles are bin midpoints (geometric)."""
+    hours-long stream keeps a fixed footprint. Percentiles are bin midpoints (geometric): within a bin
+    of :func:`percentile` over the raw samples, which a stream cannot keep."""
 
     LOW, HIGH, BINS = 1e-2, 1e6, 2000
 
