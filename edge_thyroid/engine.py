@@ -19,7 +19,7 @@ from .bundle import Bundle, load_bundle
 from .errors import BackendError, BundleError, InputError
 from .frames import Pane, Roi, as_frame, check_rois
 from .head import FusionHead, pool
-from .kernels.onnx_graph import FRAME, ROIS
+from .kernels.graph_io import FRAME, ROIS
 
 @dataclass
 class PaneResult:

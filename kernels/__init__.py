@@ -15,6 +15,18 @@ in the field.
 - :mod:`.check`: ``check_kernel``, the one equality check every implementation passes.
 """
 
-from .reference import PreprocessSpec, preprocess_reference
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["PreprocessSpec", "preprocess_reference"]
+
+
+def __getattr__(name: str) -> Any:
+    # Resolved on first use, so importing a light submodule (graph_io) does not import NumPy.
+    if name in __all__:
+        from . import reference
+
+        return getattr(reference, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,10 +29,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .graph_io import FRAME, PIXELS, ROIS
 from .reference import PreprocessSpec
 
 OPSET = 18  # Resize's ``axes`` attribute needs opset 18.
-FRAME, ROIS, PIXELS = "frame", "rois", "pixels"
 
 
 def _const(name: str, values, dtype=np.int64) -> onnx.NodeProto:

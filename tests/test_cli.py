@@ -28,6 +28,17 @@ def test_help_lists_commands_and_imports_nothing_heavy():
     assert "HEAVY []" in out
 
 
+def test_command_help_with_backend_choices_imports_nothing_heavy():
+    """--backend and its settings come from the backend classes; reading them must stay light."""
+    code = ("import sys; from edge_thyroid.cli import cli; from click.testing import CliRunner;"
+            "r = CliRunner().invoke(cli, ['stream', '--help']); print(r.output);"
+            "print('HEAVY', sorted(m for m in ('torch', 'onnxruntime', 'cv2', 'onnx', 'numpy', 'openvino')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--backend [onnxruntime|openvino]" in out and "--execution-precision [f32|bf16]" in out
+    assert "HEAVY []" in out
+
+
 def test_version():
     result = run(["--version"])
     assert result.exit_code == 0 and __version__ in result.output

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from ..errors import BackendError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: a backend module imports light (the CLI reads its declarations)
+    import numpy as np
+
     from ..bundle import Bundle, ModelEntry
 
 

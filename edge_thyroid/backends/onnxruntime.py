@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..errors import BackendError, BundleError
 from .base import Backend
+
+if TYPE_CHECKING:  # annotations only: a backend module imports light (the CLI reads its declarations)
+    import numpy as np
 
 
 class OnnxRuntimeBackend(Backend):

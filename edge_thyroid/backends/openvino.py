@@ -21,15 +21,15 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..errors import BackendError, BundleError, MissingDependencyError
-from ..kernels.onnx_graph import FRAME, ROIS
-from ..kernels.reference import PreprocessSpec
+from ..kernels.graph_io import FRAME, ROIS
 from .base import Backend, BackendOption
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: a backend module imports light (the CLI reads its declarations)
+    import numpy as np
+
     from ..bundle import Bundle, ModelEntry
+    from ..kernels.reference import PreprocessSpec
 
 
 class ExecutionPrecision(str, Enum):
@@ -157,7 +157,7 @@ class OpenVinoBackend(Backend):
             _, request = self._network(len(pixels))
             results = request.infer({0: pixels})
         # The request owns these buffers and overwrites them on the next call; the pane cache keeps maps.
-        return {name: np.array(results[i]) for i, name in enumerate(self._output_names)}
+        return {name: results[i].copy() for i, name in enumerate(self._output_names)}
 
     def _close(self) -> None:
         self._networks.clear()

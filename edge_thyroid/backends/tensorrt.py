@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, BundleError, InputError, MissingDependencyError
-from ..kernels.onnx_graph import PIXELS
+from ..kernels.graph_io import PIXELS
 from .base import Backend
+
+if TYPE_CHECKING:  # annotations only: a backend module imports light (the CLI reads its declarations)
+    import numpy as np
 
 FEATURE_MAPS = "feature_maps"
 PREPROCESS_FILE = "preprocess.onnx"
@@ -119,6 +120,8 @@ class TensorRTBackend(Backend):
         return pointer
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import numpy as np  # here, not at module level: listing backends must not import NumPy
+
         cudart, context = self._cudart, self._context
         pixels = np.ascontiguousarray(self._preprocess.infer(feeds)[PIXELS], dtype=np.float32)
         if not context.set_input_shape(PIXELS, pixels.shape):
