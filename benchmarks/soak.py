@@ -113,14 +113,15 @@ class Sampler(threading.Thread):
 
 
 def read_records(path: Path) -> tuple[list[dict], int]:
-    """Parsed records and the number of lines that are not valid JSON (results lost)."""
+    """Parsed frame records (the header and summary lines set aside) and the number of lines that are
+    not valid JSON (results lost)."""
     records, bad = [], 0
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             bad += 1
-    return records, bad
+    return [r for r in records if r.get("type", "frame") == "frame"], bad
 
 
 def latency_ms(record: dict) -> float | None:

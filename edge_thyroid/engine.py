@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .backends import Backend, backend_class, backend_for_target
-from .bundle import Bundle, load_bundle
+from . import __version__
+from .bundle import MANIFEST, Bundle, load_bundle, sha256_file
 from .errors import BackendError, BundleError, InputError
 from .frames import Pane, Roi, as_frame, check_rois
 from .head import FusionHead, pool
@@ -80,6 +82,7 @@ class Engine:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         manifest = self.bundle.manifest
         self.model_key, entry = self.bundle.model_entry(model)
+        self.threads = threads
         target = entry.target.value
         backend_type = backend_class(backend or backend_for_target(target))
         if target not in backend_type.targets:
@@ -100,6 +103,21 @@ class Engine:
     @property
     def modalities(self) -> tuple[str, ...]:
         return self.bundle.manifest.modalities
+
+    @property
+    def trained_modalities(self) -> tuple[str, ...]:
+        """The modalities the model learned (empty: not recorded, so every modality counts as trained)."""
+        return self.bundle.manifest.trained_modalities
+
+    def identity(self) -> dict[str, Any]:
+        """What a record needs to say which model ran: engine version, bundle (path and manifest sha256),
+        model key and precision, backend and threads."""
+        entry = self.bundle.model_entry(self.model_key)[1]
+        return {"version": __version__,
+                "bundle": {"path": str(self.bundle.root), "manifest_sha256": sha256_file(self.bundle.path(MANIFEST))},
+                "model": {"key": self.model_key, "precision": entry.precision.value,
+                          "trained_modalities": list(self.trained_modalities)},
+                "backend": self.backend.name, "threads": self.threads}
 
     def extract(self, frame: np.ndarray, rois: Sequence[Roi]) -> np.ndarray:
         """Feature maps [N, C, h, w] of the given panes (frame validated, ROIs checked)."""

@@ -24,7 +24,7 @@ from .errors import EdgeThyroidError
 from .stream.stats import percentile
 
 if TYPE_CHECKING:
-    from .stream.records import GapRecord, StreamResult
+    from .stream.records import GapRecord, HeaderRecord, StreamResult, StreamSummary
 
 
 class SinkError(EdgeThyroidError):
@@ -41,8 +41,8 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def write(self, result: "StreamResult") -> None: ...
 
-    def event(self, gap: "GapRecord") -> None:
-        """A stream event that is not a frame: a source gap."""
+    def event(self, record: "HeaderRecord | GapRecord | StreamSummary") -> None:
+        """A record that is not a frame: the header (first), a source gap, the summary (last)."""
 
     def close(self) -> None:
         """Flush and release."""
@@ -52,8 +52,8 @@ class Sink(abc.ABC):
 
 
 class JsonlSink(Sink):
-    """One JSON object per line: frame records (``"type": "frame"``) and events (``"type": "gap"``).
-    ``-`` writes to standard output."""
+    """One JSON object per line: a header, frame and gap records, and a summary (see
+    docs/stream-records.schema.json). ``-`` writes to standard output."""
 
     name = "jsonl"
 
@@ -105,8 +105,8 @@ class JsonlSink(Sink):
         record["latency_ms"]["sink"] = round((time.monotonic() - result.result_time) * 1000.0, 3)
         self._line(record)
 
-    def event(self, gap: "GapRecord") -> None:
-        self._line(gap.record())
+    def event(self, record: "HeaderRecord | GapRecord | StreamSummary") -> None:
+        self._line(record.record())
 
     def close(self) -> None:
         handle, self.handle = self.handle, None
@@ -162,9 +162,13 @@ class ConsoleSink(Sink):
         self.stream.flush()
         self.printed = True
 
-    def event(self, gap: "GapRecord") -> None:
-        state = "resumed" if gap.resumed else "lost"
-        text = f"source {state} after a {gap.duration_s:.1f} s gap ({gap.attempts} reopen attempts): {gap.reason}"
+    def event(self, record: "HeaderRecord | GapRecord | StreamSummary") -> None:
+        gap = record.record()
+        if gap["type"] != "gap":
+            return  # the command prints the summary itself; the header is for files
+        state = "resumed" if gap["resumed"] else "lost"
+        text = (f"source {state} after a {gap['duration_s']:.1f} s gap ({gap['attempts']} reopen attempts): "
+                f"{gap['reason']}")
         self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
         self.stream.flush()
 
@@ -310,11 +314,12 @@ class AsyncSink:
         self.sink.open()
         self.thread.start()
 
-    def submit(self, kind: str, item: Any) -> None:
+    def submit(self, kind: str, item: Any, wait_s: float = 0.0) -> None:
+        """Queue ``item``; when the queue is full, wait up to ``wait_s`` seconds (0: drop it at once)."""
         if self.error is not None:
             return
         try:
-            self.queue.put_nowait((kind, item))
+            self.queue.put((kind, item), timeout=wait_s) if wait_s > 0 else self.queue.put_nowait((kind, item))
         except queue.Full:
             self.dropped += 1
 

@@ -71,7 +71,9 @@ def test_toy_backend_classifies_and_streams_through_the_cli(toy, tmp_path, capsy
                     "--as-fast-as-possible", "--quiet", "--json-out", str(out)])
     assert code == 0, capsys.readouterr().err
     assert toy.loads == loads + 1  # the stream ran on the toy, not on a default backend
-    frames = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(frames) == 12 and all(r["type"] == "frame" for r in frames)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[0]["backend"] == "toy"  # the header names the backend that ran
+    frames = [r for r in records if r["type"] == "frame"]
+    assert len(frames) == 12
     assert all(r["p"] is None or 0.0 <= r["p"] <= 1.0 for r in frames)
     assert any(r["p"] is not None for r in frames)

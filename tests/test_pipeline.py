@@ -42,6 +42,12 @@ class FakeEngine:
         self.calls: list[list[tuple[int, ...]]] = []
 
     fuse = Engine.fuse  # the real head step, on these fake features
+    trained_modalities = MODALITIES
+
+    def identity(self) -> dict:
+        return {"version": "test", "bundle": {"path": "fake", "manifest_sha256": "0" * 64},
+                "model": {"key": "fake", "precision": "fp32", "trained_modalities": list(MODALITIES)},
+                "backend": "fake", "threads": None}
 
     def extract(self, frame: np.ndarray, rois) -> np.ndarray:
         self.calls.append([tuple(int(v) for v in r) for r in rois])
@@ -66,8 +72,9 @@ class ListSink(Sink):
     def write(self, result: StreamResult) -> None:
         self.results.append(result)
 
-    def event(self, gap: GapRecord) -> None:
-        self.events.append(gap.record())
+    def event(self, record) -> None:
+        if isinstance(record, GapRecord):  # the header and the summary are checked in test_stream_records
+            self.events.append(record.record())
 
 
 def run(engine, source, *sinks, **config):
@@ -322,20 +329,23 @@ def test_a_slow_sink_never_stalls_inference(tmp_path):
     pipeline_start = time.monotonic()
     source = create_source("synthetic:dual?size=320x180&frames=40", SourceOptions(realtime=False))
     source.open()
-    pipeline = Pipeline(FakeEngine(), source, [slow, jsonl], PipelineConfig(lossless=True, sink_queue=2))
+    pipeline = Pipeline(FakeEngine(), source, [slow, jsonl], PipelineConfig(lossless=True, sink_queue=4))
     summary = pipeline.run()
     assert summary.processed == 40
     assert summary.sink_dropped["slow"] >= 30 and summary.sink_dropped["jsonl"] == 0
     assert time.monotonic() - pipeline_start < 0.2 * 40 / 2  # far less than the slow sink alone would take
-    lines = (tmp_path / "out.jsonl").read_text().splitlines()
-    assert [json.loads(line)["frame"] for line in lines] == list(range(40))
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert records[0]["type"] == "header" and records[-1]["type"] == "summary"
+    assert [r["frame"] for r in records[1:-1]] == list(range(40))
 
 
 def test_a_failing_sink_stops_the_stream_with_its_error_and_keeps_other_output(tmp_path):
     sink = ListSink()
     summary = run(FakeEngine(), "synthetic:dual?size=320x180&frames=200", JsonlSink("/dev/full"), sink, lossless=True)
     assert summary.error and "No space left on device" in summary.error and "/dev/full" in summary.error
-    assert summary.stopped_by == "jsonl sink error" and 0 < len(sink.results) < 200
+    # The header is the first write, so the full disk is noticed at once; every frame processed until
+    # then still reached the other sink.
+    assert summary.stopped_by == "jsonl sink error" and len(sink.results) == summary.processed < 200
 
 
 def test_stop_from_another_thread_finishes_cleanly():

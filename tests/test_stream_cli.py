@@ -19,6 +19,7 @@ from edge_thyroid.commands import stream as stream_command
 from edge_thyroid.commands.stream import DEMO_CLIP, DEMO_LAYOUT, data_path
 
 from .conftest import REPO, needs_torch
+from .test_stream_records import STREAM_RECORDS
 from .test_sources import cine, save
 
 pytestmark = needs_torch  # the random_bundle fixture is exported with torch
@@ -30,7 +31,12 @@ def cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    """The frame records of a stream's JSONL (every record checked against the published schema)."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for line in lines:
+        STREAM_RECORDS.validate(line)
+    assert lines[0]["type"] == "header" and lines[-1]["type"] == "summary"
+    return [r for r in lines if r["type"] == "frame"]
 
 
 def test_stream_synthetic_writes_a_record_per_processed_frame(random_bundle, tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,6 +33,11 @@ class EngineLike(Protocol):
 
     @property
     def modalities(self) -> tuple[str, ...]: ...
+
+    @property
+    def trained_modalities(self) -> tuple[str, ...]: ...
+
+    def identity(self) -> dict[str, Any]: ...
 
     def extract(self, frame: np.ndarray, rois: Sequence[Roi]) -> np.ndarray: ...
 
@@ -65,6 +70,8 @@ class FrameClassifier:
         self.last_change_ts: float | None = None
         self.last_fused: Prediction | None = None
         self._resolved: tuple[tuple[int, int], Layout] | None = None
+        # A modality the model never learned has no p of its own; empty: not recorded, all count as trained.
+        self.trained = set(engine.trained_modalities or engine.modalities)
 
     def _layout_for(self, width: int, height: int) -> Layout:
         if self._resolved is None or self._resolved[0] != (width, height):
@@ -104,8 +111,8 @@ class FrameClassifier:
             layout = self._layout_for(frame.shape[1], frame.shape[0])
             engine_panes = layout.engine_panes()
             checks = [self.cache.check(frame, pane.roi) for pane in engine_panes]
-            panes = [PaneRecord(pane.modality, pane.roi, c.cached is not None, c.blank)
-                     for pane, c in zip(engine_panes, checks)]
+            panes = [PaneRecord(pane.modality, pane.roi, c.cached is not None, c.blank,
+                                trained=pane.modality in self.trained) for pane, c in zip(engine_panes, checks)]
             lap("preprocess")
             live = [(pane, check) for pane, check in zip(engine_panes, checks) if not check.blank]
             bmode_blank = any(p.blank for p in panes if p.modality == Modality.BMODE.value)

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from ..errors import EdgeThyroidError
 from ..sinks import AsyncSink, Sink
-from .records import GapRecord, StreamResult
+from .records import GapRecord, HeaderRecord, StreamResult, StreamSummary
 
 
 class Fanout:
@@ -16,6 +16,7 @@ class Fanout:
         self.sinks = [AsyncSink(s, frame_queue if s.needs_frames else record_queue) for s in sinks]
         # Frames and feature maps are kept only when a sink draws them.
         self.keep_frames = any(s.needs_frames for s in self.sinks)
+        self.bookend_wait_s = 5.0
 
     def open(self) -> None:
         """Open every sink; if one fails, close those already open and re-raise."""
@@ -36,9 +37,12 @@ class Fanout:
         for sink in self.sinks:
             sink.submit("frame", result if sink.needs_frames else light)
 
-    def gap(self, gap: GapRecord) -> None:
+    def event(self, record: HeaderRecord | GapRecord | StreamSummary) -> None:
+        """A record that is not a frame: the header, a source gap, the summary. The header and the
+        summary wait for room behind a slow sink (a file without them does not describe itself)."""
+        wait_s = 0.0 if isinstance(record, GapRecord) else self.bookend_wait_s
         for sink in self.sinks:
-            sink.submit("event", gap)
+            sink.submit("event", record, wait_s)
 
     def failed(self) -> tuple[str, EdgeThyroidError] | None:
         """(name, error) of the first sink that failed, if any."""

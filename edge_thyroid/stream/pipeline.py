@@ -15,7 +15,9 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
 from typing import Any
 
 from ..errors import EdgeThyroidError
@@ -27,7 +29,7 @@ from .cache import PaneCache
 from .capture import CaptureLoop, ReconnectPolicy
 from .classify import EngineLike, FrameClassifier, choose_layout
 from .fanout import Fanout
-from .records import StreamSummary
+from .records import HeaderRecord, StreamSummary
 from .slot import LatestFrameSlot
 from .stats import StreamStats
 
@@ -86,7 +88,7 @@ class Pipeline:
             except queue.Empty:
                 return
             self.stats.gaps.append(gap)
-            self.fanout.gap(gap)
+            self.fanout.event(gap)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> StreamSummary:
@@ -96,6 +98,7 @@ class Pipeline:
                                      media_fps=self.source.fps or 30.0, lossless=self.config.lossless,
                                      keep_frames=self.fanout.keep_frames)
         self.fanout.open()
+        self.fanout.event(self._header())
         previous = self._install_signals()
         capture = threading.Thread(target=self.capture.run, name="capture", daemon=True)
         start = time.monotonic()
@@ -124,13 +127,25 @@ class Pipeline:
             self.source.stop()
             capture.join(timeout=self.source.options.read_timeout_s + 1.0)
             self._forward_gaps()
+            self.error = self.error or self.capture.error
+            seconds = time.monotonic() - start
+            # The last record, written also when a signal or an error ended the stream.
+            self.fanout.event(self._summary(seconds))
             self.fanout.close()
             self._restore_signals(previous)
-        self.error = self.error or self.capture.error
         if self.error is None and (failed := self.fanout.failed()) is not None:
             self.error = failed[1]
             self.stopped_by = self.stopped_by or f"{failed[0]} sink error"
-        return self._summary(time.monotonic() - start)
+        return self._summary(seconds)
+
+    def _header(self) -> HeaderRecord:
+        assert self.layout is not None
+        temporal = {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self.config.temporal).items()}
+        return HeaderRecord(
+            started_utc=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            engine=self.engine.identity(), layout=self.layout.to_dict(),
+            source={"kind": self.source.kind, "description": self.source.describe(), "fps": self.source.fps},
+            threshold=self.engine.threshold, temporal=temporal)
 
     def _summary(self, seconds: float) -> StreamSummary:
         stopped = self.stopped_by or ("source error" if self.error else "end of source")

@@ -1,7 +1,9 @@
 """The stream's records: what a frame, a source gap and the whole stream produce.
 
 The producer (the stream) and the consumers (sinks, benchmarks) both import this module, and it
-imports neither. ``record()`` / ``to_dict()`` give the JSONL objects (``"type"``: frame, gap, summary).
+imports neither. ``record()`` gives the JSONL object; its ``"type"`` is header (first line: what ran,
+on what, with which settings), frame, gap, or summary (last line, also after Ctrl-C/SIGTERM).
+docs/stream-records.schema.json describes them; :data:`FORMAT_VERSION` is in the header.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from ..temporal import Decision, Reason
 
 if TYPE_CHECKING:
     from ..engine import Prediction
+
+
+# 2: a header and a summary record around the frames; untrained panes carry "status" instead of p.
+FORMAT_VERSION = 2
 
 
 def rounded(value: float | None, digits: int = 6) -> float | None:
@@ -33,10 +39,14 @@ class PaneRecord:
     blank: bool
     logit: float | None = None   # this pane's contribution to the fused logit
     p: float | None = None       # p(malignant) from this pane alone: sigmoid(bias + contribution)
+    trained: bool = True         # False: the model never learned this modality; it has no p of its own
 
     def to_dict(self) -> dict[str, Any]:
-        return {"modality": self.modality, "roi": list(self.roi), "cached": self.cached, "blank": self.blank,
-                "logit": rounded(self.logit), "p": rounded(self.p)}
+        record: dict[str, Any] = {"modality": self.modality, "roi": list(self.roi), "cached": self.cached,
+                                  "blank": self.blank}
+        if not self.trained:
+            return {**record, "status": "untrained"}
+        return {**record, "logit": rounded(self.logit), "p": rounded(self.p)}
 
 
 @dataclass
@@ -75,6 +85,25 @@ class StreamResult:
                 "reason": self.reason.value if self.reason else None, "detail": self.detail,
                 "threshold": self.threshold, "processed": self.processed, "dropped_so_far": self.dropped,
                 "cache_hits": self.cache_hits, "gaps": self.gaps}
+
+
+@dataclass(frozen=True)
+class HeaderRecord:
+    """The first record: what ran (engine, bundle, model, backend), on what (source, layout) and with
+    which settings (threshold, temporal logic), and when it started (UTC, ISO 8601)."""
+
+    started_utc: str
+    engine: dict[str, Any]       # Engine.identity(): version, bundle, model, backend, threads
+    layout: dict[str, Any]       # Layout.to_dict(): the panes' ROIs as configured
+    source: dict[str, Any]       # kind, description, fps
+    threshold: float
+    temporal: dict[str, Any]     # TemporalConfig as plain values
+
+    def record(self) -> dict[str, Any]:
+        return {"type": "header", "format_version": FORMAT_VERSION, "engine_version": self.engine["version"],
+                "started_utc": self.started_utc, "bundle": self.engine["bundle"], "model": self.engine["model"],
+                "backend": self.engine["backend"], "threads": self.engine["threads"], "layout": self.layout,
+                "source": self.source, "threshold": self.threshold, "temporal": self.temporal}
 
 
 @dataclass(frozen=True)
@@ -133,6 +162,9 @@ class StreamSummary:
         record["capture_fps"] = rounded(self.frames / self.seconds if self.seconds else None, 2)
         record["processed_fps"] = rounded(self.processed / self.seconds if self.seconds else None, 2)
         return {"type": "summary", **record}
+
+    def record(self) -> dict[str, Any]:
+        return self.to_dict()
 
     def text(self) -> str:
         lat = self.latency_ms

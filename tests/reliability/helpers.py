@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from jsonschema import Draft202012Validator
+
 from edge_thyroid.bundle import MANIFEST, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +60,8 @@ def rehash(bundle: Path, *names: str) -> None:
     edit_manifest(bundle, lambda d: d["files"].update({n: sha256_file(bundle / n) for n in names}))
 
 
+STREAM_RECORDS = Draft202012Validator(json.loads((REPO / "docs" / "stream-records.schema.json").read_text()))
+
 # Tallies for the run's report (printed by this package's conftest at the end of the session).
 TALLY = {"jsonl_files": 0, "frame_records": 0, "gap_records": 0, "records_lost": 0}
 
@@ -77,6 +81,8 @@ def parse_jsonl(path: Path) -> list[dict]:
     TALLY["records_lost"] += lost + (text != "" and not text.endswith("\n"))
     assert text == "" or text.endswith("\n"), f"{path} ends with a partial line: {text[-200:]!r}"
     assert lost == 0, f"{lost} lines of {path} are not JSON"
+    for record in records:
+        STREAM_RECORDS.validate(record)  # every JSONL the suite writes follows docs/stream-records.schema.json
     return records
 
 

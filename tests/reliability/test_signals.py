@@ -107,10 +107,14 @@ def test_signalled_stream_leaves_a_complete_jsonl_and_a_summary(random_bundle, t
         process.kill()
     assert "Traceback" not in stderr, stderr[-2000:]
     records = parse_jsonl(out) if out.exists() else []  # every line parses: none is torn
+    frames = [r for r in records if r["type"] == "frame"]
     if phase == "running" and len(signals) == 1:
         assert process.returncode == 0, stderr[-2000:]
-        assert f"stopped by {signals[0].name}" in stdout and f"processed {len(records)}" in stdout
-        assert len(records) >= 3
+        assert f"stopped by {signals[0].name}" in stdout and f"processed {len(frames)}" in stdout
+        assert len(frames) >= 3
+        # A stream stopped by a signal still ends with its summary record.
+        assert records[0]["type"] == "header" and records[-1]["type"] == "summary"
+        assert records[-1]["stopped_by"] == signals[0].name and records[-1]["processed"] == len(frames)
     elif process.returncode == -signal.SIGINT:
         # A second SIGINT landing while the interpreter exits after the summary: Python then reports the
         # unhandled KeyboardInterrupt by dying of SIGINT. The summary must already be out.
