@@ -1,0 +1,204 @@
+"""Case-level cross-validation of the nodule-guided recipe: the figures the product reports.
+
+    python benchmarks/cross_validate.py --data ../shared/data/ddti/labels.csv --out runs/cv_resnet50 \\
+        --json benchmarks/results/cv_resnet50.json [--backbone resnet50] [--epochs 16] [--folds 4] [--seeds 0]
+
+For every fold (and seed) it trains the fixed recipe (export/nodule_training.py: fixed schedule, no epoch
+picked on the fold) on the other folds' crops, then scores the held-out crops:
+
+* AUC with DeLong's 95% CI on the stock crops;
+* AUC on boxes around the nodule at fixed margins 1.2x, 1.5x and 2x its mask's bounding box;
+* the share of the CAM's positive mass inside the nodule mask (as benchmarks/cam_localization.py measures
+  it on a bundle), beside the mask's own area;
+* sensitivity/specificity at a threshold chosen on the training side (Youden on the training crops'
+  scores) and the share of TI-RADS 2 crops scored benign at that threshold.
+
+It reports every fold and the mean +- sd over folds (never a best fold), saves the out-of-fold scores,
+and is resumable: a fold whose result file exists is not retrained. Labels are TI-RADS-derived, not
+pathology. Finally ``--also-all`` trains the same recipe on every crop (the shipped model) with the
+threshold chosen on the pooled out-of-fold scores.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+MARGINS = (1.2, 1.5, 2.0)
+
+
+def _cam_in_mask(cams: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    from edge_thyroid.visualize import cam_to_heat
+
+    shares = np.full(len(cams), np.nan)
+    for i, (cam, mask) in enumerate(zip(cams, masks)):
+        if not mask.any():
+            continue
+        heat = cam_to_heat(cam, mask.shape[1], mask.shape[0]).astype(np.float64)
+        total = heat.sum()
+        shares[i] = heat[mask].sum() / total if total > 0 else np.nan
+    return shares
+
+
+def evaluate_fold(model, pack, train_index: np.ndarray, val_index: np.ndarray, image_size: int) -> dict:
+    """Every held-out figure of one trained fold model (see the module docstring)."""
+    from edge_thyroid.export.datapack import TIRADS_LEVELS
+    from edge_thyroid.export.nodule_training import evaluation_box, score
+    from edge_thyroid.metrics import delong_auc_ci, operating_point, roc_auc, youden_threshold
+
+    val_index = val_index[pack.labels[val_index] >= 0]
+    train_index = train_index[pack.labels[train_index] >= 0]
+    labels = pack.labels[val_index].astype(int)
+    images = [pack.images[i] for i in val_index]
+    masks = [pack.masks[i] for i in val_index]
+    p_stock, cams = score(model, images, [None] * len(images), image_size)
+    p_train, _ = score(model, [pack.images[i] for i in train_index], [None] * len(train_index), image_size)
+    threshold = youden_threshold(pack.labels[train_index].astype(int), p_train)
+    ci = delong_auc_ci(labels, p_stock)
+    result = {
+        "val_crops": int(len(val_index)), "val_benign": int((labels == 0).sum()),
+        "val_cases": int(len(set(pack.case_ids[val_index].tolist()))),
+        "auc": ci.auc, "auc_ci95": [ci.low, ci.high],
+        "auc_train_side": roc_auc(pack.labels[train_index].astype(int), p_train),
+        "threshold": threshold, "threshold_chosen_on": "training side (Youden on the training crops' scores)",
+    }
+    op = operating_point(labels, p_stock, threshold)
+    result["sensitivity"], result["specificity"] = op.sensitivity, op.specificity
+    tirads2 = pack.tirads[val_index] == TIRADS_LEVELS.index("2")
+    result["tirads2_crops"] = int(tirads2.sum())
+    result["tirads2_benign_rate"] = float(np.mean(p_stock[tirads2] < threshold)) if tirads2.any() else None
+    for margin in MARGINS:
+        boxes = [evaluation_box(m, margin) for m in masks]
+        p, _ = score(model, images, boxes, image_size)
+        result[f"auc_margin_{margin}"] = roc_auc(labels, p)
+    shares = _cam_in_mask(cams, masks)
+    areas = np.array([m.mean() for m in masks])
+    has = np.isfinite(shares)
+    result["cam_in_mask"] = float(np.mean(shares[has]))
+    result["mask_area"] = float(np.mean(areas[has]))
+    result["cam_in_mask_crops"] = int(has.sum())
+    result["scores"] = [{"image": str(pack.names[i]), "label": int(pack.labels[i]), "tirads": int(pack.tirads[i]),
+                         "p": float(p)} for i, p in zip(val_index, p_stock)]
+    return result
+
+
+def summarise(folds: list[dict]) -> dict:
+    keys = ["auc", "auc_margin_1.2", "auc_margin_1.5", "auc_margin_2.0", "cam_in_mask", "mask_area",
+            "sensitivity", "specificity", "tirads2_benign_rate", "auc_train_side"]
+    summary = {}
+    for key in keys:
+        values = np.array([f[key] for f in folds if f.get(key) is not None], dtype=np.float64)
+        if len(values):
+            summary[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
+                            "folds": [round(float(v), 4) for v in values]}
+    if all("auc_margin_2.0" in f and "auc_margin_1.2" in f for f in folds):
+        gaps = np.array([f["auc_margin_2.0"] - f["auc_margin_1.2"] for f in folds])
+        summary["auc_margin_2_minus_1.2"] = {"mean": float(gaps.mean()), "folds": [round(float(g), 4) for g in gaps]}
+    return summary
+
+
+def pooled_out_of_fold(folds: list[dict]) -> dict:
+    from edge_thyroid.metrics import delong_auc_ci, youden_threshold
+
+    labels = np.array([s["label"] for f in folds for s in f["scores"]])
+    scores = np.array([s["p"] for f in folds for s in f["scores"]])
+    ci = delong_auc_ci(labels, scores)
+    return {"crops": int(len(labels)), "auc": ci.auc, "auc_ci95": [ci.low, ci.high],
+            "youden_threshold": youden_threshold(labels, scores),
+            "note": "scores of different fold models pooled: the threshold for the model trained on all data"}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Labelled CSV or data pack (.npz).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder (one sub-folder per fold).")
+@click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False), help="Results JSON (rewritten after every fold).")
+@click.option("--backbone", default="resnet50", show_default=True)
+@click.option("--epochs", type=int, default=16, show_default=True)
+@click.option("--folds", type=int, default=4, show_default=True)
+@click.option("--only-folds", default=None, help="Comma-separated folds to run (default: all), e.g. to order the work.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated training seeds.")
+@click.option("--threads", type=int, default=0)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--also-all", is_flag=True, help="Then train the same recipe on every crop (OUT/all/final.pt).")
+@click.option("--all-first-after", type=int, default=None,
+              help="Train the all-data model after this many folds (default: after every fold).")
+def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, threads, device, workers, also_all,
+         all_first_after) -> None:
+    """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
+    from edge_thyroid.export.datapack import pack_for
+    from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
+    from edge_thyroid.export.checkpoint import load_checkpoint
+
+    pack = pack_for(data)
+    assignment = fold_assignment(pack, folds)
+    out = Path(out_dir)
+    fold_list = [int(f) for f in only_folds.split(",")] if only_folds else list(range(folds))
+    seed_list = [int(s) for s in seeds.split(",")]
+    results: list[dict] = []
+    started = time.time()
+
+    def write() -> None:
+        payload = {
+            "what": "case-level cross-validation of the nodule-guided recipe (export/nodule_training.py)",
+            "label_source": "TI-RADS category (2-3 benign, 4a-5 malignant), not pathology",
+            "data": {"path": str(data), **pack.meta}, "backbone": backbone, "folds": folds, "seeds": seed_list,
+            "recipe": NoduleRecipe(backbone=backbone, epochs=epochs).to_dict(),
+            "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0]},
+            "command": " ".join(sys.argv),
+            "summary": summarise(results) if results else {},
+            "out_of_fold": pooled_out_of_fold(results) if len(results) == folds * len(seed_list) else None,
+            "per_fold": [{k: v for k, v in r.items() if k != "scores"} for r in results],
+            "scores": [{"fold": r["fold"], "seed": r["seed"], "scores": r["scores"]} for r in results],
+        }
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(payload, indent=1))
+
+    def train_all() -> None:
+        recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed_list[0])
+        target = out / "all"
+        if not (target / "final.pt").exists():
+            click.echo(f"[all data] training on {len(pack)} crops", err=True)
+            fit_nodule(recipe, pack, np.arange(len(pack)), target, device=device, workers=workers, threads=threads)
+
+    done = 0
+    for fold in fold_list:
+        for seed in seed_list:
+            fold_dir = out / f"fold{fold}_seed{seed}"
+            result_file = fold_dir / "result.json"
+            if result_file.exists():
+                results.append(json.loads(result_file.read_text()))
+            else:
+                recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed)
+                train_index = np.flatnonzero(assignment != fold)
+                val_index = np.flatnonzero(assignment == fold)
+                click.echo(f"[fold {fold} seed {seed}] train {len(train_index)} crops, validate {len(val_index)}", err=True)
+                model = fit_nodule(recipe, pack, train_index, fold_dir, device=device, workers=workers, threads=threads)
+                if not (fold_dir / "final.pt").exists():
+                    raise click.ClickException(f"{fold_dir}: training ended without final.pt")
+                model, _, _ = load_checkpoint(fold_dir / "final.pt")
+                result = {"fold": fold, "seed": seed, **evaluate_fold(model, pack, train_index, val_index, recipe.image_size)}
+                result_file.write_text(json.dumps(result, indent=1))
+                results.append(result)
+                click.echo(f"[fold {fold} seed {seed}] AUC {result['auc']:.3f} "
+                           f"[{result['auc_ci95'][0]:.3f}, {result['auc_ci95'][1]:.3f}]  margins "
+                           + " ".join(f"{m}x {result[f'auc_margin_{m}']:.3f}" for m in MARGINS)
+                           + f"  CAM-in-mask {result['cam_in_mask']:.2f} (mask {result['mask_area']:.2f})", err=True)
+            write()
+        done += 1
+        if also_all and all_first_after is not None and done == all_first_after:
+            train_all()
+    if also_all:
+        train_all()
+    write()
+    click.echo(json.dumps({"summary": summarise(results), "minutes": round((time.time() - started) / 60, 1)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

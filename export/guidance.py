@@ -1,0 +1,112 @@
+"""Training-only heads and losses that make the classifier look at the nodule.
+
+The product is still :class:`MultimodalClassifier` (shared backbone + linear fusion head, exact CAMs);
+:class:`GuidedClassifier` wraps it with two auxiliary heads that are dropped at export:
+
+* a **segmentation head** (1x1 convolution on the last feature maps) trained on the nodule mask, so the
+  features that the CAM is built from encode where the nodule is;
+* an **ordinal TI-RADS head** (CORAL: one shared score, K-1 ordered thresholds) on the pooled features:
+  the risk level is richer than the binarised label.
+
+and the **CAM guidance loss**: the share of the CAM's evidence (positive and negative parts taken
+separately) that falls outside the dilated nodule mask.
+
+Everything here is a pure function of tensors or a small module, checked in tests/test_guidance.py
+against direct computations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .models import MultimodalClassifier
+
+
+class GuidedClassifier(nn.Module):
+    """A :class:`MultimodalClassifier` plus the auxiliary heads, for single-modality training batches."""
+
+    def __init__(self, base: MultimodalClassifier, modality: str = "bmode", tirads_levels: int = 6) -> None:
+        super().__init__()
+        if modality not in base.modalities:
+            raise ValueError(f"modality {modality!r} is not one of the model's {base.modalities}")
+        self.base = base
+        self.slot = base.modalities.index(modality)
+        channels = base.channels
+        self.aux_seg = nn.Conv2d(channels, 1, kernel_size=1)
+        self.aux_ordinal = nn.Linear(channels, 1, bias=False)
+        # CORAL thresholds, initialised ordered so that the cumulative probabilities start ordered.
+        self.aux_ordinal_bias = nn.Parameter(torch.linspace(1.0, -1.0, tirads_levels - 1))
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """pixels: B x 3 x S x S of one modality -> logit (B), cam (B x h x w), seg (B x h x w), ordinal (B x K-1).
+
+        The logit equals ``base(pixels at this slot, presence one-hot)``: the head is the product's head.
+        """
+        base = self.base
+        maps = base.feature_maps(pixels)
+        pooled = maps.mean(dim=(2, 3))
+        batch, channels = pooled.shape
+        num_modalities = len(base.modalities)
+        features = pooled.new_zeros(batch, num_modalities, channels)
+        features[:, self.slot] = pooled
+        presence = pooled.new_zeros(batch, num_modalities)
+        presence[:, self.slot] = 1.0
+        logit = base.head(torch.cat([features.flatten(1), presence], dim=1)).squeeze(1)
+        weight = base.head.weight[0, self.slot * channels:(self.slot + 1) * channels]
+        cam = torch.einsum("bchw,c->bhw", maps, weight)
+        seg = self.aux_seg(maps).squeeze(1)
+        ordinal = self.aux_ordinal(pooled) + self.aux_ordinal_bias
+        return {"logit": logit, "cam": cam, "seg": seg, "ordinal": ordinal, "maps": maps}
+
+
+def cam_outside_loss(cam: torch.Tensor, inside: torch.Tensor, valid: torch.Tensor | None = None,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """Mean share of the CAM's evidence outside the nodule.
+
+    cam: B x h x w; inside: B x h x w in [0, 1] (the dilated mask's coverage of each cell); valid: B bool
+    (crops with a mask). Positive and negative evidence are measured separately and averaged, so a map
+    cannot hide its outside mass by cancelling signs.
+    """
+    outside = 1.0 - inside
+    shares = []
+    for part in (F.relu(cam), F.relu(-cam)):
+        total = part.flatten(1).sum(1)
+        shares.append((part * outside).flatten(1).sum(1) / (total + eps))
+    per_crop = 0.5 * (shares[0] + shares[1])
+    if valid is not None:
+        if not bool(valid.any()):
+            return cam.sum() * 0.0
+        per_crop = per_crop[valid]
+    return per_crop.mean()
+
+
+def seg_loss(seg_logits: torch.Tensor, inside: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy of the segmentation head against the mask's cell coverage (soft targets)."""
+    per_crop = F.binary_cross_entropy_with_logits(seg_logits, inside, reduction="none").flatten(1).mean(1)
+    if valid is not None:
+        if not bool(valid.any()):
+            return seg_logits.sum() * 0.0
+        per_crop = per_crop[valid]
+    return per_crop.mean()
+
+
+def ordinal_targets(levels: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """Level index (B, long) -> cumulative targets B x (K-1): target[k] = level > k."""
+    thresholds = torch.arange(num_levels - 1, device=levels.device)
+    return (levels[:, None] > thresholds[None, :]).to(torch.float32)
+
+
+def ordinal_loss(ordinal_logits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """CORAL loss over the crops that have a level (levels < 0 are ignored)."""
+    known = levels >= 0
+    if not bool(known.any()):
+        return ordinal_logits.sum() * 0.0
+    targets = ordinal_targets(levels[known], ordinal_logits.shape[1] + 1)
+    return F.binary_cross_entropy_with_logits(ordinal_logits[known], targets)
+
+
+def ordinal_level(ordinal_logits: torch.Tensor) -> torch.Tensor:
+    """Predicted level index: the number of thresholds passed."""
+    return (torch.sigmoid(ordinal_logits) > 0.5).sum(1)

@@ -1,0 +1,352 @@
+"""The nodule-guided training recipe: the model is made to look at the nodule and to cope with the boxes,
+scanners and burned-in marks it will meet at run time.
+
+    python -m edge_thyroid.export.nodule_training --data ../shared/data/ddti/labels.csv --out runs/nodule_all --all
+    python -m edge_thyroid.export.nodule_training --data runs/ddti_160.npz --out runs/f0 --fold 0   # e.g. on a GPU
+
+What differs from the plain recipe (export/train.py):
+
+* inputs: with probability ``p_box`` a box around the nodule's mask (margin 1.1x-2.5x, random shift,
+  export/augment.py), else the stock crop; small affine, burned-in calipers/text/rulers on both classes,
+  scanner look (TGC, gain, gamma, resampling, blur, speckle, JPEG), horizontal flip;
+* losses: the product's BCE (label smoothing, class-balanced sampler) + CAM guidance (evidence outside the
+  dilated mask) + a segmentation head on the last feature maps + an ordinal TI-RADS head
+  (export/guidance.py); crops without a label (DDTI has 166) still teach the segmentation head and the CAM
+  guidance, never the classifier;
+* a fixed schedule: no epoch is picked on validation data; the saved model is the weight EMA at the end;
+* a data pack (export/datapack.py) and a device switch: on CUDA it trains in bf16 autocast,
+  channels-last, with loader workers; the CPU run is the reference recipe.
+
+Checkpoints: OUT/last.pt every epoch (model, EMA, auxiliary heads, optimizer; resumable) and OUT/final.pt,
+the EMA model alone in the project's checkpoint format (auxiliary heads dropped), which
+``edge-thyroid export`` turns into a bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
+
+from .augment import (box_at_margin, burn_in_marks, crop, mask_bbox, sample_box, scanner_look,
+                      small_affine)
+from .checkpoint import CheckpointInfo, save_checkpoint
+from .datapack import TIRADS_LEVELS, DataPack, pack_for
+from .guidance import GuidedClassifier, cam_outside_loss, ordinal_loss, seg_loss
+from .models import BACKBONE_CHANNELS, MODALITIES, MultimodalClassifier
+from .train import Ema, lr_lambda, smooth_targets
+
+LABEL_SOURCE = "TI-RADS category (2-3 benign, 4a-5 malignant), not pathology"
+
+
+@dataclass
+class NoduleRecipe:
+    backbone: str = "resnet50"
+    image_size: int = 128
+    epochs: int = 30
+    batch_size: int = 16          # labelled crops per step
+    unlabelled_per_batch: int = 2  # extra crops per step that only teach the mask heads
+    lr: float = 5e-4
+    warmup_epochs: float = 2.0
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    ema: float = 0.99
+    p_box: float = 0.7            # a mask-derived box instead of the stock crop
+    margin_min: float = 1.1
+    margin_max: float = 2.5
+    mask_dilation: float = 0.1    # of the nodule's size: evidence at the border counts as inside
+    augment_strength: float = 1.0
+    cam_weight: float = 1.0
+    seg_weight: float = 0.5
+    ordinal_weight: float = 0.5
+    seed: int = 0
+    label_source: str = LABEL_SOURCE
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- inputs ---------------------------------------------------------------------------------------------
+
+def dilate(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """Grow a mask by ``fraction`` of its bounding box's mean side (at least one pixel)."""
+    bbox = mask_bbox(mask)
+    if bbox is None or fraction <= 0:
+        return mask
+    radius = max(1, int(round(fraction * (bbox[2] + bbox[3]) / 2)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel) > 0
+
+
+def cell_coverage(mask: np.ndarray, grid: int) -> np.ndarray:
+    """The fraction of each of grid x grid cells that the mask covers (area average)."""
+    return cv2.resize(mask.astype(np.float32), (grid, grid), interpolation=cv2.INTER_AREA)
+
+
+def to_pixels(image: np.ndarray, spec: PreprocessSpec, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """A grayscale crop (or a box of it) through the engine's own preprocessing: 3 x S x S float32."""
+    h, w = image.shape[:2]
+    return preprocess_reference(image, [box or (0, 0, w, h)], spec)[0]
+
+
+def training_crop(image: np.ndarray, mask: np.ndarray, recipe: NoduleRecipe, spec: PreprocessSpec, grid: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One augmented training input: (pixels 3 x S x S, mask coverage grid x grid, has_mask)."""
+    strength = recipe.augment_strength
+    if rng.random() < 0.7:
+        image, mask = small_affine(image, mask, rng, strength)
+    image = burn_in_marks(image, mask, rng)
+    bbox = mask_bbox(mask)
+    if bbox is not None and rng.random() < recipe.p_box:
+        box = sample_box(bbox, image.shape, rng, margin=(recipe.margin_min, recipe.margin_max))
+        image, mask = crop(image, box), crop(mask, box)
+    image = scanner_look(image, rng, strength)
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    image = np.ascontiguousarray(image)
+    coverage = cell_coverage(dilate(np.ascontiguousarray(mask), recipe.mask_dilation), grid)
+    return to_pixels(image, spec), coverage, bool(mask.any())
+
+
+def evaluation_box(mask: np.ndarray, margin: float | None) -> tuple[int, int, int, int] | None:
+    """The stock crop (None) or the nodule's box at a fixed margin (stock crop when the mask is empty)."""
+    bbox = mask_bbox(mask) if margin is not None else None
+    return None if bbox is None else box_at_margin(bbox, margin, mask.shape)
+
+
+class NoduleBatches(torch.utils.data.Dataset):
+    """One epoch's draws (pack indices); each draw is augmented with its own seeded generator, so the
+    batches are the same whatever the number of loader workers."""
+
+    def __init__(self, pack: DataPack, draws: Sequence[int], recipe: NoduleRecipe, grid: int, epoch: int) -> None:
+        self.pack, self.draws, self.recipe, self.grid, self.epoch = pack, list(draws), recipe, grid, epoch
+        self.spec = PreprocessSpec(image_size=recipe.image_size)
+
+    def __len__(self) -> int:
+        return len(self.draws)
+
+    def __getitem__(self, k: int):
+        i = self.draws[k]
+        rng = np.random.default_rng((self.recipe.seed, self.epoch, k))
+        pixels, coverage, has_mask = training_crop(self.pack.images[i], self.pack.masks[i], self.recipe, self.spec,
+                                                   self.grid, rng)
+        return (torch.from_numpy(pixels), torch.from_numpy(coverage), torch.tensor(has_mask),
+                torch.tensor(float(self.pack.labels[i])), torch.tensor(int(self.pack.tirads[i])))
+
+
+def epoch_draws(labels: np.ndarray, labelled: np.ndarray, unlabelled: np.ndarray, recipe: NoduleRecipe,
+                epoch: int) -> list[int]:
+    """Pack indices for one epoch, batch by batch: ``batch_size`` labelled crops drawn class-balanced
+    (with replacement) followed by ``unlabelled_per_batch`` unlabelled ones."""
+    rng = np.random.default_rng((recipe.seed, epoch, 7))
+    classes = [labelled[labels[labelled] == c] for c in (0, 1)]
+    if any(len(c) == 0 for c in classes):
+        raise ValueError(f"training needs both classes; got {len(classes[1])} malignant / {len(classes[0])} benign crops")
+    steps = len(labelled) // recipe.batch_size
+    draws: list[int] = []
+    for _ in range(steps):
+        chosen = rng.integers(0, 2, recipe.batch_size)
+        draws += [int(rng.choice(classes[c])) for c in chosen]
+        if len(unlabelled) and recipe.unlabelled_per_batch:
+            draws += [int(i) for i in rng.choice(unlabelled, recipe.unlabelled_per_batch)]
+    return draws
+
+
+# -- training -------------------------------------------------------------------------------------------
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException("--device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+def feature_grid(backbone: str, image_size: int) -> int:
+    """Side of the backbone's last feature map for this input size (all four backbones: stride 32)."""
+    with torch.no_grad():
+        model = MultimodalClassifier(backbone, ("bmode",)).eval()
+        return int(model.feature_maps(torch.zeros(1, 3, image_size, image_size)).shape[-1])
+
+
+def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, out: Path, *,
+               device: str = "auto", workers: int = 0, threads: int = 0, resume: bool = True,
+               log: Callable[[str], None] | None = None) -> MultimodalClassifier:
+    """Train on ``pack[train_index]`` (labelled and unlabelled crops) for the fixed schedule.
+
+    Writes OUT/last.pt every epoch and OUT/final.pt (the EMA model, the project's checkpoint format) at
+    the end; returns that model in eval mode, on the CPU.
+    """
+    from tqdm import tqdm
+
+    log = log or (lambda msg: click.echo(msg, err=True))
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(recipe.seed)
+    dev = pick_device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = feature_grid(recipe.backbone, recipe.image_size)
+    train_index = np.asarray(train_index)
+    labels = pack.labels
+    labelled = train_index[labels[train_index] >= 0]
+    unlabelled = train_index[labels[train_index] < 0]
+    base = MultimodalClassifier(recipe.backbone, MODALITIES)
+    model = GuidedClassifier(base, "bmode", len(TIRADS_LEVELS)).to(dev).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps_per_epoch = len(labelled) // recipe.batch_size
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(recipe.epochs * steps_per_epoch, max(1, round(recipe.warmup_epochs * steps_per_epoch))))
+    ema = Ema(model, recipe.ema)
+    state = {"epoch": 0, "step": 0, "history": [], "elapsed_s": 0.0}
+    last = out / "last.pt"
+    if resume and last.exists():
+        payload = torch.load(last, map_location=dev, weights_only=True)
+        if payload.get("recipe") != recipe.to_dict():
+            raise click.ClickException(f"{last} was written with another recipe; use a new --out or --no-resume")
+        model.load_state_dict(payload["model"])
+        ema.model.load_state_dict(payload["ema"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        state = payload["state"]
+        log(f"resumed from {last} at epoch {state['epoch']}")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    started = time.monotonic() - state["elapsed_s"]
+    batch = recipe.batch_size + (recipe.unlabelled_per_batch if len(unlabelled) else 0)
+    for epoch in range(state["epoch"], recipe.epochs):
+        model.train()
+        draws = epoch_draws(labels, labelled, unlabelled, recipe, epoch)
+        loader = torch.utils.data.DataLoader(NoduleBatches(pack, draws, recipe, grid, epoch), batch_size=batch,
+                                             shuffle=False, num_workers=workers, drop_last=True,
+                                             persistent_workers=False, pin_memory=dev.type == "cuda")
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, file=sys.stderr)
+        for pixels, coverage, has_mask, label, level in bar:
+            pixels = pixels.to(dev, non_blocking=True).to(memory_format=torch.channels_last)
+            coverage, has_mask = coverage.to(dev), has_mask.to(dev)
+            label, level = label.to(dev), level.to(dev)
+            known = label >= 0
+            with autocast:
+                outputs = model(pixels)
+            logit, cam = outputs["logit"].float(), outputs["cam"].float()
+            losses = {
+                "cls": F.binary_cross_entropy_with_logits(logit[known], smooth_targets(label[known], recipe.label_smoothing)),
+                "cam": cam_outside_loss(cam, coverage, has_mask),
+                "seg": seg_loss(outputs["seg"].float(), coverage, has_mask),
+                "ord": ordinal_loss(outputs["ordinal"].float(), level),
+            }
+            loss = (losses["cls"] + recipe.cam_weight * losses["cam"] + recipe.seg_weight * losses["seg"]
+                    + recipe.ordinal_weight * losses["ord"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            state["step"] += 1
+            ema.update(model, state["step"])
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            bar.set_postfix({k: f"{v / (bar.n + 1):.3f}" for k, v in sums.items()})
+        elapsed = time.monotonic() - started
+        record = {"epoch": epoch + 1, **{k: v / max(1, len(loader)) for k, v in sums.items()},
+                  "elapsed_s": round(elapsed, 1)}
+        state["history"].append(record)
+        state["epoch"], state["elapsed_s"] = epoch + 1, elapsed
+        tmp = last.with_suffix(".pt.tmp")
+        torch.save({"recipe": recipe.to_dict(), "model": model.state_dict(), "ema": ema.model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state}, tmp)
+        tmp.replace(last)
+        (out / "history.json").write_text(json.dumps(state["history"], indent=1))
+        log(f"epoch {epoch + 1}/{recipe.epochs}: " + "  ".join(f"{k} {v:.3f}" for k, v in record.items()
+                                                                 if k not in ("epoch", "elapsed_s"))
+            + f"  ({elapsed / 60:.1f} min)")
+    final = MultimodalClassifier(recipe.backbone, MODALITIES)
+    final.load_state_dict(ema.model.base.state_dict())
+    final.zero_untrained_modalities(("bmode",))
+    final.eval()
+    info = CheckpointInfo(backbone=recipe.backbone, modalities=MODALITIES, trained_modalities=("bmode",),
+                          image_size=recipe.image_size,
+                          training={"recipe": recipe.to_dict(), "data": pack.meta, "epochs": recipe.epochs,
+                                    "train_crops": int(len(labelled)), "unlabelled_crops": int(len(unlabelled)),
+                                    "label_source": recipe.label_source, "history": state["history"]})
+    save_checkpoint(out / "final.pt", final, info)
+    return final
+
+
+# -- scoring --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def score(model: MultimodalClassifier, images: Sequence[np.ndarray], boxes: Sequence, image_size: int,
+          batch: int = 32, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """p(malignant) and the B-mode CAM (N x h x w) of each image's box (None: the whole crop)."""
+    spec = PreprocessSpec(image_size=image_size)
+    guided = GuidedClassifier(model, "bmode").eval()
+    probabilities, cams = [], []
+    for start in range(0, len(images), batch):
+        chunk = [to_pixels(im[:, ::-1] if flip else im, spec, box) for im, box in
+                 zip(images[start:start + batch], boxes[start:start + batch])]
+        out = guided(torch.from_numpy(np.stack(chunk)))
+        probabilities.append(torch.sigmoid(out["logit"]).numpy())
+        cams.append(out["cam"].numpy())
+    return np.concatenate(probabilities).astype(np.float64), np.concatenate(cams).astype(np.float64)
+
+
+# -- folds ----------------------------------------------------------------------------------------------
+
+def fold_assignment(pack: DataPack, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold of every crop, by case: the labelled crops split exactly as ``edge-thyroid evaluate --split``
+    does (edge_thyroid.dataset.case_folds); an unlabelled crop follows its case, and a case with no
+    labelled crop is -1 (training side of every fold)."""
+    from edge_thyroid.dataset import Sample, case_folds
+
+    labelled = np.flatnonzero(pack.labelled)
+    samples = [Sample(Path(str(pack.names[i])), int(pack.labels[i]), str(pack.case_ids[i])) for i in labelled]
+    assigned = case_folds(samples, folds, seed)
+    fold_of_case = {s.case_id: f for s, f in zip(samples, assigned)}
+    return np.asarray([fold_of_case.get(str(c), -1) for c in pack.case_ids])
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Labelled CSV (image, mask, case_id, tirads, label) or a data pack (.npz, export/datapack.py).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder (last.pt, final.pt).")
+@click.option("--fold", type=int, default=None, help="Train on every fold but this one (case-level).")
+@click.option("--folds", type=int, default=4, show_default=True)
+@click.option("--all", "use_all", is_flag=True, help="Train on every crop (the shipped model).")
+@click.option("--backbone", type=click.Choice(sorted(BACKBONE_CHANNELS)), default="resnet50", show_default=True)
+@click.option("--epochs", type=int, default=NoduleRecipe.epochs, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
+@click.option("--workers", type=int, default=0, show_default=True, help="Data-loader worker processes.")
+@click.option("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
+@click.option("--resume/--no-resume", default=True, show_default=True)
+def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, device, workers, threads, resume) -> None:
+    """Train the nodule-guided classifier on one case-level fold's training side, or on all data."""
+    if (fold is None) == (not use_all):
+        raise click.UsageError("give exactly one of --fold K or --all")
+    pack = pack_for(data)
+    recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed)
+    if use_all:
+        index = np.arange(len(pack))
+    else:
+        if not 0 <= fold < folds:
+            raise click.BadParameter(f"must be in [0, {folds}), got {fold}", param_hint="--fold")
+        index = np.flatnonzero(fold_assignment(pack, folds) != fold)
+    fit_nodule(recipe, pack, index, Path(out_dir), device=device, workers=workers, threads=threads, resume=resume)
+    click.echo(json.dumps({"checkpoint": str(Path(out_dir) / "final.pt")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The training inputs of the nodule-guided recipe (export/augment.py): boxes, scanner look, burned-in marks.
+
+Pure functions on small arrays; each property is one that a broken implementation would fail.
+"""
+
+import cv2
+import numpy as np
+import pytest
+
+from .conftest import needs_torch, ultrasound_like
+
+pytestmark = needs_torch
+
+
+def disc_mask(h=120, w=160, cx=80, cy=60, rx=30, ry=20):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+
+
+def test_mask_bbox_is_tight_and_none_for_empty():
+    from edge_thyroid.export.augment import mask_bbox
+
+    mask = np.zeros((10, 12), bool)
+    mask[2:5, 3:9] = True
+    assert mask_bbox(mask) == (3, 2, 6, 3)
+    assert mask_bbox(np.zeros((4, 4), bool)) is None
+
+
+def test_box_at_margin_grows_about_the_centre_and_is_cut_to_the_image():
+    from edge_thyroid.export.augment import box_at_margin
+
+    assert box_at_margin((40, 30, 20, 10), 2.0, (100, 100)) == (30, 25, 40, 20)
+    assert box_at_margin((40, 30, 20, 10), 1.0, (100, 100)) == (40, 30, 20, 10)
+    # Near the corner the box is cut, never negative or past the edge.
+    x, y, w, h = box_at_margin((0, 0, 30, 30), 3.0, (50, 60))
+    assert (x, y) == (0, 0) and x + w <= 60 and y + h <= 50 and w == 60 and h == 50
+
+
+def test_sample_box_margins_cover_the_nodule_centre_and_stay_inside():
+    from edge_thyroid.export.augment import sample_box
+
+    rng = np.random.default_rng(0)
+    bbox = (100, 80, 60, 40)
+    shape = (400, 500)
+    widths = []
+    for _ in range(500):
+        x, y, w, h = sample_box(bbox, shape, rng, margin=(1.1, 2.5), shift=0.15, aspect=0.0)
+        assert 0 <= x and 0 <= y and x + w <= 500 and y + h <= 400
+        assert x <= 130 <= x + w and y <= 100 <= y + h  # the nodule's centre is in the box
+        widths.append(w / 60)
+    widths = np.array(widths)
+    assert widths.min() >= 1.1 - 0.05 and widths.max() <= 2.5 + 0.05
+    assert widths.min() < 1.2 and widths.max() > 2.4  # the whole range is used
+
+
+def test_depth_gain_is_a_row_ramp():
+    from edge_thyroid.export.augment import depth_gain
+
+    image = np.full((11, 5), 100, np.uint8)
+    out = depth_gain(image, 1.0, 2.0)
+    np.testing.assert_array_equal(out[:, 0], np.round(100 * np.linspace(1.0, 2.0, 11)).astype(np.uint8).clip(0, 255))
+    assert (out == out[:, :1]).all()
+
+
+def test_gamma_matches_the_formula_and_keeps_the_ends():
+    from edge_thyroid.export.augment import gamma
+
+    image = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    out = gamma(image, 2.0)
+    expected = np.clip(255 * (np.arange(256) / 255.0) ** 2 + 0.5, 0, 255).astype(np.uint8).reshape(16, 16)
+    np.testing.assert_array_equal(out, expected)
+    assert out[0, 0] == 0 and out[-1, -1] == 255
+
+
+def test_speckle_is_multiplicative_and_roughly_sigma():
+    from edge_thyroid.export.augment import speckle
+
+    rng = np.random.default_rng(1)
+    assert (speckle(np.zeros((64, 64), np.uint8), 0.1, rng) == 0).all()  # black stays black
+    out = speckle(np.full((128, 128), 100, np.uint8), 0.1, rng).astype(np.float64)
+    assert out.mean() == pytest.approx(100, abs=1.5)
+    assert 4.0 < out.std() < 20.0
+
+
+def test_resample_blur_and_jpeg_keep_shape_and_mean():
+    from edge_thyroid.export.augment import blur, jpeg, resample
+
+    image = ultrasound_like(90, 110, seed=3)
+    for out in (resample(image, 0.5), blur(image, 1.0), jpeg(image, 40)):
+        assert out.shape == image.shape and out.dtype == np.uint8
+        assert abs(float(out.mean()) - float(image.mean())) < 4.0
+        assert not np.array_equal(out, image)
+    # Resampling removes fine detail: the Laplacian's energy drops.
+    lap = lambda im: np.abs(cv2.Laplacian(im.astype(np.float32), cv2.CV_32F)).mean()  # noqa: E731
+    assert lap(resample(image, 0.4)) < 0.7 * lap(image)
+
+
+def test_scanner_look_is_seeded_and_keeps_the_skin_line_on_top():
+    from edge_thyroid.export.augment import scanner_look
+
+    image = ultrasound_like(96, 120, seed=1)
+    image[:20] = 255
+    a = scanner_look(image, np.random.default_rng(5))
+    b = scanner_look(image, np.random.default_rng(5))
+    np.testing.assert_array_equal(a, b)
+    for seed in range(20):
+        out = scanner_look(image, np.random.default_rng(seed))
+        assert out.shape == image.shape and out.dtype == np.uint8
+        assert out[:15].mean() > 1.5 * out[-15:].mean()
+
+
+@pytest.mark.parametrize("shape", ["+", "x"])
+@pytest.mark.parametrize("hollow", [False, True])
+def test_draw_caliper_draws_the_right_shape(shape, hollow):
+    from edge_thyroid.export.augment import draw_caliper
+
+    image = np.zeros((31, 31), np.uint8)
+    draw_caliper(image, (15, 15), 11, shape, 255, hollow=hollow)
+    on = image > 0
+    assert on.sum() >= 12
+    assert bool(on[15, 15]) is (not hollow)
+    if shape == "+":
+        assert on[15, 10] and on[20, 15] and not on[10, 10]
+    else:
+        assert on[10, 10] and on[20, 20] and not on[15, 10]
+    ys, xs = np.nonzero(on)
+    assert xs.min() >= 10 and xs.max() <= 20  # 11 px wide
+
+
+def test_calipers_sit_at_the_mask_extremes():
+    from edge_thyroid.export.augment import draw_calipers, mask_extremes
+
+    mask = disc_mask()
+    points = mask_extremes(mask)
+    assert points["left"][0] == 50 and points["right"][0] == 110 and points["top"][1] == 40 and points["bottom"][1] == 80
+    image = np.zeros(mask.shape, np.uint8)
+    for seed in range(10):
+        out = draw_calipers(image, mask, np.random.default_rng(seed))
+        ys, xs = np.nonzero(out)
+        assert len(xs) > 0
+        # Every drawn pixel is within a caliper's half-size (<= 8 px) of an extreme point.
+        near = np.zeros(len(xs), bool)
+        for px, py in points.values():
+            near |= (np.abs(xs - px) <= 8) & (np.abs(ys - py) <= 8)
+        assert near.all()
+    assert (draw_calipers(image, np.zeros_like(mask), np.random.default_rng(0)) == 0).all()
+
+
+def test_marks_do_not_depend_on_anything_but_the_generator():
+    """Burned-in marks are drawn from the generator alone: identical draws for a benign and a malignant
+    crop with the same mask, so no mark correlates with the label."""
+    from edge_thyroid.export.augment import burn_in_marks
+
+    mask = disc_mask()
+    base = np.zeros(mask.shape, np.uint8)
+    a = burn_in_marks(base, mask, np.random.default_rng(3), 1.0, 1.0, 1.0)
+    b = burn_in_marks(base.copy(), mask, np.random.default_rng(3), 1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(a, b)
+    assert (a > 0).sum() > 20
+    assert (base == 0).all()  # the input is not drawn on
+
+
+def test_small_affine_moves_image_and_mask_together():
+    from edge_thyroid.export.augment import small_affine
+
+    image = np.zeros((120, 160), np.uint8)
+    mask = disc_mask()
+    image[mask] = 200
+    out, out_mask = small_affine(image, mask, np.random.default_rng(2))
+    assert out_mask.dtype == bool
+    inside = out[out_mask].mean()
+    assert inside > 180  # the bright disc moved with its mask
+    assert abs(int(out_mask.sum()) - int(mask.sum())) < 0.25 * mask.sum()

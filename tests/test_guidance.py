@@ -1,0 +1,194 @@
+"""Training-only heads and losses (export/guidance.py) and the nodule recipe's inputs and folds
+(export/nodule_training.py, export/datapack.py), checked against direct computations."""
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from .conftest import needs_torch, ultrasound_like
+
+pytestmark = needs_torch
+
+
+def test_cam_outside_loss_against_a_direct_computation():
+    import torch
+
+    from edge_thyroid.export.guidance import cam_outside_loss
+
+    rng = np.random.default_rng(0)
+    cam = rng.normal(size=(3, 4, 4))
+    inside = rng.uniform(size=(3, 4, 4))
+    expected = []
+    for c, m in zip(cam, inside):
+        pos, neg = np.maximum(c, 0), np.maximum(-c, 0)
+        expected.append(0.5 * ((pos * (1 - m)).sum() / pos.sum() + (neg * (1 - m)).sum() / neg.sum()))
+    got = cam_outside_loss(torch.tensor(cam), torch.tensor(inside), eps=0.0)
+    assert float(got) == pytest.approx(np.mean(expected), rel=1e-9)
+    valid = torch.tensor([True, False, True])
+    got = cam_outside_loss(torch.tensor(cam), torch.tensor(inside), valid, eps=0.0)
+    assert float(got) == pytest.approx(np.mean([expected[0], expected[2]]), rel=1e-9)
+    # Evidence only inside the mask costs nothing; only outside costs everything.
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 1:3, 1:3] = 1
+    assert float(cam_outside_loss(mask * 3.0 - mask * 0.0, mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(cam_outside_loss((1 - mask) * 2.0, mask)) == pytest.approx(0.5, abs=1e-6)
+    assert float(cam_outside_loss(torch.randn(2, 4, 4), torch.zeros(2, 4, 4), torch.tensor([False, False]))) == 0.0
+
+
+def test_seg_loss_is_mean_bce_over_valid_crops():
+    import torch
+
+    from edge_thyroid.export.guidance import seg_loss
+
+    logits = torch.tensor([[[2.0, -1.0]], [[0.5, 0.0]]])
+    target = torch.tensor([[[1.0, 0.25]], [[0.0, 1.0]]])
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    bce = lambda z, t: -(t * np.log(sig(z)) + (1 - t) * np.log(1 - sig(z)))  # noqa: E731
+    first = (bce(2.0, 1.0) + bce(-1.0, 0.25)) / 2
+    second = (bce(0.5, 0.0) + bce(0.0, 1.0)) / 2
+    assert float(seg_loss(logits, target)) == pytest.approx((first + second) / 2, rel=1e-6)
+    assert float(seg_loss(logits, target, torch.tensor([True, False]))) == pytest.approx(first, rel=1e-6)
+
+
+def test_ordinal_targets_loss_and_level():
+    import torch
+
+    from edge_thyroid.export.guidance import ordinal_level, ordinal_loss, ordinal_targets
+
+    levels = torch.tensor([0, 2, 5])
+    np.testing.assert_array_equal(ordinal_targets(levels, 6).numpy(),
+                                  [[0, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
+    # Logits that agree strongly with the targets give a small loss and decode to the right level.
+    logits = (ordinal_targets(levels, 6) * 2 - 1) * 8
+    assert float(ordinal_loss(logits, levels)) < 1e-3
+    np.testing.assert_array_equal(ordinal_level(logits).numpy(), [0, 2, 5])
+    # Unknown levels (-1) are ignored; none known: zero.
+    assert float(ordinal_loss(logits, torch.tensor([0, -1, 5]))) < 1e-3
+    assert float(ordinal_loss(logits, torch.tensor([-1, -1, -1]))) == 0.0
+
+
+def test_guided_logit_is_the_products_logit_and_cam_is_exact():
+    """The training wrapper's logit equals MultimodalClassifier's on a B-mode pane, and the CAM it
+    guides is the runtime's: mean(CAM) + presence bias + bias = logit."""
+    import torch
+
+    from edge_thyroid.export.guidance import GuidedClassifier
+    from edge_thyroid.export.models import MultimodalClassifier
+
+    torch.manual_seed(0)
+    base = MultimodalClassifier("resnet50").eval()
+    torch.nn.init.normal_(base.head.weight, std=1e-2)
+    guided = GuidedClassifier(base, "bmode").eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = guided(pixels)
+        panes = torch.zeros(2, 3, 3, 64, 64)
+        panes[:, 0] = pixels
+        reference = base(panes, torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]))
+    np.testing.assert_allclose(out["logit"].numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+    presence_bias = base.head.weight[0, 3 * base.channels].item()
+    from_cam = out["cam"].mean(dim=(1, 2)) + presence_bias + base.head.bias.item()
+    np.testing.assert_allclose(from_cam.numpy(), out["logit"].numpy(), rtol=1e-5, atol=1e-5)
+    assert out["seg"].shape == out["cam"].shape == (2, 2, 2) and out["ordinal"].shape == (2, 5)
+
+
+def test_cell_coverage_and_dilate():
+    from edge_thyroid.export.nodule_training import cell_coverage, dilate
+
+    mask = np.zeros((8, 8), bool)
+    mask[:4, :4] = True
+    np.testing.assert_allclose(cell_coverage(mask, 2), [[1, 0], [0, 0]])
+    mask = np.zeros((40, 40), bool)
+    mask[15:25, 15:25] = True
+    grown = dilate(mask, 0.2)
+    assert grown[mask].all() and grown.sum() > mask.sum() and not grown[0, 0]
+    assert (dilate(np.zeros((5, 5), bool), 0.2) == 0).all()
+
+
+def test_training_crop_is_seeded_and_shaped():
+    from edge_thyroid.export.nodule_training import NoduleRecipe, training_crop
+    from edge_thyroid.kernels.reference import PreprocessSpec
+
+    image = ultrasound_like(120, 120, seed=2)
+    yy, xx = np.mgrid[0:120, 0:120]
+    mask = ((yy - 60) / 26) ** 2 + ((xx - 60) / 36) ** 2 < 1
+    recipe, spec = NoduleRecipe(image_size=64), PreprocessSpec(image_size=64)
+    a = training_crop(image, mask, recipe, spec, 2, np.random.default_rng(4))
+    b = training_crop(image, mask, recipe, spec, 2, np.random.default_rng(4))
+    np.testing.assert_array_equal(a[0], b[0])
+    pixels, coverage, has_mask = a
+    assert pixels.shape == (3, 64, 64) and pixels.dtype == np.float32
+    assert coverage.shape == (2, 2) and has_mask
+    assert 0 <= coverage.min() and coverage.max() <= 1 and coverage.mean() > 0.2
+
+
+def test_epoch_draws_balance_classes_and_append_unlabelled():
+    from edge_thyroid.export.nodule_training import NoduleRecipe, epoch_draws
+
+    labels = np.array([0] * 5 + [1] * 45 + [-1] * 10)
+    labelled, unlabelled = np.arange(50), np.arange(50, 60)
+    recipe = NoduleRecipe(batch_size=10, unlabelled_per_batch=2)
+    draws = np.array(epoch_draws(labels, labelled, unlabelled, recipe, 0))
+    assert len(draws) == 5 * 12
+    per_batch = draws.reshape(5, 12)
+    assert (labels[per_batch[:, :10]] >= 0).all() and (labels[per_batch[:, 10:]] < 0).all()
+    benign_share = np.mean(labels[per_batch[:, :10]] == 0)
+    assert 0.3 < benign_share < 0.7  # balanced, though only 10% of the crops are benign
+    assert draws.tolist() == epoch_draws(labels, labelled, unlabelled, recipe, 0)
+    with pytest.raises(ValueError, match="both classes"):
+        epoch_draws(np.ones(50, int), labelled, unlabelled, recipe, 0)
+
+
+def _write_csv(folder):
+    (folder / "images").mkdir()
+    (folder / "masks").mkdir()
+    rows = []
+    for case in range(8):
+        for k in range(2):
+            name = f"{case}_{k}"
+            cv2.imwrite(str(folder / "images" / f"{name}.png"), ultrasound_like(60, 60, seed=case * 3 + k))
+            mask = np.zeros((60, 60), np.uint8)
+            mask[20:40, 15:45] = 255
+            cv2.imwrite(str(folder / "masks" / f"{name}.png"), mask)
+            label, tirads = ("", "") if case == 7 else (("benign", "2") if case % 2 else ("malignant", "4b"))
+            rows.append({"image": f"images/{name}.png", "mask": f"masks/{name}.png", "case_id": str(case),
+                         "tirads": tirads, "label": label, "modality": "bmode"})
+    path = folder / "labels.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_datapack_round_trip_and_folds_follow_evaluate(tmp_path):
+    from edge_thyroid.dataset import read_samples, split_by_case
+    from edge_thyroid.export.datapack import build_pack, load_pack, save_pack
+    from edge_thyroid.export.nodule_training import fold_assignment
+
+    csv_path = _write_csv(tmp_path)
+    pack = build_pack(csv_path, progress=False)
+    path = save_pack(pack, tmp_path / "pack.npz")
+    again = load_pack(path)
+    np.testing.assert_array_equal(again.images, pack.images)
+    np.testing.assert_array_equal(again.masks, pack.masks)
+    assert again.masks[0, 30, 30] and not again.masks[0, 5, 5]
+    assert again.labels.tolist()[:4] == [1, 1, 0, 0] and again.labels[-1] == -1
+    assert again.tirads.tolist()[:4] == [3, 3, 0, 0] and again.tirads[-1] == -1
+    assert len(again.meta["csv_sha256"]) == 64
+    small = build_pack(csv_path, size=32, progress=False)
+    assert small.images.shape == (16, 32, 32) and small.masks.shape == (16, 32, 32)
+    # Folds: the labelled crops are split exactly as `evaluate --split val` splits them; the unlabelled
+    # case trains in every fold.
+    folds = fold_assignment(again, 2)
+    assert (folds[again.labels < 0] == -1).all()
+    _, val = split_by_case(read_samples(csv_path), folds=2, fold=1)
+    val_names = {str(s.image.relative_to(tmp_path)) for s in val}
+    assert val_names == {str(n) for n, f in zip(again.names, folds) if f == 1}
+    with pytest.raises(ValueError, match="not a data pack|cannot read"):
+        bad = tmp_path / "bad.npz"
+        np.savez(bad, meta=json.dumps({"format": "other"}))
+        load_pack(bad)
