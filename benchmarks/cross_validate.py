@@ -123,14 +123,17 @@ def pooled_out_of_fold(folds: list[dict]) -> dict:
 @click.option("--folds", type=int, default=4, show_default=True)
 @click.option("--only-folds", default=None, help="Comma-separated folds to run (default: all), e.g. to order the work.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated training seeds.")
+@click.option("--init", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Pre-trained checkpoint whose backbone starts every fold (and the all-data model).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
 @click.option("--threads", type=int, default=0)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--also-all", is_flag=True, help="Then train the same recipe on every crop (OUT/all/final.pt).")
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
-def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, threads, device, workers, also_all,
-         all_first_after) -> None:
+def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, threads, device, workers,
+         also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
@@ -144,12 +147,18 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, th
     results: list[dict] = []
     started = time.time()
 
+    def make_recipe(seed: int) -> NoduleRecipe:
+        recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init)
+        if lr is not None:
+            recipe.lr = lr
+        return recipe
+
     def write() -> None:
         payload = {
             "what": "case-level cross-validation of the nodule-guided recipe (export/nodule_training.py)",
             "label_source": "TI-RADS category (2-3 benign, 4a-5 malignant), not pathology",
             "data": {"path": str(data), **pack.meta}, "backbone": backbone, "folds": folds, "seeds": seed_list,
-            "recipe": NoduleRecipe(backbone=backbone, epochs=epochs).to_dict(),
+            "recipe": make_recipe(seed_list[0]).to_dict(),
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0]},
             "command": " ".join(sys.argv),
             "summary": summarise(results) if results else {},
@@ -161,7 +170,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, th
         Path(json_out).write_text(json.dumps(payload, indent=1))
 
     def train_all() -> None:
-        recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed_list[0])
+        recipe = make_recipe(seed_list[0])
         target = out / "all"
         if not (target / "final.pt").exists():
             click.echo(f"[all data] training on {len(pack)} crops", err=True)
@@ -175,7 +184,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, th
             if result_file.exists():
                 results.append(json.loads(result_file.read_text()))
             else:
-                recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed)
+                recipe = make_recipe(seed)
                 train_index = np.flatnonzero(assignment != fold)
                 val_index = np.flatnonzero(assignment == fold)
                 click.echo(f"[fold {fold} seed {seed}] train {len(train_index)} crops, validate {len(val_index)}", err=True)

@@ -123,6 +123,39 @@ def build_pack(csv_path: str | Path, size: int | None = None, progress: bool = T
                     np.asarray(cases), np.asarray(names), meta)
 
 
+def build_busi_pack(csv_path: str | Path, size: int, progress: bool = True) -> DataPack:
+    """BUSI as a pre-training pack: malignant -> 1, benign and normal -> 0, no masks, no TI-RADS; the one
+    image that appears under both labels is dropped (see ../shared/data/README.md)."""
+    from tqdm import tqdm
+
+    from .pretrain import busi_samples
+
+    samples = busi_samples(csv_path)
+    images = []
+    for s in tqdm(samples, desc="packing BUSI", disable=not progress):
+        image = cv2.imread(str(s.image), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise ValueError(f"{csv_path}: cannot decode image {s.image}")
+        images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+    n = len(samples)
+    csv_path = Path(csv_path)
+    meta = {"format": PACK_FORMAT, "csv": str(csv_path), "csv_sha256": _sha256_bytes(csv_path.read_bytes()),
+            "size": size, "rows": n}
+    return DataPack(np.stack(images), np.zeros((n, size, size), bool), np.asarray([s.label for s in samples], np.int8),
+                    np.full(n, -1, np.int8), np.asarray([f"busi:{s.case_id}" for s in samples]),
+                    np.asarray([str(s.image.relative_to(csv_path.parent)) for s in samples]), meta)
+
+
+def concat_packs(packs: list[DataPack]) -> DataPack:
+    """One pack of several (same image size); the meta lists the parts."""
+    shapes = {p.images.shape[1:] for p in packs}
+    if len(shapes) != 1:
+        raise ValueError(f"packs have different image sizes {sorted(shapes)}; build them with one --size")
+    field = lambda name: np.concatenate([getattr(p, name) for p in packs])  # noqa: E731
+    return DataPack(field("images"), field("masks"), field("labels"), field("tirads"), field("case_ids"),
+                    field("names"), {"format": PACK_FORMAT, "parts": [p.meta for p in packs], "rows": sum(map(len, packs))})
+
+
 def save_pack(pack: DataPack, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,10 +200,20 @@ def pack_for(data: str | Path, cache_dir: str | Path = "runs", size: int | None 
               help="CSV with image, mask, case_id, tirads, label columns (e.g. ../shared/data/ddti/labels.csv).")
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Pack to write (.npz).")
 @click.option("--size", type=int, default=None, help="Resize every crop to SIZE x SIZE (default: keep the native size).")
-def main(data_csv: str, out_path: str, size: int | None) -> None:
+@click.option("--pretrain-with-busi", "busi_csv", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Build the pre-training pack instead: this BUSI labels.csv (labelled) plus only the UNLABELLED "
+                   "crops of --data (they belong to no validation fold); needs --size.")
+def main(data_csv: str, out_path: str, size: int | None, busi_csv: str | None) -> None:
     """Pack a labelled crop set (images, masks, labels, TI-RADS, cases, sha256s) into one .npz."""
     try:
-        pack = build_pack(data_csv, size=size)
+        if busi_csv:
+            if not size:
+                raise ValueError("--pretrain-with-busi needs --size (BUSI and DDTI crops differ in size)")
+            ddti = build_pack(data_csv, size=size)
+            pack = concat_packs([build_busi_pack(busi_csv, size), ddti.subset(np.flatnonzero(~ddti.labelled))])
+            pack.meta["csv_sha256"] = "+".join(p.get("csv_sha256", "") for p in pack.meta["parts"])
+        else:
+            pack = build_pack(data_csv, size=size)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     path = save_pack(pack, out_path)

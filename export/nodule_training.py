@@ -72,6 +72,7 @@ class NoduleRecipe:
     seg_weight: float = 0.5
     ordinal_weight: float = 0.5
     seed: int = 0
+    init: str | None = None       # a pre-trained checkpoint whose backbone starts the run
     label_source: str = LABEL_SOURCE
 
     def to_dict(self) -> dict:
@@ -204,6 +205,13 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     labelled = train_index[labels[train_index] >= 0]
     unlabelled = train_index[labels[train_index] < 0]
     base = MultimodalClassifier(recipe.backbone, MODALITIES)
+    if recipe.init:
+        # Only the backbone: the head and the auxiliary heads start fresh for the new task.
+        from .train import init_from
+
+        head = {k: v.clone() for k, v in base.head.state_dict().items()}
+        log(f"initialised {init_from(base, recipe.init)} tensors from {recipe.init}")
+        base.head.load_state_dict(head)
     model = GuidedClassifier(base, "bmode", len(TIRADS_LEVELS)).to(dev).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = len(labelled) // recipe.batch_size
@@ -328,16 +336,19 @@ def fold_assignment(pack: DataPack, folds: int, seed: int = 0) -> np.ndarray:
 @click.option("--backbone", type=click.Choice(sorted(BACKBONE_CHANNELS)), default="resnet50", show_default=True)
 @click.option("--epochs", type=int, default=NoduleRecipe.epochs, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--init", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Start the backbone from this checkpoint (e.g. the pre-training run's final.pt).")
+@click.option("--lr", type=float, default=NoduleRecipe.lr, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loader worker processes.")
 @click.option("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
 @click.option("--resume/--no-resume", default=True, show_default=True)
-def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, device, workers, threads, resume) -> None:
+def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, device, workers, threads, resume) -> None:
     """Train the nodule-guided classifier on one case-level fold's training side, or on all data."""
     if (fold is None) == (not use_all):
         raise click.UsageError("give exactly one of --fold K or --all")
     pack = pack_for(data)
-    recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed)
+    recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init, lr=lr)
     if use_all:
         index = np.arange(len(pack))
     else:

@@ -1,0 +1,103 @@
+"""Markdown tables and a reliability diagram from cross-validation results (benchmarks/cross_validate.py).
+
+    python benchmarks/report_cv.py benchmarks/results/cv_resnet50.json [more.json ...] \\
+        --markdown benchmarks/results/cv.md --reliability docs/cv_reliability.png
+
+The first file gets the per-fold table and the reliability diagram (its pooled out-of-fold scores); every
+file gets a row in the comparison table (mean +- sd over folds; a run with fewer folds done says so).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+
+def _cell(summary: dict, key: str) -> str:
+    value = summary.get(key)
+    if not value:
+        return "-"
+    sd = value.get("sd")
+    return f"{value['mean']:.3f} ± {sd:.3f}" if sd is not None else f"{value['mean']:.3f}"
+
+
+def fold_table(cv: dict) -> list[str]:
+    lines = ["| fold | val crops (benign) | AUC [95% DeLong CI] | AUC 1.2x | AUC 1.5x | AUC 2x | CAM in mask | mask area | "
+             "sens / spec at train-side threshold | TI-RADS 2 benign |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for f in cv["per_fold"]:
+        t2 = f"{f['tirads2_benign_rate']:.2f} of {f['tirads2_crops']}" if f.get("tirads2_benign_rate") is not None else "-"
+        lines.append(f"| {f['fold']} (seed {f['seed']}) | {f['val_crops']} ({f['val_benign']}) | {f['auc']:.3f} "
+                     f"[{f['auc_ci95'][0]:.3f}, {f['auc_ci95'][1]:.3f}] | {f['auc_margin_1.2']:.3f} | "
+                     f"{f['auc_margin_1.5']:.3f} | {f['auc_margin_2.0']:.3f} | {f['cam_in_mask']:.2f} | "
+                     f"{f['mask_area']:.2f} | {f['sensitivity']:.2f} / {f['specificity']:.2f} | {t2} |")
+    s = cv["summary"]
+    lines.append(f"| **mean ± sd** | | **{_cell(s, 'auc')}** | {_cell(s, 'auc_margin_1.2')} | {_cell(s, 'auc_margin_1.5')} | "
+                 f"{_cell(s, 'auc_margin_2.0')} | {_cell(s, 'cam_in_mask')} | {_cell(s, 'mask_area')} | "
+                 f"{_cell(s, 'sensitivity')} / {_cell(s, 'specificity')} | {_cell(s, 'tirads2_benign_rate')} |")
+    return lines
+
+
+def comparison_table(runs: list[tuple[str, dict]]) -> list[str]:
+    lines = ["| run | folds done | AUC | AUC 1.2x | AUC 2x | CAM in mask | train-side AUC |", "|---|---|---|---|---|---|---|"]
+    for name, cv in runs:
+        s = cv["summary"]
+        lines.append(f"| {name} | {len(cv['per_fold'])} of {cv['folds'] * len(cv['seeds'])} | {_cell(s, 'auc')} | "
+                     f"{_cell(s, 'auc_margin_1.2')} | {_cell(s, 'auc_margin_2.0')} | {_cell(s, 'cam_in_mask')} | "
+                     f"{_cell(s, 'auc_train_side')} |")
+    return lines
+
+
+def reliability_png(cv: dict, path: str | Path) -> Path:
+    from edge_thyroid.evaluation import calibration, require_pyplot
+
+    labels = np.array([s["label"] for r in cv["scores"] for s in r["scores"]])
+    scores = np.array([s["p"] for r in cv["scores"] for s in r["scores"]])
+    table = calibration(labels, scores)
+    plt = require_pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=120)
+    xs = [b["mean_predicted"] for b in table["bins"]]
+    ys = [b["fraction_malignant"] for b in table["bins"]]
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+    ax.plot(xs, ys, "o-", lw=1.6)
+    for x, y, b in zip(xs, ys, table["bins"]):
+        ax.annotate(str(b["n"]), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
+    ax.set(xlabel="mean predicted p(malignant)", ylabel="fraction malignant (TI-RADS-derived)", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"Out-of-fold, {len(labels)} crops (Brier {table['brier']:.3f}, ECE {table['ece']:.3f})")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("cv_json", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", "names", multiple=True, help="Row name per file (default: the file name).")
+@click.option("--markdown", "markdown_out", default=None, type=click.Path(dir_okay=False))
+@click.option("--reliability", "reliability_out", default=None, type=click.Path(dir_okay=False))
+def main(cv_json, names, markdown_out, reliability_out) -> None:
+    """Per-fold table of the first run, comparison of all runs, reliability diagram (pooled out-of-fold)."""
+    runs = [(names[i] if i < len(names) else Path(p).stem, json.loads(Path(p).read_text())) for i, p in enumerate(cv_json)]
+    first = runs[0][1]
+    lines = [f"Labels: {first['label_source']}. Recipe: `{first['command']}`.", "", *fold_table(first), ""]
+    if first.get("out_of_fold"):
+        o = first["out_of_fold"]
+        lines += [f"Pooled out-of-fold ({o['crops']} crops, scores of {first['folds']} different fold models): AUC "
+                  f"{o['auc']:.3f} [{o['auc_ci95'][0]:.3f}, {o['auc_ci95'][1]:.3f}]; Youden threshold "
+                  f"{o['youden_threshold']:.3f} (the shipped model's).", ""]
+    if len(runs) > 1:
+        lines += comparison_table(runs) + [""]
+    text = "\n".join(lines)
+    if markdown_out:
+        Path(markdown_out).write_text(text)
+    if reliability_out and first.get("out_of_fold"):
+        reliability_png(first, reliability_out)
+    click.echo(text)
+
+
+if __name__ == "__main__":
+    main()

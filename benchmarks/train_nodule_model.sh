@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Reproduce the shipped model on a CPU (or a GPU: the same commands pick CUDA when torch sees it):
+# data packs -> pre-training (BUSI + the unlabelled DDTI crops) -> 4-fold case-level cross-validation ->
+# the same recipe on all DDTI crops -> CV figures and threshold stamped into the checkpoint.
+#   bash benchmarks/train_nodule_model.sh            (DATA=../shared/data RUNS=runs PYTHON=.venv/bin/python)
+# Every step resumes where it stopped (per-epoch checkpoints, per-fold result files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+DATA=${DATA:-../shared/data}
+RUNS=${RUNS:-runs}
+THREADS=${THREADS:-0}
+PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-12}
+EPOCHS=${EPOCHS:-30}
+[ -f "$RUNS/ddti_pack.npz" ] || $PY -m edge_thyroid.export.datapack --data "$DATA/ddti/labels.csv" -o "$RUNS/ddti_pack.npz"
+[ -f "$RUNS/pretrain_pack.npz" ] || $PY -m edge_thyroid.export.datapack --data "$DATA/ddti/labels.csv" \
+    --pretrain-with-busi "$DATA/busi/labels.csv" --size 224 -o "$RUNS/pretrain_pack.npz"
+$PY -m edge_thyroid.export.nodule_training --data "$RUNS/pretrain_pack.npz" --all --out "$RUNS/pretrain" \
+    --epochs "$PRETRAIN_EPOCHS" --threads "$THREADS"
+$PY benchmarks/cross_validate.py --data "$RUNS/ddti_pack.npz" --out "$RUNS/cv_resnet50_pt" \
+    --json benchmarks/results/cv_resnet50.json --epochs "$EPOCHS" --init "$RUNS/pretrain/final.pt" \
+    --threads "$THREADS" --also-all --all-first-after 2
+$PY benchmarks/stamp_checkpoint.py benchmarks/results/cv_resnet50.json "$RUNS/cv_resnet50_pt/all/final.pt" \
+    -o "$RUNS/shipped.pt"
