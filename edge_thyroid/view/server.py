@@ -33,9 +33,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import InputError
+from ..frames import Roi
 from .state import ViewState
 
-Roi = tuple[int, int, int, int]
 RoiCallback = Callable[[Roi | None], None]
 
 DEFAULT_HOST = "127.0.0.1"
