@@ -81,7 +81,8 @@ def test_stream_without_source_plays_the_demo_clip(random_bundle, tmp_path):
 
 
 def test_demo_runs_with_a_given_bundle(random_bundle):
-    result = cli("demo", "--bundle", random_bundle, "--max-frames", "60", "--as-fast-as-possible", "--json")
+    result = cli("demo", "--bundle", random_bundle, "--max-frames", "60", "--as-fast-as-possible", "--json",
+                 "--no-view")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["processed"] == 60 and summary["abstained"].get("blank", 0) >= 4  # the clip's probe-lift at 3.6 s

@@ -18,6 +18,7 @@ from .runtime_options import backend_settings, runtime_options
 DEMO_CLIP = "demo_clip.mp4"
 DEMO_LAYOUT = "demo_clip.layout.json"
 DEMO_BUNDLE = "demo_bundle"
+DEMO_VIEW = ("127.0.0.1", 8765)   # the demo's live view; a free port when this one is taken
 DEMO_CREDIT = ("demo clip: thyroid B-mode crops from DDTI (Pedraza et al., Proc. SPIE 9287, 2015), "
                "composed into a workstation screen")
 
@@ -53,11 +54,29 @@ class StreamOptions:
     reconnect_attempts: int
     quiet: bool
     backend_settings: dict[str, Any] = field(default_factory=dict)   # Engine keywords: backend and its options
+    view: tuple[str, int] | None = None     # serve the live view here (host, port)
+    view_fps: float = 10.0
+
+
+def _view_address(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    from ..view.server import parse_address
+
+    try:
+        return parse_address(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """The options `stream` and `demo` share (applied bottom-up, so listed here in reverse help order)."""
     options = [
+        click.option("--view-fps", type=click.FloatRange(0, 60, min_open=True), default=10.0, show_default=True,
+                     help="Most frames a second the live view sends to each browser."),
+        click.option("--view", "view", metavar="[HOST:]PORT", default=None, callback=_view_address,
+                     help="Serve a live view (overlay, p over the last minute, abstain reasons, latency) to a browser "
+                          "at http://HOST:PORT/. A bare port listens on 127.0.0.1 only; 0.0.0.0:PORT exposes it."),
         click.option("--quiet", is_flag=True, help="No live status line on stderr."),
         click.option("--reconnect-attempts", type=click.IntRange(0, 1000), default=8, show_default=True,
                      help="Reopen tries (back-off 0.25 s doubling to 4 s) before a lost device/network source ends the stream."),
@@ -101,7 +120,9 @@ def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, default_layout: str | None = None,
-               banner: str | None = None) -> None:
+               banner: str | None = None, view_any_port: bool = False) -> None:
+    """Stream ``source_spec`` through ``bundle`` into the sinks the options ask for. ``view_any_port``: when the
+    view's port is taken, serve it on a free one instead of failing (the demo's default port)."""
     from ..engine import Engine
     from ..layout import load_layout
     from ..stream import Pipeline, PipelineConfig, ReconnectPolicy
@@ -133,6 +154,12 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
                 sinks.append(OverlayVideoSink(options.overlay, source.fps or 30.0))
             if options.show:
                 sinks.append(WindowSink())
+            if options.view is not None:
+                from ..view import ViewSink
+
+                # The address is printed even with --quiet: without it the view cannot be found.
+                sinks.append(ViewSink(*options.view, fps=options.view_fps, any_port=view_any_port,
+                                      announce=lambda line: click.echo(line, err=True)))
             if banner and not options.quiet:
                 click.echo(banner, err=True)
             summary = Pipeline(engine, source, sinks, config).run()
@@ -196,14 +223,18 @@ def _demo_clip() -> Path:
 @click.command()
 @click.option("--bundle", default=None, type=click.Path(),
               help="Model bundle to run (default: the bundled demo model).")
+@click.option("--no-view", is_flag=True,
+              help=f"Do not serve the live view (by default at http://{DEMO_VIEW[0]}:{DEMO_VIEW[1]}/, or a free port).")
 @stream_options
-def demo(bundle: str | None, **kwargs: Any) -> None:
-    """Stream the bundled demo clip through the bundled model, printing live results.
+def demo(bundle: str | None, no_view: bool, **kwargs: Any) -> None:
+    """Stream the bundled demo clip through the bundled model, printing live results and serving a live
+    view to a browser (its address is printed; --no-view to leave it out).
 
     \b
     The clip is a few thyroid B-mode crops from the public DDTI database composed into a workstation
     screen. Every option of 'edge-thyroid stream' applies, e.g.:
-      edge-thyroid demo --overlay demo.mp4 --json-out demo.jsonl
+      edge-thyroid demo --loop                   keep the clip going while you watch the view
+      edge-thyroid demo --overlay demo.mp4 --json-out demo.jsonl --no-view
     """
     if bundle is None:
         default = data_path(DEMO_BUNDLE)
@@ -211,8 +242,14 @@ def demo(bundle: str | None, **kwargs: Any) -> None:
             raise BundleError(f"the bundled demo model is missing at {default}; pass --bundle DIR "
                               "(e.g. one made by 'edge-thyroid export')")
         bundle = str(default)
-    run_stream(bundle, str(_demo_clip()), _options(kwargs), default_layout=str(data_path(DEMO_LAYOUT)),
-               banner=DEMO_CREDIT)
+    options = _options(kwargs)
+    explicit = options.view is not None
+    if no_view:
+        options.view = None
+    elif not explicit:
+        options.view = DEMO_VIEW
+    run_stream(bundle, str(_demo_clip()), options, default_layout=str(data_path(DEMO_LAYOUT)),
+               banner=DEMO_CREDIT, view_any_port=not explicit)
 
 
 __all__ = ["demo", "run_stream", "stream"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..sinks import Sink, SinkError
@@ -19,7 +19,7 @@ from .server import RoiCallback, ViewServer, is_loopback
 from .state import ViewState
 
 if TYPE_CHECKING:
-    from ..pipeline import StreamResult
+    from ..stream.records import GapRecord, StreamResult
 
 
 class ViewSink(Sink):
@@ -27,6 +27,7 @@ class ViewSink(Sink):
 
     ``announce`` receives the address once the server listens (the CLI prints it); ``on_roi`` receives
     the nodule box a user drags on the page (None: cleared) when the stream has a control channel.
+    ``any_port``: when ``port`` is taken, listen on a free port instead of failing.
     Frames wider than ``max_width`` are scaled down before JPEG encoding (the page scales the box back).
     """
 
@@ -35,8 +36,9 @@ class ViewSink(Sink):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, fps: float = 10.0,
                  on_roi: RoiCallback | None = None, announce: Callable[[str], None] | None = None,
-                 max_width: int = 1280, quality: int = 80) -> None:
+                 max_width: int = 1280, quality: int = 80, any_port: bool = False) -> None:
         self.state = ViewState()
+        self.any_port = any_port
         self.server = ViewServer(self.state, host, port, fps=fps, on_roi=on_roi)
         self.announce = announce
         self.max_width = max_width
@@ -54,7 +56,13 @@ class ViewSink(Sink):
 
     def open(self) -> None:
         try:
-            self.server.start()
+            try:
+                self.server.start()
+            except InputError:
+                if not self.any_port or self.server.port == 0:
+                    raise
+                self.server.port = 0   # the preferred port is taken: any free one will do
+                self.server.start()
         except InputError as exc:
             raise SinkError(str(exc)) from None
         self._thread = threading.Thread(target=self._render_loop, name="view-render", daemon=True)
@@ -70,8 +78,8 @@ class ViewSink(Sink):
             self._latest = result
         self._fresh.set()
 
-    def event(self, record: dict[str, Any]) -> None:
-        self.state.event(record)
+    def event(self, gap: "GapRecord") -> None:
+        self.state.event(gap.record())
 
     def close(self) -> None:
         self._stopping.set()
