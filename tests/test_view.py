@@ -16,6 +16,7 @@ import pytest
 
 from edge_thyroid.errors import InputError
 from edge_thyroid.view import ViewServer, ViewSink, ViewState, parse_address
+from edge_thyroid.view import server as server_module
 from edge_thyroid.view.server import BOUNDARY, page_html
 
 from .test_pipeline import FakeEngine, run
@@ -326,6 +327,15 @@ def test_roi_from_another_site_or_as_a_form_is_refused(served):
     assert post(server, body, {"Content-Type": "text/plain"})[0] == 415
     assert post(server, body, {"Origin": f"http://127.0.0.1:{server.port}"})[0] == 200
     assert boxes == [(1, 2, 3, 4)]
+
+
+def test_roi_from_another_machine_is_refused(served, monkeypatch):
+    # Tests speak only loopback: the server is told its loopback client is another machine.
+    _, server, boxes = served
+    monkeypatch.setattr(server_module, "is_loopback", lambda host: False)
+    status, answer = post(server, b'{"roi": [1, 2, 3, 4]}')
+    assert status == 403 and "only from this machine" in answer["error"]
+    assert boxes == []
 
 
 def test_without_a_control_channel_the_box_cannot_be_set():

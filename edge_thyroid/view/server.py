@@ -285,6 +285,11 @@ class _Handler(BaseHTTPRequestHandler):
         if view.on_roi is None:
             return self._error(HTTPStatus.NOT_FOUND, "this stream has no control channel; the nodule box cannot be "
                                                      "set from the view")
+        # The box changes what is classified: like the control channel, only this machine may set it, even
+        # when the view itself is served to the network for looking.
+        if not is_loopback(self.client_address[0]):
+            return self._error(HTTPStatus.FORBIDDEN, "the nodule box can be set only from this machine (loopback); "
+                                                     "this view is for looking from elsewhere")
         # A page on another site can make the browser POST here; a JSON content type forces a CORS preflight
         # (which this server never grants) and the Origin, when sent, must be this server.
         if self.headers.get_content_type() != "application/json":
