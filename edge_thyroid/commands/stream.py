@@ -228,7 +228,7 @@ def _demo_clip() -> Path:
 @stream_options
 def demo(bundle: str | None, no_view: bool, **kwargs: Any) -> None:
     """Stream the bundled demo clip through the bundled model, printing live results and serving a live
-    view to a browser (its address is printed; --no-view to leave it out).
+    view to a browser (the address is printed).
 
     \b
     The clip is a few thyroid B-mode crops from the public DDTI database composed into a workstation
