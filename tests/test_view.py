@@ -190,21 +190,23 @@ def test_frame_jpg_before_any_frame_is_503_then_the_newest(served):
     assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).mean() > 150
 
 
-def test_mjpeg_parts_carry_the_newest_frame_and_skip_what_a_reader_missed(served):
-    state, server, _ = served
-    reader = MjpegReader(server)
-    try:
-        assert wait_for(lambda: state.viewers == 1)
-        state.publish_jpeg(1, jpeg(50), 64, 48)
-        frame, data = reader.part()
-        assert frame == 1 and data == state.latest_jpeg().data
-        # Three frames while the reader is busy elsewhere: it gets the last one, not a backlog.
-        for i in (2, 3, 4):
-            state.publish_jpeg(i, jpeg(50 + i), 64, 48)
-        assert reader.part()[0] == 4
-    finally:
-        reader.close()
-    assert wait_for(lambda: state.viewers == 0)
+def test_mjpeg_parts_carry_the_newest_frame_and_skip_what_a_reader_missed():
+    state = ViewState()
+    # 2 fps: after a frame the client's turn comes again in 0.5 s, time enough to publish three more.
+    with ViewServer(state, "127.0.0.1", 0, fps=2.0) as server:
+        reader = MjpegReader(server)
+        try:
+            assert wait_for(lambda: state.viewers == 1)
+            state.publish_jpeg(1, jpeg(50), 64, 48)
+            frame, data = reader.part()
+            assert frame == 1 and data == state.latest_jpeg().data
+            # Three frames while the client waits for its turn: it gets the last one, not a backlog.
+            for i in (2, 3, 4):
+                state.publish_jpeg(i, jpeg(50 + i), 64, 48)
+            assert reader.part()[0] == 4
+        finally:
+            reader.close()
+        assert wait_for(lambda: state.viewers == 0)
 
 
 def test_mjpeg_rate_is_capped_per_client():

@@ -214,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._error(HTTPStatus.NOT_FOUND, f"no {url.path}; the view serves /, /stream.mjpg, /frame.jpg, "
                                                   f"/state.json and POST /roi")
-        except (ConnectionError, TimeoutError, OSError):
+        except OSError:   # reset, broken pipe, write timeout
             self.close_connection = True   # the browser left or stopped reading: end this connection only
 
     def _state(self, query: dict[str, list[str]]) -> None:
