@@ -164,6 +164,7 @@ def test_state_json_has_the_latest_record_and_the_last_minute(served):
     for i in range(1, 6):
         state.publish(record(i, now - 6 + i, p=0.1 * i, decision="abstain" if i == 3 else "benign",
                              reason="frozen" if i == 3 else None), (640, 480))
+    state.event({"type": "header", "source": {"description": "demo clip"}, "backend": "onnxruntime"})
     state.event({"type": "gap", "reason": "device unplugged", "duration_s": 1.5})
     status, _, body = get(server, "/state.json")
     snapshot = json.loads(body)
@@ -171,7 +172,8 @@ def test_state_json_has_the_latest_record_and_the_last_minute(served):
     assert snapshot["latest"]["frame"] == 5 and snapshot["frame_size"] == [640, 480]
     assert [round(p[1], 3) for p in snapshot["history"]] == [0.1, 0.2, 0.3, 0.4, 0.5]
     assert snapshot["abstained"] == {"frozen": 1}
-    assert snapshot["events"][0]["reason"] == "device unplugged"
+    assert [e["type"] for e in snapshot["events"]] == ["gap"] and snapshot["events"][0]["reason"] == "device unplugged"
+    assert snapshot["header"]["source"]["description"] == "demo clip" and snapshot["summary"] is None
     assert snapshot["control"] is True and snapshot["ended"] is False
     # Only what is newer than ?since= travels on the next poll.
     newer = json.loads(get(server, f"/state.json?since={snapshot['history'][2][0]}")[2])
@@ -395,5 +397,8 @@ def test_the_view_sink_serves_a_running_stream_and_loses_nothing():
     snapshot = sink.state.snapshot()
     assert snapshot["latest"]["processed"] == summary.processed and len(snapshot["history"]) == summary.processed
     assert snapshot["ended"]
+    # The stream's first and last records reach the view as what they are, not as events.
+    assert snapshot["header"]["type"] == "header" and snapshot["summary"]["processed"] == summary.processed
+    assert snapshot["events"] == []
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", sink.server.port), timeout=1.0).close()

@@ -123,6 +123,8 @@ def test_the_page_shows_live_frames_and_chart_and_sends_a_dragged_box(tmp_path):
                                        f"window.viewStats.chartDraws > {first['chartDraws']} && "
                                        f"window.viewStats.lastFrame > {first['lastFrame']} && window.viewStats")
             assert later["points"] > first["points"]
+            # The stream's header says what runs on what.
+            assert "onnxruntime" in driver.find_element(By.ID, "what").text
             # The clip goes blank between cases (3.6-4 s, ...): a screenshot wants a frame with an image, so it
             # waits for one (a loaded machine may pass the moment; it then tries again, a few times). The
             # README's picture waits for the blank gaps and the freeze to be on the chart (frame 150 at 12 fps).

@@ -19,7 +19,7 @@ from .server import RoiCallback, ViewServer, is_loopback
 from .state import ViewState
 
 if TYPE_CHECKING:
-    from ..stream.records import GapRecord, StreamResult
+    from ..stream.records import GapRecord, HeaderRecord, StreamResult, StreamSummary
 
 
 class ViewSink(Sink):
@@ -78,8 +78,8 @@ class ViewSink(Sink):
             self._latest = result
         self._fresh.set()
 
-    def event(self, gap: "GapRecord") -> None:
-        self.state.event(gap.record())
+    def event(self, record: "HeaderRecord | GapRecord | StreamSummary") -> None:
+        self.state.event(record.record())
 
     def close(self) -> None:
         self._stopping.set()

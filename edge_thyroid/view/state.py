@@ -40,6 +40,8 @@ class ViewState:
         self._abstained: Counter[str] = Counter()
         self._decisions: Counter[str] = Counter()
         self._events: deque[dict[str, Any]] = deque(maxlen=20)
+        self._header: dict[str, Any] | None = None
+        self._summary: dict[str, Any] | None = None
         self._frame_size: tuple[int, int] | None = None
         self._jpeg: JpegFrame | None = None
         self._roi: list[int] | None = None
@@ -65,9 +67,15 @@ class ViewState:
             self._trim(point[0])
 
     def event(self, record: dict[str, Any]) -> None:
-        """A stream event that is not a frame (a source gap): the page lists the recent ones."""
+        """A record that is not a frame: the header (what runs on what), the closing summary, or an event
+        such as a source gap (the page lists the recent ones)."""
         with self._lock:
-            self._events.append(record)
+            if record.get("type") == "header":
+                self._header = record
+            elif record.get("type") == "summary":
+                self._summary = record
+            else:
+                self._events.append(record)
 
     def publish_jpeg(self, frame: int, data: bytes, width: int, height: int) -> JpegFrame:
         with self._new_jpeg:
@@ -120,13 +128,15 @@ class ViewState:
 
     def snapshot(self, since: float | None = None) -> dict[str, Any]:
         """Everything ``/state.json`` returns: the latest record, the history points newer than ``since``
-        (wall-clock seconds; None: the whole window), abstain and decision counts, recent events."""
+        (wall-clock seconds; None: the whole window), abstain and decision counts, recent events, the
+        stream's header and (once it ended) its summary."""
         with self._lock:
             points = [list(p) for p in self._history if since is None or p[0] > since]
             return {"now": time.time(), "window_s": self.history_s, "latest": self._record,
                     "frame_size": list(self._frame_size) if self._frame_size else None,
                     "history": points, "abstained": dict(self._abstained), "decisions": dict(self._decisions),
-                    "events": list(self._events), "roi": self._roi, "ended": self.ended,
+                    "events": list(self._events), "header": self._header, "summary": self._summary,
+                    "roi": self._roi, "ended": self.ended,
                     "viewers": self._clients, "frames_sent": self._frames_sent,
                     "jpeg_seq": self._jpeg.seq if self._jpeg else 0}
 
