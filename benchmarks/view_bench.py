@@ -152,7 +152,7 @@ def run_once(engine: Engine, config: str, frames: int, workdir: Path) -> dict[st
     classify = np.array(TimedClassifier.times[WARMUP_FRAMES:]) * 1000    # [frames, (wall, thread CPU)] ms
     fanout = np.array(fanout_times[WARMUP_FRAMES:]) * 1000
     per_frame = classify + fanout
-    records = sum(1 for _ in jsonl.open())
+    records = sum(1 for line in jsonl.open() if json.loads(line)["type"] == "frame")   # not the header/summary
     return {"config": config, "captured": summary.frames, "processed": summary.processed, "jsonl_records": records,
             "sink_dropped": summary.sink_dropped, "stopped_by": summary.stopped_by, "error": summary.error,
             "seconds": round(summary.seconds, 3),
