@@ -9,6 +9,7 @@ import click
 
 from ..errors import InputError
 from .runtime_options import backend_settings, runtime_options
+from .trust_options import trust_option
 
 
 def _cam_path(cam: str, image: Path, many: bool) -> Path:
@@ -26,6 +27,7 @@ def _cam_path(cam: str, image: Path, many: bool) -> Path:
 @click.option("--cam", "cam_out", default=None, help="Write the CAM heatmap overlay PNG here (with several images: one per image, suffixed).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 @runtime_options
+@trust_option
 def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json, **backend_kwargs) -> None:
     """Classify IMAGES (PNG/JPEG/..., read as BGR; grayscale is replicated) with BUNDLE.
 

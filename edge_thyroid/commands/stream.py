@@ -14,6 +14,7 @@ import click
 from ..errors import BundleError, InputError
 from .params import parse_size
 from .runtime_options import backend_settings, runtime_options
+from .trust_options import trust_option
 
 DEMO_CLIP = "demo_clip.mp4"
 DEMO_LAYOUT = "demo_clip.layout.json"
@@ -161,6 +162,7 @@ def _options(kwargs: dict[str, Any]) -> StreamOptions:
                    "folder, or synthetic[:dual|triple][?size=WxH&fps=30&swe_hz=2&frames=N&freeze=A-B]. "
                    "Default: the bundled demo clip.")
 @stream_options
+@trust_option
 def stream(bundle: str, source_spec: str | None, **kwargs: Any) -> None:
     """Classify a live ultrasound screen with BUNDLE, in real time.
 
@@ -197,22 +199,36 @@ def _demo_clip() -> Path:
 @click.option("--bundle", default=None, type=click.Path(),
               help="Model bundle to run (default: the bundled demo model).")
 @stream_options
+@trust_option
 def demo(bundle: str | None, **kwargs: Any) -> None:
     """Stream the bundled demo clip through the bundled model, printing live results.
 
     \b
     The clip is a few thyroid B-mode crops from the public DDTI database composed into a workstation
-    screen. Every option of 'edge-thyroid stream' applies, e.g.:
+    screen. The bundled model is signed with the project's demo key and checked against its public
+    half (shipped in the package) unless --trust names other keys. Every option of 'edge-thyroid
+    stream' applies, e.g.:
       edge-thyroid demo --overlay demo.mp4 --json-out demo.jsonl
     """
+    from contextlib import nullcontext
+
+    from ..signing import TrustPolicy, active_policy, demo_public_key, load_trusted_keys, use_policy
+
+    trust = nullcontext()
     if bundle is None:
         default = data_path(DEMO_BUNDLE)
         if not (default / "manifest.json").is_file():
             raise BundleError(f"the bundled demo model is missing at {default}; pass --bundle DIR "
                               "(e.g. one made by 'edge-thyroid export')")
         bundle = str(default)
-    run_stream(bundle, str(_demo_clip()), _options(kwargs), default_layout=str(data_path(DEMO_LAYOUT)),
-               banner=DEMO_CREDIT)
+        policy = active_policy()
+        if not policy.enforced:
+            # The shipped model is checked against the shipped demo key: a damaged or edited install is
+            # refused. The demo key's private half is public, so it vouches for the install, not the model.
+            trust = use_policy(TrustPolicy(load_trusted_keys([demo_public_key()], origin="demo key"), policy.notice))
+    with trust:
+        run_stream(bundle, str(_demo_clip()), _options(kwargs), default_layout=str(data_path(DEMO_LAYOUT)),
+                   banner=DEMO_CREDIT)
 
 
 __all__ = ["demo", "run_stream", "stream"]
