@@ -31,20 +31,34 @@ def _cam_path(cam: str, image: Path, many: bool) -> Path:
 def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json, **backend_kwargs) -> None:
     """Classify IMAGES (PNG/JPEG/..., read as BGR; grayscale is replicated) with BUNDLE.
 
-    Prints p(malignant), the decision at the bundle's threshold and the per-modality logits.
+    Prints p(malignant), the decision at the bundle's threshold and the per-modality logits. An image
+    that cannot be used (unreadable, truncated, a pane under 32x32 pixels, blank or uniform) gets one
+    'skipped' line on stderr instead; after the others are printed the exit status is then 2.
     """
     import cv2
 
     from ..engine import Engine
-    from ..frames import Pane, read_image
+    from ..frames import Pane, check_rois, read_image
+    from ..inputs import pane_problem
     from ..visualize import overlay_prediction
 
+    unusable: list[str] = []
     with Engine(bundle, model=model_key, threads=threads, **backend_settings(backend_kwargs)) as engine:
         for image_name in images:
             path = Path(image_name)
-            frame = read_image(path)
-            pane = Pane.parse(modality, roi) if roi else Pane(modality, (0, 0, frame.shape[1], frame.shape[0]))
-            prediction = engine.classify(frame, [pane])
+            try:
+                frame = read_image(path)
+                pane = Pane.parse(modality, roi) if roi else Pane(modality, (0, 0, frame.shape[1], frame.shape[0]))
+                check_rois([pane.roi], frame.shape[0], frame.shape[1])
+                problem = pane_problem(frame, pane.roi)
+                if problem:
+                    raise InputError(f"image {path}: {problem}")
+                prediction = engine.classify(frame, [pane])
+            except InputError as exc:
+                # One bad image must not hide the results of the good ones: report it, go on, fail at the end.
+                unusable.append(str(exc))
+                click.echo(f"skipped: {exc}", err=True)
+                continue
             record = {"image": str(path), **prediction.to_dict()}
             if cam_out:
                 target = _cam_path(cam_out, path, len(images) > 1)
@@ -57,3 +71,6 @@ def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json
                 logits = ", ".join(f"{m}={v:+.3f}" for m, v in prediction.contributions.items())
                 click.echo(f"{path}: p(malignant)={prediction.probability:.4f} -> {prediction.decision} "
                            f"(threshold {prediction.threshold:.3f}; logits {logits})")
+    if unusable:
+        raise InputError(f"{len(unusable)} of {len(images)} images could not be used (each named above); "
+                         f"the first: {unusable[0]}")

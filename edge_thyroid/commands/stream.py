@@ -139,6 +139,9 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
             summary = Pipeline(engine, source, sinks, config).run()
         finally:
             source.close()
+    if summary.error and summary.processed == 0:
+        # Nothing was classified (no frame, or a layout that does not fit it): one line, no summary.
+        raise InputError(summary.error)
     # With the records on stdout, the summary goes to stderr so stdout stays pure JSONL.
     to_stderr = options.json_out == "-"
     if options.as_json:
