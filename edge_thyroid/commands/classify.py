@@ -26,9 +26,12 @@ def _cam_path(cam: str, image: Path, many: bool) -> Path:
 @click.option("--threads", type=int, default=None, help="Inference threads (default: ONNX Runtime's choice).")
 @click.option("--cam", "cam_out", default=None, help="Write the CAM heatmap overlay PNG here (with several images: one per image, suffixed).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
+@click.option("--dicom-sr", "dicom_sr", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Write a DICOM Structured Report per image (IMAGE.sr.dcm) and the Secondary Capture it refers "
+                   "to (IMAGE.sc.dcm) into DIR. Needs pip install 'edge-thyroid[dicom]'.")
 @runtime_options
 @trust_option
-def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json, **backend_kwargs) -> None:
+def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json, dicom_sr, **backend_kwargs) -> None:
     """Classify IMAGES (PNG/JPEG/..., read as BGR; grayscale is replicated) with BUNDLE.
 
     Prints p(malignant), the decision at the bundle's threshold and the per-modality logits. An image
@@ -65,6 +68,8 @@ def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json
                 if not cv2.imwrite(str(target), overlay_prediction(frame, prediction)):
                     raise InputError(f"cannot write CAM image {target}; expected a writable path ending in .png or .jpg")
                 record["cam"] = str(target)
+            if dicom_sr:
+                record["dicom_sr"] = str(_write_report(Path(dicom_sr), path, frame, pane, prediction, engine))
             if as_json:
                 click.echo(json.dumps(record))
             else:
@@ -74,3 +79,10 @@ def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json
     if unusable:
         raise InputError(f"{len(unusable)} of {len(images)} images could not be used (each named above); "
                          f"the first: {unusable[0]}")
+
+
+def _write_report(directory: Path, image: Path, frame, pane, prediction, engine) -> Path:
+    from ..dicom_sr import Finding, ModelIdentity, write_report
+
+    finding = Finding(prediction.decision, prediction.probability, None, prediction.threshold, pane.roi, pane.modality)
+    return write_report(directory / f"{image.stem}.sr.dcm", finding, ModelIdentity.of(engine), frame_bgr=frame)[-1]

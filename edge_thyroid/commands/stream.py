@@ -54,12 +54,17 @@ class StreamOptions:
     reconnect_attempts: int
     quiet: bool
     backend_settings: dict[str, Any] = field(default_factory=dict)   # Engine keywords: backend and its options
+    dicom_sr: str | None = None
 
 
 def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """The options `stream` and `demo` share (applied bottom-up, so listed here in reverse help order)."""
     options = [
         click.option("--quiet", is_flag=True, help="No live status line on stderr."),
+        click.option("--dicom-sr", default=None, metavar="OUT.dcm",
+                     help="DICOM source only: write a DICOM Structured Report of the last frame's decision (p, "
+                          "threshold, model and manifest sha256, the pane ROI on the source frame) here. Needs "
+                          "pip install 'edge-thyroid[dicom]'."),
         click.option("--reconnect-attempts", type=click.IntRange(0, 1000), default=8, show_default=True,
                      help="Reopen tries (back-off 0.25 s doubling to 4 s) before a lost device/network source ends the stream."),
         click.option("--no-cache", "cache", flag_value=False, default=True,
@@ -121,6 +126,9 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
     source = create_source(source_spec, SourceOptions(
         realtime=not options.as_fast_as_possible, fps=options.fps, size=parse_size(options.capture_size) if options.capture_size else None,
         fourcc=options.fourcc, loop=options.loop, layout=layout))
+    if options.dicom_sr and source.kind != "dicom":
+        raise click.UsageError(f"--dicom-sr needs a DICOM source (the report references its image); {source_spec} "
+                               "is not one. For still images use 'edge-thyroid classify --dicom-sr DIR'")
     with Engine(bundle, model=options.model, threads=options.threads,
                 **options.backend_settings) as engine:
         source.open()
@@ -136,9 +144,13 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
                 sinks.append(WindowSink())
             if banner and not options.quiet:
                 click.echo(banner, err=True)
-            summary = Pipeline(engine, source, sinks, config).run()
+            pipeline = Pipeline(engine, source, sinks, config)
+            summary = pipeline.run()
         finally:
             source.close()
+        # A stream that failed has no final state to report; the error below says why.
+        if options.dicom_sr and pipeline.last_result is not None and not summary.error:
+            _write_stream_report(options.dicom_sr, pipeline.last_result, engine, source)
     if summary.error and summary.processed == 0:
         # Nothing was classified (no frame, or a layout that does not fit it): one line, no summary.
         raise InputError(summary.error)
@@ -150,6 +162,15 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
         click.echo(summary.text(), err=to_stderr)
     if summary.error:
         raise InputError(summary.error)
+
+
+def _write_stream_report(path: str, result: Any, engine: Any, source: Any) -> None:
+    from ..dicom_sr import ModelIdentity, stream_finding, write_report
+
+    info = source.info
+    finding = stream_finding(result, info.rows, info.columns, info.frames)
+    for written in write_report(path, finding, ModelIdentity.of(engine), source=source.dataset):
+        click.echo(f"DICOM SR written: {written}", err=True)  # the file name only: never patient data
 
 
 def _options(kwargs: dict[str, Any]) -> StreamOptions:

@@ -30,7 +30,7 @@ from .cache import PaneCache
 from .capture import CaptureLoop, ReconnectPolicy
 from .classify import EngineLike, FrameClassifier, choose_layout
 from .fanout import Fanout
-from .records import HeaderRecord, StreamSummary
+from .records import HeaderRecord, StreamResult, StreamSummary
 from .slot import LatestFrameSlot
 from .stats import StreamStats
 
@@ -70,6 +70,11 @@ class Pipeline:
                                    max_frames=self.config.max_frames, note_stop=self._note_stop)
         self.stats = StreamStats()
         self.layout: Layout | None = None
+
+    @property
+    def last_result(self) -> StreamResult | None:
+        """The last processed frame's result (what a report of the stream describes)."""
+        return self.stats.last
 
     # -- control ---------------------------------------------------------------------------------
     def stop(self, reason: str = "stop request") -> None:
