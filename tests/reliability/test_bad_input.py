@@ -14,7 +14,7 @@ from edge_thyroid.errors import InputError
 from edge_thyroid.frames import read_image, truncation
 from edge_thyroid.inputs import MIN_PANE_PIXELS, pane_problem
 
-from ..conftest import ultrasound_like
+from ..conftest import DATA_DIR, needs_data, ultrasound_like
 from .helpers import REPO, assert_refused, parse_jsonl, run_cli
 
 DEMO_BUNDLE = REPO / "edge_thyroid" / "data" / "demo_bundle"
@@ -152,3 +152,13 @@ def test_stream_abstains_on_bad_frames_after_a_good_first_one(images, tmp_path):
     assert frames[2]["p"] is None and "1x1 pixels" in frames[2]["detail"]
     assert "skipped 3_truncated.jpg" in result.stdout + result.stderr
     no_native_noise(result.stderr)
+
+
+@needs_data
+def test_no_real_image_is_mistaken_for_a_truncated_one():
+    """The truncation check must not refuse real scanner exports (every PNG/JPEG under ../shared/data)."""
+    files = [p for p in DATA_DIR.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+    assert len(files) > 100
+    assert [p for p in files if truncation(p.read_bytes())] == []
+    for path in files[:: max(1, len(files) // 40)]:  # a spread of them decodes cleanly too
+        assert np.array_equal(read_image(path), cv2.imread(str(path), cv2.IMREAD_COLOR)), path
