@@ -25,8 +25,9 @@ SIGNER = "edge-thyroid demo key (public; not a release key)"
 def main() -> int:
     from edge_thyroid.bundle import load_bundle
     from edge_thyroid.errors import EdgeThyroidError
+    from edge_thyroid.signer import sign_bundle
     from edge_thyroid.signing import (TrustPolicy, demo_public_key, key_id, load_private_key, load_trusted_keys,
-                                      raw_public_bytes, sign_bundle)
+                                      raw_public_bytes)
 
     try:
         shipped = load_trusted_keys([demo_public_key()], origin="shipped demo key")

@@ -248,34 +248,6 @@ def load_private_key(path: str | Path) -> Any:
     return key
 
 
-def sign_bundle(bundle: str | Path, private_key: str | Path, *, signer: str | None = None) -> SignatureStatus:
-    """Verify the bundle's file hashes, then write ``manifest.sig`` over the manifest's bytes.
-
-    The signer name defaults to the key file's name (``NAME.key.pem`` -> ``NAME``).
-    """
-    from .bundle import MANIFEST, load_bundle
-
-    root = Path(bundle)
-    if not root.is_dir():
-        raise BundleError(f"{bundle} is not a bundle directory; sign the directory (zip it afterwards)")
-    key = load_private_key(private_key)
-    # Never vouch for a bundle whose files do not match its manifest; the old signature does not count.
-    load_bundle(root, ignore_signature=True)
-    manifest_bytes = (root / MANIFEST).read_bytes()
-    raw = raw_public_bytes(key.public_key())
-    name = signer or Path(private_key).name.removesuffix(".pem").removesuffix(".key")
-    document = {
-        "format": SIGNATURE_FORMAT, "version": SIGNATURE_VERSION, "algorithm": ALGORITHM,
-        "signed_file": MANIFEST, "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
-        "signer": name, "key_id": key_id(raw), "public_key": base64.b64encode(raw).decode("ascii"),
-        "signature": base64.b64encode(key.sign(manifest_bytes)).decode("ascii"),
-    }
-    staging = root / f".{SIGNATURE}.tmp"
-    staging.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    staging.replace(root / SIGNATURE)
-    return SignatureStatus(document["manifest_sha256"], signed=True, verified=False, signer=name, key_id=key_id(raw))
-
-
 # ---- verification --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ def keygen(directory: str, name: str) -> None:
 def sign(bundle: str, private_key: str, signer: str | None) -> None:
     """Sign BUNDLE: verify every file's sha256, then write manifest.sig, an Ed25519 signature over
     manifest.json (which holds those hashes, the threshold and the preprocessing)."""
-    from ..signing import SIGNATURE, sign_bundle
+    from ..signer import sign_bundle
+    from ..signing import SIGNATURE
 
     status = sign_bundle(bundle, private_key, signer=signer)
     click.echo(f"signed {bundle}/{SIGNATURE}: manifest sha256 {status.manifest_sha256}, signer {status.signer!r} "

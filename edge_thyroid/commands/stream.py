@@ -151,8 +151,9 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
         # A stream that failed has no final state to report; the error below says why.
         if options.dicom_sr and pipeline.last_result is not None and not summary.error:
             _write_stream_report(options.dicom_sr, pipeline.last_result, engine, source)
-    if summary.error and summary.processed == 0:
-        # Nothing was classified (no frame, or a layout that does not fit it): one line, no summary.
+    if summary.error and summary.processed == 0 and pipeline.fanout.failed() is None:
+        # Nothing was classified (no frame, or a layout that does not fit it): one line, no summary. A sink
+        # that failed before the first frame (noticed at the header record) still gets the summary below.
         raise InputError(summary.error)
     # With the records on stdout, the summary goes to stderr so stdout stays pure JSONL.
     to_stderr = options.json_out == "-"

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from edge_thyroid.bundle import MANIFEST, load_bundle
 from edge_thyroid.errors import BundleError
+from edge_thyroid.signer import sign_bundle
 from edge_thyroid.signing import (SIGNATURE, TRUST_ENV, TrustPolicy, demo_public_key, generate_keypair, key_id,
-                                  load_private_key, load_trusted_keys, raw_public_bytes, sign_bundle)
+                                  load_private_key, load_trusted_keys, raw_public_bytes)
 
 from .helpers import REPO, assert_refused, copy_bundle, fake_bundle, replace_file, run_cli
 
