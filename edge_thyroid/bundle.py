@@ -27,6 +27,7 @@ from typing import Any
 
 from .errors import BundleError
 from .kernels.reference import PreprocessSpec
+from .signing import SIGNATURE, SignatureStatus, TrustPolicy, check_signature
 
 FORMAT = "edge-thyroid-bundle"
 FORMAT_VERSION = 1
@@ -195,6 +196,8 @@ def sha256_file(path: str | Path) -> str:
 class Bundle:
     root: Path
     manifest: Manifest
+    # sha256 of the manifest's bytes and who signed them; None only for a bundle still being written.
+    signature: SignatureStatus | None = None
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -213,17 +216,21 @@ class Bundle:
         return key, models[key]
 
 
-def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Open a bundle directory (or .zip), verify hashes of every listed file, parse the manifest.
+def load_bundle(path: str | Path, *, verify: bool = True, trust: TrustPolicy | None = None,
+                ignore_signature: bool = False) -> Bundle:
+    """Open a bundle directory (or .zip), check the manifest's signature against the trust policy
+    (default: the CLI's --trust or $EDGE_THYROID_TRUSTED_KEYS, see :mod:`edge_thyroid.signing`),
+    verify hashes of every listed file, parse the manifest.
 
     A .zip is extracted to a temporary directory that lives as long as the returned Bundle.
+    ``ignore_signature`` is for the signer itself, which replaces the signature.
     """
     root = Path(path)
     if not (root.is_file() and zipfile.is_zipfile(root)):
-        return _load_directory(root, path, verify)
+        return _load_directory(root, path, verify, trust, ignore_signature)
     extracted = _extract_zip(root)
     try:
-        bundle = _load_directory(_bundle_root(extracted), path, verify)
+        bundle = _load_directory(_bundle_root(extracted), path, verify, trust, ignore_signature)
     except BaseException:
         shutil.rmtree(extracted, ignore_errors=True)
         raise
@@ -232,7 +239,8 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     return bundle
 
 
-def _load_directory(root: Path, path: str | Path, verify: bool) -> Bundle:
+def _load_directory(root: Path, path: str | Path, verify: bool, trust: TrustPolicy | None,
+                    ignore_signature: bool) -> Bundle:
     if not root.exists():
         raise BundleError(f"bundle not found: {path}")
     if not root.is_dir():
@@ -244,8 +252,12 @@ def _load_directory(root: Path, path: str | Path, verify: bool) -> Bundle:
         raise BundleError(f"{path} has no {MANIFEST}; is it a bundle written by 'edge-thyroid export'?")
     if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{manifest_path} is {manifest_path.stat().st_size} bytes; a manifest is at most {MAX_MANIFEST_BYTES}")
+    # Read once: the signature is checked on exactly the bytes that are parsed.
+    manifest_bytes = manifest_path.read_bytes()
+    signature = (SignatureStatus(hashlib.sha256(manifest_bytes).hexdigest()) if ignore_signature
+                 else check_signature(root, manifest_bytes, trust))
     try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        data = json.loads(manifest_bytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc})") from None
     except RecursionError:
@@ -257,7 +269,7 @@ def _load_directory(root: Path, path: str | Path, verify: bool) -> Bundle:
         raise BundleError(f"{manifest_path}: {unlisted} are used but have no sha256 in 'files'")
     if verify:
         verify_files(root, manifest.files)
-    return Bundle(root, manifest)
+    return Bundle(root, manifest, signature)
 
 
 def verify_files(root: Path, files: Mapping[str, str]) -> None:
@@ -332,7 +344,7 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
     """Hash every file under ``root`` (except the manifest) into ``manifest.files`` and write it."""
     manifest.files = {
         str(p.relative_to(root).as_posix()): sha256_file(p)
-        for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST
+        for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (MANIFEST, SIGNATURE)
     }
     text = json.dumps(manifest.to_dict(), indent=2, default=_json_default) + "\n"
     with open(root / MANIFEST, "w", encoding="utf-8") as handle:

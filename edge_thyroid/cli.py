@@ -14,7 +14,9 @@ from . import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("edge_thyroid.commands.export:export", "Export a checkpoint to a model bundle (ONNX, fused preprocessing)."),
     "classify": ("edge_thyroid.commands.classify:classify", "Classify still images with a bundle; optional CAM heatmaps."),
-    "info": ("edge_thyroid.commands.info:info", "Show and verify a bundle's manifest."),
+    "info": ("edge_thyroid.commands.info:info", "Show and verify a bundle's manifest, its sha256 and signer."),
+    "keygen": ("edge_thyroid.commands.sign:keygen", "Make an Ed25519 key pair for signing bundles."),
+    "sign": ("edge_thyroid.commands.sign:sign", "Sign a bundle's manifest (Ed25519) so workstations can --trust it."),
     "bench": ("edge_thyroid.commands.bench:bench", "Latency of our engine vs PyTorch, ONNX Runtime, OpenVINO, interleaved."),
     "evaluate": ("edge_thyroid.commands.evaluate:evaluate", "Evaluate a bundle or checkpoint on labelled images: AUC [95% CI], operating point, plots."),
     "compare": ("edge_thyroid.commands.compare:compare", "DeLong's paired test of two models' ROC AUCs on the same images."),

@@ -8,7 +8,12 @@ backend or a bundle.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,14 +79,79 @@ def check_rois(rois: Sequence[Roi], height: int, width: int) -> np.ndarray:
     return arr
 
 
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
+
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def native_messages() -> Iterator[list[str]]:
+    """Collect what native code (libpng, libjpeg, libtiff) prints on file descriptor 2 meanwhile.
+
+    The list is filled when the block ends. A decoder that had something to say about an image is
+    telling us the image is damaged: the caller turns it into an error instead of letting it scroll by.
+    """
+    messages: list[str] = []
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            messages.extend(line.strip() for line in sink.read(4096).decode("utf-8", "replace").splitlines()
+                            if line.strip())
+
+
+def truncation(data: bytes) -> str | None:
+    """Why ``data`` is an incomplete JPEG or PNG, or None (other formats: OpenCV's decoder decides).
+
+    A truncated JPEG decodes "successfully" in OpenCV (libjpeg fills the missing rows with grey and
+    prints a warning on stderr that no caller can see): the file structure is checked here instead.
+    """
+    tail = data.rstrip(b"\x00")  # some writers pad to a block size
+    if data.startswith(_JPEG_START) and not tail.endswith(_JPEG_END):
+        return "a JPEG without its end marker (truncated: the missing rows would be decoded as grey)"
+    if data.startswith(_PNG_START) and not tail.endswith(_PNG_END):
+        return "a PNG without its IEND chunk (truncated)"
+    return None
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """An image file as the engine receives frames: uint8 BGR (grayscale replicated by OpenCV)."""
+    """A still image as the engine receives frames: uint8 HxWx3 BGR (grayscale replicated), or an
+    InputError saying why not (unreadable, empty, too large, truncated, or a decoder complaint)."""
     import cv2
 
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_IMAGE_BYTES:
+            raise InputError(f"image {path} is {size} bytes; expected at most {MAX_IMAGE_BYTES // 2**20} MiB")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise InputError(f"image {path} is empty (0 bytes); expected a PNG, JPEG, BMP, TIFF or WebP file")
+    problem = truncation(data)
+    if problem:
+        raise InputError(f"image {path} is {problem}; expected a complete image file")
+    with native_messages() as messages:
+        try:
+            frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:  # e.g. a header declaring more pixels than OpenCV allows
+            frame = None
+    said = f" (the decoder said: {messages[0][:160]})" if messages else ""
     if frame is None:
-        raise InputError(f"cannot read image {path}: missing or not an image OpenCV can decode")
+        raise InputError(f"cannot decode image {path}{said}; expected a PNG, JPEG, BMP, TIFF or WebP file")
+    if messages:
+        raise InputError(f"image {path} is damaged{said}; expected an image that decodes without errors")
     return frame
 
 
-__all__ = ["Pane", "Roi", "as_frame", "check_roi", "check_rois", "read_image"]
+__all__ = ["MAX_IMAGE_BYTES", "Pane", "Roi", "as_frame", "check_roi", "check_rois", "native_messages", "read_image",
+           "truncation"]

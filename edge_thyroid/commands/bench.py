@@ -14,6 +14,7 @@ import click
 from ..errors import MissingDependencyError
 from .params import parse_size
 from .runtime_options import BackendChoice, backend_option_decorators
+from .trust_options import trust_option
 
 
 def _harness() -> Any:
@@ -111,6 +112,7 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--json", "json_out", default=None, help="Write the full record (JSON) here; '-' for stdout.")
 @click.option("--plot", "plot_out", default=None, help="Write a latency histogram + CDF (PNG) here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@trust_option
 def bench(bundles, models, panes, frames, warmup, rounds, source, layout, fps, policy, peers, threads, pin, cache,
           refresh, cold_start, flops, frame_size, backends, json_out, plot_out, quiet, **backend_settings) -> None:
     """Benchmark BUNDLE(s): our engine against PyTorch eager, plain ONNX Runtime and OpenVINO, on the

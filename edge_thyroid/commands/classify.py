@@ -9,6 +9,7 @@ import click
 
 from ..errors import InputError
 from .runtime_options import backend_settings, runtime_options
+from .trust_options import trust_option
 
 
 def _cam_path(cam: str, image: Path, many: bool) -> Path:
@@ -25,33 +26,63 @@ def _cam_path(cam: str, image: Path, many: bool) -> Path:
 @click.option("--threads", type=int, default=None, help="Inference threads (default: ONNX Runtime's choice).")
 @click.option("--cam", "cam_out", default=None, help="Write the CAM heatmap overlay PNG here (with several images: one per image, suffixed).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
+@click.option("--dicom-sr", "dicom_sr", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Write a DICOM Structured Report per image (IMAGE.sr.dcm) and the Secondary Capture it refers "
+                   "to (IMAGE.sc.dcm) into DIR. Needs pip install 'edge-thyroid[dicom]'.")
 @runtime_options
-def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json, **backend_kwargs) -> None:
+@trust_option
+def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json, dicom_sr, **backend_kwargs) -> None:
     """Classify IMAGES (PNG/JPEG/..., read as BGR; grayscale is replicated) with BUNDLE.
 
-    Prints p(malignant), the decision at the bundle's threshold and the per-modality logits.
+    Prints p(malignant), the decision at the bundle's threshold and the per-modality logits. An image
+    that cannot be used (unreadable, truncated, a pane under 32x32 pixels, blank or uniform) gets one
+    'skipped' line on stderr instead; after the others are printed the exit status is then 2.
     """
     import cv2
 
     from ..engine import Engine
-    from ..frames import Pane, read_image
+    from ..frames import Pane, check_rois, read_image
+    from ..inputs import pane_problem
     from ..visualize import overlay_prediction
 
+    unusable: list[str] = []
     with Engine(bundle, model=model_key, threads=threads, **backend_settings(backend_kwargs)) as engine:
         for image_name in images:
             path = Path(image_name)
-            frame = read_image(path)
-            pane = Pane.parse(modality, roi) if roi else Pane(modality, (0, 0, frame.shape[1], frame.shape[0]))
-            prediction = engine.classify(frame, [pane])
+            try:
+                frame = read_image(path)
+                pane = Pane.parse(modality, roi) if roi else Pane(modality, (0, 0, frame.shape[1], frame.shape[0]))
+                check_rois([pane.roi], frame.shape[0], frame.shape[1])
+                problem = pane_problem(frame, pane.roi)
+                if problem:
+                    raise InputError(f"image {path}: {problem}")
+                prediction = engine.classify(frame, [pane])
+            except InputError as exc:
+                # One bad image must not hide the results of the good ones: report it, go on, fail at the end.
+                unusable.append(str(exc))
+                click.echo(f"skipped: {exc}", err=True)
+                continue
             record = {"image": str(path), **prediction.to_dict()}
             if cam_out:
                 target = _cam_path(cam_out, path, len(images) > 1)
                 if not cv2.imwrite(str(target), overlay_prediction(frame, prediction)):
                     raise InputError(f"cannot write CAM image {target}; expected a writable path ending in .png or .jpg")
                 record["cam"] = str(target)
+            if dicom_sr:
+                record["dicom_sr"] = str(_write_report(Path(dicom_sr), path, frame, pane, prediction, engine))
             if as_json:
                 click.echo(json.dumps(record))
             else:
                 logits = ", ".join(f"{m}={v:+.3f}" for m, v in prediction.contributions.items())
                 click.echo(f"{path}: p(malignant)={prediction.probability:.4f} -> {prediction.decision} "
                            f"(threshold {prediction.threshold:.3f}; logits {logits})")
+    if unusable:
+        raise InputError(f"{len(unusable)} of {len(images)} images could not be used (each named above); "
+                         f"the first: {unusable[0]}")
+
+
+def _write_report(directory: Path, image: Path, frame, pane, prediction, engine) -> Path:
+    from ..dicom_sr import Finding, ModelIdentity, write_report
+
+    finding = Finding(prediction.decision, prediction.probability, None, prediction.threshold, pane.roi, pane.modality)
+    return write_report(directory / f"{image.stem}.sr.dcm", finding, ModelIdentity.of(engine), frame_bgr=frame)[-1]

@@ -8,6 +8,7 @@ import click
 
 from ..dataset import Split
 from .evaluate import split_options
+from .trust_options import trust_option
 
 
 @click.command()
@@ -15,6 +16,7 @@ from .evaluate import split_options
 @click.argument("model_b", metavar="B", type=click.Path())
 @split_options
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write both ROC curves to this PNG.")
+@trust_option
 def compare(model_a, model_b, data, split, folds, fold, seed, threads, resamples, as_json, plot) -> None:
     """Compare two models (bundles or checkpoints) on the same labelled crops: AUC of each, DeLong's
     test for two correlated ROC curves (paired, as in the reference study) and, as a cross-check, a

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..dataset import Split
+from .trust_options import trust_option
 
 
 def split_options(function):
@@ -40,6 +41,7 @@ def split_options(function):
               help="Write roc.png and calibration.png into this folder.")
 @click.option("--scores", "scores_csv", type=click.Path(dir_okay=False), default=None,
               help="Also write per-crop scores (image, case_id, label, score) to this CSV.")
+@trust_option
 def evaluate(model_path, data, split, folds, fold, seed, threads, resamples, as_json, model_key,
              sensitivity_target, plots_dir, scores_csv) -> None:
     """Evaluate BUNDLE_OR_CHECKPOINT on the labelled crops of --data: ROC AUC with 95% CIs (DeLong and

@@ -130,7 +130,7 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
         raise
     from ..bundle import load_bundle
 
-    manifest = load_bundle(path).manifest
+    manifest = load_bundle(path, ignore_signature=True).manifest  # just written, so unsigned: sign it next
     summary = {"bundle": str(path), "backbone": model.backbone_name, "modalities": list(model.modalities),
                "image_size": size, "files": sorted(p.name for p in path.iterdir()),
                "models": {key: entry.to_dict() for key, entry in manifest.models.items()}}

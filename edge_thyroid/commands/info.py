@@ -6,12 +6,16 @@ import json
 
 import click
 
+from .trust_options import trust_option
+
 
 @click.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@trust_option
 def info(bundle, as_json) -> None:
-    """Verify BUNDLE (sha256 of every file) and summarise it."""
+    """Verify BUNDLE (its signature against --trust keys, the sha256 of every file) and summarise it,
+    with the manifest's sha256 and its signer."""
     from ..bundle import load_bundle
 
     loaded = load_bundle(bundle)
@@ -21,6 +25,8 @@ def info(bundle, as_json) -> None:
         return
     pre = manifest["preprocessing"]
     click.echo(f"bundle      {loaded.root}  (format v{manifest['format_version']}, {len(manifest['files'])} files verified)")
+    click.echo(f"manifest    sha256 {loaded.signature.manifest_sha256}")
+    click.echo(f"signer      {loaded.signature.describe()}")
     click.echo(f"backbone    {manifest['backbone']}  modalities {', '.join(manifest['modalities'])}"
                f"  (trained on: {', '.join(manifest['trained_modalities']) or 'none'})")
     click.echo(f"input       uint8 BGR frame + ROIs -> {pre['image_size']}x{pre['image_size']} {pre['interpolation']}, "

@@ -14,6 +14,7 @@ import click
 from ..errors import BundleError, InputError
 from .params import parse_size
 from .runtime_options import backend_settings, runtime_options
+from .trust_options import trust_option
 
 DEMO_CLIP = "demo_clip.mp4"
 DEMO_LAYOUT = "demo_clip.layout.json"
@@ -56,6 +57,7 @@ class StreamOptions:
     backend_settings: dict[str, Any] = field(default_factory=dict)   # Engine keywords: backend and its options
     view: tuple[str, int] | None = None     # serve the live view here (host, port)
     view_fps: float = 10.0
+    dicom_sr: str | None = None
 
 
 def _view_address(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
@@ -78,6 +80,10 @@ def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      help="Serve a live view (overlay, p over the last minute, abstain reasons, latency) to a browser "
                           "at http://HOST:PORT/. A bare port listens on 127.0.0.1 only; 0.0.0.0:PORT exposes it."),
         click.option("--quiet", is_flag=True, help="No live status line on stderr."),
+        click.option("--dicom-sr", default=None, metavar="OUT.dcm",
+                     help="DICOM source only: write a DICOM Structured Report of the last frame's decision (p, "
+                          "threshold, model and manifest sha256, the pane ROI on the source frame) here. Needs "
+                          "pip install 'edge-thyroid[dicom]'."),
         click.option("--reconnect-attempts", type=click.IntRange(0, 1000), default=8, show_default=True,
                      help="Reopen tries (back-off 0.25 s doubling to 4 s) before a lost device/network source ends the stream."),
         click.option("--no-cache", "cache", flag_value=False, default=True,
@@ -141,6 +147,9 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
     source = create_source(source_spec, SourceOptions(
         realtime=not options.as_fast_as_possible, fps=options.fps, size=parse_size(options.capture_size) if options.capture_size else None,
         fourcc=options.fourcc, loop=options.loop, layout=layout))
+    if options.dicom_sr and source.kind != "dicom":
+        raise click.UsageError(f"--dicom-sr needs a DICOM source (the report references its image); {source_spec} "
+                               "is not one. For still images use 'edge-thyroid classify --dicom-sr DIR'")
     with Engine(bundle, model=options.model, threads=options.threads,
                 **options.backend_settings) as engine:
         source.open()
@@ -162,9 +171,17 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
                                       announce=lambda line: click.echo(line, err=True)))
             if banner and not options.quiet:
                 click.echo(banner, err=True)
-            summary = Pipeline(engine, source, sinks, config).run()
+            pipeline = Pipeline(engine, source, sinks, config)
+            summary = pipeline.run()
         finally:
             source.close()
+        # A stream that failed has no final state to report; the error below says why.
+        if options.dicom_sr and pipeline.last_result is not None and not summary.error:
+            _write_stream_report(options.dicom_sr, pipeline.last_result, engine, source)
+    if summary.error and summary.processed == 0 and pipeline.fanout.failed() is None:
+        # Nothing was classified (no frame, or a layout that does not fit it): one line, no summary. A sink
+        # that failed before the first frame (noticed at the header record) still gets the summary below.
+        raise InputError(summary.error)
     # With the records on stdout, the summary goes to stderr so stdout stays pure JSONL.
     to_stderr = options.json_out == "-"
     if options.as_json:
@@ -173,6 +190,15 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
         click.echo(summary.text(), err=to_stderr)
     if summary.error:
         raise InputError(summary.error)
+
+
+def _write_stream_report(path: str, result: Any, engine: Any, source: Any) -> None:
+    from ..dicom_sr import ModelIdentity, stream_finding, write_report
+
+    info = source.info
+    finding = stream_finding(result, info.rows, info.columns, info.frames)
+    for written in write_report(path, finding, ModelIdentity.of(engine), source=source.dataset):
+        click.echo(f"DICOM SR written: {written}", err=True)  # the file name only: never patient data
 
 
 def _options(kwargs: dict[str, Any]) -> StreamOptions:
@@ -188,6 +214,7 @@ def _options(kwargs: dict[str, Any]) -> StreamOptions:
                    "folder, or synthetic[:dual|triple][?size=WxH&fps=30&swe_hz=2&frames=N&freeze=A-B]. "
                    "Default: the bundled demo clip.")
 @stream_options
+@trust_option
 def stream(bundle: str, source_spec: str | None, **kwargs: Any) -> None:
     """Classify a live ultrasound screen with BUNDLE, in real time.
 
@@ -226,30 +253,44 @@ def _demo_clip() -> Path:
 @click.option("--no-view", is_flag=True,
               help=f"Do not serve the live view (by default at http://{DEMO_VIEW[0]}:{DEMO_VIEW[1]}/, or a free port).")
 @stream_options
+@trust_option
 def demo(bundle: str | None, no_view: bool, **kwargs: Any) -> None:
     """Stream the bundled demo clip through the bundled model, printing live results and serving a live
     view to a browser (the address is printed).
 
     \b
     The clip is a few thyroid B-mode crops from the public DDTI database composed into a workstation
-    screen. Every option of 'edge-thyroid stream' applies, e.g.:
+    screen. The bundled model is signed with the project's demo key and checked against its public
+    half (shipped in the package) unless --trust names other keys. Every option of 'edge-thyroid
+    stream' applies, e.g.:
       edge-thyroid demo --loop                   keep the clip going while you watch the view
       edge-thyroid demo --overlay demo.mp4 --json-out demo.jsonl --no-view
     """
+    from contextlib import nullcontext
+
+    from ..signing import TrustPolicy, active_policy, demo_public_key, load_trusted_keys, use_policy
+
+    trust = nullcontext()
     if bundle is None:
         default = data_path(DEMO_BUNDLE)
         if not (default / "manifest.json").is_file():
             raise BundleError(f"the bundled demo model is missing at {default}; pass --bundle DIR "
                               "(e.g. one made by 'edge-thyroid export')")
         bundle = str(default)
+        policy = active_policy()
+        if not policy.enforced:
+            # The shipped model is checked against the shipped demo key: a damaged or edited install is
+            # refused. The demo key's private half is public, so it vouches for the install, not the model.
+            trust = use_policy(TrustPolicy(load_trusted_keys([demo_public_key()], origin="demo key"), policy.notice))
     options = _options(kwargs)
     explicit = options.view is not None
     if no_view:
         options.view = None
     elif not explicit:
         options.view = DEMO_VIEW
-    run_stream(bundle, str(_demo_clip()), options, default_layout=str(data_path(DEMO_LAYOUT)),
-               banner=DEMO_CREDIT, view_any_port=not explicit)
+    with trust:
+        run_stream(bundle, str(_demo_clip()), options, default_layout=str(data_path(DEMO_LAYOUT)),
+                   banner=DEMO_CREDIT, view_any_port=not explicit)
 
 
 __all__ = ["demo", "run_stream", "stream"]

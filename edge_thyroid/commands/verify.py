@@ -8,6 +8,7 @@ import click
 
 from ..verification import Split
 from .runtime_options import backend_settings, require_keyword, runtime_options
+from .trust_options import trust_option
 
 
 @click.command()
@@ -32,6 +33,7 @@ from .runtime_options import backend_settings, require_keyword, runtime_options
                    "TensorrtExecutionProvider,CUDAExecutionProvider (fails if one is unavailable or silently falls back).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @runtime_options
+@trust_option
 def verify(bundle, reference, data, split, folds, fold, seed, model_key, reference_model, max_auc_drop, min_agreement,
            threads, providers, as_json, **backend_kwargs) -> None:
     """Judge BUNDLE's model against an FP32 reference on labelled images: AUC of both and the drop,

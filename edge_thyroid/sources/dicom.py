@@ -27,7 +27,10 @@ MAX_SIDE = 8192
 MAX_FRAMES = 100_000
 TAG_FRAME_TIME_VECTOR = 0x00181065
 TAG_PIXEL_DATA = 0x7FE00010
-PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR")
+# YBR_* are decoded to RGB by pydicom (as_rgb); YBR_RCT/ICT/PARTIAL_420 occur only in compressed data
+# (JPEG 2000 lossless/lossy, JPEG baseline with 4:2:0), where the decoder applies the colour transform.
+PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_RCT",
+               "YBR_ICT", "PALETTE COLOR")
 
 # Region Data Type (0018,6014) -> the pane it is on a thyroid workstation. Other types (spectral
 # Doppler, traces, colour bars) are not image panes and are ignored.
@@ -145,12 +148,23 @@ def _even(period: float, frames: int) -> tuple[tuple[float, ...], float]:
     return tuple(i * period for i in range(frames)), frames * period
 
 
-def regions_layout(ds: Any, rows: int, columns: int, name: str) -> Layout | None:
-    """Panes from the Sequence of Ultrasound Regions, or None if the file has none."""
+MAX_REGION_SCALE = 8   # a screen downsized by more than this is not worth reading
+REGION_SLACK = 0.02    # overshoot (fraction of the image) that counts as "the pixels were downsized"
+
+
+def regions_layout(ds: Any, rows: int, columns: int, name: str, notes: list[str] | None = None) -> Layout | None:
+    """Panes from the Sequence of Ultrasound Regions, or None if the file has none.
+
+    Regions written for the full-size screen and then left unchanged when the pixels were downsized
+    (seen in real files) are mapped back: divided by the integer factor that makes them fit when
+    they overshoot clearly in both directions, otherwise clipped to the image (a cropped screen, a
+    MaxX1 one past the last column). Either is said once in
+    ``notes``; a file is never refused for it.
+    """
     regions = ds.get("SequenceOfUltrasoundRegions")
     if not regions:
         return None
-    panes: list[Pane] = []
+    boxes: list[tuple[Modality, tuple[int, int, int, int]]] = []
     for number, region in enumerate(regions):
         fmt, kind = region.get("RegionSpatialFormat"), region.get("RegionDataType")
         if fmt != REGION_2D or kind not in REGION_MODALITY:
@@ -160,22 +174,55 @@ def regions_layout(ds: Any, rows: int, columns: int, name: str) -> Layout | None
         if any(c is None for c in corners):
             raise SourceError(f"DICOM {name}: ultrasound region {number} lacks RegionLocationMinX0/MinY0/MaxX1/MaxY1")
         x0, y0, x1, y1 = (int(c) for c in corners)
-        if not (0 <= x0 <= x1 < columns and 0 <= y0 <= y1 < rows):
-            raise SourceError(f"DICOM {name}: ultrasound region {number} spans x {x0}..{x1}, y {y0}..{y1}, outside "
-                              f"the {columns}x{rows} image; expected 0 <= min <= max < size")
+        if not (0 <= x0 <= x1 and 0 <= y0 <= y1):
+            raise SourceError(f"DICOM {name}: ultrasound region {number} spans x {x0}..{x1}, y {y0}..{y1}; "
+                              "expected 0 <= min <= max")
         modality = REGION_MODALITY[kind]
-        if any(p.modality is modality for p in panes):
+        if any(m is modality for m, _ in boxes):
             raise SourceError(f"DICOM {name}: more than one 2D region of data type {kind} ({modality.value}); "
                               "pass --layout to say which pane is which")
-        panes.append(Pane(modality, (x0, y0, x1 - x0 + 1, y1 - y0 + 1)))
+        boxes.append((modality, (x0, y0, x1, y1)))
+    if not boxes:
+        return None
+    boxes = _fit_regions(boxes, rows, columns, name, notes if notes is not None else [])
+    panes = tuple(Pane(m, (x0, y0, x1 - x0 + 1, y1 - y0 + 1)) for m, (x0, y0, x1, y1) in boxes)
     if not panes:
         return None
-    layout = Layout(f"dicom regions of {name}", tuple(panes), screen=(columns, rows))
+    layout = Layout(f"dicom regions of {name}", panes, screen=(columns, rows))
     try:
         layout.validate(columns, rows)
     except InputError as exc:  # overlapping regions: a lying file, said as such
         raise SourceError(f"DICOM {name}: ultrasound regions do not form a screen layout ({exc})") from None
     return layout
+
+
+def _fit_regions(boxes: list[tuple[Modality, tuple[int, int, int, int]]], rows: int, columns: int, name: str,
+                 notes: list[str]) -> list[tuple[Modality, tuple[int, int, int, int]]]:
+    right = max(b[2] for _, b in boxes)
+    bottom = max(b[3] for _, b in boxes)
+    if right < columns and bottom < rows:
+        return boxes
+    # Downsized pixels overshoot in both directions, by far; a region one pixel too wide (MaxX1 written
+    # as the width, seen in real files) or a cropped screen is clipped instead.
+    if right >= columns * (1 + REGION_SLACK) and bottom >= rows * (1 + REGION_SLACK):
+        for factor in range(2, MAX_REGION_SCALE + 1):
+            if right // factor < columns and bottom // factor < rows:
+                notes.append(f"DICOM {name}: the ultrasound regions reach x {right}, y {bottom} of a {columns}x{rows} "
+                             f"image (the pixels were downsized after the regions were written); regions divided by "
+                             f"{factor}")
+                return [(m, (x0 // factor, y0 // factor, x1 // factor, y1 // factor)) for m, (x0, y0, x1, y1) in boxes]
+    fitted = []
+    for modality, (x0, y0, x1, y1) in boxes:
+        clipped = (x0, y0, min(x1, columns - 1), min(y1, rows - 1))
+        if clipped[0] > clipped[2] or clipped[1] > clipped[3]:
+            notes.append(f"DICOM {name}: the {modality.value} region x {x0}..{x1}, y {y0}..{y1} lies outside the "
+                         f"{columns}x{rows} image; ignored")
+            continue
+        if clipped != (x0, y0, x1, y1):
+            notes.append(f"DICOM {name}: the {modality.value} region x {x0}..{x1}, y {y0}..{y1} extends past the "
+                         f"{columns}x{rows} image; clipped to x {x0}..{clipped[2]}, y {y0}..{clipped[3]}")
+        fitted.append((modality, clipped))
+    return fitted
 
 
 class DicomSource(Source):
@@ -216,11 +263,13 @@ class DicomSource(Source):
             raise SourceError(f"cannot parse DICOM {path.name}: {type(exc).__name__}: {str(exc)[:160]}") from None
         if decoder is not None and not decoder.is_available:
             raise SourceError(f"DICOM {path.name} is compressed ({syntax.name}) and no installed decoder reads it; "
-                              f"pip install {' or '.join(sorted(decoder.missing_dependencies)) or 'pylibjpeg'}"[:300])
+                              "pip install 'edge-thyroid[dicom]'")
         if self.options.realtime and info.offsets_s is None and not self.options.fps:
             raise SourceError(f"DICOM {path.name} states no frame rate (FrameTime, FrameTimeVector, CineRate, "
                               "RecommendedDisplayFrameRate); pass --fps or --as-fast-as-possible")
         self.dataset = ds
+        # Frames are decoded from the file one at a time; a deflated file can only be read whole.
+        self._whole: Any = pydicom.dcmread(path) if syntax.is_deflated else None
         self.pacer = Pacer(self.interrupt)
         self._layout: Layout | None = None
         self._layout_checked = False
@@ -230,9 +279,22 @@ class DicomSource(Source):
         from pydicom.pixels import iter_pixels
 
         self._close_file()
-        self.handle = open(self.path, "rb")
-        self.frames = iter_pixels(self.handle)
+        if self._whole is not None:
+            self.frames = iter_pixels(self._whole)
+        else:
+            self.handle = open(self.path, "rb")
+            self.frames = iter_pixels(self.handle)
         self.position = 0
+
+    def _read_whole(self, failure: Exception) -> None:
+        """Decode from the dataset in memory instead of the file: pydicom's dataset path tolerates what
+        its streaming path does not (e.g. a malformed Basic Offset Table). Said once in the notes."""
+        import pydicom
+
+        self.notes.append(f"DICOM {self.path.name}: frame-by-frame decoding failed ({type(failure).__name__}: "
+                          f"{str(failure)[:100]}); read whole instead")
+        self._whole = pydicom.dcmread(self.path)
+        self._start_pass()
 
     def _close_file(self) -> None:
         frames = getattr(self, "frames", None)
@@ -257,7 +319,8 @@ class DicomSource(Source):
     def layout_hint(self) -> Layout | None:
         if not self._layout_checked:
             try:
-                self._layout = regions_layout(self.dataset, self.info.rows, self.info.columns, self.path.name)
+                self._layout = regions_layout(self.dataset, self.info.rows, self.info.columns, self.path.name,
+                                              self.notes)
             except SourceError:
                 raise
             except Exception as exc:  # a damaged region item, parsed only now
@@ -283,7 +346,13 @@ class DicomSource(Source):
         arrival = self.pacer.wait(self._offset(passes, self.position))
         start = time.monotonic()
         try:
-            pixels = next(self.frames)
+            try:
+                pixels = next(self.frames)
+            except Exception as exc:  # noqa: BLE001 - retried once in memory, then reported below
+                if self.position != 0 or self.index != 0 or self._whole is not None:
+                    raise
+                self._read_whole(exc)
+                pixels = next(self.frames)
         except StopIteration:
             raise SourceError(f"DICOM {self.path.name} ended after {self.position} of the {self.info.frames} frames "
                               "its NumberOfFrames states") from None

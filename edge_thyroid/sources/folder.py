@@ -6,13 +6,13 @@ import re
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from ..errors import InputError
+from ..frames import read_image
 from .base import Pacer, Source, SourceError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-MAX_IMAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_FPS = 30.0
 
 
@@ -59,17 +59,14 @@ class FolderSource(Source):
             return frame, arrival, (time.monotonic() - start) * 1000.0
 
     def _decode(self, path: Path) -> np.ndarray | None:
-        """The image, or None (noted once) for a file that is not one; a folder of stills keeps going."""
+        """The image, or None (noted once, with why) for a file that is not a complete image; a folder
+        of stills keeps going."""
         try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR) if 0 < size <= MAX_IMAGE_BYTES else None
-        if frame is None:
+            return read_image(path)
+        except InputError as exc:
             self.skipped.add(path)
-            self.notes.append(f"skipped {path.name}: not an image OpenCV can decode (or over "
-                              f"{MAX_IMAGE_BYTES // 2**20} MiB)")
-        return frame
+            self.notes.append(f"skipped {path.name}: {exc}")
+            return None
 
     def _close(self) -> None:
         self.files = []

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..frames import Roi
+from ..inputs import BLANK_STD
 
 
 class Extractor(Protocol):
@@ -45,7 +46,7 @@ class PaneCache:
     """
 
     def __init__(self, engine: Extractor, threshold: float = 1.0, stride: int = 4, enabled: bool = True,
-                 blank_std: float = 2.0) -> None:
+                 blank_std: float = BLANK_STD) -> None:
         if not (math.isfinite(threshold) and threshold >= 0):
             raise InputError(f"change threshold {threshold} must be a finite number >= 0 grey levels")
         self.engine = engine

@@ -57,6 +57,8 @@ class CaptureLoop:
                         return
                     continue
                 if item is None:
+                    if self.captured == 0 and not self.stop_event.is_set():
+                        self.error = SourceError(self._no_frame_message())
                     return
                 self.captured += 1
                 self._attempts_without_frame = 0  # frames flow again: the next failure starts a fresh back-off
@@ -70,6 +72,11 @@ class CaptureLoop:
                 self.source.close()
             except Exception as exc:  # noqa: BLE001 - closing a broken device must not hide the real error
                 self.source.notes.append(f"closing the source failed: {exc}")
+
+    def _no_frame_message(self) -> str:
+        why = f" ({self.source.notes[0]})" if self.source.notes else ""
+        return (f"{self.source.describe()} yielded no frame{why}; expected a source with at least one decodable "
+                "image")
 
     def _reconnect(self, failure: SourceError) -> bool:
         """Reopen with exponential back-off. The back-off and the attempt budget carry over between

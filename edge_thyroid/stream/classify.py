@@ -18,6 +18,7 @@ from ..engine import Prediction
 from ..errors import InputError
 from ..frames import Pane, Roi
 from ..head import FusionHead, sigmoid
+from ..inputs import size_problem
 from ..layout import Layout, Modality, preset
 from ..sources import Captured
 from ..temporal import Reason, TemporalFilter
@@ -75,10 +76,21 @@ class FrameClassifier:
 
     def _layout_for(self, width: int, height: int) -> Layout:
         if self._resolved is None or self._resolved[0] != (width, height):
-            self._resolved = ((width, height), self.layout.resolve(width, height))
+            resolved = self.layout.resolve(width, height)
+            for pane in resolved.engine_panes():
+                too_small = size_problem(pane.roi[2], pane.roi[3])
+                if too_small:
+                    raise InputError(f"layout {resolved.name!r}: the {pane.modality} pane {list(pane.roi)} of the "
+                                     f"{width}x{height} frame: {too_small}")
+            self._resolved = ((width, height), resolved)
             self.cache.retain([p.roi for p in self._resolved[1].engine_panes()])
             self.last_fused = None
         return self._resolved[1]
+
+    def check_fits(self, item: Captured) -> None:
+        """An InputError when the layout does not fit this frame (a frame with a problem is left to classify)."""
+        if item.problem is None:
+            self._layout_for(item.frame.shape[1], item.frame.shape[0])
 
     def _fused(self, panes: Sequence[Pane], maps: Sequence[np.ndarray], changed: bool) -> Prediction:
         """The head's answer for these panes, recomputed only when a pane changed or the set of panes did."""

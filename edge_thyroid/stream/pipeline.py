@@ -20,16 +20,17 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from ..errors import EdgeThyroidError
+from ..errors import EdgeThyroidError, InputError
+from ..inputs import BLANK_STD
 from ..layout import Layout
 from ..sinks import Sink
-from ..sources import Source
+from ..sources import Captured, Source
 from ..temporal import TemporalConfig, TemporalFilter
 from .cache import PaneCache
 from .capture import CaptureLoop, ReconnectPolicy
 from .classify import EngineLike, FrameClassifier, choose_layout
 from .fanout import Fanout
-from .records import HeaderRecord, StreamSummary
+from .records import HeaderRecord, StreamResult, StreamSummary
 from .slot import LatestFrameSlot
 from .stats import StreamStats
 
@@ -41,7 +42,7 @@ class PipelineConfig:
     max_frames: int | None = None      # stop after this many captured frames
     cache: bool = True
     change_threshold: float = 1.0      # grey levels of mean |difference| that still count as unchanged
-    blank_std: float = 2.0             # a pane whose pixel std is below this is blank
+    blank_std: float = BLANK_STD       # a pane whose pixel std is below this is blank
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     sink_queue: int = 10_000           # JSONL/console records queued per sink before dropping
@@ -69,6 +70,11 @@ class Pipeline:
                                    max_frames=self.config.max_frames, note_stop=self._note_stop)
         self.stats = StreamStats()
         self.layout: Layout | None = None
+
+    @property
+    def last_result(self) -> StreamResult | None:
+        """The last processed frame's result (what a report of the stream describes)."""
+        return self.stats.last
 
     # -- control ---------------------------------------------------------------------------------
     def stop(self, reason: str = "stop request") -> None:
@@ -116,6 +122,8 @@ class Pipeline:
                     if self.slot.finished:
                         break
                     continue
+                if self.stats.processed == 0 and not self._first_frame_fits(classifier, item):
+                    break
                 result = classifier.classify(item)
                 self.stats.processed += 1
                 result.processed, result.dropped = self.stats.processed, self.slot.dropped
@@ -137,6 +145,16 @@ class Pipeline:
             self.error = failed[1]
             self.stopped_by = self.stopped_by or f"{failed[0]} sink error"
         return self._summary(seconds)
+
+    def _first_frame_fits(self, classifier: FrameClassifier, item: Captured) -> bool:
+        """A layout that does not fit the first frame would abstain on every frame: stop at once instead."""
+        try:
+            classifier.check_fits(item)
+        except InputError as exc:
+            self.error = InputError(f"the layout does not fit the first frame of {self.source.describe()}: {exc}")
+            self.stopped_by = "layout invalid for the first frame"
+            return False
+        return True
 
     def _header(self) -> HeaderRecord:
         assert self.layout is not None

@@ -58,7 +58,5 @@ LYING_DICOMS = [
     ("absurd frame time", set_tags(FrameTime=1e12), "frametime"),
     ("rows missing", drop("Rows"), "rows"),
     ("16-bit samples declared for 8-bit data", set_tags(BitsAllocated=16, BitsStored=16, HighBit=15), "bitsallocated"),
-    ("region outside the image", region_at(50, 10, 400, 40), "region"),
     ("region with max before min", region_at(40, 40, 10, 10), "region"),
-    ("region corner at 2**32 - 1", region_at(0, 0, 2**32 - 1, 40), "region"),
 ]

@@ -221,15 +221,16 @@ def png_declaring(width: int, height: int) -> bytes:
 
 
 BAD_IMAGES = {
-    "truncated": lambda ok: ok[: len(ok) // 2],
-    "empty": lambda ok: b"",
-    "not an image": lambda ok: b"GIF? no, text",
-    "decompression bomb": lambda ok: png_declaring(30_000, 30_000),
+    "truncated": (lambda ok: ok[: len(ok) // 2], "truncated"),
+    "empty": (lambda ok: b"", "is empty"),
+    "not an image": (lambda ok: b"GIF? no, text", "cannot decode image"),
+    "decompression bomb": (lambda ok: png_declaring(30_000, 30_000), "cannot decode image"),
 }
 
 
 @pytest.mark.parametrize("kind", BAD_IMAGES)
 def test_bad_image_is_refused_by_classify(random_bundle, image, tmp_path, kind):
     bad = tmp_path / "bad.png"
-    bad.write_bytes(BAD_IMAGES[kind](image.read_bytes()))
-    assert_refused(run_cli("classify", random_bundle, bad), "cannot read image", "bad.png")
+    breaker, fragment = BAD_IMAGES[kind]
+    bad.write_bytes(breaker(image.read_bytes()))
+    assert_refused(run_cli("classify", random_bundle, bad), fragment, "bad.png")
