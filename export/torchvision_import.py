@@ -1,0 +1,130 @@
+"""A torchvision classifier trained elsewhere (its own last layer included) -> what a bundle is built from.
+
+The architecture is recognised from the state_dict's keys and then loaded strictly, so a ResNet101 or
+a VGG16-BN is refused by name rather than half-loaded. Where the classifier is one linear layer after
+global average pooling (ResNet50, DenseNet121, GoogLeNet) that layer becomes the NumPy fusion head and
+CAMs stay exact; VGG16's classifier is an MLP over a 7x7 grid, so the whole network is exported, its
+class scores become 1x1 "feature maps" and the bundle says it has no CAM.
+
+Outputs: 1 logit (sigmoid), 2 classes (softmax; p(malignant) = sigmoid of the logit difference, so
+the head stays linear and exact) or N classes with a named malignant set (see edge_thyroid.head.ClassMap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_thyroid.errors import InputError
+from edge_thyroid.head import CAM_EXACT, CAM_GRADIENT, CAM_NONE, FusionHead
+
+from .class_scores import class_scores_head, malignant_set, outputs_record
+from .models import BackboneFeatures
+
+# Keys only this architecture's state_dict has (checked in order: the first match names it).
+SIGNATURES: dict[str, tuple[str, ...]] = {
+    "resnet50": ("layer3.5.conv3.weight", "layer4.2.conv3.weight", "fc.weight"),
+    "densenet121": ("features.denseblock3.denselayer24.conv2.weight", "features.denseblock4.denselayer16.conv2.weight",
+                    "classifier.weight"),
+    "vgg16": ("features.28.weight", "classifier.6.weight"),
+    "googlenet": ("inception5b.branch4.1.conv.weight", "fc.weight"),
+}
+# The final linear layer of each architecture, the one whose rows are the classes.
+FINAL_LAYER = {"resnet50": "fc", "densenet121": "classifier", "vgg16": "classifier.6", "googlenet": "fc"}
+# GoogLeNet's auxiliary classifiers only exist in training; inference never runs them.
+TRAINING_ONLY_PREFIXES = ("aux1.", "aux2.")
+
+
+@dataclass(frozen=True)
+class ImportedClassifier:
+    """A loaded torchvision classifier and the head that reproduces its p(malignant)."""
+
+    architecture: str
+    model: nn.Module              # the whole torchvision model, eval mode (the parity reference)
+    features: nn.Module           # pixels -> feature maps (or class scores as N x K x 1 x 1)
+    head: FusionHead
+    num_outputs: int
+    outputs: dict                 # how class scores map to p(malignant), for the model card
+
+
+class ScoresAsMaps(nn.Module):
+    """A whole classifier whose N x K scores are presented as N x K x 1 x 1 maps, so the runtime's
+    pooling and head apply unchanged (pooling a 1x1 map is the identity)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels)[:, :, None, None]
+
+
+def detect_architecture(state: dict[str, torch.Tensor]) -> str | None:
+    for name, keys in SIGNATURES.items():
+        if all(key in state for key in keys):
+            return name
+    return None
+
+
+def import_torchvision(state: dict[str, torch.Tensor], *, source: str, modality: str = "bmode",
+                       malignant: Sequence[int] | None = None) -> ImportedClassifier:
+    """Recognise, load strictly and wrap a torchvision classifier's state_dict (see the module docstring).
+
+    ``malignant``: the malignant class indices for 2 (default: index 1) or N outputs (required)."""
+    state = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    architecture = detect_architecture(state)
+    if architecture is None:
+        raise InputError(f"{source}: its keys ({_sample(state)}) match none of {sorted(SIGNATURES)} with their own "
+                         "classifier; expected a torchvision state_dict (e.g. resnet50's conv1.weight ... fc.weight)")
+    final = FINAL_LAYER[architecture]
+    weight, bias = state[f"{final}.weight"], state.get(f"{final}.bias")
+    if weight.ndim != 2 or bias is None:
+        raise InputError(f"{source}: {final}.weight has shape {tuple(weight.shape)} (bias {'present' if bias is not None else 'missing'}); "
+                         f"expected a linear layer [classes, features] with a bias")
+    num_outputs = int(weight.shape[0])
+    model = _build(architecture, num_outputs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{source}: looks like a {architecture} but does not load into one "
+                         f"({_load_problem(str(exc))}); expected torchvision's {architecture} with {num_outputs} outputs") from None
+    model.eval()
+    chosen = malignant_set(num_outputs, malignant, source)
+    if architecture == "vgg16":
+        scores_weight, scores_bias = np.eye(num_outputs), np.zeros(num_outputs)
+        features: nn.Module = ScoresAsMaps(model).eval()
+        cam_mode = CAM_NONE
+    else:
+        scores_weight = weight.detach().double().numpy()
+        scores_bias = bias.detach().double().numpy()
+        features = BackboneFeatures(architecture, model).eval()
+        cam_mode = CAM_EXACT if num_outputs <= 2 else CAM_GRADIENT
+    head = class_scores_head(modality, scores_weight, scores_bias, chosen, cam_mode)
+    outputs = outputs_record(num_outputs, chosen)
+    return ImportedClassifier(architecture, model, features, head, num_outputs, outputs)
+
+
+def _build(architecture: str, num_outputs: int) -> nn.Module:
+    import torchvision
+
+    if architecture == "googlenet":
+        return torchvision.models.googlenet(weights=None, num_classes=num_outputs, aux_logits=False, init_weights=False)
+    return getattr(torchvision.models, architecture)(weights=None, num_classes=num_outputs)
+
+
+def _load_problem(message: str) -> str:
+    """torch's load_state_dict message, cut to its first specific line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "mismatch")
+    return detail[:200]
+
+
+def _sample(state: dict) -> str:
+    keys = list(state)
+    return ", ".join(keys[:3]) + (f", ... {len(keys)} keys" if len(keys) > 3 else "")
+
+
