@@ -71,18 +71,17 @@ def import_model(path: str | Path, options: ImportOptions) -> ImportedModel:
 
 
 def _import_torchvision_file(path: Path, options: ImportOptions) -> ImportedModel:
-    from .onnx_export import export_features_onnx
-    from .torchvision_import import import_torchvision
+    from .torchvision_import import export_imported_onnx, import_torchvision
 
     if options.channel_order not in (None, "RGB"):
         raise InputError(f"--channel-order {options.channel_order} applies to ONNX models; a torchvision model "
                          "takes RGB (its weights were trained on torchvision's RGB tensors)")
     weights = read_weights(path)
-    imported = import_torchvision(weights.state_dict, source=str(path), modality=options.modality,
-                                  malignant=options.malignant)
     size = options.image_size or TORCHVISION_IMAGE_SIZE
+    imported = import_torchvision(weights.state_dict, source=str(path), image_size=size, modality=options.modality,
+                                  malignant=options.malignant)
     spec = _spec(size, options.mean, options.std, str(path))
-    backbone = export_features_onnx(imported.features, size)
+    backbone = export_imported_onnx(imported, size)
     card = _card(path, "torchvision state_dict", imported.architecture, imported.outputs, spec,
                  {"image_size": "command line" if options.image_size else "default (torchvision 224)",
                   "mean_std": "command line" if options.mean or options.std else "default (ImageNet)",

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 
 from edge_thyroid.errors import InputError
@@ -24,6 +26,7 @@ from edge_thyroid.head import CAM_EXACT, CAM_GRADIENT, CAM_NONE, FusionHead
 
 from .class_scores import class_scores_head, malignant_set, outputs_record
 from .models import BackboneFeatures
+from .onnx_export import FEATURE_MAPS, export_features_onnx
 
 # Keys only this architecture's state_dict has (checked in order: the first match names it).
 SIGNATURES: dict[str, tuple[str, ...]] = {
@@ -51,16 +54,85 @@ class ImportedClassifier:
     outputs: dict                 # how class scores map to p(malignant), for the model card
 
 
-class ScoresAsMaps(nn.Module):
-    """A whole classifier whose N x K scores are presented as N x K x 1 x 1 maps, so the runtime's
-    pooling and head apply unchanged (pooling a 1x1 map is the identity)."""
+class VggScoresAsMaps(nn.Module):
+    """VGG16 whole, its N x K scores presented as N x K x 1 x 1 maps, so the runtime's pooling (the
+    identity on 1x1) and head apply unchanged.
 
-    def __init__(self, model: nn.Module) -> None:
+    VGG's adaptive average pooling to 7x7 is written as two constant matrix products: the same
+    arithmetic, but exportable to ONNX at any pane size (torch's exporter only takes sizes whose
+    feature map is a multiple of 7, i.e. 224 or 448 px)."""
+
+    def __init__(self, model: nn.Module, image_size: int) -> None:
         super().__init__()
         self.model = model
+        grid = model.avgpool.output_size
+        rows, cols = (grid, grid) if isinstance(grid, int) else grid
+        size = image_size // 32  # VGG16's five 2x2 max-pools
+        self.register_buffer("pool_rows", adaptive_pool_matrix(size, rows))
+        self.register_buffer("pool_cols", adaptive_pool_matrix(size, cols))
+
+    def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
+        maps = self.model.features(pixels)
+        return torch.flatten(torch.matmul(torch.matmul(self.pool_rows, maps), self.pool_cols.transpose(0, 1)), 1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixels)[:, :, None, None]
+        return self.model.classifier(self.pooled(pixels))[:, :, None, None]
+
+    def to_onnx(self, image_size: int) -> onnx.ModelProto:
+        """torch's exporter takes ~20 s over the classifier's 120M weights; the MLP is three Gemms, so
+        only the convolutions go through it and the Gemms are appended with their weights as they are."""
+        graph_model = export_features_onnx(_Pooled(self), image_size)
+        graph = graph_model.graph
+        current = "vgg/pooled"
+        for node in graph.node:
+            node.output[:] = [current if name == FEATURE_MAPS else name for name in node.output]
+        for index, layer in enumerate(self.model.classifier):
+            if isinstance(layer, nn.Dropout):
+                continue  # the identity in eval mode
+            out = f"vgg/classifier.{index}"
+            if isinstance(layer, nn.Linear):
+                weight, bias = f"{out}.weight", f"{out}.bias"
+                graph.initializer.extend([numpy_helper.from_array(layer.weight.detach().numpy(), weight),
+                                          numpy_helper.from_array(layer.bias.detach().numpy(), bias)])
+                graph.node.append(helper.make_node("Gemm", [current, weight, bias], [out], transB=1))
+            elif isinstance(layer, nn.ReLU):
+                graph.node.append(helper.make_node("Relu", [current], [out]))
+            else:
+                raise InputError(f"VGG16 classifier layer {index} is a {type(layer).__name__}; expected Linear, ReLU or Dropout")
+            current = out
+        axes = numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "vgg/axes")
+        graph.initializer.append(axes)
+        graph.node.append(helper.make_node("Unsqueeze", [current, axes.name], [FEATURE_MAPS]))
+        del graph.output[:]
+        width = self.model.classifier[-1].out_features
+        graph.output.append(helper.make_tensor_value_info(FEATURE_MAPS, onnx.TensorProto.FLOAT, ["panes", width, 1, 1]))
+        return graph_model  # checked once fused with the preprocessing (a check here copies 500 MB again)
+
+
+class _Pooled(nn.Module):
+    def __init__(self, vgg: VggScoresAsMaps) -> None:
+        super().__init__()
+        self.vgg = vgg
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vgg.pooled(pixels)
+
+
+def export_imported_onnx(imported: "ImportedClassifier", image_size: int) -> onnx.ModelProto:
+    """The bundle's backbone graph (pixels -> feature_maps) of an imported classifier."""
+    if isinstance(imported.features, VggScoresAsMaps):
+        return imported.features.to_onnx(image_size)
+    return export_features_onnx(imported.features, image_size)
+
+
+def adaptive_pool_matrix(size: int, output: int) -> torch.Tensor:
+    """[output, size]: row i averages input cells floor(i*size/output) .. ceil((i+1)*size/output) - 1,
+    exactly torch's adaptive_avg_pool along one axis."""
+    matrix = torch.zeros(output, size)
+    for i in range(output):
+        start, end = (i * size) // output, -((-(i + 1) * size) // output)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
 
 
 def detect_architecture(state: dict[str, torch.Tensor]) -> str | None:
@@ -70,7 +142,7 @@ def detect_architecture(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def import_torchvision(state: dict[str, torch.Tensor], *, source: str, modality: str = "bmode",
+def import_torchvision(state: dict[str, torch.Tensor], *, source: str, image_size: int, modality: str = "bmode",
                        malignant: Sequence[int] | None = None) -> ImportedClassifier:
     """Recognise, load strictly and wrap a torchvision classifier's state_dict (see the module docstring).
 
@@ -86,9 +158,10 @@ def import_torchvision(state: dict[str, torch.Tensor], *, source: str, modality:
         raise InputError(f"{source}: {final}.weight has shape {tuple(weight.shape)} (bias {'present' if bias is not None else 'missing'}); "
                          f"expected a linear layer [classes, features] with a bias")
     num_outputs = int(weight.shape[0])
-    model = _build(architecture, num_outputs)
+    with torch.device("meta"):  # no random init of weights about to be replaced (VGG16: 138M of them)
+        model = _build(architecture, num_outputs)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise InputError(f"{source}: looks like a {architecture} but does not load into one "
                          f"({_load_problem(str(exc))}); expected torchvision's {architecture} with {num_outputs} outputs") from None
@@ -96,7 +169,9 @@ def import_torchvision(state: dict[str, torch.Tensor], *, source: str, modality:
     chosen = malignant_set(num_outputs, malignant, source)
     if architecture == "vgg16":
         scores_weight, scores_bias = np.eye(num_outputs), np.zeros(num_outputs)
-        features: nn.Module = ScoresAsMaps(model).eval()
+        if image_size < 32:
+            raise InputError(f"{source}: VGG16 needs panes of at least 32 px (five 2x2 poolings); got --image-size {image_size}")
+        features: nn.Module = VggScoresAsMaps(model, image_size).eval()
         cam_mode = CAM_NONE
     else:
         scores_weight = weight.detach().double().numpy()

@@ -12,7 +12,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 def info(bundle, as_json) -> None:
     """Verify BUNDLE (sha256 of every file) and summarise it."""
-    from ..bundle import load_bundle
+    from ..bundle import MANIFEST, load_bundle, sha256_file
 
     loaded = load_bundle(bundle)
     manifest = loaded.manifest.to_dict()
@@ -31,3 +31,25 @@ def info(bundle, as_json) -> None:
     click.echo(f"threshold   {t['value']:.4f} ({t['method']}, chosen on {t['chosen_on']})")
     if manifest["metrics"]:
         click.echo(f"metrics     {json.dumps(manifest['metrics'])}")
+    click.echo(f"manifest    sha256 {sha256_file(loaded.path(MANIFEST))}")
+    if "model_card" in manifest:
+        for line in model_card_lines(manifest["model_card"]):
+            click.echo(line)
+
+
+def model_card_lines(card: dict) -> list[str]:
+    """The model card of an imported model, one labelled line per fact (missing facts say so)."""
+    source, outputs, inputs = card.get("source", {}), card.get("outputs", {}), card.get("input", {})
+    origin = inputs.get("from", {})
+    lines = [
+        "model card",
+        f"  weights      {source.get('file', '?')} ({source.get('kind', '?')}), sha256 {source.get('sha256', '?')}",
+        f"  architecture {card.get('architecture', '?')}" + (f"; {card['graph']}" if card.get("graph") else ""),
+        f"  outputs      {outputs.get('count', '?')} ({outputs.get('activation', '?')}), malignant: {outputs.get('malignant', '?')}",
+        f"  input        {inputs.get('image_size', '?')} px {inputs.get('color_order', '?')}, mean {inputs.get('mean', '?')} "
+        f"std {inputs.get('std', '?')}" + (f" (size: {origin.get('image_size')}; mean/std: {origin.get('mean_std')}; "
+                                          f"channels: {origin.get('channel_order')})" if origin else ""),
+        f"  CAM          {card.get('cam_note', card.get('cam', '?'))}",
+        f"  intended use {card.get('intended_use', 'not stated')}",
+    ]
+    return lines
