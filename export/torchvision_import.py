@@ -142,12 +142,25 @@ def detect_architecture(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def strip_shared_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision model kept as an attribute (``self.backbone = resnet50()``, ``self.model = ...``) saves
+    every key under that name; recognised when the keys without it name an architecture."""
+    if detect_architecture(state) is not None or not state:
+        return state
+    first = {key.split(".", 1)[0] for key in state}
+    if len(first) == 1 and all("." in key for key in state):
+        inner = {key.split(".", 1)[1]: value for key, value in state.items()}
+        if detect_architecture(inner) is not None:
+            return inner
+    return state
+
+
 def import_torchvision(state: dict[str, torch.Tensor], *, source: str, image_size: int, modality: str = "bmode",
                        malignant: Sequence[int] | None = None) -> ImportedClassifier:
     """Recognise, load strictly and wrap a torchvision classifier's state_dict (see the module docstring).
 
     ``malignant``: the malignant class indices for 2 (default: index 1) or N outputs (required)."""
-    state = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    state = {k: v for k, v in strip_shared_prefix(state).items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
     architecture = detect_architecture(state)
     if architecture is None:
         raise InputError(f"{source}: its keys ({_sample(state)}) match none of {sorted(SIGNATURES)} with their own "

@@ -85,7 +85,7 @@ TORCHVISION_CASES = [
     # architecture, outputs, --malignant-index, how the file wraps the state_dict
     ("resnet50", 1, None, "data_parallel_in_state_dict"),
     ("densenet121", 4, "1,3", "model"),
-    ("googlenet", 2, "0", "plain_with_aux_heads"),
+    ("googlenet", 2, "0", "attribute_with_aux_heads"),
 ]
 
 
@@ -115,6 +115,8 @@ def save_state(model, wrap: str, path) -> None:
         torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 7}, path)
     elif wrap == "model":
         torch.save({"model": state, "best_auc": 0.9}, path)
+    elif wrap == "attribute_with_aux_heads":  # self.backbone = googlenet(aux_logits=True) in the user's module
+        torch.save({f"backbone.{k}": v for k, v in state.items()}, path)
     else:
         torch.save(state, path)
 
