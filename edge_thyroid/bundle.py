@@ -86,6 +86,9 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # Where an imported model came from and what it is for (file, sha256, architecture, outputs,
+    # input spec, intended use); empty for the project's own checkpoints.
+    model_card: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -107,6 +110,7 @@ class Manifest:
             "metrics": self.metrics,
             "calibration": self.calibration,
             "provenance": self.provenance,
+            **({"model_card": self.model_card} if self.model_card else {}),
             "files": dict(sorted(self.files.items())),
         }
 
@@ -153,6 +157,7 @@ class Manifest:
                 provenance=dict(_mapping(data.get("provenance", {}), "provenance")),
                 files=files,
                 format_version=version,
+                model_card=dict(_mapping(data.get("model_card", {}), "model_card")),
             )
         except BundleError:
             raise

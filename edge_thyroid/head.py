@@ -6,6 +6,13 @@ where f_m is modality m's globally averaged feature vector, w_m its weight block
 bias. Missing modalities contribute nothing (masked, not imagined). Because the head is linear over
 pooled features, the class activation map of modality m is exact:
 CAM_m(y, x) = sum_k w_m[k] * A_m[k, y, x], and its mean over (y, x) is w_m . f_m.
+
+An imported N-class classifier (one modality) keeps its own last layer as :class:`ClassMap`:
+p(malignant) is the softmax mass of its malignant classes, and the logit is that probability's
+log-odds. Its CAM is the map of the log-odds' gradient with respect to the pooled features (exact
+for one logit or two classes, where the log-odds is linear). A head whose "feature maps" are a whole
+model's class scores (1x1) has no CAM at all: ``cam_mode`` says which, and :meth:`FusionHead.cam`
+refuses rather than draw a wrong heatmap.
 """
 
 from __future__ import annotations
@@ -31,12 +38,51 @@ class HeadOutput:
     contributions: dict[str, float]  # per present modality: w_m . f_m + u_m
 
 
+# How a head's CAM relates to its decision (recorded in head.npz and the manifest's model card).
+CAM_EXACT = "exact"          # linear over pooled features: the CAM averages to the modality's logit term
+CAM_GRADIENT = "gradient"    # N-class softmax: the CAM of the malignant log-odds' gradient
+CAM_NONE = "none"            # the features are a whole model's class scores: no spatial map exists
+CAM_MODES = (CAM_EXACT, CAM_GRADIENT, CAM_NONE)
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """An N-class last layer over one modality's pooled features; ``malignant`` marks the classes
+    whose softmax mass is p(malignant)."""
+
+    weight: np.ndarray     # [K, C]
+    bias: np.ndarray       # [K]
+    malignant: np.ndarray  # [K] bool, neither all nor none
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        return self.weight @ features + self.bias
+
+    def log_odds(self, scores: np.ndarray) -> float:
+        """log(sum of exp over malignant classes) - log(sum over the others), computed stably."""
+        return _logsumexp(scores[self.malignant]) - _logsumexp(scores[~self.malignant])
+
+    def gradient(self, scores: np.ndarray) -> np.ndarray:
+        """d(log-odds)/d(features): each class's weight row, weighted by its share of its side's mass."""
+        share = np.zeros_like(scores)
+        for side, sign in ((self.malignant, 1.0), (~self.malignant, -1.0)):
+            exp = np.exp(scores[side] - scores[side].max())
+            share[side] = sign * exp / exp.sum()
+        return share @ self.weight
+
+
+def _logsumexp(values: np.ndarray) -> float:
+    top = float(values.max())
+    return top + float(np.log(np.exp(values - top).sum()))
+
+
 @dataclass(frozen=True)
 class FusionHead:
     modalities: tuple[str, ...]
     weight: np.ndarray          # [M, C]
     presence_bias: np.ndarray   # [M]
     bias: float
+    classes: ClassMap | None = None  # an imported N-class last layer (then one modality, weight unused)
+    cam_mode: str = CAM_EXACT
 
     @property
     def channels(self) -> int:
@@ -47,6 +93,10 @@ class FusionHead:
         try:
             with np.load(path, allow_pickle=False) as data:
                 weight, presence, bias = data["weight"], data["presence_bias"], data["bias"]
+                cam_mode = str(data["cam_mode"]) if "cam_mode" in data.files else CAM_EXACT
+                classes = (ClassMap(data["class_weight"].astype(np.float64), data["class_bias"].astype(np.float64),
+                                    data["class_malignant"].astype(bool))
+                           if "class_weight" in data.files else None)
         except Exception as exc:  # corrupt npz bytes raise BadZipFile, NotImplementedError, SyntaxError, ... from numpy/zipfile
             raise BundleError(f"head weights {path} are unreadable ({type(exc).__name__}: {str(exc)[:120]}); "
                               "expected an .npz with weight, presence_bias, bias") from None
@@ -55,11 +105,21 @@ class FusionHead:
                               f"expected ({len(modalities)}, C) and ({len(modalities)},) for modalities {list(modalities)}")
         if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(presence)) and np.isfinite(bias)):
             raise BundleError(f"head weights {path} contain NaN or infinity")
-        return cls(tuple(modalities), weight.astype(np.float64), presence.astype(np.float64), float(bias))
+        if cam_mode not in CAM_MODES:
+            raise BundleError(f"head weights {path} declare cam_mode {cam_mode!r}; expected one of {list(CAM_MODES)}")
+        if classes is not None:
+            _check_classes(classes, weight.shape[1], len(modalities), str(path))
+        return cls(tuple(modalities), weight.astype(np.float64), presence.astype(np.float64), float(bias),
+                   classes, cam_mode)
 
     def save(self, path: str | Path) -> None:
+        arrays = {"weight": self.weight, "presence_bias": self.presence_bias, "bias": np.float64(self.bias),
+                  "cam_mode": np.str_(self.cam_mode)}
+        if self.classes is not None:
+            arrays.update(class_weight=self.classes.weight, class_bias=self.classes.bias,
+                          class_malignant=self.classes.malignant)
         with open(path, "wb") as handle:
-            np.savez(handle, weight=self.weight, presence_bias=self.presence_bias, bias=np.float64(self.bias))
+            np.savez(handle, **arrays)
 
     def modality_index(self, modality: str) -> int:
         try:
@@ -78,7 +138,10 @@ class FusionHead:
             if vector.shape[0] != self.channels:
                 raise InputError(f"{modality} features have {vector.shape[0]} channels; expected {self.channels}")
             with np.errstate(over="ignore", invalid="ignore"):  # reported below, as one error
-                contributions[modality] = float(self.weight[index] @ vector + self.presence_bias[index])
+                if self.classes is not None:
+                    contributions[modality] = self.classes.log_odds(self.classes.scores(vector))
+                else:
+                    contributions[modality] = float(self.weight[index] @ vector + self.presence_bias[index])
         logit = self.bias + sum(contributions.values())
         if not math.isfinite(logit):
             # NaN compares false with the threshold and would silently read as "benign".
@@ -86,10 +149,36 @@ class FusionHead:
                              "weights overflow, so no decision is made")
         return HeadOutput(logit, sigmoid(logit), contributions)
 
+    @property
+    def has_cam(self) -> bool:
+        return self.cam_mode != CAM_NONE
+
     def cam(self, modality: str, feature_maps: np.ndarray) -> np.ndarray:
-        """Exact class activation map [h, w] of one pane from its feature maps [C, h, w]."""
-        weights = self.weight[self.modality_index(modality)]
-        return np.tensordot(weights, np.asarray(feature_maps, dtype=np.float64), axes=(0, 0))
+        """Class activation map [h, w] of one pane from its feature maps [C, h, w]: exact for a
+        linear head, the log-odds' gradient map for an N-class head (see the module docstring)."""
+        if not self.has_cam:
+            raise InputError("this model has no class activation map (its classifier is not linear over "
+                             "globally pooled features); no heatmap is drawn rather than a wrong one")
+        maps = np.asarray(feature_maps, dtype=np.float64)
+        if self.classes is not None:
+            weights = self.classes.gradient(self.classes.scores(pool(maps)))
+        else:
+            weights = self.weight[self.modality_index(modality)]
+        return np.tensordot(weights, maps, axes=(0, 0))
+
+
+def _check_classes(classes: ClassMap, channels: int, num_modalities: int, source: str) -> None:
+    k = classes.bias.shape[0] if classes.bias.ndim == 1 else -1
+    if (num_modalities != 1 or classes.weight.shape != (k, channels) or classes.malignant.shape != (k,)
+            or k < 2):
+        raise BundleError(f"head weights {source} have an N-class layer of shapes {classes.weight.shape}, "
+                          f"{classes.bias.shape}, {classes.malignant.shape} for {num_modalities} modalities; "
+                          f"expected one modality, (K, {channels}), (K,), (K,) with K >= 2")
+    if not classes.malignant.any() or classes.malignant.all():
+        raise BundleError(f"head weights {source} mark {int(classes.malignant.sum())} of {k} classes malignant; "
+                          "expected at least one malignant and one other class")
+    if not (np.all(np.isfinite(classes.weight)) and np.all(np.isfinite(classes.bias))):
+        raise BundleError(f"head weights {source} contain NaN or infinity")
 
 
 def pool(feature_maps: np.ndarray) -> np.ndarray:

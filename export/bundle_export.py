@@ -72,20 +72,39 @@ class GateRequest:
     budget: GateBudget = field(default_factory=GateBudget)
 
 
+@dataclass(frozen=True)
+class BundleModel:
+    """What a bundle is written from: the backbone graph (pixels [N, 3, S, S] -> feature_maps
+    [N, C, h, w]) and the NumPy head over its pooled maps; ``architecture`` names the backbone."""
+
+    backbone: onnx.ModelProto
+    head: FusionHead
+    architecture: str
+
+
+def classifier_bundle_model(model: MultimodalClassifier, image_size: int) -> BundleModel:
+    """The project's multimodal classifier as a BundleModel (its linear fusion head moved to NumPy)."""
+    arrays = head_arrays(model.eval())
+    head = FusionHead(model.modalities, arrays["weight"], arrays["presence_bias"], float(arrays["bias"]))
+    return BundleModel(export_backbone_onnx(model, image_size), head, model.backbone_name)
+
+
 def model_key(precision: Precision, target: Target) -> str:
     """Key in manifest.models: 'fp32' / 'int8' / 'fp16' for ONNX Runtime, 'tensorrt_<precision>' for plans."""
     return precision.value if target is Target.ONNXRUNTIME else f"{target.value}_{precision.value}"
 
 
-def export_bundle(model: MultimodalClassifier, out_dir: str | Path, *, image_size: int,
+def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path, *, image_size: int,
                   trained_modalities: tuple[str, ...] = (), threshold: Threshold | None = None,
                   metrics: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
                   overwrite: bool = False, precision: Precision = Precision.FP32,
                   target: Target = Target.ONNXRUNTIME, calibration: CalibrationRequest | None = None,
                   keep_fp32: bool = True, gate: GateRequest | None = None, cache_dir: Path | None = None,
-                  max_panes: int = 3, progress: bool = False) -> Path:
+                  max_panes: int = 3, progress: bool = False, model_card: dict[str, Any] | None = None,
+                  preprocessing: PreprocessSpec | None = None) -> Path:
     """Write a bundle atomically; returns its path. Raises GateFailedError (nothing written) when
-    ``gate`` is given and the compiled model is outside its budget."""
+    ``gate`` is given and the compiled model is outside its budget. ``preprocessing`` overrides the
+    default spec at ``image_size`` (an imported model's own mean and std)."""
     key = model_key(precision, target)
     if key == "fp32" and not keep_fp32:
         raise InputError("--no-keep-fp32 with an FP32 ONNX Runtime export would leave the bundle without a model")
@@ -99,11 +118,10 @@ def export_bundle(model: MultimodalClassifier, out_dir: str | Path, *, image_siz
     if precision is Precision.INT8:
         frames = calibration_set(calibration.data, count=calibration.count, folds=calibration.folds,
                                  fold=calibration.fold, seed=calibration.seed)
-    spec = PreprocessSpec(image_size=image_size)
-    model = model.eval()
-    backbone = export_backbone_onnx(model, image_size)
-    arrays = head_arrays(model)
-    head = FusionHead(model.modalities, arrays["weight"], arrays["presence_bias"], float(arrays["bias"]))
+    spec = preprocessing or PreprocessSpec(image_size=image_size)
+    if not isinstance(model, BundleModel):
+        model = classifier_bundle_model(model, image_size)
+    backbone, head = model.backbone, model.head
     out_dir = Path(out_dir)
     with bundle_writer(out_dir, overwrite=overwrite) as staging:
         head.save(staging / "head.npz")
@@ -116,17 +134,18 @@ def export_bundle(model: MultimodalClassifier, out_dir: str | Path, *, image_siz
             models[key], calibration_record = _compile(backbone, spec, precision, target, calibration, frames, staging,
                                                        cache_dir=cache_dir, max_panes=max_panes, progress=progress)
         manifest = Manifest(
-            backbone=model.backbone_name,
-            modalities=model.modalities,
+            backbone=model.architecture,
+            modalities=head.modalities,
             trained_modalities=tuple(trained_modalities),
             preprocessing=spec,
             models=models,
             head_file="head.npz",
-            feature_channels=model.channels,
+            feature_channels=head.channels,
             threshold=threshold or Threshold(),
             metrics=dict(metrics or {}),
             calibration=calibration_record,
             provenance={"tools": tool_versions(), **(provenance or {})},
+            model_card=dict(model_card or {}),
         )
         report = None
         if labelled is not None and key != "fp32":

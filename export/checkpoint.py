@@ -9,7 +9,11 @@ from typing import Any
 
 import torch
 
+from .model_file import read_weights
 from .models import MODALITIES, MultimodalClassifier
+
+# Top-level state_dict names of heads that only training uses; export drops them.
+TRAINING_ONLY_PREFIXES = ("aux", "seg_head.")
 
 
 @dataclass
@@ -48,9 +52,8 @@ def load_checkpoint(path: str | Path, backbone: str | None = None,
                     modalities: tuple[str, ...] | None = None) -> tuple[MultimodalClassifier, CheckpointInfo, dict]:
     """Load a checkpoint written by :func:`save_checkpoint`, or a bare state_dict (then ``backbone``
     and ``modalities`` say how to rebuild the model)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict or a state_dict, got {type(payload).__name__}")
+    weights = read_weights(path)
+    payload = weights.payload
     if payload.get("format") == "edge-thyroid-checkpoint":
         info = CheckpointInfo(
             backbone=payload["backbone"],
@@ -61,10 +64,11 @@ def load_checkpoint(path: str | Path, backbone: str | None = None,
             threshold=dict(payload.get("threshold", {})),
             training=dict(payload.get("training", {})),
         )
-        state = payload["state_dict"]
     else:
         info = CheckpointInfo(backbone=backbone or "resnet50", modalities=modalities or MODALITIES)
-        state = payload
+    # Heads used only in training (auxiliary classifiers, a segmentation decoder) are not part of the
+    # exported model; everything else must match exactly.
+    state = {k: v for k, v in weights.state_dict.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
     if backbone and backbone != info.backbone:
         raise ValueError(f"{path}: checkpoint holds a {info.backbone}, but --backbone {backbone} was asked for")
     model = MultimodalClassifier(info.backbone, info.modalities)

@@ -24,7 +24,12 @@ FEATURE_MAPS = "feature_maps"
 
 def export_backbone_onnx(model: MultimodalClassifier, image_size: int) -> onnx.ModelProto:
     """Backbone alone: pixels [N, 3, S, S] -> feature_maps [N, C, h, w], dynamic N."""
-    module = BackboneFeatures(model.backbone_name, model.backbone).eval()
+    return export_features_onnx(BackboneFeatures(model.backbone_name, model.backbone), image_size)
+
+
+def export_features_onnx(module: torch.nn.Module, image_size: int) -> onnx.ModelProto:
+    """Any module pixels [N, 3, S, S] -> maps [N, C, h, w] as the bundle's backbone graph, dynamic N."""
+    module = module.eval()
     # A batch of 2 keeps the batch dimension symbolic (a batch of 1 gets specialised away).
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()

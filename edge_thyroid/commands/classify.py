@@ -12,6 +12,10 @@ from .runtime_options import backend_settings, runtime_options
 from .trust_options import trust_option
 
 
+NO_CAM = ("this model has no class activation map (its classifier is not linear over globally pooled "
+          "features); no heatmap rather than a wrong one")
+
+
 def _cam_path(cam: str, image: Path, many: bool) -> Path:
     target = Path(cam)
     return target.with_name(f"{target.stem}_{image.stem}{target.suffix or '.png'}") if many else target
@@ -63,7 +67,12 @@ def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json
                 click.echo(f"skipped: {exc}", err=True)
                 continue
             record = {"image": str(path), **prediction.to_dict()}
-            if cam_out:
+            if cam_out and not engine.head.has_cam:
+                record["cam"] = None
+                record["cam_note"] = NO_CAM
+                if not as_json:
+                    click.echo(f"{path}: no heatmap written: {NO_CAM}", err=True)
+            elif cam_out:
                 target = _cam_path(cam_out, path, len(images) > 1)
                 if not cv2.imwrite(str(target), overlay_prediction(frame, prediction)):
                     raise InputError(f"cannot write CAM image {target}; expected a writable path ending in .png or .jpg")

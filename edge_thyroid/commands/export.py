@@ -59,13 +59,26 @@ def _import_export_tools():
 @click.option("--min-agreement", type=float, default=0.98, show_default=True, help="Gate budget: smallest decision agreement allowed.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="Calibration and TensorRT engine cache (default: $EDGE_THYROID_CACHE or ~/.cache/edge_thyroid).")
+@click.option("--malignant-index", default=None,
+              help="Your own classifier: the malignant class index (2 classes; default 1) or comma-separated "
+                   "indices (N classes; required).")
+@click.option("--mean", default=None, help="Your own model: per-channel mean in its channel order (default: ONNX "
+                                           "metadata, else ImageNet's 0.485,0.456,0.406).")
+@click.option("--std", default=None, help="Your own model: per-channel std (default: ONNX metadata, else ImageNet's).")
+@click.option("--channel-order", type=click.Choice(["RGB", "BGR"], case_sensitive=False), default=None,
+              help="ONNX model: channel order it expects (default: its metadata, else RGB).")
+@click.option("--intended-use", default="", help="Free text for the bundle's model card (shown by 'edge-thyroid info').")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 def export(checkpoint, output, backbone, modalities, image_size, random_init, seed, force, precision, target, calib,
            calib_method, calib_count, calib_average, fp32_layers, keep_fp32, verify_data, max_auc_drop, min_agreement, cache_dir,
-           as_json) -> None:
-    """Export CHECKPOINT (a torch state_dict with torchvision backbone keys + the fusion head, or a
-    checkpoint written by edge-thyroid-train) to a model bundle: model.onnx with the preprocessing
-    fused in (uint8 BGR frame + pane ROIs in, feature maps out), head.npz and manifest.json.
+           malignant_index, mean, std, channel_order, intended_use, as_json) -> None:
+    """Export CHECKPOINT to a model bundle: model.onnx with the preprocessing fused in (uint8 BGR frame
+    + pane ROIs in, feature maps out), head.npz and manifest.json.
+
+    CHECKPOINT is a checkpoint written by edge-thyroid-train (or its state_dict), or your own model: a
+    torchvision resnet50 / densenet121 / vgg16 / googlenet state_dict with its own classifier (1 logit,
+    2 classes or N classes), or an ONNX image classifier (NCHW float input). Your own model's final
+    linear layer becomes the head; it classifies one pane (default modality bmode).
 
     \b
     Examples:
@@ -73,6 +86,8 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
       edge-thyroid export best.pt -o runs/int8 --precision int8 --calib ../shared/data/ddti/labels.csv \\
           --verify-data ../shared/data/ddti/labels.csv --no-keep-fp32
       edge-thyroid export best.pt -o runs/trt --target tensorrt --precision fp16     (on the GPU machine)
+      edge-thyroid export resnet50_thyroid.pth -o runs/mine --image-size 224 --malignant-index 1
+      edge-thyroid export classifier.onnx -o runs/onnx --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
     """
     if bool(checkpoint) == bool(random_init):
         raise click.UsageError("give either CHECKPOINT or --random-init (exactly one)")
@@ -86,8 +101,22 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
     modality_tuple = tuple(m.strip() for m in modalities.split(",")) if modalities else None
     provenance = {}
     trained, metrics, threshold = (), {}, None
+    imported = None
+    byo_options = (malignant_index, mean, std, channel_order, intended_use)
+    if checkpoint and not random_init:
+        from ..export import model_import
+
+        if not model_import.is_project_checkpoint(checkpoint):
+            imported = _import_own_model(model_import, checkpoint, backbone, modality_tuple, image_size,
+                                         malignant_index, mean, std, channel_order, intended_use)
+        elif any(byo_options):
+            raise click.UsageError("--malignant-index, --mean, --std, --channel-order and --intended-use apply to "
+                                   "your own model, not to an edge-thyroid checkpoint")
     try:
-        if random_init:
+        if imported is not None:
+            model, size = imported.model, imported.preprocessing.image_size
+            provenance["checkpoint"] = {"file": str(checkpoint), "sha256": imported.model_card["source"]["sha256"]}
+        elif random_init:
             model = models.random_init_model(backbone or "resnet50", modality_tuple or models.MODALITIES, seed)
             size = image_size or 128
             provenance["checkpoint"] = {"random_init": True, "seed": seed}
@@ -123,7 +152,8 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
                                            threshold=threshold, metrics=metrics, provenance=provenance, overwrite=force,
                                            precision=precision, target=target, calibration=calibration,
                                            keep_fp32=keep_fp32, gate=gate, cache_dir=Path(cache_dir) if cache_dir else None,
-                                           progress=True)
+                                           progress=True, model_card=imported.model_card if imported else None,
+                                           preprocessing=imported.preprocessing if imported else None)
     except GateFailedError as failure:
         click.echo("\n".join(failure.report.lines()), err=True)
         click.echo(f"{output} was not written", err=True)
@@ -131,17 +161,48 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
     from ..bundle import load_bundle
 
     manifest = load_bundle(path, ignore_signature=True).manifest  # just written, so unsigned: sign it next
-    summary = {"bundle": str(path), "backbone": model.backbone_name, "modalities": list(model.modalities),
+    summary = {"bundle": str(path), "backbone": manifest.backbone, "modalities": list(manifest.modalities),
                "image_size": size, "files": sorted(p.name for p in path.iterdir()),
                "models": {key: entry.to_dict() for key, entry in manifest.models.items()}}
+    if manifest.model_card:
+        summary["model_card"] = manifest.model_card
     gates = {key: value for key, value in manifest.metrics.items() if key.startswith("gate_")}
     if gates:
         summary["gate"] = {key: {k: value[k] for k in ("passed", "auc_drop", "agreement", "abs_dp")} for key, value in gates.items()}
     if as_json:
         click.echo(json.dumps(summary))
         return
-    click.echo(f"wrote {path} ({model.backbone_name}, {size}x{size}, modalities {','.join(model.modalities)}; "
+    click.echo(f"wrote {path} ({manifest.backbone}, {size}x{size}, modalities {','.join(manifest.modalities)}; "
                f"models {', '.join(f'{k}={e.file}' for k, e in manifest.models.items())})")
+    if manifest.model_card:
+        card = manifest.model_card
+        click.echo(f"imported {card['source']['kind']} {card['source']['file']} as {card['architecture']}; "
+                   f"outputs {card['outputs']['count']} ({card['outputs']['activation']}, malignant: "
+                   f"{card['outputs']['malignant']}); CAM {card['cam_note']}")
     for key, value in gates.items():
         click.echo(f"gate {key[5:]}: passed, AUC drop {value['auc_drop']:+.4f}, agreement {value['agreement']:.4f}, "
                    f"max |dp| {value['abs_dp']['max']:.2e}")
+
+
+def _import_own_model(model_import, checkpoint: str, backbone: str | None, modalities: tuple[str, ...] | None,
+                      image_size: int | None, malignant_index: str | None, mean: str | None, std: str | None,
+                      channel_order: str | None, intended_use: str):
+    """A torchvision or ONNX classifier the user trained elsewhere -> ImportedModel (see export.model_import)."""
+    if modalities and len(modalities) != 1:
+        raise click.UsageError(f"your own classifier classifies one pane; --modalities {','.join(modalities)} names "
+                               f"{len(modalities)} (give one, e.g. --modalities bmode)")
+    malignant = None
+    if malignant_index:
+        try:
+            malignant = tuple(int(i) for i in malignant_index.split(","))
+        except ValueError:
+            raise click.UsageError(f"--malignant-index {malignant_index!r}; expected integers such as 1 or 2,3") from None
+    options = model_import.ImportOptions(
+        modality=modalities[0] if modalities else "bmode", malignant=malignant, image_size=image_size,
+        mean=model_import.parse_triple(mean, "--mean") if mean else None,
+        std=model_import.parse_triple(std, "--std") if std else None,
+        channel_order=channel_order.upper() if channel_order else None, intended_use=intended_use)
+    imported = model_import.import_model(checkpoint, options)
+    if backbone and backbone != imported.model.architecture:
+        raise click.UsageError(f"{checkpoint} holds a {imported.model.architecture}, but --backbone {backbone} was asked for")
+    return imported

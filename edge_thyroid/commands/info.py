@@ -15,7 +15,7 @@ from .trust_options import trust_option
 @trust_option
 def info(bundle, as_json) -> None:
     """Verify BUNDLE (its signature against --trust keys, the sha256 of every file) and summarise it,
-    with the manifest's sha256 and its signer."""
+    with the manifest's sha256, its signer and, for an imported model, its model card."""
     from ..bundle import load_bundle
 
     loaded = load_bundle(bundle)
@@ -37,3 +37,24 @@ def info(bundle, as_json) -> None:
     click.echo(f"threshold   {t['value']:.4f} ({t['method']}, chosen on {t['chosen_on']})")
     if manifest["metrics"]:
         click.echo(f"metrics     {json.dumps(manifest['metrics'])}")
+    if "model_card" in manifest:
+        for line in model_card_lines(manifest["model_card"]):
+            click.echo(line)
+
+
+def model_card_lines(card: dict) -> list[str]:
+    """The model card of an imported model, one labelled line per fact (missing facts say so)."""
+    source, outputs, inputs = card.get("source", {}), card.get("outputs", {}), card.get("input", {})
+    origin = inputs.get("from", {})
+    lines = [
+        "model card",
+        f"  weights      {source.get('file', '?')} ({source.get('kind', '?')}), sha256 {source.get('sha256', '?')}",
+        f"  architecture {card.get('architecture', '?')}" + (f"; {card['graph']}" if card.get("graph") else ""),
+        f"  outputs      {outputs.get('count', '?')} ({outputs.get('activation', '?')}), malignant: {outputs.get('malignant', '?')}",
+        f"  input        {inputs.get('image_size', '?')} px {inputs.get('color_order', '?')}, mean {inputs.get('mean', '?')} "
+        f"std {inputs.get('std', '?')}" + (f" (size: {origin.get('image_size')}; mean/std: {origin.get('mean_std')}; "
+                                          f"channels: {origin.get('channel_order')})" if origin else ""),
+        f"  CAM          {card.get('cam_note', card.get('cam', '?'))}",
+        f"  intended use {card.get('intended_use', 'not stated')}",
+    ]
+    return lines
