@@ -10,6 +10,8 @@ them from there.
 from __future__ import annotations
 
 import abc
+import importlib.metadata
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,9 @@ if TYPE_CHECKING:  # annotations only: a backend module imports light (the CLI r
     import numpy as np
 
     from ..bundle import Bundle, ModelEntry
+
+
+EXECUTION_PRECISION = "execution_precision"  # the option that makes one backend several gated configurations
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class Backend(abc.ABC):
     targets: ClassVar[tuple[str, ...]] = ("onnxruntime",)   # bundle model targets it runs (manifest "target")
     selectable: ClassVar[bool] = True           # offered by --backend (False: chosen by the model's target)
     options: ClassVar[tuple[BackendOption, ...]] = ()
+    # The Python module the runtime lives in (None: nothing beyond this package); checked without importing it.
+    requires: ClassVar[str | None] = None
 
     @classmethod
     def from_bundle(cls, bundle: "Bundle", entry: "ModelEntry", *, threads: int | None = None,
@@ -56,6 +63,33 @@ class Backend(abc.ABC):
         self.model_path = Path(model_path)
         self.threads = threads
         self._loaded = False
+
+    @classmethod
+    def execution_precisions(cls) -> tuple[str, ...]:
+        """The precisions the backend may run a model's float parts in (its ``execution_precision``
+        option), default first; empty: the precision the model was exported in. Each one is a
+        configuration with its own accuracy gate."""
+        for option in cls.options:
+            if option.name == EXECUTION_PRECISION:
+                return (option.default, *(c for c in option.choices if c != option.default))
+        return ()
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this backend cannot run here (its runtime is not installed), or None; imports nothing."""
+        if cls.requires and importlib.util.find_spec(cls.requires) is None:
+            return f"{cls.requires} is not installed"
+        return None
+
+    @classmethod
+    def runtime_version(cls) -> str:
+        """The installed runtime's version (part of what a cached speed decision depends on)."""
+        if not cls.requires:
+            return ""
+        try:
+            return importlib.metadata.version(cls.requires)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
 
     @abc.abstractmethod
     def _load(self) -> None: ...

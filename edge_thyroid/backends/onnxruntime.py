@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # annotations only: a backend module imports light (the CLI r
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     display_name = "ONNX Runtime"
+    requires = "onnxruntime"
 
     def __init__(self, model_path: str | Path, *, threads: int | None = None,
                  providers: Sequence[str] | None = None, optimization: str = "all",

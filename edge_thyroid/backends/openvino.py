@@ -43,6 +43,7 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     display_name = "OpenVINO"
     tag = "ov"
+    requires = "openvino"
     options = (BackendOption(
         "execution_precision", tuple(p.value for p in ExecutionPrecision), ExecutionPrecision.F32.value,
         "openvino only: precision of the graph's float parts (default f32, the numbers the gate approved; "

@@ -59,6 +59,7 @@ def cuda_call(cudart: Any, result: Any, what: str) -> Any:
 class TensorRTBackend(Backend):
     name = "tensorrt"
     display_name = "TensorRT"
+    requires = "tensorrt"
     targets = ("tensorrt",)
     selectable = False   # a plan is one of the bundle's models: picked by --model, run by this backend
 

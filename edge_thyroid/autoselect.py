@@ -1,0 +1,330 @@
+"""``--backend auto``: run a bundle's model on the fastest installed configuration whose accuracy gate
+passed, as measured on this machine.
+
+Which runtime is fastest depends on the CPU (on one AVX-512 VNNI machine OpenVINO took 0.65x ONNX
+Runtime's time per 3-pane frame, on another they were level), so the choice is measured, not guessed:
+the first time a bundle's model meets a CPU model, every gated configuration runs a short interleaved
+trial on a synthetic 3-pane 1080p frame, and the fastest by median wins. The decision and its figures
+are cached under the user cache directory, keyed by CPU model, backend versions, the model file's
+sha256, the candidates and the settings, so later starts pay nothing; ``--retune`` measures again.
+
+A configuration is a candidate only when its backend is installed and the bundle records a passing
+gate for it (see :mod:`edge_thyroid.gates`); ONNX Runtime running an FP32 model is the reference itself
+and needs none. A bundle with no gated configuration runs on the runtime it was exported for, and the
+choice says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgeThyroidError
+from .gates import Configuration, recorded_gates
+
+CACHE_ENV = "EDGE_THYROID_CACHE_DIR"
+CACHE_VERSION = 1
+
+
+@dataclass
+class AutoChoice:
+    """What ``--backend auto`` chose and why: printed at start, written into a stream's JSONL header."""
+
+    backend: str
+    execution_precision: str | None
+    how: str                                   # measured | cached | only candidate | ungated fallback
+    p50_ms: dict[str, float] = field(default_factory=dict)        # configuration -> median per frame
+    excluded: dict[str, str] = field(default_factory=dict)        # configuration -> why it was not a candidate
+    cpu: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    panes: int = 0
+    measured_unix: float | None = None
+    loadavg: list[float] | None = None         # the machine's load when the trial ran (figures are not quiet otherwise)
+    cache_file: str | None = None
+
+    @property
+    def configuration(self) -> Configuration:
+        return Configuration(self.backend, self.execution_precision)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"configuration": self.configuration.key, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AutoChoice":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def line(self) -> str:
+        """One line for the start of a run: the choice, the figures behind it, where they came from."""
+        chosen = self.configuration.key
+        figures = ", ".join(f"{key} {ms:.1f} ms" for key, ms in sorted(self.p50_ms.items(), key=lambda kv: kv[1]))
+        text = f"backend auto: {chosen}"
+        if figures:
+            load = f", load {self.loadavg[0]:.2f}" if self.loadavg else ""
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.measured_unix)) if self.measured_unix else "?"
+            text += (f" (p50 per {self.panes}-pane frame: {figures}; {self.how} on {self.cpu or 'this CPU'}"
+                     f" at {when}{load})")
+        else:
+            text += f" ({self.how})"
+        if self.excluded:
+            text += "; not candidates: " + "; ".join(f"{k} ({why})" for k, why in sorted(self.excluded.items()))
+        if self.how == "cached":
+            text += "; --retune measures again"
+        return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidates
+
+
+def gated_candidates(details: Mapping[str, Any], offered: Iterable[Configuration],
+                     unavailable: Callable[[Configuration], str | None],
+                     reference: Configuration | None = None) -> tuple[list[Configuration], dict[str, str]]:
+    """Split ``offered`` into the configurations auto may run (installed, gate passed) and the others,
+    each with the reason. ``reference``: the configuration that *is* the FP32 reference (needs no gate)."""
+    gates = recorded_gates(details)
+    chosen: list[Configuration] = []
+    excluded: dict[str, str] = {}
+    for configuration in offered:
+        missing = unavailable(configuration)
+        gate = gates.get(configuration.key)
+        if missing:
+            excluded[configuration.key] = missing
+        elif configuration == reference:
+            chosen.append(configuration)
+        elif gate is None:
+            excluded[configuration.key] = "no gate recorded (edge-thyroid verify records one)"
+        elif gate.get("passed") is not True:
+            excluded[configuration.key] = "gate failed"
+        else:
+            chosen.append(configuration)
+    return chosen, excluded
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial
+
+
+FrameRunner = Callable[[], None]
+
+
+def time_configurations(configurations: Sequence[Configuration],
+                        open_runner: Callable[[Configuration], tuple[FrameRunner, Callable[[], None]]], *,
+                        warmup: int = 2, rounds: int = 5, frames_per_round: int = 2,
+                        clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, float], dict[str, str]]:
+    """Median milliseconds per frame of each configuration, measured in interleaved rounds (the order
+    reversed every other round) so the machine's drift falls on all of them alike. ``open_runner``
+    returns (run one frame, close); a configuration that fails to open or run is returned with its error
+    instead of a figure."""
+    runners: dict[str, tuple[FrameRunner, Callable[[], None]]] = {}
+    failed: dict[str, str] = {}
+    samples: dict[str, list[float]] = {}
+    try:
+        for configuration in configurations:
+            try:
+                runner = open_runner(configuration)
+                runners[configuration.key] = runner
+                for _ in range(warmup):
+                    runner[0]()
+                samples[configuration.key] = []
+            except EdgeThyroidError as exc:
+                failed[configuration.key] = str(exc)
+        order = [c.key for c in configurations if c.key in samples]
+        for number in range(rounds):
+            for key in (order if number % 2 == 0 else order[::-1]):
+                if key in failed:
+                    continue
+                run = runners[key][0]
+                try:
+                    for _ in range(frames_per_round):
+                        started = clock()
+                        run()
+                        samples[key].append(clock() - started)
+                except EdgeThyroidError as exc:
+                    failed[key] = str(exc)
+    finally:
+        for _, close in runners.values():
+            close()
+    figures = {key: round(statistics.median(values) * 1000.0, 3)
+               for key, values in samples.items() if values and key not in failed}
+    return figures, failed
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision and its cache
+
+
+def decide(candidates: Sequence[Configuration], excluded: Mapping[str, str], *, fallback: Configuration,
+           key_material: Mapping[str, Any], measure: Callable[[Sequence[Configuration]], tuple[dict[str, float], dict[str, str]]],
+           cache_dir: Path | None, retune: bool = False, cpu: str = "", versions: Mapping[str, str] | None = None,
+           panes: int = 0) -> AutoChoice:
+    """The fastest candidate: from the cache when it holds this exact situation (and not ``retune``),
+    else measured now and cached. One candidate is taken without a trial; none runs ``fallback``."""
+    common = dict(excluded=dict(excluded), cpu=cpu, versions=dict(versions or {}), panes=panes)
+    if not candidates:
+        return AutoChoice(fallback.backend, fallback.execution_precision,
+                          "ungated fallback: no configuration of this model has a passing gate; "
+                          "running the runtime it was exported for", **common)
+    if len(candidates) == 1:
+        only = candidates[0]
+        return AutoChoice(only.backend, only.execution_precision, "only candidate", **common)
+    cache_file = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **key_material, "candidates": sorted(c.key for c in candidates)},
+                                           sort_keys=True, default=str).encode()).hexdigest()
+        cache_file = cache_dir / f"{digest[:32]}.json"
+        if not retune:
+            cached = _read_cache(cache_file, candidates)
+            if cached is not None:
+                cached.how = "cached"
+                cached.excluded = dict(excluded)
+                return cached
+    figures, failed = measure(candidates)
+    excluded = {**excluded, **{key: f"failed in the trial: {why}" for key, why in failed.items()}}
+    common["excluded"] = excluded
+    if not figures:
+        return AutoChoice(fallback.backend, fallback.execution_precision,
+                          "ungated fallback: every candidate failed its trial", **common)
+    fastest = Configuration.parse(min(figures, key=figures.get))
+    choice = AutoChoice(fastest.backend, fastest.execution_precision, "measured", figures, **common,
+                        measured_unix=round(time.time(), 3), loadavg=_loadavg(),
+                        cache_file=str(cache_file) if cache_file else None)
+    if cache_file is not None and not failed:
+        _write_cache(cache_file, choice)
+    return choice
+
+
+def _read_cache(path: Path, candidates: Sequence[Configuration]) -> AutoChoice | None:
+    try:
+        choice = AutoChoice.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None  # absent or unreadable: measure again rather than fail a start
+    return choice if choice.configuration in candidates else None
+
+
+def _write_cache(path: Path, choice: AutoChoice) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        staging.write_text(json.dumps(choice.to_dict(), indent=2) + "\n", encoding="utf-8")
+        os.replace(staging, path)
+    except OSError:
+        pass  # a read-only home costs a trial per start, never the start itself
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# This machine
+
+
+def cache_dir() -> Path:
+    """Where decisions are cached: $EDGE_THYROID_CACHE_DIR, else the XDG user cache directory."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "edge-thyroid" / "backend-auto"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (the decision's main key: the same bundle on another CPU is measured again)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+# ---------------------------------------------------------------------------------------------
+# A bundle on this machine
+
+
+def offered_configurations(target: str, execution_precision: str | None) -> tuple[list[Configuration], dict[str, str]]:
+    """Every registered backend's configuration that can load a ``target`` model at the requested
+    execution precision (None: each backend's default), and why the others cannot."""
+    from .backends import available_backends, backend_class
+
+    offered: list[Configuration] = []
+    excluded: dict[str, str] = {}
+    for name in available_backends():
+        cls = backend_class(name)
+        if target not in cls.targets:
+            continue
+        precisions = cls.execution_precisions()
+        if precisions:
+            precision = execution_precision or precisions[0]
+            if precision in precisions:
+                offered.append(Configuration(name, precision))
+            else:
+                excluded[name] = f"cannot run float parts in {precision}"
+        elif execution_precision in (None, "f32"):
+            offered.append(Configuration(name))  # runs the model as exported: float parts in f32
+        else:
+            excluded[name] = f"runs the model as exported, not in {execution_precision}"
+    return offered, excluded
+
+
+def trial_frame(panes: int, width: int = 1920, height: int = 1080) -> tuple[Any, list[tuple[int, int, int, int]]]:
+    """A synthetic screen with ``panes`` ultrasound-sized panes side by side, and their ROIs."""
+    import numpy as np
+
+    frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    pane_width = width // panes
+    rois = [(i * pane_width + 8, 60, pane_width - 16, height - 120) for i in range(panes)]
+    return frame, rois
+
+
+def select_backend(bundle: Any, *, model: str | None = None, execution_precision: str | None = None,
+                   threads: int | None = None, retune: bool = False, panes: int | None = None,
+                   cache: Path | None | bool = True) -> AutoChoice:
+    """The configuration ``--backend auto`` runs ``bundle``'s model on (see the module docstring).
+    ``cache``: True for :func:`cache_dir`, a directory, or False/None for no cache."""
+    from .backends import backend_class
+    from .bundle import Precision, Target
+
+    model_key, entry = bundle.model_entry(model)
+    offered, excluded = offered_configurations(entry.target.value, execution_precision)
+    reference = Configuration(Target.ONNXRUNTIME.value) if (
+        entry.precision is Precision.FP32 and entry.target is Target.ONNXRUNTIME) else None
+    candidates, not_gated = gated_candidates(entry.details, offered,
+                                             lambda c: backend_class(c.backend).unavailable(), reference)
+    panes = panes or len(bundle.manifest.modalities)
+    versions = {c.backend: backend_class(c.backend).runtime_version() for c in candidates}
+    cpu = cpu_model()
+    key_material = {"cpu": cpu, "cpus": os.cpu_count(), "versions": versions, "model": model_key,
+                    "model_sha256": bundle.manifest.files.get(entry.file, entry.file), "threads": threads,
+                    "panes": panes, "execution_precision": execution_precision}
+    directory = cache_dir() if cache is True else (cache or None)
+
+    def measure(configurations: Sequence[Configuration]) -> tuple[dict[str, float], dict[str, str]]:
+        from .engine import Engine
+
+        frame, rois = trial_frame(panes)
+
+        def open_runner(configuration: Configuration) -> tuple[FrameRunner, Callable[[], None]]:
+            options = {"execution_precision": configuration.execution_precision} if configuration.execution_precision else {}
+            engine = Engine(bundle, backend=configuration.backend, model=model_key, threads=threads, **options)
+            return (lambda: engine.extract(frame, rois)), engine.close
+
+        return time_configurations(configurations, open_runner)
+
+    return decide(candidates, {**excluded, **not_gated}, fallback=Configuration(entry.target.value),
+                  key_material=key_material, measure=measure, cache_dir=directory, retune=retune, cpu=cpu,
+                  versions=versions, panes=panes)

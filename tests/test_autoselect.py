@@ -1,0 +1,144 @@
+"""--backend auto: candidates are installed and gated configurations only; the fastest by a measured
+trial wins; the decision is cached and re-measured on request. Speed is never asserted: the toy
+backends' handicaps are fixed pauses, far above any difference the machine can make."""
+
+import json
+import shutil
+
+import pytest
+
+from edge_thyroid import backends
+from edge_thyroid.autoselect import (AutoChoice, decide, gated_candidates, offered_configurations, select_backend,
+                                     time_configurations)
+from edge_thyroid.bundle import load_bundle
+from edge_thyroid.errors import BackendError
+from edge_thyroid.gates import Configuration, record_gate
+
+from .conftest import needs_torch
+from .toy_backends import SlowBackend
+
+ORT, OV_F32, OV_BF16 = Configuration("onnxruntime"), Configuration("openvino", "f32"), Configuration("openvino", "bf16")
+
+
+def test_only_installed_and_passed_gates_are_candidates():
+    details = {"gate": {"passed": True}, "gates": {"openvino/f32": {"passed": True}, "openvino/bf16": {"passed": False}}}
+    missing = {"tensorrt": "tensorrt is not installed"}
+    chosen, excluded = gated_candidates(details, [ORT, OV_F32, OV_BF16, Configuration("tensorrt"), Configuration("x")],
+                                        lambda c: missing.get(c.backend))
+    assert chosen == [ORT, OV_F32]
+    assert excluded == {"openvino/bf16": "gate failed", "tensorrt": "tensorrt is not installed",
+                        "x": "no gate recorded (edge-thyroid verify records one)"}
+
+
+def test_the_fp32_reference_needs_no_gate():
+    chosen, excluded = gated_candidates({}, [ORT, OV_F32], lambda c: None, reference=ORT)
+    assert chosen == [ORT] and "openvino/f32" in excluded
+
+
+def test_execution_precision_limits_the_offer():
+    offered, excluded = offered_configurations("onnxruntime", "bf16")
+    assert OV_BF16 in offered and ORT not in offered and "onnxruntime" in excluded
+    offered, _ = offered_configurations("onnxruntime", None)
+    assert ORT in offered and OV_F32 in offered and OV_BF16 not in offered
+    offered, _ = offered_configurations("tensorrt", None)
+    assert offered == [Configuration("tensorrt")]
+
+
+def test_interleaved_trial_takes_the_median_and_reports_failures():
+    now = [0.0]
+    cost = {"a": 0.010, "b": 0.030}
+    closed = []
+
+    def open_runner(configuration):
+        if configuration.backend == "broken":
+            raise BackendError("cannot load")
+
+        def run():
+            now[0] += cost[configuration.backend]
+        return run, lambda: closed.append(configuration.backend)
+
+    figures, failed = time_configurations([Configuration("a"), Configuration("b"), Configuration("broken")],
+                                          open_runner, clock=lambda: now[0])
+    assert figures == pytest.approx({"a": 10.0, "b": 30.0})
+    assert failed == {"broken": "cannot load"}
+    assert sorted(closed) == ["a", "b"]
+
+
+def _fake_measure(figures, calls):
+    def measure(configurations):
+        calls.append([c.key for c in configurations])
+        return {c.key: figures[c.key] for c in configurations}, {}
+    return measure
+
+
+def test_decide_measures_once_then_uses_the_cache_until_retune(tmp_path):
+    calls = []
+    measure = _fake_measure({"onnxruntime": 40.0, "openvino/f32": 25.0}, calls)
+    kwargs = dict(fallback=ORT, key_material={"cpu": "x", "model_sha256": "abc"}, measure=measure, cache_dir=tmp_path)
+    first = decide([ORT, OV_F32], {}, **kwargs)
+    assert (first.configuration, first.how, first.p50_ms) == (OV_F32, "measured", {"onnxruntime": 40.0, "openvino/f32": 25.0})
+    second = decide([ORT, OV_F32], {}, **kwargs)
+    assert (second.configuration, second.how, len(calls)) == (OV_F32, "cached", 1)
+    assert second.p50_ms == first.p50_ms and "--retune" in second.line()
+    third = decide([ORT, OV_F32], {}, retune=True, **kwargs)
+    assert (third.how, len(calls)) == ("measured", 2)
+    # Another model file (or CPU, or versions) is another decision.
+    decide([ORT, OV_F32], {}, **{**kwargs, "key_material": {"cpu": "x", "model_sha256": "def"}})
+    assert len(calls) == 3
+
+
+def test_decide_without_a_trial_when_there_is_no_choice(tmp_path):
+    calls = []
+    measure = _fake_measure({}, calls)
+    only = decide([OV_F32], {"onnxruntime": "gate failed"}, fallback=ORT, key_material={}, measure=measure,
+                  cache_dir=tmp_path)
+    assert (only.configuration, only.how) == (OV_F32, "only candidate")
+    none = decide([], {"openvino/f32": "no gate"}, fallback=ORT, key_material={}, measure=measure, cache_dir=tmp_path)
+    assert none.configuration == ORT and none.how.startswith("ungated fallback")
+    assert calls == [] and "openvino/f32 (no gate)" in none.line()
+
+
+def test_a_damaged_cache_file_is_measured_again(tmp_path):
+    calls = []
+    kwargs = dict(fallback=ORT, key_material={}, measure=_fake_measure({"onnxruntime": 1.0, "openvino/f32": 2.0}, calls),
+                  cache_dir=tmp_path)
+    decide([ORT, OV_F32], {}, **kwargs)
+    for path in tmp_path.iterdir():
+        path.write_text("{not json")
+    assert decide([ORT, OV_F32], {}, **kwargs).how == "measured" and len(calls) == 2
+
+
+def test_choice_round_trips_for_the_jsonl_header():
+    choice = AutoChoice("openvino", "f32", "measured", {"openvino/f32": 20.0, "onnxruntime": 30.0}, cpu="cpu", panes=3,
+                        loadavg=[1.0, 1.0, 1.0], measured_unix=0.0)
+    data = json.loads(json.dumps(choice.to_dict()))
+    assert data["configuration"] == "openvino/f32"
+    assert AutoChoice.from_dict(data) == choice
+    assert choice.line().startswith("backend auto: openvino/f32 (p50 per 3-pane frame: openvino/f32 20.0 ms, onnxruntime 30.0 ms")
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    monkeypatch.setitem(backends._REGISTRY, "toy-slow", "tests.toy_backends:SlowBackend")
+    monkeypatch.setitem(backends._REGISTRY, "toy-ungated", "tests.toy_backends:FastUngatedBackend")
+
+
+@needs_torch
+def test_auto_never_picks_the_slower_or_the_ungated_backend(random_bundle, tmp_path, toy_registry):
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(random_bundle, bundle_dir)
+    record_gate(bundle_dir, "fp32", Configuration("toy-slow"), {"passed": True})
+    record_gate(bundle_dir, "fp32", Configuration("openvino", "f32"), {"passed": False})
+    bundle = load_bundle(bundle_dir)
+    cache = tmp_path / "cache"
+    loads = SlowBackend.loads
+    choice = select_backend(bundle, threads=1, cache=cache)
+    assert choice.configuration == ORT and choice.how == "measured"
+    assert set(choice.p50_ms) == {"onnxruntime", "toy-slow"}
+    assert choice.excluded["openvino/f32"] == "gate failed"
+    assert choice.excluded["toy-ungated"].startswith("no gate recorded")
+    assert SlowBackend.loads == loads + 1
+    cached = select_backend(bundle, threads=1, cache=cache)
+    assert (cached.configuration, cached.how, SlowBackend.loads) == (ORT, "cached", loads + 1)
+    retuned = select_backend(bundle, threads=1, cache=cache, retune=True)
+    assert (retuned.configuration, retuned.how, SlowBackend.loads) == (ORT, "measured", loads + 2)
