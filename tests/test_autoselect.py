@@ -15,7 +15,7 @@ from edge_thyroid.errors import BackendError
 from edge_thyroid.gates import Configuration, record_gate
 
 from .conftest import needs_torch
-from .toy_backends import SlowBackend
+from .toy_backend import SlowToyBackend, UngatedToyBackend
 
 ORT, OV_F32, OV_BF16 = Configuration("onnxruntime"), Configuration("openvino", "f32"), Configuration("openvino", "bf16")
 
@@ -119,8 +119,8 @@ def test_choice_round_trips_for_the_jsonl_header():
 
 @pytest.fixture
 def toy_registry(monkeypatch):
-    monkeypatch.setitem(backends._REGISTRY, "toy-slow", "tests.toy_backends:SlowBackend")
-    monkeypatch.setitem(backends._REGISTRY, "toy-ungated", "tests.toy_backends:FastUngatedBackend")
+    monkeypatch.setitem(backends._REGISTRY, "toy-slow", "tests.toy_backend:SlowToyBackend")
+    monkeypatch.setitem(backends._REGISTRY, "toy-ungated", "tests.toy_backend:UngatedToyBackend")
 
 
 @needs_torch
@@ -131,14 +131,15 @@ def test_auto_never_picks_the_slower_or_the_ungated_backend(random_bundle, tmp_p
     record_gate(bundle_dir, "fp32", Configuration("openvino", "f32"), {"passed": False})
     bundle = load_bundle(bundle_dir)
     cache = tmp_path / "cache"
-    loads = SlowBackend.loads
+    loads = SlowToyBackend.loads
     choice = select_backend(bundle, threads=1, cache=cache)
     assert choice.configuration == ORT and choice.how == "measured"
     assert set(choice.p50_ms) == {"onnxruntime", "toy-slow"}
     assert choice.excluded["openvino/f32"] == "gate failed"
     assert choice.excluded["toy-ungated"].startswith("no gate recorded")
-    assert SlowBackend.loads == loads + 1
+    assert SlowToyBackend.loads == loads + 1
+    assert UngatedToyBackend.loads == 0  # never even tried
     cached = select_backend(bundle, threads=1, cache=cache)
-    assert (cached.configuration, cached.how, SlowBackend.loads) == (ORT, "cached", loads + 1)
+    assert (cached.configuration, cached.how, SlowToyBackend.loads) == (ORT, "cached", loads + 1)
     retuned = select_backend(bundle, threads=1, cache=cache, retune=True)
-    assert (retuned.configuration, retuned.how, SlowBackend.loads) == (ORT, "measured", loads + 2)
+    assert (retuned.configuration, retuned.how, SlowToyBackend.loads) == (ORT, "measured", loads + 2)

@@ -44,3 +44,31 @@ class ToyBackend(Backend):
             colour = frame[y:y + h, x:x + w].reshape(-1, 3).mean(axis=0) / 255.0
             maps[i] = np.resize(colour, self.channels)[:, None, None] / 100.0
         return {"feature_maps": maps}
+
+
+class SlowToyBackend(ToyBackend):
+    """The toy plus a fixed pause per call: slower than any real backend on any machine, so the
+    auto selection can be checked without asserting anything about the machine's speed."""
+
+    name = "toy-slow"
+    display_name = "Toy (mean colour, paused)"
+    pause_s = 0.25
+    loads = 0
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import time
+
+        time.sleep(self.pause_s)
+        return super()._infer(feeds)
+
+    @classmethod
+    def runtime_version(cls) -> str:
+        return "toy-1"
+
+
+class UngatedToyBackend(ToyBackend):
+    """The toy under another name, faster than any real backend; tests never record a passing gate for it."""
+
+    name = "toy-ungated"
+    display_name = "Toy (mean colour, never gated)"
+    loads = 0
