@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgeThyroidError
+from .errors import BackendError, EdgeThyroidError
 from .gates import Configuration, recorded_gates
 
+AUTO = "auto"   # the --backend value; never a registered backend's name
 CACHE_ENV = "EDGE_THYROID_CACHE_DIR"
 CACHE_VERSION = 1
 
@@ -305,6 +306,14 @@ def select_backend(bundle: Any, *, model: str | None = None, execution_precision
         entry.precision is Precision.FP32 and entry.target is Target.ONNXRUNTIME) else None
     candidates, not_gated = gated_candidates(entry.details, offered,
                                              lambda c: backend_class(c.backend).unavailable(), reference)
+    if execution_precision is not None and not candidates:
+        # Asked for a precision, the user must get it or be told: running another one would be a silent swap.
+        named = sorted({c.backend for c in offered}) or ["BACKEND"]
+        reasons = "; ".join(f"{k}: {why}" for k, why in sorted({**excluded, **not_gated}.items()))
+        raise BackendError(f"--backend auto found no configuration of model {model_key!r} running float parts in "
+                           f"{execution_precision} with a passing gate ({reasons}); record one with 'edge-thyroid "
+                           f"verify BUNDLE --data CSV --backend {named[0]} --execution-precision {execution_precision}', "
+                           f"or run it ungated with --backend {' / '.join(named)}")
     panes = panes or len(bundle.manifest.modalities)
     versions = {c.backend: backend_class(c.backend).runtime_version() for c in candidates}
     cpu = cpu_model()

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from .autoselect import AUTO, AutoChoice, select_backend
 from .backends import Backend, backend_class, backend_for_target
 from . import __version__
 from .bundle import MANIFEST, Bundle, load_bundle, sha256_file
+from .backends.base import EXECUTION_PRECISION
 from .errors import BackendError, BundleError, InputError
 from .frames import Pane, Roi, as_frame, check_rois
 from .head import FusionHead, pool
@@ -77,12 +79,21 @@ class Engine:
     """Loads a bundle once; classifies frames. Use as a context manager or call close()."""
 
     def __init__(self, bundle: Bundle | str | Path, *, backend: str | None = None, model: str | None = None,
-                 threads: int | None = None, **backend_options) -> None:
-        """``backend`` None: the one that runs the chosen model's target (ONNX Runtime for ONNX models)."""
+                 threads: int | None = None, retune: bool = False, **backend_options) -> None:
+        """``backend`` None: the one that runs the chosen model's target (ONNX Runtime for ONNX models);
+        ``"auto"``: the fastest gated configuration on this machine (:mod:`edge_thyroid.autoselect`; the
+        decision and its figures are kept in ``auto_choice``, ``retune`` measures them again)."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         manifest = self.bundle.manifest
         self.model_key, entry = self.bundle.model_entry(model)
         self.threads = threads
+        self.auto_choice: AutoChoice | None = None
+        if backend == AUTO:
+            self.auto_choice = select_backend(self.bundle, model=self.model_key, threads=threads, retune=retune,
+                                              execution_precision=backend_options.pop(EXECUTION_PRECISION, None))
+            backend = self.auto_choice.backend
+            if self.auto_choice.execution_precision is not None:
+                backend_options[EXECUTION_PRECISION] = self.auto_choice.execution_precision
         target = entry.target.value
         backend_type = backend_class(backend or backend_for_target(target))
         if target not in backend_type.targets:

@@ -25,6 +25,8 @@ from edge_thyroid.errors import InputError
 from edge_thyroid.head import FusionHead
 from edge_thyroid.kernels.onnx_graph import PIXELS, build_preprocess_graph
 from edge_thyroid.kernels.reference import PreprocessSpec
+from edge_thyroid.backends import backend_for_target
+from edge_thyroid.gates import GATES, Configuration, recorded_gates
 from edge_thyroid.verification import GateBudget, GateFailedError, GateReport, Split, labelled_split, run_gate
 
 from .calibration import CalibrationOptions, CalibrationSet, calibration_set
@@ -167,7 +169,11 @@ def _record_gate(manifest: Manifest, key: str, report: GateReport) -> None:
     manifest.threshold (the bundle keeps deciding at the reference threshold)."""
     manifest.metrics = {**manifest.metrics, f"gate_{key}": report.to_dict()}
     entry = manifest.models[key]
-    manifest.models[key] = replace(entry, details={**entry.details, "gate": report.summary()})
+    # The export's gate runs the model on the backend of its target, at the precision it was exported in.
+    configuration = Configuration(backend_for_target(entry.target.value))
+    gates = {**recorded_gates(entry.details), configuration.key: {**report.summary(), "budget": report.budget.to_dict(),
+                                                                  "reference": report.reference["model"]}}
+    manifest.models[key] = replace(entry, details={**entry.details, GATES: gates})
     old = manifest.threshold
     refit = {"value": report.candidate["refit"]["threshold"], "method": "youden", "chosen_on": report.data}
     manifest.threshold = Threshold(old.value, old.method, old.chosen_on,

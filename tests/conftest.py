@@ -65,3 +65,17 @@ def random_bundle(tmp_path_factory, random_model) -> Path:
     from edge_thyroid.export.bundle_export import export_bundle
 
     return export_bundle(random_model, tmp_path_factory.mktemp("bundles") / "random", image_size=64)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def auto_backend_cache(tmp_path_factory):
+    """--backend auto caches its decisions; tests keep theirs out of the user's cache directory."""
+    from edge_thyroid.autoselect import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("backend-auto-cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous

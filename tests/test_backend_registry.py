@@ -50,7 +50,7 @@ def test_a_model_target_picks_its_backend_and_a_mismatch_is_refused():
 
 def test_registered_backend_is_offered_by_the_cli(toy, capsys):
     assert run_cli(["stream", "--help"]) == 0
-    assert f"[{'|'.join(selectable_backends())}]" in capsys.readouterr().out and "toy" in selectable_backends()
+    assert f"[auto|{'|'.join(selectable_backends())}]" in capsys.readouterr().out and "toy" in selectable_backends()
     register_backend("toy-class", toy)
     assert backend_class("toy-class") is toy
 

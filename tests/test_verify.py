@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from edge_thyroid.bundle import Precision, load_bundle, write_manifest
 from edge_thyroid.cli import cli, main
 from edge_thyroid.errors import InputError
+from edge_thyroid.gates import recorded_gates
 from edge_thyroid.head import FusionHead
 from edge_thyroid.metrics import operating_point, roc_auc, youden_threshold
 from edge_thyroid.verification import GateBudget, GateFailedError, Split, compare_scores, labelled_split
@@ -161,7 +162,7 @@ def test_export_gate_records_both_thresholds_and_the_report(int8_bundle):
     manifest = load_bundle(int8_bundle).manifest
     gate = manifest.metrics["gate_int8"]
     assert gate["passed"] and gate["n"] == IMAGES and gate["reference"]["auc"] == 1.0
-    assert manifest.models["int8"].details["gate"]["agreement"] == gate["agreement"] == 1.0
+    assert recorded_gates(manifest.models["int8"].details)["onnxruntime"]["agreement"] == gate["agreement"] == 1.0
     refit = manifest.threshold.details["refit"]["int8"]
     assert refit["method"] == "youden" and refit["value"] == gate["candidate"]["refit"]["threshold"]
     assert manifest.threshold.value == 0.5  # the bundle keeps deciding at the reference threshold
@@ -233,6 +234,45 @@ def test_export_gate_failure_writes_nothing(fitted_model, data_csv, tmp_path, ca
     err = capsys.readouterr().err
     assert "accuracy gate failed" in err and "was not written" in err
     assert not out.exists() and not list(tmp_path.glob(".bundle.*"))
+
+
+@needs_torch
+def test_verify_records_the_gate_of_the_configuration_it_ran(int8_bundle, data_csv, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(int8_bundle, bundle)
+    result = verify(bundle, "--data", data_csv, "--split", "all", "--backend", "openvino", "--execution-precision", "f32")
+    assert result.exit_code == 0, result.output
+    assert "recorded the openvino/f32 gate of model int8 (passed)" in result.stderr
+    gates = recorded_gates(load_bundle(bundle).manifest.models["int8"].details)  # the files still verify
+    assert gates["openvino/f32"]["passed"] is True and gates["openvino/f32"]["n"] == IMAGES
+    assert gates["openvino/f32"]["budget"] == {"max_auc_drop": 0.01, "min_agreement": 0.98}
+    assert gates["onnxruntime"] == recorded_gates(load_bundle(int8_bundle).manifest.models["int8"].details)["onnxruntime"]
+    before = (bundle / "manifest.json").read_text()
+    result = verify(bundle, "--data", data_csv, "--split", "all", "--backend", "openvino", "--execution-precision",
+                    "bf16", "--no-record")
+    assert result.exit_code == 0 and (bundle / "manifest.json").read_text() == before
+
+
+@needs_torch
+def test_verify_records_a_failed_gate_and_auto_then_skips_it(int8_bundle, data_csv, tmp_path):
+    from edge_thyroid.autoselect import select_backend
+
+    broken = broken_copy(int8_bundle, tmp_path / "broken")
+    result = verify(broken, "--reference", int8_bundle, "--data", data_csv, "--split", "all")
+    assert result.exit_code == 1 and "recorded the onnxruntime gate of model int8 (FAILED)" in result.stderr
+    assert recorded_gates(load_bundle(broken).manifest.models["int8"].details)["onnxruntime"]["passed"] is False
+    choice = select_backend(load_bundle(broken), cache=False)
+    assert choice.excluded["onnxruntime"] == "gate failed" and choice.how.startswith("ungated fallback")
+
+
+@needs_torch
+def test_verify_does_not_record_against_a_reference_that_is_not_fp32(int8_bundle, data_csv, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(int8_bundle, bundle)
+    before = (bundle / "manifest.json").read_text()
+    result = verify(bundle, "--data", data_csv, "--split", "all", "--reference-model", "int8", "--backend", "openvino")
+    assert "gate not recorded: the reference model 'int8' is int8" in result.stderr
+    assert (bundle / "manifest.json").read_text() == before
 
 
 def test_gate_failed_error_carries_exit_code_1():

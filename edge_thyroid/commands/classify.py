@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from .runtime_options import backend_settings, runtime_options
+from .runtime_options import backend_settings, print_auto_choice, runtime_options
 from .trust_options import trust_option
 
 
@@ -51,6 +51,7 @@ def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json
 
     unusable: list[str] = []
     with Engine(bundle, model=model_key, threads=threads, **backend_settings(backend_kwargs)) as engine:
+        print_auto_choice(engine)
         for image_name in images:
             path = Path(image_name)
             try:

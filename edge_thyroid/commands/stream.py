@@ -13,7 +13,7 @@ import click
 
 from ..errors import BundleError, InputError
 from .params import parse_size
-from .runtime_options import backend_settings, runtime_options
+from .runtime_options import backend_settings, print_auto_choice, runtime_options
 from .trust_options import trust_option
 
 DEMO_CLIP = "demo_clip.mp4"
@@ -152,6 +152,8 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
                                "is not one. For still images use 'edge-thyroid classify --dicom-sr DIR'")
     with Engine(bundle, model=options.model, threads=options.threads,
                 **options.backend_settings) as engine:
+        if not options.quiet:
+            print_auto_choice(engine)
         source.open()
         try:
             sinks = []

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
+from typing import Any
 
 import click
 
 from ..verification import Split
-from .runtime_options import backend_settings, require_keyword, runtime_options
+from .runtime_options import backend_settings, gate_runtime_options, require_keyword
 from .trust_options import trust_option
 
 
@@ -32,10 +35,13 @@ from .trust_options import trust_option
               help="ONNX Runtime execution providers for the candidate, comma-separated, e.g. "
                    "TensorrtExecutionProvider,CUDAExecutionProvider (fails if one is unavailable or silently falls back).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
-@runtime_options
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Write the result into BUNDLE's manifest as the gate of this backend and execution precision "
+                   "(what --backend auto reads; only against an FP32 reference, only for a bundle directory).")
+@gate_runtime_options
 @trust_option
 def verify(bundle, reference, data, split, folds, fold, seed, model_key, reference_model, max_auc_drop, min_agreement,
-           threads, providers, as_json, **backend_kwargs) -> None:
+           threads, providers, as_json, record, **backend_kwargs) -> None:
     """Judge BUNDLE's model against an FP32 reference on labelled images: AUC of both and the drop,
     sensitivity/specificity at the decision threshold and at a re-fitted (Youden) threshold, decision
     agreement and |dp| (p50/p99/max). Exit status 0 when within the budget, 1 when not.
@@ -47,7 +53,11 @@ def verify(bundle, reference, data, split, folds, fold, seed, model_key, referen
       edge-thyroid verify runs/b --model fp16 --providers CUDAExecutionProvider --data labels.csv
       edge-thyroid verify runs/int8 --backend openvino --execution-precision bf16 --data labels.csv
         (the candidate runs on OpenVINO; the reference stays on ONNX Runtime FP32)
+    
+    The result is recorded in BUNDLE's manifest as the gate of the configuration that ran (e.g.
+    openvino/bf16), passed or failed; --backend auto only runs configurations whose gate passed.
     """
+    from ..bundle import load_bundle
     from ..verification import GateBudget, GateFailedError, labelled_split, run_gate
 
     budget = GateBudget(max_auc_drop, min_agreement)
@@ -56,8 +66,48 @@ def verify(bundle, reference, data, split, folds, fold, seed, model_key, referen
     if providers:
         require_keyword(options["backend"], "providers", "--providers (ONNX Runtime execution providers)")
         options.update({"providers": [p.strip() for p in providers.split(",") if p.strip()], "require_providers": True})
-    report = run_gate(bundle, reference or bundle, labelled, model=model_key, reference_model=reference_model,
+    candidate = load_bundle(bundle)
+    key, configuration = gated_configuration(candidate, model_key, options)
+    report = run_gate(candidate, reference or candidate, labelled, model=model_key, reference_model=reference_model,
                       budget=budget, threads=threads, backend_options=options, progress=True)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
+    if record:
+        _record(Path(bundle), candidate, key, configuration, report, reference, reference_model, providers)
     if not report.passed:
         raise GateFailedError(report)
+
+
+def gated_configuration(bundle: Any, model_key: str | None, options: dict[str, Any]) -> tuple[str, Any]:
+    """The model key and the configuration (backend, execution precision) the candidate runs in."""
+    from ..backends import backend_class, backend_for_target
+    from ..backends.base import EXECUTION_PRECISION
+    from ..gates import Configuration
+
+    key, entry = bundle.model_entry(model_key)
+    backend = options.get("backend") or backend_for_target(entry.target.value)
+    precisions = backend_class(backend).execution_precisions()
+    return key, Configuration(backend, (options.get(EXECUTION_PRECISION) or precisions[0]) if precisions else None)
+
+
+def _record(bundle_path: Path, candidate: Any, key: str, configuration: Any, report: Any, reference: str | None,
+            reference_model: str, providers: str | None) -> None:
+    """The report's summary as ``configuration``'s gate in the manifest, or one line saying why not."""
+    from ..bundle import Precision, load_bundle
+    from ..gates import record_gate
+
+    reference_bundle = candidate if reference is None else load_bundle(reference)
+    reference_precision = reference_bundle.model_entry(reference_model)[1].precision
+    if reference_precision is not Precision.FP32:
+        why = f"the reference model {reference_model!r} is {reference_precision.value}, not the FP32 reference"
+    elif providers:
+        why = "--providers runs the model on other execution providers than the configuration --backend auto runs"
+    elif not bundle_path.is_dir():
+        why = f"{bundle_path} is not a bundle directory (a .zip is read-only: unpack it, verify, pack it again)"
+    else:
+        summary = {**report.summary(), "budget": report.budget.to_dict(), "reference": report.reference["model"],
+                   "recorded_unix": round(time.time(), 3)}
+        path = record_gate(candidate.root, key, configuration, summary)
+        click.echo(f"recorded the {configuration} gate of model {key} ({'passed' if report.passed else 'FAILED'}) "
+                   f"in {path}", err=True)
+        return
+    click.echo(f"gate not recorded: {why}", err=True)
