@@ -292,11 +292,13 @@ def trial_frame(panes: int, width: int = 1920, height: int = 1080) -> tuple[Any,
     return frame, rois
 
 
-def select_backend(bundle: Any, *, model: str | None = None, execution_precision: str | None = None,
-                   threads: int | None = None, retune: bool = False, panes: int | None = None,
-                   cache: Path | None | bool = True) -> AutoChoice:
+def select_backend(bundle: Any, engine_type: Callable[..., Any], *, model: str | None = None,
+                   execution_precision: str | None = None, threads: int | None = None, retune: bool = False,
+                   panes: int | None = None, cache: Path | None | bool = True) -> AutoChoice:
     """The configuration ``--backend auto`` runs ``bundle``'s model on (see the module docstring).
-    ``cache``: True for :func:`cache_dir`, a directory, or False/None for no cache."""
+    ``engine_type``: the :class:`~edge_thyroid.engine.Engine` the trial runs (passed in, because the
+    engine asks this module and this module must not import it back). ``cache``: True for
+    :func:`cache_dir`, a directory, or False/None for no cache."""
     from .backends import backend_class
     from .bundle import Precision, Target
 
@@ -323,13 +325,11 @@ def select_backend(bundle: Any, *, model: str | None = None, execution_precision
     directory = cache_dir() if cache is True else (cache or None)
 
     def measure(configurations: Sequence[Configuration]) -> tuple[dict[str, float], dict[str, str]]:
-        from .engine import Engine
-
         frame, rois = trial_frame(panes)
 
         def open_runner(configuration: Configuration) -> tuple[FrameRunner, Callable[[], None]]:
             options = {"execution_precision": configuration.execution_precision} if configuration.execution_precision else {}
-            engine = Engine(bundle, backend=configuration.backend, model=model_key, threads=threads, **options)
+            engine = engine_type(bundle, backend=configuration.backend, model=model_key, threads=threads, **options)
             return (lambda: engine.extract(frame, rois)), engine.close
 
         return time_configurations(configurations, open_runner)

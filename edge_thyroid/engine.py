@@ -89,7 +89,7 @@ class Engine:
         self.threads = threads
         self.auto_choice: AutoChoice | None = None
         if backend == AUTO:
-            self.auto_choice = select_backend(self.bundle, model=self.model_key, threads=threads, retune=retune,
+            self.auto_choice = select_backend(self.bundle, type(self), model=self.model_key, threads=threads, retune=retune,
                                               execution_precision=backend_options.pop(EXECUTION_PRECISION, None))
             backend = self.auto_choice.backend
             if self.auto_choice.execution_precision is not None:

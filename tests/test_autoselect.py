@@ -11,6 +11,7 @@ from edge_thyroid import backends
 from edge_thyroid.autoselect import (AutoChoice, decide, gated_candidates, offered_configurations, select_backend,
                                      time_configurations)
 from edge_thyroid.bundle import load_bundle
+from edge_thyroid.engine import Engine
 from edge_thyroid.errors import BackendError
 from edge_thyroid.gates import Configuration, record_gate
 
@@ -132,16 +133,16 @@ def test_auto_never_picks_the_slower_or_the_ungated_backend(random_bundle, tmp_p
     bundle = load_bundle(bundle_dir)
     cache = tmp_path / "cache"
     loads = SlowToyBackend.loads
-    choice = select_backend(bundle, threads=1, cache=cache)
+    choice = select_backend(bundle, Engine, threads=1, cache=cache)
     assert choice.configuration == ORT and choice.how == "measured"
     assert set(choice.p50_ms) == {"onnxruntime", "toy-slow"}
     assert choice.excluded["openvino/f32"] == "gate failed"
     assert choice.excluded["toy-ungated"].startswith("no gate recorded")
     assert SlowToyBackend.loads == loads + 1
     assert UngatedToyBackend.loads == 0  # never even tried
-    cached = select_backend(bundle, threads=1, cache=cache)
+    cached = select_backend(bundle, Engine, threads=1, cache=cache)
     assert (cached.configuration, cached.how, SlowToyBackend.loads) == (ORT, "cached", loads + 1)
-    retuned = select_backend(bundle, threads=1, cache=cache, retune=True)
+    retuned = select_backend(bundle, Engine, threads=1, cache=cache, retune=True)
     assert (retuned.configuration, retuned.how, SlowToyBackend.loads) == (ORT, "measured", loads + 2)
 
 
@@ -150,4 +151,4 @@ def test_a_requested_precision_without_a_gated_configuration_is_an_error_not_a_s
 
     bundle = load_bundle(data_path(DEMO_BUNDLE))  # gated on ONNX Runtime only
     with pytest.raises(BackendError, match=r"no configuration .* in bf16 with a passing gate .*--backend openvino"):
-        select_backend(bundle, execution_precision="bf16", cache=False)
+        select_backend(bundle, Engine, execution_precision="bf16", cache=False)

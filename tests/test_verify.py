@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from edge_thyroid.bundle import Precision, load_bundle, write_manifest
 from edge_thyroid.cli import cli, main
+from edge_thyroid.engine import Engine
 from edge_thyroid.errors import InputError
 from edge_thyroid.gates import recorded_gates
 from edge_thyroid.head import FusionHead
@@ -261,7 +262,7 @@ def test_verify_records_a_failed_gate_and_auto_then_skips_it(int8_bundle, data_c
     result = verify(broken, "--reference", int8_bundle, "--data", data_csv, "--split", "all")
     assert result.exit_code == 1 and "recorded the onnxruntime gate of model int8 (FAILED)" in result.stderr
     assert recorded_gates(load_bundle(broken).manifest.models["int8"].details)["onnxruntime"]["passed"] is False
-    choice = select_backend(load_bundle(broken), cache=False)
+    choice = select_backend(load_bundle(broken), Engine, cache=False)
     assert choice.excluded["onnxruntime"] == "gate failed" and choice.how.startswith("ungated fallback")
 
 
