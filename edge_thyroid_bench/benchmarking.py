@@ -584,7 +584,8 @@ def format_table(record: Mapping[str, Any]) -> str:
         f"{machine['threads']} threads" + (f" pinned to CPUs {pinned}" if pinned else " (not pinned)")
         + f"; load average {machine.get('loadavg_start')} at start, {machine.get('loadavg_end')} at end; git {commit}.",
         "",
-        "| configuration | format | precision | size (MB) | AUC (val) | p50 ms | p99 ms | fps | p50 / ours | p50 / FLOP floor |",
+        "| configuration | format | precision | size (MB) | AUC (val) | p50 ms | p99 ms | fps "
+        "| p50 / ours (x the reference's time; >1 slower) | p50 / FLOP floor |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in record["configs"]:

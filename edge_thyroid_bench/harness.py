@@ -19,14 +19,14 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_thyroid.backends import DEFAULT_BACKEND, backend_class
-from edge_thyroid.bundle import Target, load_bundle
+from edge_thyroid.bundle import Precision, Target, load_bundle
 from edge_thyroid.errors import EdgeThyroidError, InputError
 from edge_thyroid.graph import backbone_graph
 from edge_thyroid.layout import load_layout, preset
 
 from . import benchmarking as bm
 from .peers import (PEER_KINDS, ConfigSpec, Kind, cold_start, make_runner, missing_peer_error, parse_peers,
-                    peer_installed, write_backbone)
+                    peer_installed, write_backbone, write_reconstruction)
 
 # Which modalities a screen with N panes shows (dual view = B-mode + elastography).
 PANE_PREFERENCE = ("bmode", "swe", "smi")
@@ -108,33 +108,69 @@ def _build_configs(options: BenchOptions, bundles: list, modalities: tuple[str, 
                 configs.append(_Config(ConfigSpec(Kind.ENGINE, **common), bundle))
                 if options.cache:
                     configs.append(_Config(ConfigSpec(Kind.ENGINE, cached=True, **common), bundle))
+        float_key, float_reason = _float_source(bundle, keys)
         for key in keys:
             entry = bundle.model_entry(key)[1]
-            digest = bundle.manifest.files.get(entry.file, f"{bundle.root}/{entry.file}")
             for kind in peer_kinds:
+                # The float peers are the FP32 baselines a user starts from: one row per bundle, on its FP32
+                # model, else on the FP32 reconstruction of its INT8 weights, else a row saying why not.
+                if kind in FLOAT_PEERS and key != float_key:
+                    continue
+                reconstruct = kind in FLOAT_PEERS and entry.precision is not Precision.FP32 and float_reason is None
+                digest = bundle.manifest.files.get(entry.file, f"{bundle.root}/{entry.file}")
                 # The same model file in two bundles is one peer row, not two.
                 if (kind.value, digest) in seen_models:
                     continue
-                if kind in (Kind.TORCH, Kind.ORT_PLAIN) and entry.precision.value != "fp32":
-                    continue  # these peers are the FP32 baselines a user starts from
                 seen_models.add((kind.value, digest))
-                backbone = None
-                if kind in (Kind.ORT_PLAIN, Kind.OPENVINO):
-                    backbone = str(scratch / f"bundle{number}_{key}_backbone.onnx")
-                spec = ConfigSpec(kind, str(bundle.root), key, modalities, threads, backbone_onnx=backbone, label=label)
+                stem = f"bundle{number}_{key}" + ("_fp32_reconstruction" if reconstruct else "")
+                backbone = str(scratch / f"{stem}_backbone.onnx") if kind in (Kind.ORT_PLAIN, Kind.OPENVINO) else None
+                spec = ConfigSpec(kind, str(bundle.root), key, modalities, threads, backbone_onnx=backbone, label=label,
+                                  reconstruction=str(scratch / f"{stem}.onnx") if reconstruct else None)
                 config = _Config(spec, bundle)
                 if not peer_installed(kind):
                     config.reason = str(missing_peer_error(kind))
+                elif kind in FLOAT_PEERS and float_reason is not None:
+                    config.reason = float_reason
                 configs.append(config)
-    backbones = {c.spec.backbone_onnx: c for c in configs if c.spec.backbone_onnx and c.reason is None}
-    for path, config in backbones.items():
-        try:
-            write_backbone(config.bundle, config.spec.model, Path(path))
-        except EdgeThyroidError as exc:
-            for other in configs:
-                if other.spec.backbone_onnx == path:
-                    other.reason = str(exc)
+    _prepare_models(configs)
     return configs
+
+
+FLOAT_PEERS = (Kind.TORCH, Kind.ORT_PLAIN)
+
+
+def _float_source(bundle: Any, keys: list[str]) -> tuple[str, str | None]:
+    """The model the float peers run: an FP32 one among ``keys``, else an INT8 one to reconstruct in FP32;
+    with neither, the reason the float peers cannot run."""
+    precisions = {key: bundle.model_entry(key)[1].precision for key in keys}
+    for wanted in (Precision.FP32, Precision.INT8):
+        for key, precision in precisions.items():
+            if precision is wanted:
+                return key, None
+    return keys[0], (f"needs an FP32 model or INT8 weights to reconstruct one from; the benched models are "
+                     f"{', '.join(f'{k} ({p.value})' for k, p in precisions.items())}")
+
+
+def _prepare_models(configs: list[_Config]) -> None:
+    """Write the FP32 reconstructions and backbone-only graphs the peers run; a peer whose model cannot
+    be prepared gets the reason as its row."""
+    prepared: dict[str, str | None] = {}  # path -> error
+    for config in configs:
+        spec = config.spec
+        if config.reason is not None:
+            continue
+        source = config.bundle.path(config.bundle.model_entry(spec.model)[1].file)
+        for path, write in ((spec.reconstruction, lambda p: write_reconstruction(config.bundle, spec.model, Path(p))),
+                            (spec.backbone_onnx, lambda p: write_backbone(spec.reconstruction or source, Path(p)))):
+            if path is None or config.reason is not None:
+                continue
+            if path not in prepared:
+                try:
+                    write(path)
+                    prepared[path] = None
+                except EdgeThyroidError as exc:
+                    prepared[path] = str(exc)
+            config.reason = prepared[path]
 
 
 def _default_models(available: list[str]) -> list[str]:
@@ -339,7 +375,7 @@ def _record(options: BenchOptions, machine: dict, configs: list[_Config], refere
         spec = config.spec
         row: dict[str, Any] = {
             "name": spec.name, "kind": spec.kind.value, "bundle": spec.bundle, "model": spec.model,
-            "cached": spec.cached, "precision": config.bundle.model_entry(spec.model)[1].precision.value,
+            "cached": spec.cached, "precision": spec.precision(config.bundle),
             "auc": _auc(config.bundle, spec.model), "available": not config.reason and bool(config.frames),
             "reason": config.reason,
         }

@@ -96,6 +96,9 @@ class ConfigSpec:
     label: str = ""                 # prefix when several bundles share a table
     backend: str = DEFAULT_BACKEND  # our engine's runtime (ENGINE only)
     backend_options: tuple[tuple[str, str], ...] = ()  # our engine's backend settings, e.g. execution_precision
+    # A float peer of a bundle without an FP32 model: the FP32 reconstruction of ``model``'s INT8 weights
+    # (edge_thyroid_bench.dequantize), written here; None: the bundle's model file as it is.
+    reconstruction: str | None = None
 
     @property
     def name(self) -> str:
@@ -104,8 +107,14 @@ class ConfigSpec:
         if self.kind is Kind.ENGINE and self.backend != DEFAULT_BACKEND:
             backend = backend_class(self.backend)
             base += f"-{backend.tag or backend.name}" + "".join(f"-{v}" for _, v in self.changed_options())
-        name = f"{base}-{self.model}" + ("-cached" if self.cached else "")
+        model = f"fp32-from-{self.model}" if self.reconstruction else self.model
+        name = f"{base}-{model}" + ("-cached" if self.cached else "")
         return f"{self.label}/{name}" if self.label else name
+
+    def precision(self, bundle: Bundle) -> str:
+        """The precision this row computes in (a reconstruction is FP32 whatever the model it came from)."""
+        precision = bundle.model_entry(self.model)[1].precision.value
+        return f"fp32 (dequantized {precision})" if self.reconstruction else precision
 
     def changed_options(self) -> list[tuple[str, str]]:
         """The backend settings that differ from the backend's defaults (they name the row)."""
@@ -129,12 +138,24 @@ class ConfigSpec:
 # The backbone-only graph the ONNX peers run (cut out of the bundle's fused model)
 
 
-def write_backbone(bundle: Bundle, model_key: str, destination: Path) -> Path:
+def write_backbone(model_path: str | Path, destination: Path) -> Path:
+    """The backbone-only graph of a fused model file (a bundle's, or a reconstruction of one)."""
     import onnx
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(backbone_graph(model_path), str(destination))
+    return destination
+
+
+def write_reconstruction(bundle: Bundle, model_key: str, destination: Path) -> Path:
+    """The FP32 reconstruction of a bundle's INT8 model (fused, as the bundle keeps it) at ``destination``."""
+    import onnx
+
+    from .dequantize import dequantized_graph
 
     _, entry = bundle.model_entry(model_key)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(backbone_graph(bundle.path(entry.file)), str(destination))
+    onnx.save_model(dequantized_graph(onnx.load(str(bundle.path(entry.file)))), str(destination))
     return destination
 
 
@@ -184,7 +205,7 @@ class Runner(abc.ABC):
 
     @property
     def precision(self) -> str:
-        return self.bundle.model_entry(self.spec.model)[1].precision.value
+        return self.spec.precision(self.bundle)
 
     @abc.abstractmethod
     def load(self) -> None: ...
@@ -245,6 +266,9 @@ class OrtPlainRunner(Runner):
         self.session = ort.InferenceSession(self._model_path(), sess_options=options,
                                             providers=["CPUExecutionProvider"])
         self.details["providers"] = self.session.get_providers()
+        if self.spec.reconstruction:
+            source = self.bundle.model_entry(self.spec.model)[1].precision.value
+            self.format = f"{type(self).format}; FP32 reconstruction of the {source} weights"
 
     def _model_path(self) -> str:
         if not self.spec.backbone_onnx:
@@ -322,7 +346,9 @@ class TorchRunner(Runner):
         manifest = self.bundle.manifest
         module = BackboneFeatures(manifest.backbone, build_torchvision_model(manifest.backbone)).eval()
         _, entry = self.bundle.model_entry(self.spec.model)
-        self.details["weights"] = load_onnx_weights(module, self.bundle.path(entry.file))
+        self.details["weights"] = load_onnx_weights(module, self.spec.reconstruction or self.bundle.path(entry.file))
+        if self.spec.reconstruction:
+            self.format += f"; FP32 reconstruction of the {entry.precision.value} weights"
         self.module = module
         self.details["torch"] = torch.__version__
 
@@ -381,6 +407,7 @@ def load_onnx_weights(module: Any, onnx_path: str | Path) -> dict[str, Any]:
     pairs = _conv_bn_pairs(module)
     if len(convs) != len(pairs):
         raise BundleError(f"{onnx_path} has {len(convs)} Conv nodes, the torchvision model {len(pairs)}")
+    convs = _in_module_order(convs, [conv for conv, _ in pairs], module)
     with torch.no_grad():
         for node, (conv, bn) in zip(convs, pairs):
             weight = tensor(node.input[1])
@@ -399,6 +426,32 @@ def load_onnx_weights(module: Any, onnx_path: str | Path) -> dict[str, Any]:
             bn.weight.fill_(1.0)
             bn.bias.copy_(torch.from_numpy(np.array(bias)))
     return {"source": str(onnx_path), "convs": len(convs), "batchnorm": "folded into conv, kept as identity + bias"}
+
+
+def _in_module_order(nodes: list[Any], convs: list[Any], module: Any) -> list[Any]:
+    """The Conv nodes in the order of the module's convolutions, matched by the exporter's scope names
+    ('/layer1/layer1.0/downsample/downsample.0/Conv' is layer1.0.downsample.0): a quantizer may reorder
+    nodes. Graphs whose names do not match one module each keep their graph order."""
+    paths = {}
+    for node in nodes:
+        parts: list[str] = []
+        for part in node.name.strip("/").split("/")[:-1]:
+            if parts and part.startswith(parts[-1] + "."):
+                parts[-1] = part  # 'layer1' then 'layer1.0': the Sequential's child, named with its parent
+            else:
+                parts.append(part)
+        paths[".".join(parts)] = node
+    names = {id(m): name for name, m in module.named_modules()}
+    ordered = []
+    for conv in convs:
+        name = names.get(id(conv), "")
+        matches = sorted((path for path in paths if path and (name == path or name.endswith("." + path))),
+                         key=len, reverse=True)
+        if not matches or (len(matches) > 1 and len(matches[0]) == len(matches[1])):
+            return nodes
+        ordered.append(paths[matches[0]])  # the most specific: 'layer1.0.conv1' before the stem's 'conv1'
+
+    return ordered if len({id(n) for n in ordered}) == len(nodes) else nodes
 
 
 def _conv_bn_pairs(module: Any) -> list[tuple[Any, Any]]:

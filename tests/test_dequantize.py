@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_thyroid.errors import BundleError
-from edge_thyroid.graph import dequantized_graph
+from edge_thyroid_bench.dequantize import dequantized_graph
 
 RNG = np.random.default_rng(7)
 C_IN, C_MID, C_OUT = 3, 4, 5
