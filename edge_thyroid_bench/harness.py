@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from edge_thyroid.autoselect import AUTO
 from edge_thyroid.backends import DEFAULT_BACKEND, backend_class
+from edge_thyroid.backends.base import EXECUTION_PRECISION
 from edge_thyroid.bundle import Precision, Target, load_bundle
 from edge_thyroid.errors import EdgeThyroidError, InputError
 from edge_thyroid.graph import backbone_graph
@@ -101,7 +103,7 @@ def _build_configs(options: BenchOptions, bundles: list, modalities: tuple[str, 
             bundle.model_entry(key)  # a clear error for a model the bundle lacks
         for key in keys:
             for backend in options.backends or [DEFAULT_BACKEND]:
-                takes = {o.name for o in backend_class(backend).options}
+                takes = {EXECUTION_PRECISION} if backend == AUTO else {o.name for o in backend_class(backend).options}
                 settings = tuple((k, v) for k, v in options.backend_options.items() if k in takes)
                 common = dict(bundle=str(bundle.root), model=key, modalities=modalities, threads=threads, label=label,
                               backend=backend, backend_options=settings)

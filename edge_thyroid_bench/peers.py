@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_thyroid.autoselect import AUTO
 from edge_thyroid.backends import DEFAULT_BACKEND, backend_class
 from edge_thyroid.bundle import Bundle, Precision, load_bundle
 from edge_thyroid.engine import Engine, fuse
@@ -104,7 +105,9 @@ class ConfigSpec:
     def name(self) -> str:
         base = {Kind.ENGINE: "ours", Kind.ORT_PLAIN: "ort-plain", Kind.OPENVINO: "openvino",
                 Kind.TORCH: "torch-eager"}[self.kind]
-        if self.kind is Kind.ENGINE and self.backend != DEFAULT_BACKEND:
+        if self.kind is Kind.ENGINE and self.backend == AUTO:
+            base += f"-{AUTO}" + "".join(f"-{v}" for _, v in self.backend_options)
+        elif self.kind is Kind.ENGINE and self.backend != DEFAULT_BACKEND:
             backend = backend_class(self.backend)
             base += f"-{backend.tag or backend.name}" + "".join(f"-{v}" for _, v in self.changed_options())
         model = f"fp32-from-{self.model}" if self.reconstruction else self.model
@@ -233,7 +236,11 @@ class EngineRunner(Runner):
                              **dict(self.spec.backend_options))
         self.details["providers"] = self.engine.backend.providers
         runtime = type(self.engine.backend).display_name
-        changed = self.spec.changed_options() if self.spec.backend != DEFAULT_BACKEND else []
+        choice = self.engine.auto_choice
+        if choice is not None:
+            self.details["auto_choice"] = choice.to_dict()
+            runtime = f"auto -> {choice.configuration} ({runtime})"
+        changed = self.spec.changed_options() if self.spec.backend not in (DEFAULT_BACKEND, AUTO) else []
         if changed:
             runtime += " (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in changed) + ")"
         host = getattr(self.engine.backend, "preprocessing", None) is not None

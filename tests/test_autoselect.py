@@ -152,3 +152,23 @@ def test_a_requested_precision_without_a_gated_configuration_is_an_error_not_a_s
     bundle = load_bundle(data_path(DEMO_BUNDLE))  # gated on ONNX Runtime only
     with pytest.raises(BackendError, match=r"no configuration .* in bf16 with a passing gate .*--backend openvino"):
         select_backend(bundle, Engine, execution_precision="bf16", cache=False)
+
+
+def test_classify_prints_the_auto_choice_and_retune_needs_auto(tmp_path, capsys):
+    import cv2
+
+    from edge_thyroid.cli import main
+    from edge_thyroid.commands.stream import DEMO_BUNDLE, data_path
+
+    from .conftest import screen_frame
+
+    image = tmp_path / "pane.png"
+    cv2.imwrite(str(image), screen_frame(seed=1)[50:670, 20:600])
+    main(["classify", str(data_path(DEMO_BUNDLE)), str(image), "--json"])
+    captured = capsys.readouterr()
+    assert captured.err.startswith("backend auto: ") and json.loads(captured.out)["p_malignant"] >= 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["classify", str(data_path(DEMO_BUNDLE)), str(image), "--backend", "onnxruntime", "--retune"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--retune re-measures the choice of --backend auto" in err
+    assert "Traceback" not in err

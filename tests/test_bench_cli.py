@@ -212,3 +212,15 @@ def test_a_peer_that_cannot_run_says_why_in_its_row(tmp_path, capsys):
     table = capsys.readouterr().out
     for name in ("torch-eager-int8", "ort-plain-int8"):  # the model key stays int8, its precision says fp16
         assert f"| {name} | not run: needs an FP32 model or INT8 weights to reconstruct one from" in table, table
+
+
+@needs_torch
+def test_bench_runs_our_engine_as_the_default_command_does(random_bundle, capsys):
+    main(["bench", str(random_bundle), *TINY, "--panes", "1", "--backend", "auto", "--peers", "none", "--no-cache",
+          "--no-cold-start", "--no-flops", "--json", "-"])
+    record = json.loads(capsys.readouterr().out)
+    row = {row["name"]: row for row in record["configs"]}["ours-auto-fp32"]
+    assert row["available"], row["reason"]
+    choice = row["details"]["auto_choice"]
+    assert choice["configuration"] == "onnxruntime" and choice["how"] == "only candidate"  # the FP32 reference
+    assert row["format"].startswith("edge-thyroid: auto -> onnxruntime (ONNX Runtime)")

@@ -40,10 +40,15 @@ def _row_settings(backends: list[str], given: dict[str, str | None]) -> dict[str
     """The backend settings given; each must apply to one of the chosen --backend rows."""
     from ..backends import DEFAULT_BACKEND, backend_options
 
+    from ..autoselect import AUTO
+    from ..backends.base import EXECUTION_PRECISION
+
     declared = backend_options()
     settings = {name: value for name, value in given.items() if value is not None}
     for name in settings:
         option, owners = declared[name]
+        if AUTO in backends and name == EXECUTION_PRECISION:
+            continue  # the auto row chooses among the configurations gated at this precision
         if not set(owners) & set(backends or [DEFAULT_BACKEND]):
             raise click.UsageError(f"{option.flag} applies to our engine's {' / '.join(owners)} rows; add "
                                    f"--backend {owners[0]}")
@@ -106,8 +111,9 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--flops/--no-flops", default=True, show_default=True,
               help="Measure fp32 matmul GFLOP/s and show each p50 against the FLOP-bound floor.")
 @click.option("--frame-size", default="1920x1080", show_default=True, help="Synthetic screen size WIDTHxHEIGHT.")
-@click.option("--backend", "backends", multiple=True, type=BackendChoice(),
-              help="Runtime(s) of our engine's rows; repeat for several (default: ONNX Runtime). The first is the reference.")
+@click.option("--backend", "backends", multiple=True, type=BackendChoice(auto=True),
+              help="Runtime(s) of our engine's rows; repeat for several (default: ONNX Runtime). The first is the reference. "
+                   "auto: what stream/demo/classify run by default (the fastest gated configuration on this machine).")
 @backend_options_of_rows
 @click.option("--json", "json_out", default=None, help="Write the full record (JSON) here; '-' for stdout.")
 @click.option("--plot", "plot_out", default=None, help="Write a latency histogram + CDF (PNG) here.")
