@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_bundle(args.bundle)
     key, entry = bundle.model_entry(args.model)
     frame, rois = frame_and_rois(args.panes)
-    record: dict[str, Any] = {"bundle": str(args.bundle), "model": key, "panes": args.panes,
+    shown = Path(args.bundle).resolve()
+    shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
+    record: dict[str, Any] = {"bundle": str(shown), "model": key, "panes": args.panes,
                               "frame": f"{frame.shape[1]}x{frame.shape[0]}", "frames": args.frames,
                               "threads": args.threads, "cpu": cpu_model(), "loadavg_before": [round(v, 2) for v in os.getloadavg()],
                               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
