@@ -299,7 +299,7 @@ def select_backend(bundle: Any, engine_type: Callable[..., Any], *, model: str |
     ``engine_type``: the :class:`~edge_thyroid.engine.Engine` the trial runs (passed in, because the
     engine asks this module and this module must not import it back). ``cache``: True for
     :func:`cache_dir`, a directory, or False/None for no cache."""
-    from .backends import backend_class
+    from .backends import backend_class, backend_for_target
     from .bundle import Precision, Target
 
     model_key, entry = bundle.model_entry(model)
@@ -334,6 +334,6 @@ def select_backend(bundle: Any, engine_type: Callable[..., Any], *, model: str |
 
         return time_configurations(configurations, open_runner)
 
-    return decide(candidates, {**excluded, **not_gated}, fallback=Configuration(entry.target.value),
+    return decide(candidates, {**excluded, **not_gated}, fallback=Configuration(backend_for_target(entry.target.value)),
                   key_material=key_material, measure=measure, cache_dir=directory, retune=retune, cpu=cpu,
                   versions=versions, panes=panes)

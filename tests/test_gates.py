@@ -76,3 +76,16 @@ def test_record_gate_names_what_is_wrong(tmp_path):
     shutil.copytree(DEMO, bundle_dir)
     with pytest.raises(BundleError, match="has no model 'fp16'"):
         record_gate(bundle_dir, "fp16", Configuration("onnxruntime"), {"passed": True})
+
+
+def test_info_lists_every_configurations_gate(tmp_path):
+    from click.testing import CliRunner
+
+    from edge_thyroid.cli import cli
+
+    bundle_dir = tmp_path / "b"
+    shutil.copytree(DEMO, bundle_dir)
+    record_gate(bundle_dir, "int8", Configuration("openvino", "bf16"), {"passed": False, "auc_drop": 0.02, "agreement": 0.9})
+    out = CliRunner().invoke(cli, ["info", str(bundle_dir)]).output
+    assert "gate      onnxruntime: passed" in out
+    assert "gate      openvino/bf16: FAILED (auc_drop +0.0200, agreement 0.9000)" in out

@@ -31,8 +31,15 @@ def info(bundle, as_json) -> None:
                f"  (trained on: {', '.join(manifest['trained_modalities']) or 'none'})")
     click.echo(f"input       uint8 BGR frame + ROIs -> {pre['image_size']}x{pre['image_size']} {pre['interpolation']}, "
                f"mean {pre['mean']} std {pre['std']}")
+    from ..gates import recorded_gates
+
     for key, entry in manifest["models"].items():
         click.echo(f"model       {key}: {entry['file']} ({entry['precision']}, {entry['target']})")
+        for configuration, gate in recorded_gates(entry).items():
+            figures = ", ".join(f"{name} {gate[name]:+.4f}" if name == "auc_drop" else f"{name} {gate[name]:.4f}"
+                                for name in ("auc_drop", "agreement") if isinstance(gate.get(name), (int, float)))
+            click.echo(f"  gate      {configuration}: {'passed' if gate.get('passed') is True else 'FAILED'}"
+                       + (f" ({figures})" if figures else ""))
     t = manifest["threshold"]
     click.echo(f"threshold   {t['value']:.4f} ({t['method']}, chosen on {t['chosen_on']})")
     if manifest["metrics"]:
