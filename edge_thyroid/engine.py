@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from .autoselect import AUTO, AutoChoice, select_backend
-from .backends import Backend, backend_class, backend_for_target
 from . import __version__
-from .bundle import MANIFEST, Bundle, load_bundle, sha256_file
+from .backends import Backend, backend_class, backend_for_target
 from .backends.base import EXECUTION_PRECISION
+from .bundle import MANIFEST, Bundle, load_bundle, sha256_file
 from .errors import BackendError, BundleError, InputError
 from .frames import Pane, Roi, as_frame, check_rois
 from .head import FusionHead, pool
@@ -122,13 +122,14 @@ class Engine:
 
     def identity(self) -> dict[str, Any]:
         """What a record needs to say which model ran: engine version, bundle (path and manifest sha256),
-        model key and precision, backend and threads."""
+        model key and precision, backend and threads, and with --backend auto the choice and its figures."""
         entry = self.bundle.model_entry(self.model_key)[1]
         return {"version": __version__,
                 "bundle": {"path": str(self.bundle.root), "manifest_sha256": sha256_file(self.bundle.path(MANIFEST))},
                 "model": {"key": self.model_key, "precision": entry.precision.value,
                           "trained_modalities": list(self.trained_modalities)},
-                "backend": self.backend.name, "threads": self.threads}
+                "backend": self.backend.name, "threads": self.threads,
+                "backend_auto": self.auto_choice.to_dict() if self.auto_choice is not None else None}
 
     def extract(self, frame: np.ndarray, rois: Sequence[Roi]) -> np.ndarray:
         """Feature maps [N, C, h, w] of the given panes (frame validated, ROIs checked)."""

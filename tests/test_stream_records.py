@@ -69,6 +69,10 @@ def test_header_says_what_ran_on_what(demo_records):
     assert header["model"]["key"] == "int8" and header["model"]["precision"] == "int8"
     assert header["model"]["trained_modalities"] == list(bundle.manifest.trained_modalities) == ["bmode"]
     assert header["backend"] == "onnxruntime" and header["threads"] is None
+    # --backend auto (the default) writes its choice and the figures behind it into the header.
+    auto = header["backend_auto"]
+    assert auto["backend"] == header["backend"] and auto["configuration"].split("/")[0] == header["backend"]
+    assert auto["how"] and isinstance(auto["excluded"], dict)
     assert [p["modality"] for p in header["layout"]["panes"]] == ["bmode", "swe"]
     assert all(len(p["roi"]) == 4 for p in header["layout"]["panes"])
     assert header["source"]["kind"] == "synthetic" and "synthetic" in header["source"]["description"]

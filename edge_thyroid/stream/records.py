@@ -93,7 +93,7 @@ class HeaderRecord:
     which settings (threshold, temporal logic), and when it started (UTC, ISO 8601)."""
 
     started_utc: str
-    engine: dict[str, Any]       # Engine.identity(): version, bundle, model, backend, threads
+    engine: dict[str, Any]       # Engine.identity(): version, bundle, model, backend (+ auto's choice), threads
     layout: dict[str, Any]       # Layout.to_dict(): the panes' ROIs as configured
     source: dict[str, Any]       # kind, description, fps
     threshold: float
@@ -102,7 +102,8 @@ class HeaderRecord:
     def record(self) -> dict[str, Any]:
         return {"type": "header", "format_version": FORMAT_VERSION, "engine_version": self.engine["version"],
                 "started_utc": self.started_utc, "bundle": self.engine["bundle"], "model": self.engine["model"],
-                "backend": self.engine["backend"], "threads": self.engine["threads"], "layout": self.layout,
+                "backend": self.engine["backend"], "backend_auto": self.engine.get("backend_auto"),
+                "threads": self.engine["threads"], "layout": self.layout,
                 "source": self.source, "threshold": self.threshold, "temporal": self.temporal}
 
 
