@@ -13,7 +13,7 @@ as the ``onnxruntime`` gate.
 
 ``edge-thyroid verify`` records the gate of the configuration it ran with :func:`record_gate`, which
 rewrites only ``manifest.json``: the manifest is not among the hashed files, so the model files stay
-verified.
+verified (a signature over the old manifest is removed: sign the bundle again).
 """
 
 from __future__ import annotations
@@ -78,10 +78,15 @@ def gate_passed(details: Mapping[str, Any], configuration: Configuration) -> boo
 
 
 def record_gate(bundle_root: str | Path, model_key: str, configuration: Configuration,
-                summary: Mapping[str, Any]) -> Path:
+                summary: Mapping[str, Any]) -> bool:
     """Write ``summary`` as ``configuration``'s gate of ``model_key`` into the bundle directory's manifest
-    (atomically: a temporary file renamed over it). Other fields are kept as they are. Returns the path."""
+    (atomically: a temporary file renamed over it). Other fields are kept as they are.
+
+    A signature covers the manifest's exact bytes, so a signed bundle's ``manifest.sig`` no longer
+    matches: it is removed (the bundle is then unsigned, refused wherever a trusted key is required,
+    until it is signed again with ``edge-thyroid sign``). Returns True when a signature was removed."""
     from .bundle import MANIFEST, Manifest
+    from .signing import SIGNATURE
 
     root = Path(bundle_root)
     path = root / MANIFEST
@@ -112,4 +117,8 @@ def record_gate(bundle_root: str | Path, model_key: str, configuration: Configur
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
-    return path
+    signature = root / SIGNATURE
+    if signature.exists():
+        signature.unlink()
+        return True
+    return False

@@ -166,7 +166,7 @@ def test_classify_prints_the_auto_choice_and_retune_needs_auto(tmp_path, capsys)
     cv2.imwrite(str(image), screen_frame(seed=1)[50:670, 20:600])
     main(["classify", str(data_path(DEMO_BUNDLE)), str(image), "--json"])
     captured = capsys.readouterr()
-    assert captured.err.startswith("backend auto: ") and json.loads(captured.out)["p_malignant"] >= 0
+    assert "\nbackend auto: " in "\n" + captured.err and json.loads(captured.out)["p_malignant"] >= 0
     with pytest.raises(SystemExit) as exit_info:
         main(["classify", str(data_path(DEMO_BUNDLE)), str(image), "--backend", "onnxruntime", "--retune"])
     err = capsys.readouterr().err

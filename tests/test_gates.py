@@ -48,8 +48,10 @@ def test_record_gate_rewrites_only_the_manifest(tmp_path):
     bundle_dir = tmp_path / "b"
     shutil.copytree(DEMO, bundle_dir)
     before = json.loads((bundle_dir / "manifest.json").read_text())
-    record_gate(bundle_dir, "int8", Configuration("openvino", "bf16"), {"passed": False, "auc_drop": 0.02})
-    record_gate(bundle_dir, "int8", Configuration("openvino", "f32"), {"passed": True, "auc_drop": 0.001})
+    signed = (bundle_dir / "manifest.sig").exists()
+    assert record_gate(bundle_dir, "int8", Configuration("openvino", "bf16"), {"passed": False, "auc_drop": 0.02}) == signed
+    assert record_gate(bundle_dir, "int8", Configuration("openvino", "f32"), {"passed": True, "auc_drop": 0.001}) is False
+    assert not (bundle_dir / "manifest.sig").exists()  # it signed the old manifest's bytes; now it would be a lie
     bundle = load_bundle(bundle_dir)  # hashes of the model files still verify
     gates = recorded_gates(bundle.model_entry("int8")[1].details)
     assert gates["openvino/f32"] == {"passed": True, "auc_drop": 0.001}

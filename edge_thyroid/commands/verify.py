@@ -106,8 +106,11 @@ def _record(bundle_path: Path, candidate: Any, key: str, configuration: Any, rep
     else:
         summary = {**report.summary(), "budget": report.budget.to_dict(), "reference": report.reference["model"],
                    "recorded_unix": round(time.time(), 3)}
-        path = record_gate(candidate.root, key, configuration, summary)
+        unsigned = record_gate(candidate.root, key, configuration, summary)
         click.echo(f"recorded the {configuration} gate of model {key} ({'passed' if report.passed else 'FAILED'}) "
-                   f"in {path}", err=True)
+                   f"in {candidate.root / 'manifest.json'}", err=True)
+        if unsigned:
+            click.echo(f"notice: the bundle's signature covered the old manifest and was removed; sign it again: "
+                       f"edge-thyroid sign {bundle_path} --key PRIVATE.pem", err=True)
         return
     click.echo(f"gate not recorded: {why}", err=True)
