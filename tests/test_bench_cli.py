@@ -176,6 +176,7 @@ def int8_only_copy(destination):
     bundle = load_bundle(destination)
     for key in [k for k in bundle.manifest.models if k != "int8"]:
         (destination / bundle.manifest.models.pop(key).file).unlink()
+    (destination / "manifest.sig").unlink(missing_ok=True)  # it signed the shipped manifest, not this one
     write_manifest(destination, bundle.manifest)
     return destination
 
