@@ -32,8 +32,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
-
-Roi = tuple[int, int, int, int]
+from .frames import Roi
 
 PLUS = "+"
 CROSS = "x"
