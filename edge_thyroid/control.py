@@ -9,8 +9,8 @@ lines; each gets one JSON line back::
     {"layout": "dual"}           -> a preset, or {"layout": {"panes": [...], "nodule": [...]}}
     anything else                -> {"ok": false, "error": "<what was wrong; what was expected>"}
 
-An accepted change is queued; the stream takes the queue before each frame, so it applies from the
-next frame, and logs it. A rejected message, a half line, a flood or a client that disconnects
+An accepted change is queued and stamped; before each frame the stream takes the changes accepted
+before that frame was captured, so a change applies from the next frame, and logs it. A rejected message, a half line, a flood or a client that disconnects
 changes nothing. The server holds no lock the stream waits on: ``take`` only swaps a list.
 
 Lifecycle as for sources and backends: construct (cheap, parses the address), ``open`` (binds and
@@ -25,8 +25,9 @@ import selectors
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ class ControlChange:
     kind: str                      # "roi" or "layout"
     roi: Roi | None = None
     layout: Layout | None = None
+    accepted_at: float = 0.0       # time.monotonic() when accepted: it applies to frames captured later
 
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "roi":
@@ -216,10 +218,15 @@ class ControlServer:
 
     # -- the stream's side ------------------------------------------------------------------
 
-    def take(self) -> list[ControlChange]:
-        """The changes accepted since the last call, oldest first."""
+    def take(self, captured_at: float | None = None) -> list[ControlChange]:
+        """The changes accepted since the last call, oldest first; with ``captured_at`` (a frame's
+        capture time) only those accepted before it: a change applies from the next frame captured."""
         with self._lock:
-            changes, self._pending = self._pending, []
+            if captured_at is None:
+                changes, self._pending = self._pending, []
+            else:
+                changes = [c for c in self._pending if c.accepted_at <= captured_at]
+                self._pending = self._pending[len(changes):]
         return changes
 
     # -- the server thread ------------------------------------------------------------------
@@ -279,7 +286,7 @@ class ControlServer:
             self._send(client, {"ok": False, "error": f"line longer than {MAX_LINE_BYTES} bytes"})
             return
         try:
-            change = parse_message(line)
+            change = replace(parse_message(line), accepted_at=time.monotonic())
             if self.check is not None:
                 self.check(change)
         except InputError as exc:
