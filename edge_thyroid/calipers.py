@@ -135,7 +135,8 @@ class FixedPixels:
         self.frames = 0
 
     def update(self, pixels: np.ndarray) -> None:
-        grey = _brightest(pixels)
+        # change detection only: luma is enough, and one OpenCV pass on the pane's view
+        grey = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY) if pixels.ndim == 3 else np.ascontiguousarray(pixels)
         if self._low is None or self._low.shape != grey.shape:
             self._low, self._high, self.frames = grey.copy(), grey.copy(), 0
         else:

@@ -86,6 +86,8 @@ def test_calipers_on_a_frozen_frame_give_the_box_and_moving_them_reclassifies():
     assert two.roi == (115, 75, 210, 210)
     assert [(m["x"], m["y"]) for m in two.calipers] == [(150, 180), (290, 180)]
     assert results[10].record()["roi"] == [115, 75, 210, 210] and results[10].record()["roi_source"] == "calipers"
+    for result in results:   # every record is plain JSON (the JSONL sink writes it as is)
+        assert json.loads(json.dumps(result.record(), allow_nan=False)) == result.record()
     assert all(r.roi == two.roi and r.p == two.p for r in results[11:13])     # frozen: the same answer, cached
     assert all(r.decision is not Decision.ABSTAIN for r in results[10:])      # a freeze is a review
     four = results[13]
