@@ -91,6 +91,25 @@ def read_samples(csv_path: str | Path, *, labelled_only: bool = True) -> list[Sa
     return samples
 
 
+def read_image_list(csv_path: str | Path) -> list[Sample]:
+    """Images to classify, one a row: ``image`` and optional ``roi`` (x,y,w,h; empty: the whole image)
+    and ``modality`` columns; relative paths resolve against the CSV's folder. No labels needed."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"image list not found: {csv_path}")
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if "image" not in (reader.fieldnames or ()):
+            raise ValueError(f"{csv_path}: no 'image' column; expected image[,roi][,modality]")
+        samples = [Sample(image=csv_path.parent / row["image"], label=None, case_id="",
+                          modality=(row.get("modality") or "bmode").strip() or "bmode",
+                          roi=_parse_roi(row.get("roi"), f"{csv_path}:{row_number}"))
+                   for row_number, row in enumerate(reader, start=2)]
+    if not samples:
+        raise ValueError(f"{csv_path}: no rows")
+    return samples
+
+
 def _parse_roi(text: str | None, where: str) -> tuple[int, int, int, int] | None:
     """The optional ``roi`` column: "x,y,w,h" in image pixels, or empty for the whole image."""
     text = (text or "").strip()

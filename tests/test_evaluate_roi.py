@@ -172,3 +172,30 @@ def test_export_records_the_training_csv_and_evaluate_uses_it(random_model, tmp_
     for model in (bundle, checkpoint):        # the bundle's manifest and the checkpoint both say so
         report, _ = evaluate_model(model, crops, SplitSpec(None), resamples=50)
         assert report.n < 24 and "is the one the model was trained on" in report.rows
+
+
+def test_classify_takes_a_box_per_image_from_a_list(tmp_path):
+    from click.testing import CliRunner
+
+    from edge_thyroid.cli import cli
+
+    crops = synthetic_csv(tmp_path / "crops", n_cases=2)
+    frames = full_frames(crops, tmp_path / "frames")
+    runner = CliRunner()
+
+    def scores(args: list[str]) -> list[float]:
+        result = runner.invoke(cli, ["classify", str(DEMO_BUNDLE), *args, "--json"])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["p_malignant"] for line in result.stdout.splitlines()]
+
+    by_crop = scores([str(crops.parent / r["image"]) for r in csv.DictReader(open(crops))])
+    by_box = scores(["--list", str(frames)])
+    np.testing.assert_allclose(by_box, by_crop, atol=1e-6)
+    first = next(csv.DictReader(open(frames)))
+    assert scores([str(frames.parent / first["image"]), "--roi", first["roi"]]) == pytest.approx(by_box[:1], abs=1e-6)
+    result = runner.invoke(cli, ["classify", str(DEMO_BUNDLE)])
+    assert result.exit_code != 0 and "give IMAGES or --list CSV" in result.output
+    bad = write_csv(tmp_path / "bad.csv", [{"image": first["image"], "roi": "0,0,5000,10"}])
+    (tmp_path / first["image"]).write_bytes((frames.parent / first["image"]).read_bytes())
+    result = runner.invoke(cli, ["classify", str(DEMO_BUNDLE), "--list", str(bad)])
+    assert result.exit_code != 0 and "outside the" in str(result.exception)
