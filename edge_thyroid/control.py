@@ -293,6 +293,11 @@ class ControlServer:
             self.rejected += 1
             self._send(client, {"ok": False, "error": str(exc)})
             return
+        except Exception as exc:  # noqa: BLE001 - one odd message must not stop the channel's thread
+            self.rejected += 1
+            self._send(client, {"ok": False, "error": f"message refused ({type(exc).__name__}: {str(exc)[:120]}); "
+                                                      "expected {\"roi\": ...} or {\"layout\": ...}"})
+            return
         with self._lock:
             if len(self._pending) >= MAX_PENDING:
                 self.rejected += 1

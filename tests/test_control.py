@@ -210,3 +210,22 @@ def test_the_server_survives_fuzzed_lines_and_still_applies_a_good_one(tmp_path,
         finally:
             client.close()
         assert server.take()[-1].roi == (5, 6, 7, 8)
+
+
+def test_a_check_that_fails_unexpectedly_is_an_error_reply_and_the_channel_lives_on():
+    calls = []
+
+    def broken(change: ControlChange) -> None:
+        calls.append(change)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+
+    with ControlServer("tcp://127.0.0.1:0", check=broken) as server:
+        client = Client(server)
+        try:
+            reply = client.send({"roi": [1, 2, 3, 4]})
+            assert not reply["ok"] and "RuntimeError: boom" in reply["error"]
+            assert client.send({"roi": [1, 2, 3, 4]})["ok"]
+        finally:
+            client.close()
+        assert [c.roi for c in server.take()] == [(1, 2, 3, 4)]
