@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/make_demo_clip.py --data /path/to/ddti --out /tmp/clip
 
 Writes edge_thyroid/data/demo_clip.mp4 (MPEG-4, 960x540, 12 fps, 16 s), demo_clip.layout.json (the
-B-mode pane) and demo_clip.json (which crops, their TI-RADS labels, the timeline, the credit).
+B-mode pane and its nodule box) and demo_clip.json (which crops, their TI-RADS labels, the timeline,
+the credit).
 Crops come from the validation side of the training split (DDTI case-level fold 0 of 4, seed 0):
 two labelled benign and two malignant, from four different patients, shown benign, malignant,
 benign, malignant, 4 s each. The screen moves a little (probe sway) and its speckle decorrelates
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("a chosen crop could not be read")
 
     layout_doc = {"name": "demo", "screen": {"width": SCREEN[0], "height": SCREEN[1]},
-                  "panes": [{"modality": "bmode", "roi": list(PANE)}]}
+                  "panes": [{"modality": "bmode", "roi": list(PANE)}],
+                  # each frame is a nodule-centred crop filling the pane: the crop region is the nodule box
+                  "nodule": list(PANE)}
     layout = parse_layout(layout_doc, origin="demo layout")
     frames = int(round(len(crops) * SEGMENT_S * FPS))
     spec = (f"synthetic?size={SCREEN[0]}x{SCREEN[1]}&fps={FPS}&switch={SEGMENT_S}&blank={BLANKS}&freeze={FREEZE}"

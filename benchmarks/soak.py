@@ -191,7 +191,7 @@ DEFAULT_SOURCE = "synthetic:triple?size=480x270"
 
 def stream_command(bundle: Path, jsonl: Path, frames: int, source: str, layout: str, extra: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "edge_thyroid", "stream", str(bundle), "--source", source, "--layout", layout,
-            "--as-fast-as-possible", "--max-frames", str(frames), "--json-out", str(jsonl), "--quiet", *extra]
+            "--whole-pane", "--as-fast-as-possible", "--max-frames", str(frames), "--json-out", str(jsonl), "--quiet", *extra]
 
 
 def soak(bundle: Path, frames: int, *, source: str = DEFAULT_SOURCE, layout: str = "triple", warmup: int = 1000,

@@ -113,7 +113,7 @@ def run_view(engine: Any, view: str, frames: int, cache: bool, fps: float) -> di
     source.open()
     sampler.start()
     try:
-        summary = Pipeline(engine, source, [collector], PipelineConfig(cache=cache)).run()
+        summary = Pipeline(engine, source, [collector], PipelineConfig(cache=cache, whole_pane=True)).run()
     finally:
         sampler.done.set()
         sampler.join()

@@ -1,4 +1,5 @@
-"""Labelled image lists (CSV of image, label, case_id, modality[, mask]) and case-level splits.
+"""Labelled image lists (CSV of image, label, case_id, modality[, mask, roi, label_source]) and
+case-level splits.
 
 Shared by training (export/) and evaluation (runtime, no torch). Splits are by case, never by crop:
 crops of one patient always land on the same side.
@@ -13,6 +14,8 @@ from enum import Enum
 from pathlib import Path
 
 import numpy as np
+
+from .frames import Pane, check_roi
 
 LABELS = {"benign": 0, "malignant": 1, "0": 0, "1": 1}
 
@@ -32,10 +35,20 @@ class Sample:
     case_id: str
     modality: str = "bmode"
     mask: Path | None = None
+    roi: tuple[int, int, int, int] | None = None   # the nodule box in the image (None: the whole image)
+    label_source: str | None = None                # what the label is: "tirads", "pathology", ... (None: unknown)
 
     @property
     def labelled(self) -> bool:
         return self.label is not None
+
+    def pane(self, frame: np.ndarray) -> Pane:
+        """The pane the model sees for this row: its ``roi`` (checked to lie in the image) or the whole image."""
+        height, width = frame.shape[:2]
+        if self.roi is None:
+            return Pane(self.modality, (0, 0, width, height))
+        check_roi(self.roi, width, height, f"{self.image.name}: roi")
+        return Pane(self.modality, self.roi)
 
 
 def read_samples(csv_path: str | Path, *, labelled_only: bool = True) -> list[Sample]:
@@ -54,6 +67,8 @@ def read_samples(csv_path: str | Path, *, labelled_only: bool = True) -> list[Sa
         missing = required - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; expected at least {sorted(required)}")
+        # DDTI-style lists carry the TI-RADS category the label was binarised from
+        tirads_column = "tirads" in (reader.fieldnames or ())
         for row_number, row in enumerate(reader, start=2):
             raw_label = (row.get("label") or "").strip().lower()
             if raw_label and raw_label not in LABELS:
@@ -68,10 +83,53 @@ def read_samples(csv_path: str | Path, *, labelled_only: bool = True) -> list[Sa
                 case_id=str(row["case_id"]).strip(),
                 modality=(row.get("modality") or "bmode").strip() or "bmode",
                 mask=root / mask if mask else None,
+                roi=_parse_roi(row.get("roi"), f"{csv_path}:{row_number}"),
+                label_source=_label_source(row, tirads_column),
             ))
     if not samples:
         raise ValueError(f"{csv_path}: no {'labelled ' if labelled_only else ''}rows")
     return samples
+
+
+def read_image_list(csv_path: str | Path) -> list[Sample]:
+    """Images to classify, one a row: ``image`` and optional ``roi`` (x,y,w,h; empty: the whole image)
+    and ``modality`` columns; relative paths resolve against the CSV's folder. No labels needed."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"image list not found: {csv_path}")
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if "image" not in (reader.fieldnames or ()):
+            raise ValueError(f"{csv_path}: no 'image' column; expected image[,roi][,modality]")
+        samples = [Sample(image=csv_path.parent / row["image"], label=None, case_id="",
+                          modality=(row.get("modality") or "bmode").strip() or "bmode",
+                          roi=_parse_roi(row.get("roi"), f"{csv_path}:{row_number}"))
+                   for row_number, row in enumerate(reader, start=2)]
+    if not samples:
+        raise ValueError(f"{csv_path}: no rows")
+    return samples
+
+
+def _parse_roi(text: str | None, where: str) -> tuple[int, int, int, int] | None:
+    """The optional ``roi`` column: "x,y,w,h" in image pixels, or empty for the whole image."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        x, y, w, h = (int(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"{where}: roi {text[:40]!r} is not x,y,w,h (four integers); leave it empty for the "
+                         "whole image") from None
+    if x < 0 or y < 0 or w < 1 or h < 1:
+        raise ValueError(f"{where}: roi {text!r} is not a box; expected x, y >= 0 and w, h >= 1")
+    return x, y, w, h
+
+
+def _label_source(row: dict[str, str], tirads_column: bool) -> str | None:
+    given = (row.get("label_source") or "").strip().lower()
+    if given:
+        return given
+    return "tirads" if tirads_column else None
 
 
 def case_folds(samples: Sequence[Sample], folds: int, seed: int = 0) -> list[int]:

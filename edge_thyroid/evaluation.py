@@ -6,23 +6,25 @@ target), calibration (Brier score, expected calibration error, reliability bins)
 plots.
 
 A model is a bundle (run through the engine: no torch) or a training checkpoint (``*.pt``: needs
-torch, imported lazily). Each crop is a whole image: ROI = the full frame, modality from the CSV.
+torch, imported lazily). Each row is a whole image or, with a ``roi`` column (x,y,w,h), the nodule box
+in a larger frame; modality from the CSV. Which rows: see :func:`decide_split`.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .bundle import sha256_file
 from .dataset import Sample, Split, read_samples, split_by_case
 from .errors import InputError, MissingDependencyError
-from .frames import Pane, read_image
+from .frames import read_image
 from .metrics import (bootstrap_auc_ci, delong_auc_ci, delong_test, operating_point, paired_bootstrap_test,
                       roc_curve, sensitivity_threshold, youden_threshold)
 
@@ -39,31 +41,70 @@ LABEL_NOTE = "labels are TI-RADS categories (2-3 benign, 4a-5 malignant), not pa
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """Which rows of the CSV: one side of the case-level split (the training protocol) or all."""
+    """Which rows of the CSV: one side of the case-level split (the training protocol) or all.
+    ``split`` None: decided by :func:`decide_split` (the validation side only for the training CSV)."""
 
-    split: Split = Split.VAL
+    split: Split | None = Split.VAL
     folds: int = 4
     fold: int = 0
     seed: int = 0
 
     def describe(self) -> str:
+        if self.split is None:
+            return "rows to be decided"
         if self.split is Split.ALL:
             return "all labelled rows"
         return f"{self.split.value} side of case split fold {self.fold}/{self.folds}, seed {self.seed}"
 
 
-def select_samples(csv_path: str | Path, spec: SplitSpec) -> tuple[list[Sample], list[Sample]]:
-    """(samples to evaluate, validation-side samples for choosing a threshold)."""
+def decide_split(csv_path: str | Path, requested: Split | None, trained_on: Sequence[str | None]) -> tuple[Split, str]:
+    """(which rows, why). Asked for: as asked. Otherwise the validation side only when the CSV is the one
+    every model was trained on (its sha256 in the model's record), else all rows: an external set is
+    never silently cut to a quarter."""
+    if requested is not None:
+        return requested, f"--split {requested.value} as asked"
+    digest = sha256_file(csv_path)
+    if trained_on and all(t == digest for t in trained_on):
+        return Split.VAL, (f"this CSV is the one the model was trained on (sha256 {digest[:12]}...), so only its "
+                           "validation side is unseen")
+    if any(t is None for t in trained_on):
+        return Split.ALL, "the model does not record the CSV it was trained on, so every labelled row is used"
+    return Split.ALL, f"this CSV (sha256 {digest[:12]}...) is not the model's training CSV, so every labelled row is used"
+
+
+def select_samples(csv_path: str | Path, spec: SplitSpec, *, label_source: str | None = None
+                   ) -> tuple[list[Sample], list[Sample]]:
+    """(samples to evaluate, validation-side samples for choosing a threshold). ``label_source``
+    overrides the CSV's (e.g. "tirads" or "pathology")."""
+    if spec.split is None:
+        raise InputError("the split is not decided yet; call decide_split first")
     try:
         samples = read_samples(csv_path, labelled_only=True)
         train, val = split_by_case(samples, folds=spec.folds, fold=spec.fold, seed=spec.seed)
     except (ValueError, FileNotFoundError) as exc:
         raise InputError(str(exc)) from None
+    if label_source is not None:
+        samples, train, val = ([replace(s, label_source=label_source) for s in side] for side in (samples, train, val))
     chosen = {Split.ALL: samples, Split.TRAIN: train, Split.VAL: val}[spec.split]
     if {s.label for s in chosen} != {0, 1}:
         raise InputError(f"{csv_path} ({spec.describe()}) has {len(chosen)} labelled rows with labels "
                          f"{sorted({s.label for s in chosen})}; evaluation needs benign and malignant rows")
     return chosen, val
+
+
+def rows_used(csv_path: str | Path, used: int, why: str) -> str:
+    """The line every evaluation prints: how many of the labelled rows were used, and why."""
+    return f"{used} of {len(read_samples(csv_path, labelled_only=True))} labelled rows: {why}"
+
+
+def label_note(samples: Sequence[Sample]) -> str | None:
+    """What the labels are, when the data says: the TI-RADS note only for TI-RADS-labelled rows."""
+    sources = {getattr(s, "label_source", None) for s in samples}
+    if "tirads" in sources:
+        return LABEL_NOTE
+    if sources == {"pathology"}:
+        return "labels are pathology (biopsy or surgery) results"
+    return None
 
 
 class Scorer:
@@ -72,6 +113,7 @@ class Scorer:
     kind: str = ""
     threshold: float = 0.5
     name: str = ""
+    trained_on: str | None = None   # sha256 of the CSV the model was trained on, when it records one
 
     def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
         raise TypeError(f"{type(self).__name__} does not score")
@@ -95,6 +137,7 @@ class BundleScorer(Scorer):
         self.engine = Engine(path, model=model, threads=threads)
         self.threshold = float(self.engine.threshold)
         self.name = f"{path} [{self.engine.model_key}]"
+        self.trained_on = (self.engine.bundle.manifest.provenance.get("training_data") or {}).get("sha256")
 
     def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
         from tqdm import tqdm
@@ -102,8 +145,7 @@ class BundleScorer(Scorer):
         out = np.zeros(len(samples), dtype=np.float64)
         for i, sample in enumerate(tqdm(samples, desc="scoring", unit="image", file=sys.stderr, disable=not progress)):
             frame = read_image(sample.image)
-            pane = Pane(sample.modality, (0, 0, frame.shape[1], frame.shape[0]))
-            out[i] = self.engine.classify(frame, [pane]).probability
+            out[i] = self.engine.classify(frame, [sample.pane(frame)]).probability
         return out
 
     def close(self) -> None:
@@ -188,8 +230,9 @@ class EvaluationReport:
     at_model_threshold: dict[str, Any]
     chosen_threshold: dict[str, Any]
     calibration: dict[str, Any]
-    label_note: str = LABEL_NOTE
+    label_note: str | None = LABEL_NOTE
     plots: list[str] = field(default_factory=list)
+    rows: str | None = None          # how many rows were used and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,6 +243,7 @@ class EvaluationReport:
         return [
             f"model: {self.model}",
             f"data: {self.data}: {self.n} crops ({self.positives} malignant / {self.n - self.positives} benign), {self.cases} cases",
+            *([f"rows: {self.rows}"] if self.rows else []),
             f"AUC {self.auc:.3f}  95% CI DeLong [{d['low']:.3f}, {d['high']:.3f}]  "
             f"case bootstrap [{b['low']:.3f}, {b['high']:.3f}]",
             f"at the model's threshold {op['threshold']:.4f}: accuracy {op['accuracy']:.3f}  sensitivity "
@@ -212,17 +256,17 @@ class EvaluationReport:
             f"{ch['operating_point']['sensitivity']:.3f}  specificity {ch['operating_point']['specificity']:.3f}  "
             f"accuracy {ch['operating_point']['accuracy']:.3f}",
             f"calibration: Brier {self.calibration['brier']:.4f}  ECE {self.calibration['ece']:.4f}",
-            f"note: {self.label_note}",
+            *([f"note: {self.label_note}"] if self.label_note else []),
             *[f"plot: {p}" for p in self.plots],
         ]
 
 
 def evaluate_scores(scored: Scored, *, data: str, validation: Scored | None = None,
                     rule: ThresholdRule = ThresholdRule.YOUDEN, sensitivity_target: float | None = None,
-                    resamples: int = 2000, seed: int = 0) -> EvaluationReport:
+                    resamples: int = 2000, seed: int = 0, chosen_on: str = "validation side") -> EvaluationReport:
     """The study's figures from per-crop scores. The re-chosen threshold comes from ``validation``
     (the validation side of the split) so that it is never fitted on the rows it is judged on
-    unless those rows are the validation side itself."""
+    unless those rows are the validation side itself (or all rows: ``chosen_on`` says so)."""
     labels, scores = scored.labels, scored.scores
     validation = validation or scored
     chosen = choose_threshold(validation.labels, validation.scores, rule, sensitivity_target)
@@ -234,8 +278,9 @@ def evaluate_scores(scored: Scored, *, data: str, validation: Scored | None = No
         auc_ci_bootstrap=bootstrap_auc_ci(labels, scores, resamples=resamples, seed=seed, groups=scored.cases).to_dict(),
         at_model_threshold=operating_point(labels, scores, scored.threshold).to_dict(),
         chosen_threshold={"rule": rule.value, "sensitivity_target": sensitivity_target, "threshold": chosen,
-                          "chosen_on": "validation side", "operating_point": chosen_point.to_dict()},
+                          "chosen_on": chosen_on, "operating_point": chosen_point.to_dict()},
         calibration=calibration(labels, scores),
+        label_note=label_note(scored.samples),
     )
 
 
@@ -301,20 +346,27 @@ def score_model(path: str | Path, samples: list[Sample], *, model: str | None = 
 def evaluate_model(path: str | Path, csv_path: str | Path, spec: SplitSpec, *, model: str | None = None,
                    rule: ThresholdRule = ThresholdRule.YOUDEN, sensitivity_target: float | None = None,
                    plots_dir: str | Path | None = None, threads: int | None = None, resamples: int = 2000,
-                   progress: bool = False) -> tuple[EvaluationReport, Scored]:
-    samples, val = select_samples(csv_path, spec)
-    same = spec.split is Split.VAL
-    scored, val_scored = score_model(path, samples, model=model, threads=threads, progress=progress,
-                                     extra=None if same else val)
-    if val_scored is None:
-        val_scored = scored
+                   progress: bool = False, label_source: str | None = None) -> tuple[EvaluationReport, Scored]:
+    with open_scorer(path, model=model, threads=threads) as scorer:
+        split, why = decide_split(csv_path, spec.split, [scorer.trained_on])
+        spec = replace(spec, split=split)
+        samples, val = select_samples(csv_path, spec, label_source=label_source)
+        scored = Scored(samples, scorer.score(samples, progress=progress), scorer.threshold, scorer.name)
+        if split is Split.TRAIN:   # the threshold is re-chosen on the rows never trained on
+            val_scored, chosen_on = Scored(val, scorer.score(val, progress=progress), scorer.threshold,
+                                           scorer.name), "validation side"
+        elif split is Split.VAL:
+            val_scored, chosen_on = scored, "validation side"
+        else:
+            val_scored, chosen_on = scored, "the evaluated rows themselves (in-sample: optimistic)"
     report = evaluate_scores(scored, data=f"{csv_path} ({spec.describe()})", validation=val_scored, rule=rule,
-                             sensitivity_target=sensitivity_target, resamples=resamples)
+                             sensitivity_target=sensitivity_target, resamples=resamples, chosen_on=chosen_on)
+    report.rows = rows_used(csv_path, len(samples), why)
     if plots_dir is not None:
         folder = Path(plots_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        report.plots = [str(plot_roc([(Path(path).name, scored)], folder / "roc.png", f"ROC ({spec.split.value})")),
-                        str(plot_calibration(scored, folder / "calibration.png", f"Calibration ({spec.split.value})"))]
+        report.plots = [str(plot_roc([(Path(path).name, scored)], folder / "roc.png", f"ROC ({split.value})")),
+                        str(plot_calibration(scored, folder / "calibration.png", f"Calibration ({split.value})"))]
     return report, scored
 
 
@@ -328,7 +380,8 @@ class ComparisonReport:
     cases: int
     delong: dict[str, float]
     bootstrap: dict[str, float]
-    label_note: str = LABEL_NOTE
+    label_note: str | None = LABEL_NOTE
+    rows: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -338,11 +391,12 @@ class ComparisonReport:
         return [
             f"A: {self.model_a}", f"B: {self.model_b}",
             f"data: {self.data}: {self.n} crops ({self.positives} malignant), {self.cases} cases",
+            *([f"rows: {self.rows}"] if self.rows else []),
             f"AUC A {d['auc_a']:.3f}  B {d['auc_b']:.3f}  difference {d['difference']:+.3f}",
             f"DeLong (paired): SE {d['std_error']:.4f}  z {d['z']:+.3f}  p {d['p_value']:.4g}",
             f"case-level paired bootstrap ({b['resamples']}): SE {b['std_error']:.4f}  95% CI "
             f"[{b['low']:+.3f}, {b['high']:+.3f}]  p {b['p_value']:.4g}",
-            f"note: {self.label_note}",
+            *([f"note: {self.label_note}"] if self.label_note else []),
         ]
 
 
@@ -353,16 +407,20 @@ def compare_scores(a: Scored, b: Scored, *, data: str, resamples: int = 2000, se
     test = delong_test(labels, a.scores, b.scores)
     boot = paired_bootstrap_test(labels, a.scores, b.scores, groups=a.cases, resamples=resamples, seed=seed)
     return ComparisonReport(a.model, b.model, data, int(labels.size), int(labels.sum()), len(set(a.cases)),
-                            test.to_dict(), boot.to_dict())
+                            test.to_dict(), boot.to_dict(), label_note(a.samples))
 
 
 def compare_models(path_a: str | Path, path_b: str | Path, csv_path: str | Path, spec: SplitSpec, *,
                    threads: int | None = None, resamples: int = 2000, progress: bool = False,
-                   plot: str | Path | None = None) -> ComparisonReport:
-    samples, _ = select_samples(csv_path, spec)
-    a, _ = score_model(path_a, samples, threads=threads, progress=progress)
-    b, _ = score_model(path_b, samples, threads=threads, progress=progress)
+                   plot: str | Path | None = None, label_source: str | None = None) -> ComparisonReport:
+    with open_scorer(path_a, threads=threads) as scorer_a, open_scorer(path_b, threads=threads) as scorer_b:
+        split, why = decide_split(csv_path, spec.split, [scorer_a.trained_on, scorer_b.trained_on])
+        spec = replace(spec, split=split)
+        samples, _ = select_samples(csv_path, spec, label_source=label_source)
+        a = Scored(samples, scorer_a.score(samples, progress=progress), scorer_a.threshold, scorer_a.name)
+        b = Scored(samples, scorer_b.score(samples, progress=progress), scorer_b.threshold, scorer_b.name)
     report = compare_scores(a, b, data=f"{csv_path} ({spec.describe()})", resamples=resamples)
+    report.rows = rows_used(csv_path, len(samples), why)
     if plot is not None:
-        plot_roc([(Path(path_a).name, a), (Path(path_b).name, b)], plot, f"ROC ({spec.split.value})")
+        plot_roc([(Path(path_a).name, a), (Path(path_b).name, b)], plot, f"ROC ({split.value})")
     return report

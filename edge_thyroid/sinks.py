@@ -24,7 +24,7 @@ from .errors import EdgeThyroidError
 from .stream.stats import percentile
 
 if TYPE_CHECKING:
-    from .stream.records import GapRecord, HeaderRecord, StreamResult, StreamSummary
+    from .stream.records import ControlRecord, GapRecord, HeaderRecord, StreamResult, StreamSummary
 
 
 class SinkError(EdgeThyroidError):
@@ -41,8 +41,9 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def write(self, result: "StreamResult") -> None: ...
 
-    def event(self, record: "HeaderRecord | GapRecord | StreamSummary") -> None:
-        """A record that is not a frame: the header (first), a source gap, the summary (last)."""
+    def event(self, record: "HeaderRecord | GapRecord | ControlRecord | StreamSummary") -> None:
+        """A record that is not a frame: the header (first), a source gap, a control-channel change,
+        the summary (last)."""
 
     def close(self) -> None:
         """Flush and release."""
@@ -52,7 +53,7 @@ class Sink(abc.ABC):
 
 
 class JsonlSink(Sink):
-    """One JSON object per line: a header, frame and gap records, and a summary (see
+    """One JSON object per line: a header, frame, gap and control records, and a summary (see
     docs/stream-records.schema.json). ``-`` writes to standard output."""
 
     name = "jsonl"
@@ -105,7 +106,7 @@ class JsonlSink(Sink):
         record["latency_ms"]["sink"] = round((time.monotonic() - result.result_time) * 1000.0, 3)
         self._line(record)
 
-    def event(self, record: "HeaderRecord | GapRecord | StreamSummary") -> None:
+    def event(self, record: "HeaderRecord | GapRecord | ControlRecord | StreamSummary") -> None:
         self._line(record.record())
 
     def close(self) -> None:
@@ -162,13 +163,10 @@ class ConsoleSink(Sink):
         self.stream.flush()
         self.printed = True
 
-    def event(self, record: "HeaderRecord | GapRecord | StreamSummary") -> None:
-        gap = record.record()
-        if gap["type"] != "gap":
+    def event(self, record: "HeaderRecord | GapRecord | ControlRecord | StreamSummary") -> None:
+        if record.record()["type"] not in ("gap", "control"):
             return  # the command prints the summary itself; the header is for files
-        state = "resumed" if gap["resumed"] else "lost"
-        text = (f"source {state} after a {gap['duration_s']:.1f} s gap ({gap['attempts']} reopen attempts): "
-                f"{gap['reason']}")
+        text = record.text()
         self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
         self.stream.flush()
 
@@ -178,23 +176,25 @@ class ConsoleSink(Sink):
             self.stream.flush()
 
 
-def _annotate(result: "StreamResult") -> Any:
-    """The frame with CAM heatmaps (when a prediction exists) and the smoothed decision on top."""
-    import cv2
+def _annotate(result: "StreamResult", band: bool = True) -> Any:
+    """The frame with CAM heatmaps (when a prediction exists), the nodule box and its source, and the
+    smoothed decision in large letters on a band added below the screen (``band``; the live view shows
+    the decision on its page and maps a dragged box on the frame's own pixels, so it takes none)."""
+    from .visualize import draw_nodule_box, overlay_prediction, with_decision_band
 
-    from .visualize import overlay_prediction
-
-    canvas = overlay_prediction(result.image, result.prediction) if result.prediction is not None else result.image.copy()
+    canvas = (overlay_prediction(result.image, result.prediction, label=False) if result.prediction is not None
+              else result.image.copy())
+    if result.roi is not None:
+        draw_nodule_box(canvas, result.roi, result.roi_source, result.calipers)
+    if not band:
+        return canvas
     if result.reason is not None:
         label = f"ABSTAIN: {result.reason.value}"
         color = (0, 200, 255)
     else:
-        label = f"{result.decision.value.upper()}  smoothed p={result.p_smoothed:.2f}"
-        color = (0, 0, 255) if result.decision.value == "malignant" else (0, 200, 0)
-    scale = max(0.5, canvas.shape[0] / 1080)
-    cv2.putText(canvas, label, (10, int(70 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, color,
-                max(1, int(2 * scale)), cv2.LINE_AA)
-    return canvas
+        label = f"{result.decision.value.upper()}  p={result.p_smoothed:.2f}"
+        color = (60, 60, 255) if result.decision.value == "malignant" else (60, 220, 60)
+    return with_decision_band(canvas, label, color)
 
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}

@@ -9,7 +9,8 @@ that holds still while the image does and says so when it cannot be trusted:
 * hysteresis: the decision flips to malignant only when the smoothed p rises ``margin`` above the
   threshold and back to benign only when it falls ``margin`` below it;
 * abstention (decision ``abstain`` with a reason): a blank screen (probe lifted), a frozen screen
-  (nothing changed for ``frozen_after_s``), an unstable reading (raw p's standard deviation over the
+  (nothing changed for ``frozen_after_s``; off by default, since a freeze is when the sonographer
+  reviews and measures), no nodule box (``no_roi``) or a lost one (``roi_lost``), an unstable reading (raw p's standard deviation over the
   recent window above ``unstable_std``) or an invalid frame. A blank or invalid frame resets the
   smoothing: what follows is probably another view or another nodule.
 """
@@ -41,6 +42,8 @@ class Reason(str, Enum):
     FROZEN = "frozen"      # no pane changed for frozen_after_s
     UNSTABLE = "unstable"  # raw p swings too much to report
     INVALID = "invalid"    # the frame could not be classified (bad size, non-finite output, ...)
+    NO_ROI = "no_roi"      # no nodule box (layout, control channel or calipers): no answer on a whole pane
+    ROI_LOST = "roi_lost"  # the operator's box could not be followed: the view changed too much
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class TemporalConfig:
     margin: float = 0.05            # hysteresis half-width around the threshold, in p units
     unstable_std: float = 0.2       # abstain when std(raw p) over the last unstable_window frames exceeds this
     unstable_window: int = 10
-    frozen_after_s: float = 2.0     # abstain once nothing changed for this long (0: never)
+    frozen_after_s: float = 0.0     # abstain once nothing changed for this long (0: never: a freeze is a review)
 
     def __post_init__(self) -> None:
         if not all(math.isfinite(v) for v in (self.tau_s, self.margin, self.unstable_std, self.frozen_after_s)):
@@ -117,8 +120,9 @@ class TemporalFilter:
         return self.state
 
     def abstain(self, reason: Reason, detail: str | None = None) -> TemporalResult:
-        """A frame without a usable p: blank and invalid frames also forget the history."""
-        if reason in (Reason.BLANK, Reason.INVALID):
+        """A frame without a usable p: blank and invalid frames, and frames without a nodule box, also
+        forget the history (what follows is probably another view or another nodule)."""
+        if reason in (Reason.BLANK, Reason.INVALID, Reason.NO_ROI, Reason.ROI_LOST):
             self.reset()
         return TemporalResult(self.smoothed, Decision.ABSTAIN, reason, detail)
 

@@ -26,7 +26,7 @@ from .bundle import Bundle
 from .dataset import Sample, Split
 from .errors import EdgeThyroidError, InputError
 from .evaluation import SplitSpec, select_samples
-from .frames import Pane, read_image
+from .frames import read_image
 from .metrics import delong_auc_ci, delong_test, operating_point, youden_threshold
 
 __all__ = ["GateBudget", "GateFailedError", "GateReport", "LabelledSet", "Split", "compare_scores", "labelled_split",
@@ -77,14 +77,14 @@ def labelled_split(csv_path: str | Path, split: Split = Split.VAL, *, folds: int
 
 
 def score_engines(engines: Sequence[Any], samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
-    """p(malignant) of each engine on each image (one pane of the sample's modality, the whole image);
+    """p(malignant) of each engine on each image (one pane of the sample's modality: its roi, else the whole image);
     shape [len(engines), len(samples)]. Each image is read once and fed to every engine."""
     from tqdm import tqdm
 
     scores = np.zeros((len(engines), len(samples)), dtype=np.float64)
     for j, sample in enumerate(tqdm(samples, desc="gate", unit="image", file=sys.stderr, disable=not progress)):
         frame = read_image(sample.image)
-        pane = Pane(sample.modality, (0, 0, frame.shape[1], frame.shape[0]))
+        pane = sample.pane(frame)
         for i, engine in enumerate(engines):
             scores[i, j] = engine.classify(frame, [pane]).probability
     return scores

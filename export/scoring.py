@@ -36,6 +36,8 @@ class CheckpointScorer:
         self.threshold = float(self.info.threshold.get("value", 0.5))
         self.name = f"{path} [{self.info.backbone} checkpoint]"
         self.batch_size = batch_size
+        # sha256 of the CSV it was trained on (train records it), so evaluate knows which rows it saw
+        self.trained_on = (self.info.training.get("split") or {}).get("sha256")
 
     def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
         modalities = self.model.modalities
@@ -51,7 +53,7 @@ class CheckpointScorer:
                     raise InputError(f"{sample.image}: modality {sample.modality!r} is not one of the model's {modalities}")
                 frame = read_image(sample.image)
                 slot = modalities.index(sample.modality)
-                panes[j, slot] = preprocess_reference(frame, [(0, 0, frame.shape[1], frame.shape[0])], self.spec)[0]
+                panes[j, slot] = preprocess_reference(frame, [sample.pane(frame).roi], self.spec)[0]
                 present[j, slot] = 1.0
             with torch.no_grad():
                 logits = self.model(torch.from_numpy(panes), torch.from_numpy(present))

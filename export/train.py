@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge_thyroid.bundle import sha256_file
 from edge_thyroid.dataset import Sample, read_samples, split_by_case
 from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
 from edge_thyroid.metrics import roc_auc, youden_threshold
@@ -411,7 +412,9 @@ def main(data_csv, out_dir, folds, fold, split_seed, resume, **options) -> None:
     out.mkdir(parents=True, exist_ok=True)
     samples = read_samples(data_csv)
     train_samples, val_samples = split_by_case(samples, folds=folds, fold=fold, seed=split_seed)
-    split = {"data": str(data_csv), "folds": folds, "fold": fold, "seed": split_seed}
+    # The CSV's sha256 travels into the checkpoint and the bundle: evaluate uses only the validation side
+    # of this exact file, and every row of any other.
+    split = {"data": str(data_csv), "sha256": sha256_file(data_csv), "folds": folds, "fold": fold, "seed": split_seed}
     (out / "split.json").write_text(json.dumps(split | {
         "train_cases": sorted({s.case_id for s in train_samples}),
         "val_cases": sorted({s.case_id for s in val_samples}),

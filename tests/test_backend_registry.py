@@ -68,7 +68,7 @@ def test_toy_backend_classifies_and_streams_through_the_cli(toy, tmp_path, capsy
     out = tmp_path / "toy.jsonl"
     loads = toy.loads
     code = run_cli(["stream", str(bundle), "--backend", "toy", "--source", "synthetic?size=320x180&frames=12",
-                    "--as-fast-as-possible", "--quiet", "--json-out", str(out)])
+                    "--as-fast-as-possible", "--quiet", "--json-out", str(out), "--whole-pane"])
     assert code == 0, capsys.readouterr().err
     assert toy.loads == loads + 1  # the stream ran on the toy, not on a default backend
     records = [json.loads(line) for line in out.read_text().splitlines()]

@@ -52,7 +52,8 @@ def test_report_from_known_scores():
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(40, int), np.ones(60, int)]
     s = 1 / (1 + np.exp(-rng.normal(1.5 * y - 0.5, 1.0)))
-    samples = [type("S", (), {"image": Path(f"{i}.png"), "label": int(v), "case_id": str(i // 2)})() for i, v in enumerate(y)]
+    samples = [type("S", (), {"image": Path(f"{i}.png"), "label": int(v), "case_id": str(i // 2),
+                              "label_source": "tirads"})() for i, v in enumerate(y)]
     scored = Scored(samples, s, 0.5, "known")
     report = evaluate_scores(scored, data="synthetic", resamples=300)
     assert report.auc == pytest.approx(metrics.roc_auc(y, s))

@@ -78,6 +78,9 @@ class ListSink(Sink):
 
 
 def run(engine, source, *sinks, **config):
+    # These tests are about the stream's machinery, classified on whole panes; the nodule box (no_roi,
+    # control, calipers, tracking) has its own tests in test_nodule_stream.py.
+    config.setdefault("whole_pane", True)
     if not isinstance(source, Source):
         source = create_source(source, SourceOptions(realtime=not config.get("lossless", False),
                                                      layout=config.get("layout")))
@@ -329,7 +332,7 @@ def test_a_slow_sink_never_stalls_inference(tmp_path):
     pipeline_start = time.monotonic()
     source = create_source("synthetic:dual?size=320x180&frames=40", SourceOptions(realtime=False))
     source.open()
-    pipeline = Pipeline(FakeEngine(), source, [slow, jsonl], PipelineConfig(lossless=True, sink_queue=4))
+    pipeline = Pipeline(FakeEngine(), source, [slow, jsonl], PipelineConfig(lossless=True, sink_queue=4, whole_pane=True))
     summary = pipeline.run()
     assert summary.processed == 40
     assert summary.sink_dropped["slow"] >= 30 and summary.sink_dropped["jsonl"] == 0
@@ -431,7 +434,12 @@ def test_layout_nodule_roi_is_what_the_model_sees():
     layout = Layout("n", (Pane(Modality.BMODE, (0, 0, 160, 120)),), nodule=(40, 30, 64, 48))
     engine, sink = FakeEngine(), ListSink()
     run(engine, ListSource([screen()]), sink, layout=layout, lossless=True)
-    assert engine.calls == [[(40, 30, 64, 48)]] and sink.results[0].panes[0].roi == (40, 30, 64, 48)
+    assert engine.calls == [[(40, 30, 64, 48)]]
+    result = sink.results[0]
+    assert (result.roi, result.roi_source) == ((40, 30, 64, 48), "layout")
+    assert result.panes[0].roi == (0, 0, 160, 120)         # the pane's own box; the nodule box is top level
+    record = result.record()
+    assert record["roi"] == [40, 30, 64, 48] and record["roi_source"] == "layout"
 
 
 @pytest.mark.parametrize("live", [False, True], ids=["file", "live"])

@@ -438,7 +438,8 @@ def test_tcp_stream_dropping_out_is_reconnected_and_both_gaps_recorded(mkv_paylo
     source = create_source(server.url, SourceOptions(open_timeout_s=2, read_timeout_s=2))
     sink = ListSink()
     source.open()
-    config = PipelineConfig(lossless=True, reconnect=ReconnectPolicy(attempts=2, first_delay_s=0.05, max_delay_s=0.1))
+    config = PipelineConfig(lossless=True, reconnect=ReconnectPolicy(attempts=2, first_delay_s=0.05, max_delay_s=0.1),
+                            whole_pane=True)
     summary = Pipeline(FakeEngine(), source, [sink], config).run()
     source.close()
     server.close()

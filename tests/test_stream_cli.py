@@ -42,7 +42,7 @@ def records(path: Path) -> list[dict]:
 def test_stream_synthetic_writes_a_record_per_processed_frame(random_bundle, tmp_path):
     out = tmp_path / "results.jsonl"
     result = cli("stream", random_bundle, "--source", "synthetic:triple?size=480x270&fps=30", "--max-frames", "30",
-                 "--as-fast-as-possible", "--json-out", out, "--json")
+                 "--as-fast-as-possible", "--json-out", out, "--json", "--whole-pane")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     lines = records(out)
@@ -55,6 +55,7 @@ def test_stream_synthetic_writes_a_record_per_processed_frame(random_bundle, tmp
     assert [p["modality"] for p in record["panes"]] == ["bmode", "smi", "swe"]
     assert all(0 <= p["p"] <= 1 for p in record["panes"]) and 0 <= record["p_smoothed"] <= 1
     assert record["decision"] in ("benign", "malignant") and record["dropped_so_far"] == 0
+    assert record["roi_source"] == "whole_pane" and record["roi"] == record["panes"][0]["roi"]
     assert "frame" in result.stderr and "latency p50" in result.stderr  # the live console line
 
 
@@ -68,7 +69,7 @@ def test_stream_dicom_uses_its_ultrasound_regions_and_writes_an_overlay(random_b
     video = cv2.VideoCapture(str(overlay))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
     ok, frame = video.read()
-    assert ok and frame.shape == (96, 192, 3)
+    assert ok and frame.shape == (96 + 48, 192, 3)       # the screen and the decision band below it
 
 
 def test_stream_without_source_plays_the_demo_clip(random_bundle, tmp_path):
@@ -78,6 +79,9 @@ def test_stream_without_source_plays_the_demo_clip(random_bundle, tmp_path):
     assert "DDTI" in result.stderr and "(demo layout)" in result.stdout
     lines = records(out)
     assert len(lines) == 12 and lines[0]["panes"][0]["roi"] == [280, 70, 400, 400]
+    # the clip's frames are nodule-centred crops: its layout's nodule box is the crop region
+    assert all(r["roi"] == [280, 70, 400, 400] and r["roi_source"] == "layout" for r in lines)
+    assert all(r["decision"] in ("benign", "malignant") for r in lines)
 
 
 def test_demo_runs_with_a_given_bundle(random_bundle):
@@ -86,6 +90,7 @@ def test_demo_runs_with_a_given_bundle(random_bundle):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["processed"] == 60 and summary["abstained"].get("blank", 0) >= 4  # the clip's probe-lift at 3.6 s
+    assert "no_roi" not in summary["abstained"] and summary["decisions"].get("abstain", 0) < 10
 
 
 def test_demo_without_the_bundled_model_says_so_in_one_line(tmp_path, monkeypatch):
@@ -104,7 +109,8 @@ def test_bundled_demo_files_are_installed_with_the_package():
 def test_signal_stops_cleanly_with_a_complete_jsonl(random_bundle, tmp_path, signum):
     out = tmp_path / "live.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "edge_thyroid", "stream", str(random_bundle), "--source",
-                                "synthetic:dual?size=480x270&fps=30", "--json-out", str(out), "--json", "--quiet"],
+                                "synthetic:dual?size=480x270&fps=30", "--json-out", str(out), "--json", "--quiet",
+                                "--whole-pane"],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -34,7 +34,7 @@ def demo_records(tmp_path_factory):
     """A short dual-pane stream through the shipped demo bundle (trained on B-mode only)."""
     out = tmp_path_factory.mktemp("records") / "demo.jsonl"
     code = run_stream(str(data_path(DEMO_BUNDLE)), "--source", "synthetic:dual?size=480x270&frames=12",
-                      "--as-fast-as-possible", "--quiet", "--json-out", str(out), "--tau", "0.25")
+                      "--as-fast-as-possible", "--quiet", "--json-out", str(out), "--tau", "0.25", "--whole-pane")
     assert code == 0
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 

@@ -23,9 +23,12 @@ def _cam_path(cam: str, image: Path, many: bool) -> Path:
 
 @click.command()
 @click.argument("bundle", type=click.Path())
-@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.argument("images", nargs=-1, type=click.Path())
 @click.option("--modality", default="bmode", show_default=True, help="Modality of the pane in each image.")
 @click.option("--roi", default=None, help="Pane ROI x,y,w,h in image pixels (default: the whole image).")
+@click.option("--list", "image_list", default=None, type=click.Path(dir_okay=False),
+              help="A CSV of images with a nodule box each, instead of IMAGES: image[,roi][,modality] columns "
+                   "(roi x,y,w,h; empty: the whole image; paths relative to the CSV).")
 @click.option("--model", "model_key", default=None, help="Which model of the bundle: fp32, int8, fp16 (default: int8 if present, else fp32).")
 @click.option("--threads", type=int, default=None, help="Inference threads (default: ONNX Runtime's choice).")
 @click.option("--cam", "cam_out", default=None, help="Write the CAM heatmap overlay PNG here (with several images: one per image, suffixed).")
@@ -35,29 +38,44 @@ def _cam_path(cam: str, image: Path, many: bool) -> Path:
                    "to (IMAGE.sc.dcm) into DIR. Needs pip install 'edge-thyroid[dicom]'.")
 @runtime_options
 @trust_option
-def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json, dicom_sr, **backend_kwargs) -> None:
+def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_out, as_json, dicom_sr,
+             **backend_kwargs) -> None:
     """Classify IMAGES (PNG/JPEG/..., read as BGR; grayscale is replicated) with BUNDLE.
 
-    Prints p(malignant), the decision at the bundle's threshold and the per-modality logits. An image
+    Prints p(malignant), the decision at the bundle's threshold and the per-modality logits. The
+    model was trained on nodule-centred crops: give a full frame's nodule box with --roi, or one box
+    per image with --list images.csv (image[,roi][,modality]). An image
     that cannot be used (unreadable, truncated, a pane under 32x32 pixels, blank or uniform) gets one
     'skipped' line on stderr instead; after the others are printed the exit status is then 2.
     """
     import cv2
 
+    from ..dataset import Sample, read_image_list
     from ..engine import Engine
-    from ..frames import Pane, check_rois, read_image
+    from ..frames import Pane, read_image
     from ..inputs import pane_problem
     from ..visualize import overlay_prediction
 
+    if bool(images) == bool(image_list):
+        raise click.UsageError("give IMAGES or --list CSV (one of them)")
+    if image_list and roi:
+        raise click.UsageError("--roi applies to IMAGES; with --list give each image its box in a roi column")
+    if image_list:
+        try:
+            rows = read_image_list(image_list)
+        except (ValueError, FileNotFoundError) as exc:
+            raise InputError(str(exc)) from None
+    else:
+        box = Pane.parse(modality, roi).roi if roi else None
+        rows = [Sample(Path(name), None, "", modality, roi=box) for name in images]
     unusable: list[str] = []
     with Engine(bundle, model=model_key, threads=threads, **backend_settings(backend_kwargs)) as engine:
         print_auto_choice(engine)
-        for image_name in images:
-            path = Path(image_name)
+        for row in rows:
+            path = row.image
             try:
                 frame = read_image(path)
-                pane = Pane.parse(modality, roi) if roi else Pane(modality, (0, 0, frame.shape[1], frame.shape[0]))
-                check_rois([pane.roi], frame.shape[0], frame.shape[1])
+                pane = row.pane(frame)
                 problem = pane_problem(frame, pane.roi)
                 if problem:
                     raise InputError(f"image {path}: {problem}")
@@ -74,7 +92,7 @@ def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json
                 if not as_json:
                     click.echo(f"{path}: no heatmap written: {NO_CAM}", err=True)
             elif cam_out:
-                target = _cam_path(cam_out, path, len(images) > 1)
+                target = _cam_path(cam_out, path, len(rows) > 1)
                 if not cv2.imwrite(str(target), overlay_prediction(frame, prediction)):
                     raise InputError(f"cannot write CAM image {target}; expected a writable path ending in .png or .jpg")
                 record["cam"] = str(target)
@@ -87,7 +105,7 @@ def classify(bundle, images, modality, roi, model_key, threads, cam_out, as_json
                 click.echo(f"{path}: p(malignant)={prediction.probability:.4f} -> {prediction.decision} "
                            f"(threshold {prediction.threshold:.3f}; logits {logits})")
     if unusable:
-        raise InputError(f"{len(unusable)} of {len(images)} images could not be used (each named above); "
+        raise InputError(f"{len(unusable)} of {len(rows)} images could not be used (each named above); "
                          f"the first: {unusable[0]}")
 
 

@@ -6,8 +6,7 @@ import json
 
 import click
 
-from ..dataset import Split
-from .evaluate import split_options
+from .evaluate import split_options, split_spec
 from .trust_options import trust_option
 
 
@@ -17,7 +16,7 @@ from .trust_options import trust_option
 @split_options
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write both ROC curves to this PNG.")
 @trust_option
-def compare(model_a, model_b, data, split, folds, fold, seed, threads, resamples, as_json, plot) -> None:
+def compare(model_a, model_b, data, split, folds, fold, seed, threads, resamples, as_json, label_source, plot) -> None:
     """Compare two models (bundles or checkpoints) on the same labelled crops: AUC of each, DeLong's
     test for two correlated ROC curves (paired, as in the reference study) and, as a cross-check, a
     paired case-level bootstrap of the AUC difference.
@@ -27,8 +26,8 @@ def compare(model_a, model_b, data, split, folds, fold, seed, threads, resamples
       edge-thyroid compare runs/resnet50_final/best.pt runs/densenet121/best.pt \\
           --data ../shared/data/ddti/labels.csv --split val
     """
-    from ..evaluation import SplitSpec, compare_models
+    from ..evaluation import compare_models
 
-    report = compare_models(model_a, model_b, data, SplitSpec(Split(split), folds, fold, seed), threads=threads,
-                            resamples=resamples, progress=True, plot=plot)
+    report = compare_models(model_a, model_b, data, split_spec(split, folds, fold, seed), threads=threads,
+                            resamples=resamples, progress=True, plot=plot, label_source=label_source)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))

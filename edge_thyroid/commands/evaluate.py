@@ -15,9 +15,16 @@ def split_options(function):
     """--split/--folds/--fold/--seed: the training run's case-level split (shared with compare)."""
     options = [
         click.option("--data", required=True, type=click.Path(dir_okay=False),
-                     help="Labelled sample CSV (image,label,case_id[,modality]); e.g. ../shared/data/ddti/labels.csv."),
-        click.option("--split", type=click.Choice([s.value for s in Split]), default="val", show_default=True,
-                     help="Side of the case-level split to evaluate (val: never seen in training)."),
+                     help="Labelled sample CSV (image,label,case_id[,modality,roi,label_source]); roi = x,y,w,h of "
+                          "the nodule box in the image (empty: the whole image); e.g. ../shared/data/ddti/labels.csv."),
+        click.option("--split", type=click.Choice(["auto", *(s.value for s in Split)]), default="auto",
+                     show_default=True,
+                     help="Which rows: a side of the case-level split (val: never seen in training) or all. auto: "
+                          "the val side only when --data is the CSV the model was trained on (its sha256 is in the "
+                          "bundle's manifest), else all rows. The rows used and why are always printed."),
+        click.option("--label-source", type=click.Choice(["tirads", "pathology"]), default=None,
+                     help="What the labels are, for every row (default: the CSV's label_source column; a tirads "
+                          "column means TI-RADS)."),
         click.option("--folds", type=int, default=4, show_default=True, help="Case-level folds of the split."),
         click.option("--fold", type=int, default=0, show_default=True, help="The validation fold."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split."),
@@ -28,6 +35,13 @@ def split_options(function):
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def split_spec(split: str, folds: int, fold: int, seed: int):
+    """--split as the evaluation wants it: auto -> None (decided from the model's training record)."""
+    from ..evaluation import SplitSpec
+
+    return SplitSpec(None if split == "auto" else Split(split), folds, fold, seed)
 
 
 @click.command()
@@ -42,16 +56,16 @@ def split_options(function):
 @click.option("--scores", "scores_csv", type=click.Path(dir_okay=False), default=None,
               help="Also write per-crop scores (image, case_id, label, score) to this CSV.")
 @trust_option
-def evaluate(model_path, data, split, folds, fold, seed, threads, resamples, as_json, model_key,
+def evaluate(model_path, data, split, folds, fold, seed, threads, resamples, as_json, label_source, model_key,
              sensitivity_target, plots_dir, scores_csv) -> None:
     """Evaluate BUNDLE_OR_CHECKPOINT on the labelled crops of --data: ROC AUC with 95% CIs (DeLong and
     a case-level bootstrap), accuracy / sensitivity / specificity / PPV / NPV and the confusion matrix
     at the model's own threshold, a threshold re-chosen on the validation side only (Youden, or
     --sensitivity-target), calibration (Brier, ECE) and optional ROC / calibration plots.
 
-    A bundle runs through the engine (no torch); a checkpoint (.pt) needs the export extra. Each crop
-    is a whole image (ROI = the full frame), its modality from the CSV. The DDTI labels are TI-RADS
-    categories, not pathology.
+    A bundle runs through the engine (no torch); a checkpoint (.pt) needs the export extra. Each row
+    is a whole image, or with a roi column the nodule box in a full frame; its modality from the CSV.
+    The DDTI labels are TI-RADS categories, not pathology.
 
     \b
     Examples:
@@ -64,9 +78,9 @@ def evaluate(model_path, data, split, folds, fold, seed, threads, resamples, as_
     from ..evaluation import SplitSpec, ThresholdRule, evaluate_model
 
     rule = ThresholdRule.SENSITIVITY if sensitivity_target is not None else ThresholdRule.YOUDEN
-    report, scored = evaluate_model(model_path, data, SplitSpec(Split(split), folds, fold, seed), model=model_key,
+    report, scored = evaluate_model(model_path, data, split_spec(split, folds, fold, seed), model=model_key,
                                     rule=rule, sensitivity_target=sensitivity_target, plots_dir=plots_dir,
-                                    threads=threads, resamples=resamples, progress=True)
+                                    threads=threads, resamples=resamples, progress=True, label_source=label_source)
     if scores_csv:
         Path(scores_csv).parent.mkdir(parents=True, exist_ok=True)
         with open(scores_csv, "w", newline="") as handle:

@@ -132,6 +132,10 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
                 t = dict(info.threshold)
                 threshold = Threshold(float(t.pop("value")), str(t.pop("method", "unknown")), str(t.pop("chosen_on", "unknown")), t)
             provenance["checkpoint"] = {"file": str(checkpoint), "sha256": sha256_file(checkpoint)}
+            split = info.training.get("split") or {}
+            if split.get("sha256"):   # the training CSV, so evaluate knows which rows the model has seen
+                provenance["training_data"] = {k: split[k] for k in ("data", "sha256", "folds", "fold", "seed")
+                                               if k in split}
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise EdgeThyroidError(str(exc)) from None
     calibration = gate = None

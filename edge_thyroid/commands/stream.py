@@ -54,6 +54,9 @@ class StreamOptions:
     cache: bool
     reconnect_attempts: int
     quiet: bool
+    whole_pane: bool = False
+    control: str | None = None
+    calipers: bool = True
     backend_settings: dict[str, Any] = field(default_factory=dict)   # Engine keywords: backend and its options
     view: tuple[str, int] | None = None     # serve the live view here (host, port)
     view_fps: float = 10.0
@@ -79,6 +82,14 @@ def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--view", "view", metavar="[HOST:]PORT", default=None, callback=_view_address,
                      help="Serve a live view (overlay, p over the last minute, abstain reasons, latency) to a browser "
                           "at http://HOST:PORT/. A bare port listens on 127.0.0.1 only; 0.0.0.0:PORT exposes it."),
+        click.option("--no-calipers", "calipers", flag_value=False, default=True,
+                     help="Do not look for measurement calipers on a frozen B-mode pane."),
+        click.option("--control", default=None, metavar="ADDR",
+                     help="Listen for the workstation UI's nodule box: a Unix socket path or tcp://127.0.0.1:PORT "
+                          "(loopback only). JSON lines: {\"roi\": [x, y, w, h]}, {\"roi\": null}, {\"layout\": ...}."),
+        click.option("--whole-pane", is_flag=True,
+                     help="Without a nodule box, classify the whole B-mode pane (default: abstain with no_roi; the "
+                          "model was trained on nodule-centred crops)."),
         click.option("--quiet", is_flag=True, help="No live status line on stderr."),
         click.option("--dicom-sr", default=None, metavar="OUT.dcm",
                      help="DICOM source only: write a DICOM Structured Report of the last frame's decision (p, "
@@ -92,8 +103,9 @@ def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      help="Mean absolute pixel difference (grey levels) under which a pane counts as unchanged."),
         click.option("--unstable-std", type=click.FloatRange(0, 1, min_open=True), default=0.2, show_default=True,
                      help="Abstain when the std of p over the last 10 frames exceeds this."),
-        click.option("--frozen-after", type=click.FloatRange(0), default=2.0, show_default=True,
-                     help="Abstain after this many seconds without any pane changing (0: never)."),
+        click.option("--frozen-after", type=click.FloatRange(0), default=0.0, show_default=True,
+                     help="Abstain after this many seconds without any pane changing (0: never; a freeze is when the "
+                          "sonographer reviews and measures, so the last result holds)."),
         click.option("--hysteresis", type=click.FloatRange(0, 0.5, max_open=True), default=0.05, show_default=True,
                      help="The decision flips only when smoothed p crosses threshold +/- this margin."),
         click.option("--window", type=click.IntRange(1, 1000), default=8, show_default=True,
@@ -143,7 +155,8 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
                               frozen_after_s=options.frozen_after)
     config = PipelineConfig(layout=layout, lossless=options.as_fast_as_possible, max_frames=options.max_frames,
                             cache=options.cache, change_threshold=options.change_threshold, temporal=temporal,
-                            reconnect=ReconnectPolicy(attempts=options.reconnect_attempts))
+                            reconnect=ReconnectPolicy(attempts=options.reconnect_attempts),
+                            whole_pane=options.whole_pane, calipers=options.calipers, control=options.control)
     source = create_source(source_spec, SourceOptions(
         realtime=not options.as_fast_as_possible, fps=options.fps, size=parse_size(options.capture_size) if options.capture_size else None,
         fourcc=options.fourcc, loop=options.loop, layout=layout))
@@ -223,13 +236,17 @@ def stream(bundle: str, source_spec: str | None, **kwargs: Any) -> None:
     \b
     Frames are captured on their own thread; the model always takes the newest frame (older ones are
     dropped and counted), re-runs only the panes whose pixels changed, and smooths p(malignant) over
-    time with hysteresis. It abstains (with a reason) on blank, frozen or unstable input.
+    time with hysteresis. It classifies a nodule box in the B-mode pane: the layout's `nodule`, one
+    sent over --control, or one measured with calipers on a frozen image (then followed as the probe
+    moves). Without a box it abstains (no_roi) unless --whole-pane; it also abstains (with a reason)
+    on blank or unstable input.
     \b
     Examples:
       edge-thyroid stream bundle/ --source 0 --layout dual --json-out results.jsonl
       edge-thyroid stream bundle/ --source cine.dcm --overlay review.mp4
       edge-thyroid stream bundle/ --source rtsp://scanner.local/live --layout triple.yaml
-      edge-thyroid stream bundle/ --source synthetic:triple --max-frames 300
+      edge-thyroid stream bundle/ --source synthetic:triple --max-frames 300 --whole-pane
+      edge-thyroid stream bundle/ --source 0 --layout single --control /run/edge-thyroid.sock
     \b
     Ctrl-C or SIGTERM stops cleanly: the JSONL is complete (every line parses) and a summary
     (frames, processed, dropped, cache hits, latency p50/p90/p99) is printed.

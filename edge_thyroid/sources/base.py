@@ -73,7 +73,9 @@ class Pacer:
         due = self.start + offset
         if due > now:
             self.interrupt.wait(due - now)
-            return due
+            # a stop() wakes the wait early: the frame arrived now, not at its due time (a stamp in
+            # the future made capture-to-result latency negative)
+            return min(due, time.monotonic())
         return now
 
 

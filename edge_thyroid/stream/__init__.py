@@ -8,6 +8,7 @@ module             job
 ``slot``           :class:`LatestFrameSlot`: latest frame wins (or lossless: capture waits)
 ``cache``          :class:`PaneCache`: re-run only the panes whose pixels changed
 ``classify``       one frame -> :class:`StreamResult` (cache, ``Engine.fuse``, temporal logic)
+``nodule``         which nodule box a frame is classified on (layout, control, calipers, tracked)
 ``stats``          latency histograms and counts -> :class:`StreamSummary`
 ``records``        the typed records: frame (:class:`StreamResult`), :class:`GapRecord`, summary
 ``fanout``         every record to every sink, each on its own thread
@@ -26,6 +27,7 @@ _EXPORTS = {
     "Pipeline": "pipeline", "PipelineConfig": "pipeline", "ReconnectPolicy": "capture",
     "LatestFrameSlot": "slot", "PaneCache": "cache", "LatencyHistogram": "stats", "STAGES": "stats",
     "StreamResult": "records", "PaneRecord": "records", "GapRecord": "records", "StreamSummary": "records",
+    "ControlRecord": "records", "NoduleBox": "nodule",
 }
 
 

@@ -1,7 +1,8 @@
 """The classify step: one captured frame -> a :class:`StreamResult`.
 
-Per frame: resolve the layout for the frame's size, check each pane against the pane cache (blank?
-unchanged?), run the backbone on the changed panes only, fuse with the head (``Engine.fuse``; reused
+Per frame: resolve the layout for the frame's size, choose the nodule box the B-mode pane is
+classified on (:mod:`.nodule`; none: abstain ``no_roi``), check each pane against the pane cache
+(blank? unchanged?), run the backbone on the changed panes only, fuse with the head (``Engine.fuse``; reused
 while nothing changed), and pass p(malignant) through the temporal filter. A frame that cannot be
 classified is an abstention with its reason, never an exception.
 """
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..control import ControlChange
 from ..engine import Prediction
 from ..errors import InputError
 from ..frames import Pane, Roi
@@ -23,7 +25,8 @@ from ..layout import Layout, Modality, preset
 from ..sources import Captured
 from ..temporal import Reason, TemporalFilter
 from .cache import PaneCache
-from .records import PaneRecord, StreamResult
+from .nodule import CONTROL, BoxChoice, NoduleBox
+from .records import ControlRecord, PaneRecord, StreamResult
 
 
 class EngineLike(Protocol):
@@ -57,10 +60,10 @@ def choose_layout(engine: EngineLike, requested: Layout | None, hint: Layout | N
 
 class FrameClassifier:
     """Classifies frames of one stream; keeps what carries over between frames (the resolved layout,
-    the last fused prediction, when the screen last changed)."""
+    the nodule box, the last fused prediction, when the screen last changed)."""
 
     def __init__(self, engine: EngineLike, layout: Layout, cache: PaneCache, temporal: TemporalFilter, *,
-                 media_fps: float, lossless: bool, keep_frames: bool) -> None:
+                 media_fps: float, lossless: bool, keep_frames: bool, nodule: NoduleBox | None = None) -> None:
         self.engine = engine
         self.layout = layout
         self.cache = cache
@@ -68,6 +71,7 @@ class FrameClassifier:
         self.media_fps = media_fps
         self.lossless = lossless
         self.keep_frames = keep_frames
+        self.nodule = nodule or NoduleBox()
         self.last_change_ts: float | None = None
         self.last_fused: Prediction | None = None
         self._resolved: tuple[tuple[int, int], Layout] | None = None
@@ -91,6 +95,32 @@ class FrameClassifier:
         """An InputError when the layout does not fit this frame (a frame with a problem is left to classify)."""
         if item.problem is None:
             self._layout_for(item.frame.shape[1], item.frame.shape[0])
+    # -- control-channel changes -------------------------------------------------------------------
+
+    def check(self, change: ControlChange) -> None:
+        """Refuse, while the client waits for its reply, a change that does not fit the current screen."""
+        resolved = self._resolved
+        if change.kind == "layout":
+            assert change.layout is not None
+            choose_layout(self.engine, change.layout, None)
+            if resolved is not None:
+                change.layout.resolve(*resolved[0])
+        elif change.roi is not None and resolved is not None:
+            _check_box(change.roi, resolved[1])
+
+    def apply(self, change: ControlChange, frame: int) -> ControlRecord:
+        """Apply a change from the next frame on; one that no longer fits is refused, nothing changes."""
+        try:
+            self.check(change)
+            if change.kind == "layout":
+                assert change.layout is not None
+                self.layout, self._resolved = change.layout, None
+                self.nodule.reset()
+            else:
+                self.nodule.set_operator(change.roi, CONTROL)
+        except InputError as exc:
+            return ControlRecord(frame, change.to_dict(), False, str(exc), time.time())
+        return ControlRecord(frame, change.to_dict(), True, None, time.time())
 
     def _fused(self, panes: Sequence[Pane], maps: Sequence[np.ndarray], changed: bool) -> Prediction:
         """The head's answer for these panes, recomputed only when a pane changed or the set of panes did."""
@@ -110,6 +140,7 @@ class FrameClassifier:
         panes: list[PaneRecord] = []
         prediction = None
         p = logit = None
+        box: tuple[Roi | None, str | None, bool, list] = (None, None, False, [])
 
         def lap(stage: str) -> None:
             nonlocal mark
@@ -121,10 +152,18 @@ class FrameClassifier:
             if item.problem is not None:
                 raise InputError(item.problem)
             layout = self._layout_for(frame.shape[1], frame.shape[0])
-            engine_panes = layout.engine_panes()
+            bmode = layout.pane(Modality.BMODE)
+            if bmode is not None:
+                choice = self.nodule.choose(frame, bmode.roi, layout.nodule)
+            else:   # no B-mode pane: the other panes are classified as they are
+                choice = BoxChoice(None, None)
+            box = (choice.roi, choice.source, choice.frozen, [m.to_dict() for m in choice.marks])
+            engine_panes = [Pane(p.modality.value, choice.roi if p is bmode and choice.roi else p.roi)
+                            for p in layout.panes]
+            self.cache.retain([pane.roi for pane in engine_panes])   # a moving box must not grow the cache
             checks = [self.cache.check(frame, pane.roi) for pane in engine_panes]
-            panes = [PaneRecord(pane.modality, pane.roi, c.cached is not None, c.blank,
-                                trained=pane.modality in self.trained) for pane, c in zip(engine_panes, checks)]
+            panes = [PaneRecord(p.modality.value, p.roi, c.cached is not None, c.blank,
+                                trained=p.modality.value in self.trained) for p, c in zip(layout.panes, checks)]
             lap("preprocess")
             live = [(pane, check) for pane, check in zip(engine_panes, checks) if not check.blank]
             bmode_blank = any(p.blank for p in panes if p.modality == Modality.BMODE.value)
@@ -132,6 +171,16 @@ class FrameClassifier:
                 verdict = self.temporal.abstain(Reason.BLANK, "the B-mode pane is blank" if bmode_blank
                                                 else "every pane is blank")
                 self.last_change_ts = None
+            elif bmode is not None and choice.roi is None:
+                # No nodule box: no answer about a whole pane (the model was trained on nodule crops).
+                for pane_record in panes:
+                    pane_record.cached = False
+                if choice.lost:
+                    verdict = self.temporal.abstain(Reason.ROI_LOST, "the operator's box could not be followed: "
+                                                    "the view changed too much; send a new box or place calipers")
+                else:
+                    verdict = self.temporal.abstain(Reason.NO_ROI, "no nodule box: give one in the layout, over the "
+                                                    "control channel or with calipers (or stream --whole-pane)")
             else:
                 maps = self.cache.run(frame, [c for _, c in live])
                 changed = not all(c.unchanged for _, c in live)
@@ -164,4 +213,15 @@ class FrameClassifier:
             total_ms=(done - item.timestamp) * 1000.0, panes=panes, p=p, logit=logit,
             p_smoothed=verdict.p_smoothed, decision=verdict.decision, reason=verdict.reason, detail=verdict.detail,
             threshold=self.engine.threshold, processed=0, dropped=0, cache_hits=0, gaps=0, result_time=done,
+            roi=box[0], roi_source=box[1], frozen=box[2], calipers=box[3],
             image=frame if self.keep_frames else None, prediction=prediction)
+
+
+def _check_box(roi: Roi, layout: Layout) -> None:
+    bmode = layout.pane(Modality.BMODE)
+    if bmode is None:
+        raise InputError(f"roi {list(roi)}: layout {layout.name!r} has no bmode pane; a nodule box lies in one")
+    x, y, w, h = bmode.roi
+    if not (roi[0] >= x and roi[1] >= y and roi[0] + roi[2] <= x + w and roi[1] + roi[3] <= y + h):
+        raise InputError(f"roi {list(roi)} is not inside the bmode pane {[x, y, w, h]}; expected a box on the "
+                         "B-mode image, in frame pixels")

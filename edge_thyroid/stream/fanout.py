@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from ..errors import EdgeThyroidError
 from ..sinks import AsyncSink, Sink
-from .records import GapRecord, HeaderRecord, StreamResult, StreamSummary
+from .records import ControlRecord, GapRecord, HeaderRecord, StreamResult, StreamSummary
 
 
 class Fanout:
@@ -37,10 +37,11 @@ class Fanout:
         for sink in self.sinks:
             sink.submit("frame", result if sink.needs_frames else light)
 
-    def event(self, record: HeaderRecord | GapRecord | StreamSummary) -> None:
-        """A record that is not a frame: the header, a source gap, the summary. The header and the
-        summary wait for room behind a slow sink (a file without them does not describe itself)."""
-        wait_s = 0.0 if isinstance(record, GapRecord) else self.bookend_wait_s
+    def event(self, record: HeaderRecord | GapRecord | ControlRecord | StreamSummary) -> None:
+        """A record that is not a frame: the header, a source gap, a control change, the summary. The
+        header and the summary wait for room behind a slow sink (a file without them does not describe
+        itself)."""
+        wait_s = 0.0 if isinstance(record, (GapRecord, ControlRecord)) else self.bookend_wait_s
         for sink in self.sinks:
             sink.submit("event", record, wait_s)
 

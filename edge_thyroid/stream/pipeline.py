@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from ..control import ControlChange, ControlServer
 from ..errors import EdgeThyroidError, InputError
 from ..inputs import BLANK_STD
 from ..layout import Layout
@@ -30,6 +31,7 @@ from .cache import PaneCache
 from .capture import CaptureLoop, ReconnectPolicy
 from .classify import EngineLike, FrameClassifier, choose_layout
 from .fanout import Fanout
+from .nodule import NoduleBox
 from .records import HeaderRecord, StreamResult, StreamSummary
 from .slot import LatestFrameSlot
 from .stats import StreamStats
@@ -48,6 +50,9 @@ class PipelineConfig:
     sink_queue: int = 10_000           # JSONL/console records queued per sink before dropping
     frame_sink_queue: int = 8          # overlay/window frames queued before dropping (they are large)
     handle_signals: bool = True        # SIGINT/SIGTERM stop cleanly (main thread only)
+    whole_pane: bool = False           # without a nodule box, classify the whole B-mode pane (else: no_roi)
+    calipers: bool = True              # on a frozen B-mode pane, take the box from measurement calipers
+    control: str | None = None         # control channel address: a Unix socket path or tcp://127.0.0.1:PORT
 
 
 class Pipeline:
@@ -70,6 +75,13 @@ class Pipeline:
                                    max_frames=self.config.max_frames, note_stop=self._note_stop)
         self.stats = StreamStats()
         self.layout: Layout | None = None
+        self.classifier: FrameClassifier | None = None
+        # Constructed now (a bad address fails before the source opens), listening only in run().
+        self.control = ControlServer(self.config.control, check=self._check_change) if self.config.control else None
+
+    def _check_change(self, change: ControlChange) -> None:
+        if self.classifier is not None:
+            self.classifier.check(change)
 
     @property
     def last_result(self) -> StreamResult | None:
@@ -96,15 +108,30 @@ class Pipeline:
             self.stats.gaps.append(gap)
             self.fanout.event(gap)
 
+    def _apply_control(self, classifier: FrameClassifier, item: Captured) -> None:
+        """Changes accepted before this frame was captured apply from it on, each logged."""
+        if self.control is None:
+            return
+        for change in self.control.take(item.timestamp):
+            self.fanout.event(classifier.apply(change, item.index))
+
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> StreamSummary:
         """Open the sinks, stream until the end, return the summary. The source must be open."""
         self.layout = choose_layout(self.engine, self.config.layout, self.source.layout_hint)
         classifier = FrameClassifier(self.engine, self.layout, self.cache, self.temporal,
                                      media_fps=self.source.fps or 30.0, lossless=self.config.lossless,
-                                     keep_frames=self.fanout.keep_frames)
+                                     keep_frames=self.fanout.keep_frames,
+                                     nodule=NoduleBox(whole_pane=self.config.whole_pane, calipers=self.config.calipers))
+        self.classifier = classifier
         self.fanout.open()
         self.fanout.event(self._header())
+        if self.control is not None:
+            try:
+                self.control.open()
+            except BaseException:
+                self.fanout.close()
+                raise
         previous = self._install_signals()
         capture = threading.Thread(target=self.capture.run, name="capture", daemon=True)
         start = time.monotonic()
@@ -124,6 +151,7 @@ class Pipeline:
                     continue
                 if self.stats.processed == 0 and not self._first_frame_fits(classifier, item):
                     break
+                self._apply_control(classifier, item)
                 result = classifier.classify(item)
                 self.stats.processed += 1
                 result.processed, result.dropped = self.stats.processed, self.slot.dropped
@@ -135,6 +163,8 @@ class Pipeline:
             self.source.stop()
             capture.join(timeout=self.source.options.read_timeout_s + 1.0)
             self._forward_gaps()
+            if self.control is not None:
+                self.control.close()
             self.error = self.error or self.capture.error
             seconds = time.monotonic() - start
             # The last record, written also when a signal or an error ended the stream.

@@ -2,8 +2,9 @@
 
 The producer (the stream) and the consumers (sinks, benchmarks) both import this module, and it
 imports neither. ``record()`` gives the JSONL object; its ``"type"`` is header (first line: what ran,
-on what, with which settings), frame, gap, or summary (last line, also after Ctrl-C/SIGTERM).
-docs/stream-records.schema.json describes them; :data:`FORMAT_VERSION` is in the header.
+on what, with which settings), frame, gap, control (a control-channel change), or summary (last line,
+also after Ctrl-C/SIGTERM). docs/stream-records.schema.json describes them; :data:`FORMAT_VERSION` is
+in the header.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class StreamResult:
     cache_hits: int
     gaps: int
     result_time: float
+    roi: Roi | None = None             # the nodule box classified, frame pixels (None: none)
+    roi_source: str | None = None      # layout, control, calipers, tracked or whole_pane
+    frozen: bool = False               # the B-mode pane did not change since the previous frame
+    calipers: list[dict[str, Any]] = field(default_factory=list)   # the marks behind a calipers box
     image: np.ndarray | None = field(default=None, repr=False)
     prediction: Prediction | None = field(default=None, repr=False)
 
@@ -84,7 +89,9 @@ class StreamResult:
                 "p_smoothed": rounded(self.p_smoothed), "decision": self.decision.value,
                 "reason": self.reason.value if self.reason else None, "detail": self.detail,
                 "threshold": self.threshold, "processed": self.processed, "dropped_so_far": self.dropped,
-                "cache_hits": self.cache_hits, "gaps": self.gaps}
+                "cache_hits": self.cache_hits, "gaps": self.gaps,
+                "roi": list(self.roi) if self.roi is not None else None, "roi_source": self.roi_source,
+                "frozen": self.frozen, "calipers": self.calipers}
 
 
 @dataclass(frozen=True)
@@ -124,11 +131,36 @@ class GapRecord:
     def duration_s(self) -> float:
         return self.end_ts - self.start_ts
 
+    def text(self) -> str:
+        state = "resumed" if self.resumed else "lost"
+        return f"source {state} after a {self.duration_s:.1f} s gap ({self.attempts} reopen attempts): {self.reason}"
+
     def record(self) -> dict[str, Any]:
         return {"type": "gap", "start_ts": round(self.start_ts, 6), "end_ts": round(self.end_ts, 6),
                 "duration_s": round(self.duration_s, 3), "attempts": self.attempts, "resumed": self.resumed,
                 "reason": self.reason, "last_error": self.last_error, "frames_before": self.frames_before,
                 "wall_time": round(self.wall_time, 3)}
+
+
+@dataclass(frozen=True)
+class ControlRecord:
+    """A message from the control channel, taken before frame ``frame``: applied from that frame on,
+    or refused (``error``) when it no longer fitted the screen."""
+
+    frame: int
+    change: dict[str, Any]
+    applied: bool
+    error: str | None
+    wall_time: float
+
+    def text(self) -> str:
+        what = ", ".join(f"{k} {v if k != 'layout' else v.get('name')}" for k, v in self.change.items())
+        return (f"control: {what} from frame {self.frame}" if self.applied
+                else f"control: {what} refused: {self.error}")
+
+    def record(self) -> dict[str, Any]:
+        return {"type": "control", "frame": self.frame, "change": self.change, "applied": self.applied,
+                "error": self.error, "wall_time": round(self.wall_time, 3)}
 
 
 @dataclass

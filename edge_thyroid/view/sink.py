@@ -117,7 +117,7 @@ class ViewSink(Sink):
 
         from ..sinks import _annotate
 
-        canvas = _annotate(result)
+        canvas = _annotate(result, band=False)   # same pixels as the frame: a dragged box maps 1:1
         height, width = canvas.shape[:2]
         if width > self.max_width:
             height = round(height * self.max_width / width)

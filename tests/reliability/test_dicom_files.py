@@ -100,7 +100,8 @@ def test_lying_dicom_is_refused_by_stream(random_bundle, tmp_path, name, change,
 @needs_torch
 def test_valid_dicom_streams_with_its_region_layout(random_bundle, tmp_path):
     out = tmp_path / "o.jsonl"
-    result = run_cli("stream", random_bundle, "--source", write_dicom(tmp_path / "ok.dcm"), "--as-fast-as-possible",
+    result = run_cli("stream", random_bundle, "--source", write_dicom(tmp_path / "ok.dcm"), "--whole-pane",
+                     "--as-fast-as-possible",
                      "--json-out", out, "--quiet")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     records = [r for r in parse_jsonl(out) if r["type"] == "frame"]

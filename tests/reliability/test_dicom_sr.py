@@ -52,7 +52,7 @@ def test_stream_report_of_a_real_cine_reads_back_field_by_field(tmp_path):
     source = get_testdata_file("examples_ybr_color.dcm", download=False)
     report, records = tmp_path / "cine.sr.dcm", tmp_path / "out.jsonl"
     result = run_cli("stream", DEMO_BUNDLE, "--source", source, "--as-fast-as-possible", "--quiet",
-                     "--json-out", records, "--dicom-sr", report)
+                     "--json-out", records, "--dicom-sr", report, "--whole-pane")
     assert result.returncode == 0, result.stderr[-2000:]
     last = [r for r in parse_jsonl(records) if r.get("type") == "frame"][-1]
     with warnings.catch_warnings():

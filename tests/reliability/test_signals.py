@@ -92,7 +92,7 @@ def test_signalled_stream_leaves_a_complete_jsonl_and_a_summary(random_bundle, t
     rng = random.Random(seed)
     out = tmp_path / "out.jsonl"
     process = spawn("stream", random_bundle, "--source", "synthetic:triple?size=480x270", "--layout", "triple",
-                    "--json-out", out, "--quiet")
+                    "--whole-pane", "--json-out", out, "--quiet")
     try:
         if phase == "running":
             assert wait_for(lambda: count_lines(out) >= 3, process, 120), process.communicate()

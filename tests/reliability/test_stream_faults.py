@@ -48,7 +48,7 @@ def stream(engine, source, path: Path, sinks: list[Sink] | None = None, *, secon
     With ``seconds``, the stream is stopped then: a stream stuck in a loop is seen, not waited for."""
     source.open()
     options = {"layout": preset("triple"), "lossless": True, "handle_signals": False, "reconnect": FAST_RECONNECT,
-               **config}
+               "whole_pane": True, **config}
     pipeline = Pipeline(engine, source, [JsonlSink(path), *(sinks or [])], PipelineConfig(**options))
     deadline = threading.Timer(seconds, pipeline.stop, args=("test deadline",)) if seconds else None
     try:
@@ -185,7 +185,7 @@ def test_killed_network_stream_is_reconnected_and_the_gap_recorded(random_bundle
     out = tmp_path / "out.jsonl"
     try:
         result = run_cli("stream", random_bundle, "--source", f"tcp://127.0.0.1:{server.port}", "--layout", "full",
-                         "--max-frames", 70, "--json-out", out, "--quiet", "--json", timeout=180)
+                         "--whole-pane", "--max-frames", 70, "--json-out", out, "--quiet", "--json", timeout=180)
     finally:
         server.close()
     assert result.returncode == 0, result.stderr[-2000:]
@@ -206,7 +206,8 @@ def test_truncated_video_file_ends_cleanly_with_what_it_had(random_bundle, tmp_p
     data = avi_bytes(clip, 40)
     clip.write_bytes(data[: int(len(data) * 0.55)])
     out = tmp_path / "out.jsonl"
-    result = run_cli("stream", random_bundle, "--source", clip, "--layout", "full", "--as-fast-as-possible",
+    result = run_cli("stream", random_bundle, "--source", clip, "--layout", "full", "--whole-pane",
+                     "--as-fast-as-possible",
                      "--json-out", out, "--quiet", "--json", timeout=120)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     frames = frames_of(parse_jsonl(out))
@@ -220,7 +221,7 @@ def test_video_file_truncated_while_it_plays(random_bundle, tmp_path):
     avi_bytes(clip, 90)
     out = tmp_path / "out.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "edge_thyroid", "stream", str(random_bundle), "--source", str(clip),
-                                "--layout", "full", "--json-out", str(out), "--quiet"], cwd=REPO,
+                                "--layout", "full", "--whole-pane", "--json-out", str(out), "--quiet"], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -379,7 +380,7 @@ def test_blocked_sink_does_not_stall_inference(engine, tmp_path):
 
 def stream_cli(bundle: Path, out: str | Path, frames: int = 300, **kwargs) -> subprocess.CompletedProcess:
     return run_cli("stream", bundle, "--source", f"synthetic:triple?{SCREEN}", "--layout", "triple",
-                   "--as-fast-as-possible", "--max-frames", frames, "--json-out", out, "--quiet", **kwargs)
+                   "--whole-pane", "--as-fast-as-possible", "--max-frames", frames, "--json-out", out, "--quiet", **kwargs)
 
 
 def test_output_to_a_full_device_is_a_clear_error(random_bundle):

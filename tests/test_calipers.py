@@ -1,0 +1,162 @@
+"""The caliper finder: marks on synthetic speckle (no data needed) and on frames composed from DDTI."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_thyroid.calipers import CROSS, PLUS, CaliperFinder, FixedPixels, box_from_marks, draw_mark
+from edge_thyroid.errors import InputError
+
+from .conftest import DATA_DIR, needs_data, ultrasound_like
+
+WHITE, YELLOW, GREEN, CYAN = (255, 255, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0)
+
+
+def speckle(seed: int, height: int = 360, width: int = 480) -> np.ndarray:
+    return cv2.cvtColor(ultrasound_like(height, width, seed), cv2.COLOR_GRAY2BGR)
+
+
+def iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    return ix * iy / (aw * ah + bw * bh - ix * iy)
+
+
+# --- the box from the marks -------------------------------------------------------------------
+
+
+def test_two_marks_give_a_square_of_their_distance_around_the_midpoint():
+    box, extent = box_from_marks([(100, 200), (160, 280)], margin=0.0)
+    assert extent == box == (80, 190, 100, 100)      # distance 100, midpoint (130, 240)
+
+
+def test_four_marks_give_both_axes_and_the_margin_grows_each_side():
+    points = [(100, 240), (300, 250), (190, 180), (210, 320)]
+    box, extent = box_from_marks(points, margin=0.25)
+    assert extent == (100, 180, 200, 140)
+    assert box == (50, 145, 300, 210)                # 200 * 1.5, 140 * 1.5 around the same centre
+
+
+def test_marks_nearly_on_one_line_measure_one_diameter():
+    _, extent = box_from_marks([(100, 100), (150, 104), (200, 108)], margin=0.0)
+    assert extent[2] == extent[3] == 100
+
+
+def test_fewer_than_two_marks_give_no_box_and_the_box_is_clipped_to_the_pane():
+    assert box_from_marks([], 0.25) is None
+    assert box_from_marks([(10, 10)], 0.25) is None
+    box, _ = box_from_marks([(5, 50), (105, 50)], margin=0.25, bounds=(0, 0, 400, 300))
+    assert box == (0, 0, 130, 125)    # the square (-20, -25, 150, 150) cut at the pane's top-left corner
+
+
+# --- marks on speckle -------------------------------------------------------------------------
+
+STYLES = [(PLUS, 7, WHITE, 0, 1), (PLUS, 11, YELLOW, 2, 1), (PLUS, 15, GREEN, 1, 2), (CROSS, 9, WHITE, 0, 1),
+          (CROSS, 13, CYAN, 2, 1), (CROSS, 15, YELLOW, 0, 2), (PLUS, 9, CYAN, 1, 1), (CROSS, 7, GREEN, 0, 1)]
+
+
+@pytest.mark.parametrize("shape,size,colour,hollow,thickness", STYLES)
+def test_four_marks_of_every_style_are_found_and_give_the_nodule_box(shape, size, colour, hollow, thickness):
+    frame = speckle(seed=size + hollow)
+    drawn = [(150, 180), (330, 175), (240, 95), (245, 270)]
+    for x, y in drawn:
+        draw_mark(frame, x, y, shape, size, colour, hollow, thickness)
+    found = CaliperFinder().find(frame)
+    assert len(found.marks) == 4
+    for (x, y), mark in zip(sorted(drawn, key=lambda p: (p[1], p[0])), found.marks):
+        assert abs(mark.x - x) <= 1 and abs(mark.y - y) <= 1
+        assert mark.shape == shape
+        assert abs(mark.size - size) <= 2 + thickness
+    assert iou(found.extent, (150, 95, 180, 175)) >= 0.95
+
+
+def test_two_marks_measure_the_diameter_in_a_pane_of_a_larger_screen():
+    screen = np.full((600, 900, 3), 14, np.uint8)
+    pane = (200, 100, 480, 360)
+    screen[100:460, 200:680] = speckle(seed=3)
+    draw_mark(screen, 300, 280, CROSS, 11, YELLOW, 1)
+    draw_mark(screen, 420, 280, CROSS, 11, YELLOW, 1)
+    cv2.putText(screen, "+ x + x", (20, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, WHITE, 2)   # outside the pane
+    found = CaliperFinder(margin=0.25).find(screen, pane)
+    assert found.positions == ((300, 280), (420, 280))
+    assert found.extent == (300, 220, 120, 120)
+    assert found.box == (270, 190, 180, 180)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_speckle_alone_gives_no_marks(seed):
+    assert CaliperFinder().find(speckle(seed=100 + seed)).marks == ()
+
+
+def test_lines_that_do_not_end_are_not_calipers():
+    frame = speckle(seed=5)
+    cv2.line(frame, (40, 100), (440, 100), WHITE, 1)          # a bright tissue edge / scale bar
+    cv2.line(frame, (200, 20), (200, 340), WHITE, 1)          # ... crossing another: a grid, not a mark
+    cv2.line(frame, (60, 300), (160, 200), WHITE, 1)
+    cv2.line(frame, (60, 200), (160, 300), WHITE, 1)          # a large X (50 px arms)
+    assert CaliperFinder().find(frame).marks == ()
+
+
+def test_a_mark_at_the_pane_edge_is_furniture():
+    frame = speckle(seed=6)
+    draw_mark(frame, 6, 120, PLUS, 9)          # a depth tick cross on the edge
+    draw_mark(frame, 240, 120, PLUS, 9)
+    assert CaliperFinder().find(frame).positions == ((240, 120),)
+
+
+def test_fixed_screen_marks_learnt_from_live_frames_are_ignored():
+    def live(seed: int) -> np.ndarray:
+        frame = speckle(seed=seed)
+        draw_mark(frame, 60, 60, PLUS, 11, WHITE, 2)                 # the scanner's orientation mark
+        cv2.putText(frame, "x", (400, 330), cv2.FONT_HERSHEY_SIMPLEX, 0.6, WHITE, 1)
+        return frame
+
+    fixed = FixedPixels()
+    for seed in range(5):
+        assert fixed.mask is None            # not enough live frames yet
+        fixed.update(live(seed))
+    frozen = live(99)
+    draw_mark(frozen, 200, 150, CROSS, 11, YELLOW)
+    draw_mark(frozen, 300, 160, CROSS, 11, YELLOW)
+    finder = CaliperFinder()
+    assert (60, 60) in finder.find(frozen).positions                # without the mask it is taken
+    assert finder.find(frozen, fixed=fixed.mask).positions == ((200, 150), (300, 160))
+
+
+def test_a_single_mark_gives_no_box():
+    frame = speckle(seed=7)
+    draw_mark(frame, 200, 200, PLUS, 11)
+    found = CaliperFinder().find(frame)
+    assert len(found.marks) == 1 and found.box is None and found.extent is None
+
+
+def test_bad_input_says_what_was_expected():
+    finder = CaliperFinder()
+    with pytest.raises(InputError, match="uint8"):
+        finder.find(np.zeros((10, 10), np.float32))
+    with pytest.raises(InputError, match="outside the 480x360 frame"):
+        finder.find(speckle(seed=0), (400, 300, 200, 200))
+    with pytest.raises(InputError, match="expected the pane's 360x480"):
+        finder.find(speckle(seed=0), fixed=np.zeros((10, 10), bool))
+    with pytest.raises(InputError, match="caliper shape"):
+        draw_mark(speckle(seed=0), 10, 10, "o")
+    with pytest.raises(InputError, match="margin"):
+        CaliperFinder(margin=-1)
+
+
+# --- frames composed from real crops ----------------------------------------------------------
+
+
+@needs_data
+def test_calipers_on_composed_ddti_frames_meet_the_goals():
+    from benchmarks import caliper_bench
+
+    report = caliper_bench.run(DATA_DIR / "ddti", limit=60, seed=1)
+    assert report["positives"] == report["negatives"] == 60
+    assert report["iou_extent_ge_0.6"] >= 0.9
+    assert report["negatives_without_box"] >= 0.95
+    assert report["marks_placed_within_3px"] >= 0.95
