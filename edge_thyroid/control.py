@@ -229,6 +229,19 @@ class ControlServer:
                 self._pending = self._pending[len(changes):]
         return changes
 
+    def submit(self, message: dict[str, Any]) -> ControlChange:
+        """A change from inside the process (the live view's box tool), parsed, checked and queued exactly
+        like a line from a client; raises InputError when it is refused."""
+        change = replace(parse_message(json.dumps(message).encode()), accepted_at=time.monotonic())
+        if self.check is not None:
+            self.check(change)
+        with self._lock:
+            if len(self._pending) >= MAX_PENDING:
+                self.rejected += 1
+                raise InputError(f"{MAX_PENDING} changes already wait for the next frame; expected fewer per frame")
+            self._pending.append(change)
+        return change
+
     # -- the server thread ------------------------------------------------------------------
 
     def _serve(self) -> None:

@@ -229,3 +229,25 @@ def test_a_check_that_fails_unexpectedly_is_an_error_reply_and_the_channel_lives
         finally:
             client.close()
         assert [c.roi for c in server.take()] == [(1, 2, 3, 4)]
+
+
+def test_submit_from_inside_the_process_is_checked_and_queued_like_a_client_line(tmp_path):
+    """The live view's box tool hands its box to ControlServer.submit: same parsing, same check, same
+    queue (and so the same 'applies from the next frame' and logging) as a line from a socket client."""
+    from edge_thyroid.control import ControlServer
+    from edge_thyroid.errors import InputError
+
+    def check(change):
+        if change.roi is not None and change.roi[0] > 500:
+            raise InputError(f"box {list(change.roi)} is not inside the bmode pane")
+
+    server = ControlServer(str(tmp_path / "ui.sock"), check=check)
+    change = server.submit({"roi": [10, 20, 30, 40]})
+    assert change.kind == "roi" and tuple(change.roi) == (10, 20, 30, 40) and change.accepted_at > 0
+    with pytest.raises(InputError, match="not inside"):
+        server.submit({"roi": [600, 20, 30, 40]})
+    with pytest.raises(InputError):
+        server.submit({"roi": [1, 2, "x", 4]})
+    cleared = server.submit({"roi": None})
+    assert [c.to_dict() for c in server.take()] == [{"roi": [10, 20, 30, 40]}, {"roi": None}]
+    assert cleared.roi is None and server.take() == []

@@ -182,8 +182,14 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
                 from ..view import ViewSink
 
                 # The address is printed even with --quiet: without it the view cannot be found.
+                # With a control channel, the page's box tool sends its box down the same channel (same
+                # checks, applied from the next frame, logged); without one the page offers no box tool.
+                on_roi = None
+                if options.control:
+                    def on_roi(roi: Any) -> None:
+                        pipeline.control.submit({"roi": list(roi) if roi else None})
                 sinks.append(ViewSink(*options.view, fps=options.view_fps, any_port=view_any_port,
-                                      announce=lambda line: click.echo(line, err=True)))
+                                      announce=lambda line: click.echo(line, err=True), on_roi=on_roi))
             if banner and not options.quiet:
                 click.echo(banner, err=True)
             pipeline = Pipeline(engine, source, sinks, config)
