@@ -84,6 +84,25 @@ def python_backend_directory(installation: Installation, python_version: str, in
     return into
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """True when something listens on ``port``. Triton's gRPC endpoint binds with SO_REUSEPORT, so a
+    second server on a busy port would start and share the traffic instead of failing."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((_reachable(host), port)) == 0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the launching process dies, even by SIGKILL, so no
+    server outlives the command that started it (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -146,11 +165,17 @@ class TritonServer:
         if self.process is not None and self.process.poll() is None:
             return self
         args = self.command()
+        options = self.options
+        busy = [port for port in (options.grpc_port, options.http_port, options.metrics_port)
+                if port_in_use(options.host, port)]
+        if busy:
+            raise ServerError(f"port(s) {busy} on {options.host} are already in use; expected free ports "
+                              "(another server running? pick others, or 0 for free ones)")
         log_path = self.options.log_file or (self._scratch / "tritonserver.log")  # type: ignore[operator]
         self._log = open(log_path, "ab")
         # Its own process group: Ctrl-C in a terminal reaches us, and we stop the server in order.
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent)
         try:
             self.wait_ready(timeout_s)
         except BaseException:
