@@ -39,6 +39,7 @@ class BackendOption:
     default: str                  # what the backend uses when the option is not given
     help: str
     metavar: str | None = None
+    names_rows: bool = True       # a non-default value names benchmark rows (False: an address, not a variant)
 
     @property
     def flag(self) -> str:

@@ -79,7 +79,7 @@ class TritonBackend(Backend):
     display_name = "Triton Inference Server"
     tag = "triton"
     options: ClassVar[tuple[BackendOption, ...]] = (BackendOption(
-        "server", (), "", metavar="URL",
+        "server", (), "", metavar="URL", names_rows=False,
         help="triton only: the Triton server that runs the backbone, grpc://HOST:PORT or http://HOST:PORT "
              "(start one with 'edge-thyroid serve BUNDLE'; pip install 'edge-thyroid[serve]')."),)
 
