@@ -47,7 +47,9 @@ def frames_and_panes(count: int, size: tuple[int, int]) -> tuple[list[np.ndarray
 
 
 def latency_rows(bundle: Path, url: str, frames: list[np.ndarray], panes: list, rounds: int) -> list[dict]:
-    """Per-frame latency of the same frames, the configurations interleaved frame by frame."""
+    """Per-frame latency of the same frames, the configurations interleaved frame by frame in a rotating
+    order: the one that runs right after the in-process engine shares the CPU with ONNX Runtime
+    threads that still spin after their run, and must not always be the same one."""
     configs = {"in-process (onnxruntime)": {}, "triton grpc + shared memory": {"backend": "triton", "server": url},
                "triton grpc (tensors in the request)": {"backend": "triton", "server": url, "shared_memory": False}}
     engines = {name: Engine(bundle, **options) for name, options in configs.items()}
@@ -55,9 +57,12 @@ def latency_rows(bundle: Path, url: str, frames: list[np.ndarray], panes: list, 
     try:
         for name, engine in engines.items():  # warm-up
             engine.classify(frames[0], panes)
+        order = list(engines)
         for _ in range(rounds):
             for frame in frames:
-                for name, engine in engines.items():
+                order = order[1:] + order[:1]
+                for name in order:
+                    engine = engines[name]
                     start = time.perf_counter()
                     engine.classify(frame, panes)
                     times[name].append((time.perf_counter() - start) * 1000.0)
@@ -149,10 +154,14 @@ def main() -> None:
             for row in record["latency"]:
                 print(f"latency  {row['config']:<40} p50 {row['p50_ms']:7.2f} ms  p90 {row['p90_ms']:7.2f} ms  "
                       f"overhead p50 {row['overhead_p50_ms']:+.2f} ms", flush=True)
-            for server in servers.values():  # warm-up: every batch size the rows will see, not counted
-                throughput(bundle, server.grpc_url, frames, panes, max(counts), 1.0)
-            for clients in counts:
-                for dynamic, server in servers.items():
+            # Warm-up, not counted: a fresh server's first seconds are slow (one client saw 4.7 frames/s
+            # in its first 5 s against 7.1 in the next 5), and every batch size the rows will see.
+            for server in servers.values():
+                throughput(bundle, server.grpc_url, frames, panes, 1, 5.0)
+                throughput(bundle, server.grpc_url, frames, panes, max(counts), 2.0)
+            for turn, clients in enumerate(counts):
+                for dynamic in ((True, False) if turn % 2 == 0 else (False, True)):  # neither always first
+                    server = servers[dynamic]
                     row = {"dynamic_batching": dynamic, **throughput(bundle, server.grpc_url, frames, panes, clients,
                                                                      args.seconds),
                            "load_average": round(os.getloadavg()[0], 2)}

@@ -31,13 +31,12 @@ import numpy as np
 from ..errors import BackendError, MissingDependencyError, ServerUnavailableError
 from ..kernels.onnx_graph import FRAME, PIXELS, ROIS
 from ..kernels.reference import PreprocessSpec
+from ..serving.repository import OUTPUT, SHA_PARAMETER
 from .base import Backend, BackendOption
 
 if TYPE_CHECKING:
     from ..bundle import Bundle, ModelEntry
 
-OUTPUT = "feature_maps"
-SHA_PARAMETER = "edge_thyroid_model_sha256"  # written by edge_thyroid.serving.repository
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # A refusal (never retried) is the server saying this request is wrong: gRPC INVALID_ARGUMENT, HTTP 400.

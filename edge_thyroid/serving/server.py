@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BackendError, EdgeThyroidError
+from ..errors import EdgeThyroidError
 
 BINARY_VARIABLE = "EDGE_THYROID_TRITONSERVER"
 LOOPBACK = "127.0.0.1"
@@ -252,5 +252,5 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-__all__ = ["BackendError", "Installation", "ServerError", "ServerOptions", "TritonServer", "find_installation",
+__all__ = ["Installation", "ServerError", "ServerOptions", "TritonServer", "find_installation",
            "free_port"]
