@@ -18,6 +18,7 @@ first probe after the server is back. Requests the server refuses (shape, size) 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -26,16 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from ..errors import BackendError, MissingDependencyError, ServerUnavailableError
-from ..kernels.onnx_graph import FRAME, PIXELS, ROIS
-from ..kernels.reference import PreprocessSpec
+from ..kernels.graph_io import FRAME, PIXELS, ROIS
 from ..serving.repository import OUTPUT, SHA_PARAMETER
 from .base import Backend, BackendOption
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: a backend module imports light (the CLI reads its declarations)
+    import numpy as np
+
     from ..bundle import Bundle, ModelEntry
+    from ..kernels.reference import PreprocessSpec
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -93,7 +94,7 @@ class TritonBackend(Backend):
         return cls(bundle.path(entry.file), threads=threads, **options)
 
     def __init__(self, model_path: str | Path, *, threads: int | None = None, server: str | None = None,
-                 preprocessing: PreprocessSpec | None = None, max_panes: int = 3, model_sha256: str | None = None,
+                 preprocessing: "PreprocessSpec | None" = None, max_panes: int = 3, model_sha256: str | None = None,
                  timeout_s: float = 2.0, retries: int = 2, backoff_s: float = 0.05, max_probe_s: float = 1.0,
                  shared_memory: bool | None = None) -> None:
         """``server``: grpc://HOST:PORT or http://HOST:PORT. ``model_sha256``: of ``model_path``
@@ -205,7 +206,7 @@ class TritonBackend(Backend):
 
         panes = min(self.max_panes, self.max_batch_size)
         size = self.preprocessing.image_size
-        sizes = {"input": panes * 3 * size * size * 4, "output": panes * int(np.prod(self.output_dims)) * 4}
+        sizes = {"input": panes * 3 * size * size * 4, "output": panes * math.prod(self.output_dims) * 4}
         for role, byte_size in sizes.items():
             name = f"edge_thyroid_{os.getpid()}_{next(_region_ids)}_{role}"
             self._region_names[role] = name
@@ -263,6 +264,8 @@ class TritonBackend(Backend):
         now = time.monotonic()
         if now < self._down_until:
             raise ServerUnavailableError(f"{self._last_error} (next try in {self._down_until - now:.2f} s)")
+        import numpy as np
+
         rois = np.asarray(feeds[ROIS]).reshape(-1, 4)
         chunk = min(self.max_batch_size, self.max_panes) if self.use_shared_memory else self.max_batch_size
         parts = [self._infer_panes(feeds[FRAME], rois[i : i + chunk]) for i in range(0, len(rois), chunk)]
@@ -304,7 +307,7 @@ class TritonBackend(Backend):
         if self.use_shared_memory:
             pixels_in.set_shared_memory(self._region_names["input"], pixels.nbytes)
             wanted = module.InferRequestedOutput(OUTPUT)
-            wanted.set_shared_memory(self._region_names["output"], int(np.prod(feature)) * 4)
+            wanted.set_shared_memory(self._region_names["output"], math.prod(feature) * 4)
         else:
             pixels_in.set_data_from_numpy(pixels, **({"binary_data": True} if self.address.protocol == "http" else {}))
             wanted = module.InferRequestedOutput(OUTPUT, **({"binary_data": True} if self.address.protocol == "http" else {}))
@@ -313,6 +316,7 @@ class TritonBackend(Backend):
                             outputs=[wanted], **kwargs)
         if self.use_shared_memory:
             # The region is overwritten by the next request; the pane cache keeps these maps.
+            import numpy as np
             import tritonclient.utils.shared_memory as shm
 
             return np.array(shm.get_contents_as_numpy(self._regions["output"], np.float32, feature))

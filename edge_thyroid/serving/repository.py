@@ -26,10 +26,13 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..bundle import Bundle, load_bundle
 from ..errors import BundleError, InputError
-from ..kernels.onnx_graph import PIXELS
+from ..kernels.graph_io import PIXELS
+
+if TYPE_CHECKING:  # the triton backend imports this module's names; it must stay light (no NumPy)
+    from ..bundle import Bundle
 
 OUTPUT = "feature_maps"
 SHA_PARAMETER = "edge_thyroid_model_sha256"
@@ -85,7 +88,7 @@ def model_name(sha256: str, key: str) -> str:
     return f"thyroid_{key}_{sha256[:12]}"
 
 
-def write_model(bundle: Bundle | str | Path, repository: str | Path, *, model: str | None = None,
+def write_model(bundle: "Bundle | str | Path", repository: str | Path, *, model: str | None = None,
                 flavor: Flavor | str = Flavor.PYTHON, batching: BatchingOptions = BatchingOptions(),
                 execution_env: str | Path | None = None, gpu: bool | None = None, tensorrt: bool = False,
                 threads: int | None = None, version: int = 1, overwrite: bool = False) -> ServedModel:
@@ -97,6 +100,7 @@ def write_model(bundle: Bundle | str | Path, repository: str | Path, *, model: s
     execution provider."""
     import onnx
 
+    from ..bundle import Bundle, load_bundle
     from ..graph import backbone_graph
 
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
