@@ -302,6 +302,10 @@ def test_a_server_killed_and_restarted_mid_stream(random_bundle, tmp_path):
         if restarted is not None:
             restarted.cleanup()
     records = parse_jsonl(out)  # every line parses
+    from .test_stream_records import STREAM_RECORDS
+
+    for record in records:  # and follows the published record schema, server gaps included
+        STREAM_RECORDS.validate(record)
     frames = [r for r in records if r["type"] == "frame"]
     gaps = [r for r in records if r["type"] == "gap"]
     assert [r["frame"] for r in frames] == sorted(r["frame"] for r in frames)
