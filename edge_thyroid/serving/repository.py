@@ -51,23 +51,21 @@ class BatchingOptions:
 
     ``max_batch_size`` bounds the panes one backbone pass takes (and so the largest request the
     server accepts); ``max_queue_delay_us`` is how long the first request waits for others to join
-    its batch; ``max_queue_size`` rejects requests beyond it instead of letting latency grow without
-    bound; ``queue_timeout_us`` rejects a request that waited that long."""
+    its batch. No ``default_queue_policy`` (queue bound, timeouts) is written: with any such block
+    the embedded Triton stalled single requests for ~0.5 s (one client: 7-17 instead of 33 frames/s,
+    BENCHMARKS.md)."""
 
     dynamic: bool = True
     max_batch_size: int = 8
     max_queue_delay_us: int = 2000
-    max_queue_size: int = 64
-    queue_timeout_us: int = 5_000_000
     instances: int = 1
 
     def validate(self) -> None:
         for name in ("max_batch_size", "instances"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} is {getattr(self, name)}; expected a positive integer")
-        for name in ("max_queue_delay_us", "max_queue_size", "queue_timeout_us"):
-            if getattr(self, name) < 0:
-                raise InputError(f"{name} is {getattr(self, name)}; expected 0 or more")
+        if self.max_queue_delay_us < 0:
+            raise InputError(f"max_queue_delay_us is {self.max_queue_delay_us}; expected 0 or more")
 
 
 @dataclass(frozen=True)
@@ -157,15 +155,7 @@ def model_config(name: str, *, size: int, output_dims: tuple[int, ...], sha256: 
              f"instance_group [ {{ count: {batching.instances} kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]",
              "version_policy: { latest: { num_versions: 1 } }"]
     if batching.dynamic:
-        lines += ["dynamic_batching {",
-                  f"  max_queue_delay_microseconds: {batching.max_queue_delay_us}",
-                  "  default_queue_policy {",
-                  "    timeout_action: REJECT",
-                  f"    default_timeout_microseconds: {batching.queue_timeout_us}",
-                  "    allow_timeout_override: true",
-                  f"    max_queue_size: {batching.max_queue_size}",
-                  "  }",
-                  "}"]
+        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {batching.max_queue_delay_us}", "}"]
     parameters = {SHA_PARAMETER: sha256, SIZE_PARAMETER: str(size)}
     if execution_env is not None:
         parameters["EXECUTION_ENV_PATH"] = str(execution_env)
