@@ -226,7 +226,7 @@ def client_is_ready(server: TritonServer) -> bool:
 def spawn_stream(bundle: Path, url: str, out: Path, *extra: str) -> subprocess.Popen:
     log = open(out.with_suffix(".log"), "w")
     return subprocess.Popen([sys.executable, "-m", "edge_thyroid", "stream", str(bundle), "--backend", "triton",
-                             "--server", url, "--json-out", str(out), "--quiet", *extra],
+                             "--server", url, "--json-out", str(out), "--quiet", "--whole-pane", *extra],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
