@@ -9,7 +9,7 @@ import click
 
 from ..dataset import Split
 from .trust_options import trust_option
-from .runtime_options import backend_settings, runtime_options
+from .runtime_options import backend_settings, gate_runtime_options
 
 
 def split_options(function):
@@ -57,7 +57,7 @@ def split_spec(split: str, folds: int, fold: int, seed: int):
 @click.option("--scores", "scores_csv", type=click.Path(dir_okay=False), default=None,
               help="Also write per-crop scores (image, case_id, label, score) to this CSV.")
 @trust_option
-@runtime_options
+@gate_runtime_options
 def evaluate(model_path, data, split, folds, fold, seed, threads, resamples, as_json, label_source, model_key,
              sensitivity_target, plots_dir, scores_csv, **backend_kwargs) -> None:
     """Evaluate BUNDLE_OR_CHECKPOINT on the labelled crops of --data: ROC AUC with 95% CIs (DeLong and
