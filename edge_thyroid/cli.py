@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("edge_thyroid.commands.compare:compare", "DeLong's paired test of two models' ROC AUCs on the same images."),
     "verify": ("edge_thyroid.commands.verify:verify", "Accuracy gate: a quantized/compiled model vs its FP32 reference on labelled images."),
     "stream": ("edge_thyroid.commands.stream:stream", "Classify a live screen in real time: device, file, URL, DICOM, folder; JSONL/overlay."),
+    "export-triton": ("edge_thyroid.commands.serve:export_triton", "Write a bundle's backbone as a Triton model repository (CPU here, stock GPU containers)."),
+    "serve": ("edge_thyroid.commands.serve:serve", "Serve bundles with a real Triton Inference Server for many workstations (--backend triton)."),
     "demo": ("edge_thyroid.commands.stream:demo", "Stream the bundled demo clip through the bundled model; live results and a browser view."),
 }
 

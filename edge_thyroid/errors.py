@@ -31,3 +31,10 @@ class MissingDependencyError(BackendError):
         super().__init__(f"{package} is not installed ({purpose} needs it): pip install 'edge-thyroid[{extra}]'")
         self.package = package
         self.extra = extra
+
+
+class ServerUnavailableError(BackendError):
+    """A remote inference server did not answer in time (down, restarting, unreachable).
+
+    A stream abstains with reason ``server_unavailable`` for the frame and carries on; the backend
+    retries the server with back-off."""

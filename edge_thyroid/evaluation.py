@@ -131,10 +131,11 @@ class Scorer:
 class BundleScorer(Scorer):
     kind = "bundle"
 
-    def __init__(self, path: str | Path, *, model: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, model: str | None = None, threads: int | None = None,
+                 backend_options: dict[str, Any] | None = None) -> None:
         from .engine import Engine
 
-        self.engine = Engine(path, model=model, threads=threads)
+        self.engine = Engine(path, model=model, threads=threads, **(backend_options or {}))
         self.threshold = float(self.engine.threshold)
         self.name = f"{path} [{self.engine.model_key}]"
         self.trained_on = (self.engine.bundle.manifest.provenance.get("training_data") or {}).get("sha256")
@@ -152,19 +153,23 @@ class BundleScorer(Scorer):
         self.engine.close()
 
 
-def open_scorer(path: str | Path, *, model: str | None = None, threads: int | None = None) -> Scorer:
+def open_scorer(path: str | Path, *, model: str | None = None, threads: int | None = None,
+                backend_options: dict[str, Any] | None = None) -> Scorer:
     """A bundle directory/zip -> the engine; a ``.pt``/``.pth`` file -> the checkpoint's torch model
     (:class:`edge_thyroid.export.scoring.CheckpointScorer`, the same interface, built with torch)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"model not found: {path}; expected a bundle directory/zip or a checkpoint .pt file")
     if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        if backend_options and any(value is not None for value in backend_options.values()):
+            raise InputError(f"{path} is a checkpoint, run by PyTorch; backend settings {sorted(backend_options)} "
+                             "apply to bundles")
         try:  # torch and torchvision: the export extra, build-time code
             from .export.scoring import CheckpointScorer
         except ImportError as exc:
             raise MissingDependencyError(exc.name or "torch", "export", "evaluating a checkpoint") from None
         return CheckpointScorer(path, threads=threads)
-    return BundleScorer(path, model=model, threads=threads)
+    return BundleScorer(path, model=model, threads=threads, backend_options=backend_options)
 
 
 @dataclass
@@ -333,9 +338,10 @@ def plot_calibration(scored: Scored, path: str | Path, title: str = "Calibration
 
 
 def score_model(path: str | Path, samples: list[Sample], *, model: str | None = None, threads: int | None = None,
-                progress: bool = False, extra: list[Sample] | None = None) -> tuple[Scored, Scored | None]:
+                progress: bool = False, extra: list[Sample] | None = None,
+                backend_options: dict[str, Any] | None = None) -> tuple[Scored, Scored | None]:
     """Score ``samples`` (and optionally ``extra`` rows, e.g. the validation side) with one model."""
-    with open_scorer(path, model=model, threads=threads) as scorer:
+    with open_scorer(path, model=model, threads=threads, backend_options=backend_options) as scorer:
         scored = Scored(samples, scorer.score(samples, progress=progress), scorer.threshold, scorer.name)
         other = None
         if extra is not None:
@@ -346,8 +352,9 @@ def score_model(path: str | Path, samples: list[Sample], *, model: str | None = 
 def evaluate_model(path: str | Path, csv_path: str | Path, spec: SplitSpec, *, model: str | None = None,
                    rule: ThresholdRule = ThresholdRule.YOUDEN, sensitivity_target: float | None = None,
                    plots_dir: str | Path | None = None, threads: int | None = None, resamples: int = 2000,
-                   progress: bool = False, label_source: str | None = None) -> tuple[EvaluationReport, Scored]:
-    with open_scorer(path, model=model, threads=threads) as scorer:
+                   progress: bool = False, label_source: str | None = None,
+                   backend_options: dict[str, Any] | None = None) -> tuple[EvaluationReport, Scored]:
+    with open_scorer(path, model=model, threads=threads, backend_options=backend_options) as scorer:
         split, why = decide_split(csv_path, spec.split, [scorer.trained_on])
         spec = replace(spec, split=split)
         samples, val = select_samples(csv_path, spec, label_source=label_source)

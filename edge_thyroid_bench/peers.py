@@ -109,7 +109,8 @@ class ConfigSpec:
             base += f"-{AUTO}" + "".join(f"-{v}" for _, v in self.backend_options)
         elif self.kind is Kind.ENGINE and self.backend != DEFAULT_BACKEND:
             backend = backend_class(self.backend)
-            base += f"-{backend.tag or backend.name}" + "".join(f"-{v}" for _, v in self.changed_options())
+            naming = {o.name for o in backend.options if o.names_rows}
+            base += f"-{backend.tag or backend.name}" + "".join(f"-{v}" for k, v in self.changed_options() if k in naming)
         model = f"fp32-from-{self.model}" if self.reconstruction else self.model
         name = f"{base}-{model}" + ("-cached" if self.cached else "")
         return f"{self.label}/{name}" if self.label else name

@@ -35,7 +35,7 @@ def test_command_help_with_backend_choices_imports_nothing_heavy():
             "print('HEAVY', sorted(m for m in ('torch', 'onnxruntime', 'cv2', 'onnx', 'numpy', 'openvino')"
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "--backend [auto|onnxruntime|openvino]" in out and "--execution-precision [f32|bf16]" in out
+    assert "--backend [auto|onnxruntime|openvino|triton]" in out and "--execution-precision [f32|bf16]" in out
     assert "HEAVY []" in out
 
 

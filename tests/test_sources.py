@@ -448,3 +448,14 @@ def test_tcp_stream_dropping_out_is_reconnected_and_both_gaps_recorded(mkv_paylo
     assert sink.events[0]["frames_before"] == len(images) and sink.events[1]["attempts"] == 2
     assert summary.processed == 2 * len(images) and summary.frames == 2 * len(images)
     assert "was lost and did not come back after 2 reopen attempts" in summary.error
+
+
+def test_a_paced_wait_cut_short_by_stop_stamps_the_frame_now_not_in_the_future():
+    from edge_thyroid.sources.base import Pacer
+
+    interrupt = threading.Event()
+    pacer = Pacer(interrupt)
+    pacer.wait(0.0)  # the schedule starts now
+    threading.Timer(0.05, interrupt.set).start()
+    arrival = pacer.wait(5.0)  # due in 5 s; the stop comes after 0.05 s
+    assert arrival <= time.monotonic()

@@ -18,6 +18,7 @@ _REGISTRY: dict[str, str] = {
     "onnxruntime": "edge_thyroid.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "edge_thyroid.backends.openvino:OpenVinoBackend",
     "tensorrt": "edge_thyroid.backends.tensorrt:TensorRTBackend",
+    "triton": "edge_thyroid.backends.triton:TritonBackend",
 }
 # The reference runtime: the accuracy gate of every shipped bundle was measured with it.
 DEFAULT_BACKEND = "onnxruntime"

@@ -30,13 +30,16 @@ EXECUTION_PRECISION = "execution_precision"  # the option that makes one backend
 
 @dataclass(frozen=True)
 class BackendOption:
-    """A setting a backend takes from the command line: ``--flag`` with fixed choices, passed to the
-    backend's constructor as the keyword ``name``."""
+    """A setting a backend takes from the command line: ``--flag`` with fixed choices (or free text
+    when ``choices`` is empty, e.g. a server address), passed to the backend's constructor as the
+    keyword ``name``."""
 
     name: str                     # constructor keyword, e.g. "execution_precision"
-    choices: tuple[str, ...]
+    choices: tuple[str, ...]      # () = any text, shown as ``metavar``
     default: str                  # what the backend uses when the option is not given
     help: str
+    metavar: str | None = None
+    names_rows: bool = True       # a non-default value names benchmark rows (False: an address, not a variant)
 
     @property
     def flag(self) -> str:

@@ -9,6 +9,7 @@ import click
 
 from ..dataset import Split
 from .trust_options import trust_option
+from .runtime_options import backend_settings, gate_runtime_options
 
 
 def split_options(function):
@@ -56,8 +57,9 @@ def split_spec(split: str, folds: int, fold: int, seed: int):
 @click.option("--scores", "scores_csv", type=click.Path(dir_okay=False), default=None,
               help="Also write per-crop scores (image, case_id, label, score) to this CSV.")
 @trust_option
+@gate_runtime_options
 def evaluate(model_path, data, split, folds, fold, seed, threads, resamples, as_json, label_source, model_key,
-             sensitivity_target, plots_dir, scores_csv) -> None:
+             sensitivity_target, plots_dir, scores_csv, **backend_kwargs) -> None:
     """Evaluate BUNDLE_OR_CHECKPOINT on the labelled crops of --data: ROC AUC with 95% CIs (DeLong and
     a case-level bootstrap), accuracy / sensitivity / specificity / PPV / NPV and the confusion matrix
     at the model's own threshold, a threshold re-chosen on the validation side only (Youden, or
@@ -80,7 +82,8 @@ def evaluate(model_path, data, split, folds, fold, seed, threads, resamples, as_
     rule = ThresholdRule.SENSITIVITY if sensitivity_target is not None else ThresholdRule.YOUDEN
     report, scored = evaluate_model(model_path, data, split_spec(split, folds, fold, seed), model=model_key,
                                     rule=rule, sensitivity_target=sensitivity_target, plots_dir=plots_dir,
-                                    threads=threads, resamples=resamples, progress=True, label_source=label_source)
+                                    threads=threads, resamples=resamples, progress=True, label_source=label_source,
+                                    backend_options=backend_settings(backend_kwargs))
     if scores_csv:
         Path(scores_csv).parent.mkdir(parents=True, exist_ok=True)
         with open(scores_csv, "w", newline="") as handle:

@@ -34,8 +34,9 @@ def backend_option_decorators() -> list[Callable[..., Any]]:
     """One ``--flag`` per option the registered backends declare (e.g. openvino's --execution-precision)."""
     from ..backends import backend_options
 
-    return [click.option(option.flag, option.name, type=click.Choice(list(option.choices)), default=None,
-                         help=option.help) for option, _ in backend_options().values()]
+    return [click.option(option.flag, option.name, type=click.Choice(list(option.choices)) if option.choices else str,
+                         default=None, metavar=option.metavar, help=option.help)
+            for option, _ in backend_options().values()]
 
 
 def runtime_options(function: Callable[..., Any]) -> Callable[..., Any]:

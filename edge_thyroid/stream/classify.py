@@ -17,7 +17,7 @@ import numpy as np
 
 from ..control import ControlChange
 from ..engine import Prediction
-from ..errors import InputError
+from ..errors import InputError, ServerUnavailableError
 from ..frames import Pane, Roi
 from ..head import FusionHead, sigmoid
 from ..inputs import size_problem
@@ -26,7 +26,7 @@ from ..sources import Captured
 from ..temporal import Reason, TemporalFilter
 from .cache import PaneCache
 from .nodule import CONTROL, BoxChoice, NoduleBox
-from .records import ControlRecord, PaneRecord, StreamResult
+from .records import ControlRecord, GapRecord, PaneRecord, StreamResult
 
 
 class EngineLike(Protocol):
@@ -77,6 +77,9 @@ class FrameClassifier:
         self._resolved: tuple[tuple[int, int], Layout] | None = None
         # A modality the model never learned has no p of its own; empty: not recorded, all count as trained.
         self.trained = set(engine.trained_modalities or engine.modalities)
+        self.gaps: list[GapRecord] = []          # server outages that ended, for the caller to forward
+        self._outage: dict | None = None         # open while a remote backend does not answer
+        self._classified = 0
 
     def _layout_for(self, width: int, height: int) -> Layout:
         if self._resolved is None or self._resolved[0] != (width, height):
@@ -141,6 +144,7 @@ class FrameClassifier:
         prediction = None
         p = logit = None
         box: tuple[Roi | None, str | None, bool, list] = (None, None, False, [])
+        asked_backend = False  # some pane went to the backend (not all from the pane cache)
 
         def lap(stage: str) -> None:
             nonlocal mark
@@ -182,6 +186,7 @@ class FrameClassifier:
                     verdict = self.temporal.abstain(Reason.NO_ROI, "no nodule box: give one in the layout, over the "
                                                     "control channel or with calipers (or stream --whole-pane)")
             else:
+                asked_backend = any(c.cached is None for _, c in live)
                 maps = self.cache.run(frame, [c for _, c in live])
                 changed = not all(c.unchanged for _, c in live)
                 lap("infer")
@@ -204,6 +209,15 @@ class FrameClassifier:
             # A frame of another size, a non-finite output, ...: abstain with the reason, keep streaming.
             verdict = self.temporal.abstain(Reason.INVALID, str(exc))
             p = logit = prediction = None
+        except ServerUnavailableError as exc:
+            # A remote backend retries on its own schedule; each frame meanwhile is an abstention.
+            verdict = self.temporal.abstain(Reason.SERVER_UNAVAILABLE, str(exc))
+            p = logit = prediction = None
+            self._note_outage(str(exc))
+        else:
+            if asked_backend:  # frames served from the pane cache say nothing about the server
+                self.end_outage(resumed=True)
+        self._classified += 1
         lap("temporal")
         for stage in ("preprocess", "infer", "head"):
             stages.setdefault(stage, 0.0)
@@ -215,6 +229,21 @@ class FrameClassifier:
             threshold=self.engine.threshold, processed=0, dropped=0, cache_hits=0, gaps=0, result_time=done,
             roi=box[0], roi_source=box[1], frozen=box[2], calipers=box[3],
             image=frame if self.keep_frames else None, prediction=prediction)
+
+    def _note_outage(self, error: str) -> None:
+        if self._outage is None:
+            self._outage = {"start": time.monotonic(), "reason": error, "frames": 0, "before": self._classified}
+        self._outage["frames"] += 1
+        self._outage["last_error"] = error
+
+    def end_outage(self, *, resumed: bool) -> None:
+        """Close an open server outage as a gap record in :attr:`gaps` (at the end of a stream: not resumed)."""
+        outage, self._outage = self._outage, None
+        if outage is not None:
+            self.gaps.append(GapRecord(start_ts=outage["start"], end_ts=time.monotonic(), attempts=outage["frames"],
+                                       resumed=resumed, reason=outage["reason"],
+                                       last_error=None if resumed else outage["last_error"],
+                                       frames_before=outage["before"], wall_time=time.time(), kind="server"))
 
 
 def _check_box(roi: Roi, layout: Layout) -> None:

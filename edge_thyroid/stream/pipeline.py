@@ -99,7 +99,12 @@ class Pipeline:
         if self.stopped_by is None:
             self.stopped_by = reason
 
-    def _forward_gaps(self) -> None:
+    def _forward_gaps(self, classifier: FrameClassifier | None = None) -> None:
+        if classifier is not None:
+            for gap in classifier.gaps:
+                self.stats.gaps.append(gap)
+                self.fanout.event(gap)
+            classifier.gaps.clear()
         while True:
             try:
                 gap = self.capture.gaps.get_nowait()
@@ -153,6 +158,7 @@ class Pipeline:
                     break
                 self._apply_control(classifier, item)
                 result = classifier.classify(item)
+                self._forward_gaps(classifier)
                 self.stats.processed += 1
                 result.processed, result.dropped = self.stats.processed, self.slot.dropped
                 result.cache_hits, result.gaps = self.cache.hits, len(self.stats.gaps)
@@ -162,7 +168,8 @@ class Pipeline:
             self.stop_event.set()
             self.source.stop()
             capture.join(timeout=self.source.options.read_timeout_s + 1.0)
-            self._forward_gaps()
+            classifier.end_outage(resumed=False)
+            self._forward_gaps(classifier)
             if self.control is not None:
                 self.control.close()
             self.error = self.error or self.capture.error

@@ -116,7 +116,9 @@ class HeaderRecord:
 
 @dataclass(frozen=True)
 class GapRecord:
-    """A live source failed and was reopened (``resumed``) or given up on; times are time.monotonic()."""
+    """A live source failed and was reopened (``resumed``) or given up on; or (``kind`` "server") a
+    remote inference server did not answer for a while, each frame meanwhile an abstention
+    (``attempts``: those frames). Times are time.monotonic()."""
 
     start_ts: float
     end_ts: float
@@ -124,14 +126,19 @@ class GapRecord:
     resumed: bool
     reason: str                 # the failure that started the gap
     last_error: str | None      # the last reopen failure, when the source did not come back
-    frames_before: int          # frames captured before the gap
+    frames_before: int          # frames captured (source) or processed (server) before the gap
     wall_time: float
+    kind: str = "source"        # "source": the capture failed; "server": the inference server did not answer
 
     @property
     def duration_s(self) -> float:
         return self.end_ts - self.start_ts
 
     def text(self) -> str:
+        if self.kind == "server":
+            state = "back" if self.resumed else "still away"
+            return (f"inference server {state} after a {self.duration_s:.1f} s gap ({self.attempts} frames "
+                    f"abstained): {self.reason}")
         state = "resumed" if self.resumed else "lost"
         return f"source {state} after a {self.duration_s:.1f} s gap ({self.attempts} reopen attempts): {self.reason}"
 
@@ -139,7 +146,7 @@ class GapRecord:
         return {"type": "gap", "start_ts": round(self.start_ts, 6), "end_ts": round(self.end_ts, 6),
                 "duration_s": round(self.duration_s, 3), "attempts": self.attempts, "resumed": self.resumed,
                 "reason": self.reason, "last_error": self.last_error, "frames_before": self.frames_before,
-                "wall_time": round(self.wall_time, 3)}
+                "wall_time": round(self.wall_time, 3), "kind": self.kind}
 
 
 @dataclass(frozen=True)
@@ -218,7 +225,8 @@ class StreamSummary:
             lines.append(f"  last frame {self.last.get('frame')}: p {'-' if p is None else f'{p:.3f}'}, smoothed "
                          f"{'-' if smoothed is None else f'{smoothed:.3f}'} -> {self.last.get('decision')}")
         for gap in self.gaps:
-            lines.append(f"  gap: {gap['duration_s']:.1f} s, {gap['attempts']} reopen attempts, "
+            tries = "frames abstained, server unavailable" if gap.get("kind") == "server" else "reopen attempts"
+            lines.append(f"  gap: {gap['duration_s']:.1f} s, {gap['attempts']} {tries}, "
                          f"{'resumed' if gap['resumed'] else 'not resumed'}: {gap['reason']}")
         if any(self.sink_dropped.values()):
             lines.append("  sink records dropped (sink too slow): "

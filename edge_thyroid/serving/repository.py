@@ -1,0 +1,193 @@
+"""Write a standard Triton model repository for a bundle's backbone (``edge-thyroid export-triton``;
+``edge-thyroid serve`` uses the same writer).
+
+What runs where: the workstation keeps capture, preprocessing (the bundle's exact float path on the
+host), the pane cache, the fusion head and temporal logic; the server runs only the backbone on
+pixels [N, 3, S, S] -> feature maps [N, C, h, w]. Panes of one fixed size are what lets Triton's
+dynamic batcher put panes from different workstations into one pass, and they are ~30x smaller on the
+wire than a 1080p screen.
+
+Two flavours of the same model:
+
+* ``python``: Triton's Python backend runs the backbone with ONNX Runtime from a given Python
+  environment (``EXECUTION_ENV_PATH``). This is what the server embedded by ``pip install
+  'edge-thyroid[serve]'`` can load (it ships only the Python backend), CPU instances.
+* ``onnxruntime``: the onnxruntime backend of the stock Triton containers, GPU instances by default,
+  optionally with ONNX Runtime's TensorRT execution provider.
+
+Each model is named after the bundle model's sha256, and its config carries that hash, so a client
+can check that the server runs exactly the weights its local bundle verified.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import BundleError, InputError
+from ..kernels.graph_io import PIXELS
+
+if TYPE_CHECKING:  # the triton backend imports this module's names; it must stay light (no NumPy)
+    from ..bundle import Bundle
+
+OUTPUT = "feature_maps"
+SHA_PARAMETER = "edge_thyroid_model_sha256"
+SIZE_PARAMETER = "edge_thyroid_image_size"
+MODEL_FILE = "model.onnx"
+
+
+class Flavor(str, Enum):
+    PYTHON = "python"            # the embedded server here: Python backend + ONNX Runtime, CPU
+    ONNXRUNTIME = "onnxruntime"  # stock Triton containers: onnxruntime backend (GPU by default)
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """Server-side scheduling of one model.
+
+    ``max_batch_size`` bounds the panes one backbone pass takes (and so the largest request the
+    server accepts); ``max_queue_delay_us`` is how long the first request waits for others to join
+    its batch. No ``default_queue_policy`` (queue bound, timeouts) is written: with any such block
+    the embedded Triton stalled single requests for ~0.5 s (one client: 7-17 instead of 33 frames/s,
+    BENCHMARKS.md)."""
+
+    dynamic: bool = True
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+
+    def validate(self) -> None:
+        for name in ("max_batch_size", "instances"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} is {getattr(self, name)}; expected a positive integer")
+        if self.max_queue_delay_us < 0:
+            raise InputError(f"max_queue_delay_us is {self.max_queue_delay_us}; expected 0 or more")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What a client needs to know about a model written into a repository."""
+
+    name: str
+    version: int
+    sha256: str
+    image_size: int
+    output_dims: tuple[int, ...]  # per pane: (C, h, w)
+    flavor: Flavor
+    path: Path
+
+
+def model_name(sha256: str, key: str) -> str:
+    """The served name of a bundle model: its precision key and the start of its hash."""
+    return f"thyroid_{key}_{sha256[:12]}"
+
+
+def write_model(bundle: "Bundle | str | Path", repository: str | Path, *, model: str | None = None,
+                flavor: Flavor | str = Flavor.PYTHON, batching: BatchingOptions = BatchingOptions(),
+                execution_env: str | Path | None = None, gpu: bool | None = None, tensorrt: bool = False,
+                threads: int | None = None, version: int = 1, overwrite: bool = False) -> ServedModel:
+    """Write one bundle model into ``repository`` (created if needed) and return its description.
+
+    ``execution_env``: the Python environment whose ONNX Runtime and NumPy the python flavour runs
+    with (default: the running interpreter's, ``sys.prefix``). ``gpu``: instance kind (default: CPU
+    for python, GPU for onnxruntime). ``tensorrt``: ask the onnxruntime backend for its TensorRT
+    execution provider."""
+    import onnx
+
+    from ..bundle import Bundle, load_bundle
+    from ..graph import backbone_graph
+
+    bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    try:
+        flavor = Flavor(flavor)
+    except ValueError:
+        raise InputError(f"flavor {flavor!r} is not known; expected one of {[f.value for f in Flavor]}") from None
+    batching.validate()
+    if version < 1:
+        raise InputError(f"version is {version}; expected a positive integer (Triton's version folders start at 1)")
+    if tensorrt and flavor is not Flavor.ONNXRUNTIME:
+        raise InputError("the TensorRT execution provider applies to the onnxruntime flavour; the python flavour runs on CPU")
+    key, entry = bundle.model_entry(model)
+    if entry.target.value != "onnxruntime":
+        raise BundleError(f"bundle model {key!r} targets {entry.target.value}; Triton serving needs an ONNX model "
+                          "(pick one with --model)")
+    sha256 = bundle.manifest.files[entry.file]
+    size = bundle.manifest.preprocessing.image_size
+    name = model_name(sha256, key)
+    model_dir = Path(repository) / name
+    version_dir = model_dir / str(version)
+    if version_dir.exists() and not overwrite:
+        raise InputError(f"{version_dir} already exists; expected a new repository or --overwrite")
+    backbone = backbone_graph(bundle.path(entry.file))
+    dims = _output_dims(backbone, size)
+    staging = model_dir / f".{version}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        onnx.save(backbone, str(staging / MODEL_FILE))
+        if flavor is Flavor.PYTHON:
+            shutil.copyfile(Path(__file__).with_name("backbone_model.py"), staging / "model.py")
+        if version_dir.exists():
+            shutil.rmtree(version_dir)
+        staging.rename(version_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    use_gpu = (flavor is Flavor.ONNXRUNTIME) if gpu is None else gpu
+    config = model_config(name, size=size, output_dims=dims, sha256=sha256, flavor=flavor, batching=batching,
+                          gpu=use_gpu, tensorrt=tensorrt, threads=threads,
+                          execution_env=Path(execution_env or sys.prefix) if flavor is Flavor.PYTHON else None)
+    (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
+    return ServedModel(name, version, sha256, size, dims, flavor, model_dir)
+
+
+def model_config(name: str, *, size: int, output_dims: tuple[int, ...], sha256: str, flavor: Flavor,
+                 batching: BatchingOptions, gpu: bool, tensorrt: bool = False, threads: int | None = None,
+                 execution_env: Path | None = None) -> str:
+    """The config.pbtxt text (protobuf text format) of one backbone model."""
+    lines = [f'name: "{name}"', f'backend: "{flavor.value}"', f"max_batch_size: {batching.max_batch_size}",
+             "input [", f'  {{ name: "{PIXELS}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }}', "]",
+             "output [", f'  {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, output_dims))} ] }}', "]",
+             f"instance_group [ {{ count: {batching.instances} kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]",
+             "version_policy: { latest: { num_versions: 1 } }"]
+    if batching.dynamic:
+        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {batching.max_queue_delay_us}", "}"]
+    parameters = {SHA_PARAMETER: sha256, SIZE_PARAMETER: str(size)}
+    if execution_env is not None:
+        parameters["EXECUTION_ENV_PATH"] = str(execution_env)
+    if threads:
+        parameters["intra_op_threads"] = str(int(threads))
+    if flavor is Flavor.ONNXRUNTIME and threads:
+        parameters["intra_op_thread_count"] = str(int(threads))
+    for key, value in parameters.items():
+        lines.append(f'parameters: {{ key: "{key}" value: {{ string_value: "{_escape(value)}" }} }}')
+    if tensorrt:
+        # The bundle's INT8 models are explicit QDQ graphs: TensorRT takes their scales as they are.
+        lines += ["optimization { execution_accelerators { gpu_execution_accelerator: [ {",
+                  '  name: "tensorrt"',
+                  f'  parameters {{ key: "precision_mode" value: "{"INT8" if "int8" in name else "FP16"}" }}',
+                  '  parameters { key: "max_workspace_size_bytes" value: "1073741824" }',
+                  "} ] } }"]
+    return "\n".join(lines) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _output_dims(backbone: object, size: int) -> tuple[int, ...]:
+    """Per-pane output dims (C, h, w), found by running the backbone once on one blank pane: exact
+    for every graph ONNX Runtime can run, where symbolic shape inference may leave dims unknown."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(backbone.SerializeToString(), sess_options=options,  # type: ignore[attr-defined]
+                                   providers=["CPUExecutionProvider"])
+    out = session.run([OUTPUT], {PIXELS: np.zeros((1, 3, size, size), dtype=np.float32)})[0]
+    return tuple(int(d) for d in out.shape[1:])
