@@ -79,3 +79,23 @@ def auto_backend_cache(tmp_path_factory):
         os.environ.pop(CACHE_ENV, None)
     else:
         os.environ[CACHE_ENV] = previous
+
+
+def ort_gated_demo_copy(destination: Path) -> Path:
+    """A copy of the shipped demo bundle whose manifest keeps only the ONNX Runtime gate (the shipped one
+    also records OpenVINO f32/bf16 gates): for tests of what happens when a configuration is ungated.
+    Editing the manifest voids the demo signature, so the copy is unsigned."""
+    import json
+    import shutil
+
+    from edge_thyroid.commands.stream import DEMO_BUNDLE, data_path
+
+    shutil.copytree(data_path(DEMO_BUNDLE), destination)
+    manifest_path = destination / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["models"].values():
+        if entry.get("gates"):
+            entry["gates"] = {k: v for k, v in entry["gates"].items() if k == "onnxruntime"}
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    (destination / "manifest.sig").unlink(missing_ok=True)
+    return destination

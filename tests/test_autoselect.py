@@ -146,10 +146,10 @@ def test_auto_never_picks_the_slower_or_the_ungated_backend(random_bundle, tmp_p
     assert (retuned.configuration, retuned.how, SlowToyBackend.loads) == (ORT, "measured", loads + 2)
 
 
-def test_a_requested_precision_without_a_gated_configuration_is_an_error_not_a_swap():
-    from edge_thyroid.commands.stream import DEMO_BUNDLE, data_path
+def test_a_requested_precision_without_a_gated_configuration_is_an_error_not_a_swap(tmp_path):
+    from .conftest import ort_gated_demo_copy
 
-    bundle = load_bundle(data_path(DEMO_BUNDLE))  # gated on ONNX Runtime only
+    bundle = load_bundle(ort_gated_demo_copy(tmp_path / "demo"))  # gated on ONNX Runtime only
     with pytest.raises(BackendError, match=r"no configuration .* in bf16 with a passing gate .*--backend openvino"):
         select_backend(bundle, Engine, execution_precision="bf16", cache=False)
 

@@ -16,7 +16,7 @@ from edge_thyroid.engine import Engine
 from edge_thyroid.errors import BackendError, BundleError, MissingDependencyError
 from edge_thyroid.frames import Pane
 
-from .conftest import needs_torch, screen_frame
+from .conftest import needs_torch, ort_gated_demo_copy, screen_frame
 
 pytest.importorskip("openvino")
 
@@ -138,7 +138,8 @@ def test_classify_cli_on_openvino(tmp_path, capsys):
     reference = json.loads(out)["p_malignant"]
     code, out, _ = run_cli(["classify", bundle, str(image), "--json", "--backend", "openvino"], capsys)
     assert code == 0 and abs(json.loads(out)["p_malignant"] - reference) <= INT8_DP
-    code, _, err = run_cli(["classify", bundle, str(image), "--execution-precision", "bf16"], capsys)
+    ort_only = str(ort_gated_demo_copy(tmp_path / "demo"))  # bf16 ungated there
+    code, _, err = run_cli(["classify", ort_only, str(image), "--execution-precision", "bf16"], capsys)
     assert code == 2 and "--backend openvino" in err
 
 
