@@ -459,3 +459,25 @@ def test_a_paced_wait_cut_short_by_stop_stamps_the_frame_now_not_in_the_future()
     threading.Timer(0.05, interrupt.set).start()
     arrival = pacer.wait(5.0)  # due in 5 s; the stop comes after 0.05 s
     assert arrival <= time.monotonic()
+
+
+def test_recorded_sources_carry_their_media_time_and_live_ones_do_not(tmp_path):
+    """A frame from a file says where it is in the recording (issue 16: file sources carry the media
+    timestamp), read as fast as possible or in real time; a synthetic (live-like) source says nothing."""
+    from edge_thyroid.commands.stream import DEMO_CLIP, data_path
+
+    ds, _ = cine(frames=3, frame_time=None)
+    ds.FrameTimeVector = [0, 20, 60]                       # ms between frames: offsets 0, 0.02, 0.08 s
+    ds.FrameIncrementPointer = (0x0018, 0x1065)
+    items = read_all(create_source(save(ds, tmp_path / "vector.dcm"), SourceOptions(realtime=False)))
+    assert [i.media_ts for i in items] == pytest.approx([0.0, 0.02, 0.08])
+    clip = create_source(str(data_path(DEMO_CLIP)), SourceOptions(realtime=False))
+    clip.open()
+    try:
+        fps = clip.capture.get(cv2.CAP_PROP_FPS)
+        first = [clip.read() for _ in range(5)]
+    finally:
+        clip.close()
+    assert fps > 0 and [i.media_ts for i in first] == pytest.approx([k / fps for k in range(5)])
+    synthetic = create_source("synthetic?frames=2", SourceOptions(realtime=False))
+    assert {i.media_ts for i in read_all(synthetic)} == {None}

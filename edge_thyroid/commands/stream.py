@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..errors import BundleError, InputError
+from ..errors import BundleError, InputError, MissingDependencyError
 from .params import parse_size
 from .runtime_options import backend_settings, print_auto_choice, runtime_options
 from .trust_options import trust_option
@@ -61,6 +61,7 @@ class StreamOptions:
     view: tuple[str, int] | None = None     # serve the live view here (host, port)
     view_fps: float = 10.0
     dicom_sr: str | None = None
+    no_dicom_sr: bool = False               # a DICOM source with --json-out gets an SR beside it unless this
 
 
 def _view_address(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
@@ -94,7 +95,9 @@ def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--dicom-sr", default=None, metavar="OUT.dcm",
                      help="DICOM source only: write a DICOM Structured Report of the last frame's decision (p, "
                           "threshold, model and manifest sha256, the pane ROI on the source frame) here. Needs "
-                          "pip install 'edge-thyroid[dicom]'."),
+                          "pip install 'edge-thyroid[dicom]'. A DICOM source streamed with --json-out gets one by "
+                          "default beside the JSONL (RESULTS.sr.dcm); --no-dicom-sr leaves it out."),
+        click.option("--no-dicom-sr", is_flag=True, help="No automatic DICOM SR for a DICOM source."),
         click.option("--reconnect-attempts", type=click.IntRange(0, 1000), default=8, show_default=True,
                      help="Reopen tries (back-off 0.25 s doubling to 4 s) before a lost device/network source ends the stream."),
         click.option("--no-cache", "cache", flag_value=False, default=True,
@@ -160,6 +163,12 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
     source = create_source(source_spec, SourceOptions(
         realtime=not options.as_fast_as_possible, fps=options.fps, size=parse_size(options.capture_size) if options.capture_size else None,
         fourcc=options.fourcc, loop=options.loop, layout=layout))
+    automatic_sr = False
+    if (source.kind == "dicom" and not options.dicom_sr and not options.no_dicom_sr and options.json_out
+            and options.json_out != "-"):
+        # A workstation that reads DICOM expects DICOM back: the report goes beside the JSONL, never beside
+        # the input (an archive may be read-only), and a missing highdicom is a notice, not a failure.
+        options.dicom_sr, automatic_sr = str(Path(options.json_out).with_suffix(".sr.dcm")), True
     if options.dicom_sr and source.kind != "dicom":
         raise click.UsageError(f"--dicom-sr needs a DICOM source (the report references its image); {source_spec} "
                                "is not one. For still images use 'edge-thyroid classify --dicom-sr DIR'")
@@ -198,7 +207,12 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
             source.close()
         # A stream that failed has no final state to report; the error below says why.
         if options.dicom_sr and pipeline.last_result is not None and not summary.error:
-            _write_stream_report(options.dicom_sr, pipeline.last_result, engine, source)
+            try:
+                _write_stream_report(options.dicom_sr, pipeline.last_result, engine, source)
+            except MissingDependencyError as exc:
+                if not automatic_sr:
+                    raise
+                click.echo(f"notice: no DICOM SR written ({exc})", err=True)
     if summary.error and summary.processed == 0 and pipeline.fanout.failed() is None:
         # Nothing was classified (no frame, or a layout that does not fit it): one line, no summary. A sink
         # that failed before the first frame (noticed at the header record) still gets the summary below.

@@ -33,6 +33,7 @@ class Captured(NamedTuple):
     index: int          # frames this source has produced before this one
     decode_ms: float = 0.0
     problem: str | None = None  # why this frame is not an image; the stream goes on (it abstains on it)
+    media_ts: float | None = None  # seconds into the recording (file and DICOM sources); None for live sources
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,14 @@ class Source(abc.ABC):
         except InputError as exc:
             # One bad frame is not a broken source: report it with the frame, do not end or reopen.
             problem = f"{self.describe()} gave a frame that is not an image: {exc}"
-        captured = Captured(frame, timestamp, self.index, decode_ms, problem)
+        captured = Captured(frame, timestamp, self.index, decode_ms, problem, self.media_time())
         self.index += 1
         return captured
+
+    def media_time(self) -> float | None:
+        """Where the frame just read sits in its recording (seconds), for sources that replay one; a live
+        source has no media time."""
+        return None
 
     def close(self) -> None:
         if self._opened:

@@ -161,6 +161,11 @@ class VideoFileSource(OpenCVSource):
     def _open_failure(self) -> str:
         return f"cannot decode video file {self.target}; expected a video OpenCV's FFmpeg backend can read"
 
+    def media_time(self) -> float | None:
+        # The file's own rate, not a --fps override: the media time is where the frame is in the file.
+        rate = self.capture.get(cv2.CAP_PROP_FPS) if self.capture is not None else 0.0
+        return (self.position - 1) / rate if rate and rate > 0 and self.position > 0 else None
+
     def _read(self) -> tuple[np.ndarray, float, float] | None:
         arrival = self.pacer.wait(None if self.period is None else self.index * self.period)
         start = time.monotonic()

@@ -337,6 +337,14 @@ class DicomSource(Source):
             return self.index / (self.options.fps or 30.0)
         return passes * info.duration_s + info.offsets_s[position]
 
+    def media_time(self) -> float | None:
+        """The cine's own timing (Frame Time / Frame Time Vector / Cine Rate) of the frame just read; None
+        when the file states none."""
+        info = self.info
+        if info is None or info.offsets_s is None or self.position < 1:
+            return None
+        return info.offsets_s[self.position - 1]
+
     def _read(self) -> tuple[np.ndarray, float, float] | None:
         if self.position >= self.info.frames:
             if not self.options.loop:

@@ -227,7 +227,7 @@ class FrameClassifier:
             total_ms=(done - item.timestamp) * 1000.0, panes=panes, p=p, logit=logit,
             p_smoothed=verdict.p_smoothed, decision=verdict.decision, reason=verdict.reason, detail=verdict.detail,
             threshold=self.engine.threshold, processed=0, dropped=0, cache_hits=0, gaps=0, result_time=done,
-            roi=box[0], roi_source=box[1], frozen=box[2], calipers=box[3],
+            roi=box[0], roi_source=box[1], frozen=box[2], calipers=box[3], media_ts=item.media_ts,
             image=frame if self.keep_frames else None, prediction=prediction)
 
     def _note_outage(self, error: str) -> None:

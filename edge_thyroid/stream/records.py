@@ -77,6 +77,7 @@ class StreamResult:
     roi_source: str | None = None      # layout, control, calipers, tracked or whole_pane
     frozen: bool = False               # the B-mode pane did not change since the previous frame
     calipers: list[dict[str, Any]] = field(default_factory=list)   # the marks behind a calipers box
+    media_ts: float | None = None      # seconds into the recording (file/DICOM sources); None when live
     image: np.ndarray | None = field(default=None, repr=False)
     prediction: Prediction | None = field(default=None, repr=False)
 
@@ -91,7 +92,8 @@ class StreamResult:
                 "threshold": self.threshold, "processed": self.processed, "dropped_so_far": self.dropped,
                 "cache_hits": self.cache_hits, "gaps": self.gaps,
                 "roi": list(self.roi) if self.roi is not None else None, "roi_source": self.roi_source,
-                "frozen": self.frozen, "calipers": self.calipers}
+                "frozen": self.frozen, "calipers": self.calipers,
+                "media_ts": round(self.media_ts, 6) if self.media_ts is not None else None}
 
 
 @dataclass(frozen=True)

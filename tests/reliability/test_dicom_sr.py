@@ -167,3 +167,28 @@ def test_reports_and_secondary_captures_pass_dciodvfy(tmp_path):
     assert len(written) == 5
     for path in written:
         assert dciodvfy_errors(path) == [], path
+
+
+def test_a_dicom_source_streamed_to_a_jsonl_gets_its_report_beside_it_by_default(tmp_path):
+    """Issue 16: for a DICOM input the report is written without being asked (beside the JSONL, never beside
+    the input); --no-dicom-sr leaves it out; a non-DICOM source never gets one."""
+    source = get_testdata_file("examples_ybr_color.dcm", download=False)
+    records = tmp_path / "out.jsonl"
+    result = run_cli("stream", DEMO_BUNDLE, "--source", source, "--as-fast-as-possible", "--quiet",
+                     "--json-out", records, "--whole-pane", "--max-frames", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = tmp_path / "out.sr.dcm"
+    assert report.is_file() and "DICOM SR written" in result.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert pydicom.dcmread(report).SOPClassUID == pydicom.uid.ComprehensiveSRStorage
+    frames = [r for r in parse_jsonl(records) if r.get("type") == "frame"]
+    assert frames and all(r["media_ts"] is not None for r in frames)   # the cine's own timing
+    opted_out = tmp_path / "opted"
+    opted_out.mkdir()
+    result = run_cli("stream", DEMO_BUNDLE, "--source", source, "--as-fast-as-possible", "--quiet", "--json-out",
+                     opted_out / "out.jsonl", "--whole-pane", "--max-frames", "3", "--no-dicom-sr")
+    assert result.returncode == 0 and not (opted_out / "out.sr.dcm").exists()
+    result = run_cli("stream", DEMO_BUNDLE, "--source", "synthetic?frames=3", "--as-fast-as-possible", "--quiet",
+                     "--json-out", tmp_path / "synthetic.jsonl", "--whole-pane")
+    assert result.returncode == 0 and not (tmp_path / "synthetic.sr.dcm").exists()
