@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..errors import BundleError, InputError, MissingDependencyError
+from ..errors import BundleError, EdgeThyroidError, InputError
 from .params import parse_size
 from .runtime_options import backend_settings, print_auto_choice, runtime_options
 from .trust_options import trust_option
@@ -209,10 +209,12 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
         if options.dicom_sr and pipeline.last_result is not None and not summary.error:
             try:
                 _write_stream_report(options.dicom_sr, pipeline.last_result, engine, source)
-            except MissingDependencyError as exc:
+            except EdgeThyroidError as exc:
+                # Asked for, a report that cannot be written is an error; written unasked, it must not turn
+                # a good stream into a failed one (no highdicom, or a source too incomplete to reference).
                 if not automatic_sr:
                     raise
-                click.echo(f"notice: no DICOM SR written ({exc})", err=True)
+                click.echo(f"notice: no DICOM SR written: {exc}", err=True)
     if summary.error and summary.processed == 0 and pipeline.fanout.failed() is None:
         # Nothing was classified (no frame, or a layout that does not fit it): one line, no summary. A sink
         # that failed before the first frame (noticed at the header record) still gets the summary below.
