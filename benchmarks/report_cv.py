@@ -52,26 +52,13 @@ def comparison_table(runs: list[tuple[str, dict]]) -> list[str]:
 
 
 def reliability_png(cv: dict, path: str | Path) -> Path:
-    from edge_thyroid.evaluation import calibration, require_pyplot
+    from edge_thyroid.evaluation import plot_reliability
 
     labels = np.array([s["label"] for r in cv["scores"] for s in r["scores"]])
     scores = np.array([s["p"] for r in cv["scores"] for s in r["scores"]])
-    table = calibration(labels, scores)
-    plt = require_pyplot()
-    fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=120)
-    xs = [b["mean_predicted"] for b in table["bins"]]
-    ys = [b["fraction_malignant"] for b in table["bins"]]
-    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
-    ax.plot(xs, ys, "o-", lw=1.6)
-    for x, y, b in zip(xs, ys, table["bins"]):
-        ax.annotate(str(b["n"]), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
-    ax.set(xlabel="mean predicted p(malignant)", ylabel="fraction malignant (TI-RADS-derived)", xlim=(0, 1), ylim=(0, 1.01),
-           title=f"Out-of-fold, {len(labels)} crops (Brier {table['brier']:.3f}, ECE {table['ece']:.3f})")
-    fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return plot_reliability(labels, scores, path, f"Out-of-fold, {len(labels)} crops",
+                            ylabel="fraction malignant (TI-RADS-derived)")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

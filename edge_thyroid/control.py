@@ -232,13 +232,21 @@ class ControlServer:
     def submit(self, message: dict[str, Any]) -> ControlChange:
         """A change from inside the process (the live view's box tool), parsed, checked and queued exactly
         like a line from a client; raises InputError when it is refused."""
-        change = replace(parse_message(json.dumps(message).encode()), accepted_at=time.monotonic())
+        try:
+            return self._take_message(json.dumps(message).encode())
+        except InputError:
+            self.rejected += 1
+            raise
+
+    def _take_message(self, line: bytes) -> ControlChange:
+        """Parse, check and queue one message (raises InputError naming why it is refused)."""
+        change = replace(parse_message(line), accepted_at=time.monotonic())
         if self.check is not None:
             self.check(change)
         with self._lock:
             if len(self._pending) >= MAX_PENDING:
-                self.rejected += 1
-                raise InputError(f"{MAX_PENDING} changes already wait for the next frame; expected fewer per frame")
+                raise InputError(f"{MAX_PENDING} changes already wait for the next frame; expected fewer messages "
+                                 "per frame")
             self._pending.append(change)
         return change
 
@@ -299,9 +307,7 @@ class ControlServer:
             self._send(client, {"ok": False, "error": f"line longer than {MAX_LINE_BYTES} bytes"})
             return
         try:
-            change = replace(parse_message(line), accepted_at=time.monotonic())
-            if self.check is not None:
-                self.check(change)
+            change = self._take_message(line)
         except InputError as exc:
             self.rejected += 1
             self._send(client, {"ok": False, "error": str(exc)})
@@ -311,15 +317,7 @@ class ControlServer:
             self._send(client, {"ok": False, "error": f"message refused ({type(exc).__name__}: {str(exc)[:120]}); "
                                                       "expected {\"roi\": ...} or {\"layout\": ...}"})
             return
-        with self._lock:
-            if len(self._pending) >= MAX_PENDING:
-                self.rejected += 1
-                reply: dict[str, Any] = {"ok": False, "error": f"{MAX_PENDING} changes already wait for the next "
-                                                               "frame; expected fewer messages per frame"}
-            else:
-                self._pending.append(change)
-                reply = {"ok": True, "change": change.to_dict()}
-        self._send(client, reply)
+        self._send(client, {"ok": True, "change": change.to_dict()})
 
     def _send(self, client: socket.socket, reply: dict[str, Any]) -> None:
         try:

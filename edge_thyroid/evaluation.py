@@ -320,8 +320,14 @@ def plot_roc(curves: Sequence[tuple[str, Scored]], path: str | Path, title: str 
 
 
 def plot_calibration(scored: Scored, path: str | Path, title: str = "Calibration") -> Path:
+    return plot_reliability(scored.labels, scored.scores, path, title)
+
+
+def plot_reliability(labels: np.ndarray, scores: np.ndarray, path: str | Path, title: str = "Calibration",
+                     ylabel: str = "fraction malignant") -> Path:
+    """Reliability diagram of scores against labels (10 bins, crops per bin annotated, Brier and ECE)."""
     plt = require_pyplot()
-    table = calibration(scored.labels, scored.scores)
+    table = calibration(labels, scores)
     fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=120)
     xs = [b["mean_predicted"] for b in table["bins"]]
     ys = [b["fraction_malignant"] for b in table["bins"]]
@@ -329,7 +335,7 @@ def plot_calibration(scored: Scored, path: str | Path, title: str = "Calibration
     ax.plot(xs, ys, "o-", lw=1.6)
     for x, y, b in zip(xs, ys, table["bins"]):
         ax.annotate(str(b["n"]), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
-    ax.set(xlabel="mean predicted p(malignant)", ylabel="fraction malignant", xlim=(0, 1), ylim=(0, 1.01),
+    ax.set(xlabel="mean predicted p(malignant)", ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.01),
            title=f"{title} (Brier {table['brier']:.3f}, ECE {table['ece']:.3f})")
     fig.tight_layout()
     fig.savefig(path)
