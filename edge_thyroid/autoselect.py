@@ -8,6 +8,15 @@ trial on a synthetic 3-pane 1080p frame, and the fastest by median wins. The dec
 are cached under the user cache directory, keyed by CPU model, backend versions, the model file's
 sha256, the candidates and the settings, so later starts pay nothing; ``--retune`` measures again.
 
+A trial is only as good as the machine was quiet: on a 2-core VM a trial taken while a training job held
+one core picked ONNX Runtime, which was slower than OpenVINO once the machine was quiet, and the cache
+kept that choice. So the trial records how busy the CPUs were with *other* work while it ran
+(:class:`LoadMonitor`: the machine's busy time from ``/proc/stat`` minus this process's own CPU time,
+as a share of the machine's capacity). A decision taken with more than :data:`LOADED` of the machine
+busy elsewhere is cached as provisional: a later start looks at the machine for a moment and measures
+again once it is clearly quieter than during that trial, so a trial under load cannot lock in a slower
+backend for good. A quiet trial's decision stays until ``--retune``.
+
 A configuration is a candidate only when its backend is installed and the bundle records a passing
 gate for it (see :mod:`edge_thyroid.gates`); ONNX Runtime running an FP32 model is the reference itself
 and needs none. A bundle with no gated configuration runs on the runtime it was exported for, and the
@@ -32,7 +41,12 @@ from .gates import Configuration, recorded_gates
 
 AUTO = "auto"   # the --backend value; never a registered backend's name
 CACHE_ENV = "EDGE_THYROID_CACHE_DIR"
-CACHE_VERSION = 1
+# 2: decisions carry the other work's share of the CPUs during their trial; version-1 decisions lack it,
+# so they are measured once more rather than trusted blindly.
+CACHE_VERSION = 2
+LOADED = 0.25        # other work's share of the CPUs above which a trial's decision is provisional
+QUIETER_BY = 0.15    # a provisional decision is re-measured when the machine is now this much quieter
+QUIET_PROBE_S = 0.25 # how long a start looks at the machine before trusting a provisional decision
 
 
 @dataclass
@@ -50,6 +64,15 @@ class AutoChoice:
     measured_unix: float | None = None
     loadavg: list[float] | None = None         # the machine's load when the trial ran (figures are not quiet otherwise)
     cache_file: str | None = None
+    # Share of the machine's CPU capacity that other processes used while the trial ran (0 quiet, 1 every
+    # CPU busy elsewhere); None: not known (no /proc/stat). Above LOADED the decision is provisional.
+    others_busy: float | None = None
+    remeasured_because: str | None = None      # why a cached decision was measured again, if it was
+
+    @property
+    def provisional(self) -> bool:
+        """Taken by a trial under load: re-measured once the machine is quieter."""
+        return self.others_busy is not None and self.others_busy > LOADED
 
     @property
     def configuration(self) -> Configuration:
@@ -70,6 +93,8 @@ class AutoChoice:
         text = f"backend auto: {chosen}"
         if figures:
             load = f", load {self.loadavg[0]:.2f}" if self.loadavg else ""
+            if self.others_busy is not None:
+                load += f", other work {self.others_busy:.0%} of the CPUs"
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.measured_unix)) if self.measured_unix else "?"
             text += (f" (p50 per {self.panes}-pane frame: {figures}; {self.how} on {self.cpu or 'this CPU'}"
                      f" at {when}{load})")
@@ -77,7 +102,11 @@ class AutoChoice:
             text += f" ({self.how})"
         if self.excluded:
             text += "; not candidates: " + "; ".join(f"{k} ({why})" for k, why in sorted(self.excluded.items()))
-        if self.how == "cached":
+        if self.remeasured_because:
+            text += f"; measured again: {self.remeasured_because}"
+        if self.provisional:
+            text += "; provisional (trial under load): measured again when the machine is quieter"
+        elif self.how == "cached":
             text += "; --retune measures again"
         return text
 
@@ -166,9 +195,11 @@ def time_configurations(configurations: Sequence[Configuration],
 def decide(candidates: Sequence[Configuration], excluded: Mapping[str, str], *, fallback: Configuration,
            key_material: Mapping[str, Any], measure: Callable[[Sequence[Configuration]], tuple[dict[str, float], dict[str, str]]],
            cache_dir: Path | None, retune: bool = False, cpu: str = "", versions: Mapping[str, str] | None = None,
-           panes: int = 0) -> AutoChoice:
+           panes: int = 0, monitor: "LoadMonitor | None" = None) -> AutoChoice:
     """The fastest candidate: from the cache when it holds this exact situation (and not ``retune``),
-    else measured now and cached. One candidate is taken without a trial; none runs ``fallback``."""
+    else measured now and cached. One candidate is taken without a trial; none runs ``fallback``.
+    ``monitor`` (None: no load accounting) records the other work during the trial, and decides whether
+    a provisional cached decision is measured again (see the module docstring)."""
     common = dict(excluded=dict(excluded), cpu=cpu, versions=dict(versions or {}), panes=panes)
     if not candidates:
         return AutoChoice(fallback.backend, fallback.execution_precision,
@@ -178,6 +209,7 @@ def decide(candidates: Sequence[Configuration], excluded: Mapping[str, str], *, 
         only = candidates[0]
         return AutoChoice(only.backend, only.execution_precision, "only candidate", **common)
     cache_file = None
+    remeasured_because = None
     if cache_dir is not None:
         digest = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **key_material, "candidates": sorted(c.key for c in candidates)},
                                            sort_keys=True, default=str).encode()).hexdigest()
@@ -185,10 +217,14 @@ def decide(candidates: Sequence[Configuration], excluded: Mapping[str, str], *, 
         if not retune:
             cached = _read_cache(cache_file, candidates)
             if cached is not None:
-                cached.how = "cached"
-                cached.excluded = dict(excluded)
-                return cached
+                remeasured_because = stale_reason(cached, monitor)
+                if remeasured_because is None:
+                    cached.how = "cached"
+                    cached.excluded = dict(excluded)
+                    return cached
+    before = monitor.snapshot() if monitor is not None else None
     figures, failed = measure(candidates)
+    after = monitor.snapshot() if monitor is not None else None
     excluded = {**excluded, **{key: f"failed in the trial: {why}" for key, why in failed.items()}}
     common["excluded"] = excluded
     if not figures:
@@ -197,10 +233,78 @@ def decide(candidates: Sequence[Configuration], excluded: Mapping[str, str], *, 
     fastest = Configuration.parse(min(figures, key=figures.get))
     choice = AutoChoice(fastest.backend, fastest.execution_precision, "measured", figures, **common,
                         measured_unix=round(time.time(), 3), loadavg=_loadavg(),
-                        cache_file=str(cache_file) if cache_file else None)
+                        cache_file=str(cache_file) if cache_file else None,
+                        others_busy=others_busy_share(before, after), remeasured_because=remeasured_because)
     if cache_file is not None and not failed:
         _write_cache(cache_file, choice)
     return choice
+
+
+def stale_reason(cached: AutoChoice, monitor: "LoadMonitor | None") -> str | None:
+    """Why a cached decision must be measured again (None: use it). Only a provisional one (its trial ran
+    under load) is, and only when the machine is now clearly quieter than during that trial: a machine
+    that is always busy keeps its decision instead of paying a trial at every start."""
+    if not cached.provisional or monitor is None:
+        return None
+    now = monitor.probe(QUIET_PROBE_S)
+    if now is None or now > cached.others_busy - QUIETER_BY:
+        return None
+    return (f"its trial ran with other work on {cached.others_busy:.0%} of the CPUs, now {now:.0%}")
+
+
+# ---------------------------------------------------------------------------------------------
+# How busy the machine is with other work
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """Cumulative CPU seconds at one moment: the whole machine busy (steal included: a VM's host took
+    them), the machine's capacity (busy + idle, all CPUs), and this process's own use."""
+
+    busy: float
+    total: float
+    own: float
+
+
+def others_busy_share(before: CpuSnapshot | None, after: CpuSnapshot | None) -> float | None:
+    """The share of the machine's capacity that *other* processes used between two snapshots (0..1);
+    None when either is unknown or no time passed."""
+    if before is None or after is None:
+        return None
+    capacity = after.total - before.total
+    if capacity <= 0:
+        return None
+    others = (after.busy - before.busy) - (after.own - before.own)
+    return round(min(1.0, max(0.0, others / capacity)), 3)
+
+
+class LoadMonitor:
+    """Reads the machine's CPU accounting (``/proc/stat``) and this process's CPU time (``os.times``)."""
+
+    def __init__(self, stat_path: str = "/proc/stat") -> None:
+        self.stat_path = stat_path
+        self.tick = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+
+    def snapshot(self) -> CpuSnapshot | None:
+        try:
+            with open(self.stat_path, encoding="ascii") as handle:
+                fields = handle.readline().split()
+        except OSError:
+            return None  # not Linux: no load accounting, decisions are then never provisional
+        if len(fields) < 5 or fields[0] != "cpu":
+            return None
+        # user nice system idle iowait irq softirq steal (guest time is already inside user)
+        values = [float(v) for v in fields[1:9]] + [0.0] * max(0, 9 - len(fields))
+        idle = values[3] + values[4]
+        busy = sum(values[:8]) - idle
+        own = os.times()
+        return CpuSnapshot(busy / self.tick, (busy + idle) / self.tick, own.user + own.system)
+
+    def probe(self, seconds: float) -> float | None:
+        """Other work's share of the CPUs over the next ``seconds`` (this process sleeps meanwhile)."""
+        before = self.snapshot()
+        time.sleep(seconds)
+        return others_busy_share(before, self.snapshot())
 
 
 def _read_cache(path: Path, candidates: Sequence[Configuration]) -> AutoChoice | None:
@@ -336,4 +440,4 @@ def select_backend(bundle: Any, engine_type: Callable[..., Any], *, model: str |
 
     return decide(candidates, {**excluded, **not_gated}, fallback=Configuration(backend_for_target(entry.target.value)),
                   key_material=key_material, measure=measure, cache_dir=directory, retune=retune, cpu=cpu,
-                  versions=versions, panes=panes)
+                  versions=versions, panes=panes, monitor=LoadMonitor())

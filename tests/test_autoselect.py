@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from edge_thyroid import backends
-from edge_thyroid.autoselect import (AutoChoice, decide, gated_candidates, offered_configurations, select_backend,
-                                     time_configurations)
+from edge_thyroid.autoselect import (LOADED, AutoChoice, CpuSnapshot, LoadMonitor, decide, gated_candidates,
+                                     offered_configurations, others_busy_share, select_backend, time_configurations)
 from edge_thyroid.bundle import load_bundle
 from edge_thyroid.engine import Engine
 from edge_thyroid.errors import BackendError
@@ -107,6 +107,81 @@ def test_a_damaged_cache_file_is_measured_again(tmp_path):
     for path in tmp_path.iterdir():
         path.write_text("{not json")
     assert decide([ORT, OV_F32], {}, **kwargs).how == "measured" and len(calls) == 2
+
+
+def test_other_work_is_the_machine_busy_time_minus_our_own():
+    before, after = CpuSnapshot(busy=10.0, total=100.0, own=2.0), CpuSnapshot(busy=16.0, total=110.0, own=5.0)
+    assert others_busy_share(before, after) == pytest.approx(0.3)   # (6 busy - 3 ours) of 10 s of capacity
+    # Our own work alone is no load; accounting jitter never goes below 0 or above 1.
+    assert others_busy_share(before, CpuSnapshot(12.0, 110.0, 5.0)) == 0.0
+    assert others_busy_share(before, CpuSnapshot(40.0, 110.0, 2.0)) == 1.0
+    assert others_busy_share(None, after) is None and others_busy_share(before, before) is None
+
+
+def test_load_monitor_reads_proc_stat(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
+    stat.write_text("cpu  100 20 30 800 40 5 5 0 50 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+    monitor = LoadMonitor(str(stat))
+    monitor.tick = 100.0
+    snapshot = monitor.snapshot()
+    assert (snapshot.busy, snapshot.total) == pytest.approx((1.6, 10.0))
+    assert snapshot.own > 0
+    assert LoadMonitor(str(tmp_path / "absent")).snapshot() is None
+    stat.write_text("intr 1 2 3\n")
+    assert monitor.snapshot() is None
+
+
+class FakeMonitor:
+    """Other work's share during the next trial (``trial``) and at the next start's probe (``now``)."""
+
+    def __init__(self, trial: float, now: float | None = None) -> None:
+        self.trial, self.now, self.probes, self._clock = trial, now, 0, 0.0
+
+    def snapshot(self) -> CpuSnapshot:
+        self._clock += 10.0
+        return CpuSnapshot(busy=self.trial * self._clock, total=self._clock, own=0.0)
+
+    def probe(self, seconds: float) -> float | None:
+        self.probes += 1
+        return self.now
+
+
+def test_a_trial_under_load_is_measured_again_once_the_machine_is_quieter(tmp_path):
+    calls = []
+    # Under load the slower configuration happened to win the trial.
+    loaded = _fake_measure({"onnxruntime": 30.0, "openvino/f32": 35.0}, calls)
+    kwargs = dict(fallback=ORT, key_material={"cpu": "x"}, cache_dir=tmp_path)
+    first = decide([ORT, OV_F32], {}, measure=loaded, monitor=FakeMonitor(trial=0.6), **kwargs)
+    assert (first.configuration, first.others_busy, first.provisional) == (ORT, 0.6, True)
+    assert "provisional" in first.line() and "other work 60% of the CPUs" in first.line()
+    # Still as busy at the next start: the decision stands, no trial paid.
+    still = FakeMonitor(trial=0.6, now=0.55)
+    again = decide([ORT, OV_F32], {}, measure=loaded, monitor=still, **kwargs)
+    assert (again.configuration, again.how, still.probes, len(calls)) == (ORT, "cached", 1, 1)
+    # Quieter now: measured again, and the quiet trial's decision is final.
+    quiet = _fake_measure({"onnxruntime": 30.0, "openvino/f32": 20.0}, calls)
+    retried = decide([ORT, OV_F32], {}, measure=quiet, monitor=FakeMonitor(trial=0.05, now=0.1), **kwargs)
+    assert (retried.configuration, retried.how, retried.provisional, len(calls)) == (OV_F32, "measured", False, 2)
+    assert "60%" in retried.remeasured_because and "now 10%" in retried.remeasured_because
+    later = FakeMonitor(trial=0.0, now=0.0)
+    final = decide([ORT, OV_F32], {}, measure=quiet, monitor=later, **kwargs)
+    assert (final.configuration, final.how, later.probes, len(calls)) == (OV_F32, "cached", 0, 2)
+    assert "--retune" in final.line()
+
+
+def test_a_quiet_trial_is_never_second_guessed_and_no_monitor_means_no_load_rule(tmp_path):
+    calls = []
+    measure = _fake_measure({"onnxruntime": 30.0, "openvino/f32": 20.0}, calls)
+    kwargs = dict(fallback=ORT, key_material={"cpu": "y"}, measure=measure, cache_dir=tmp_path)
+    quiet = decide([ORT, OV_F32], {}, monitor=FakeMonitor(trial=LOADED - 0.05), **kwargs)
+    assert not quiet.provisional
+    busy_now = FakeMonitor(trial=0.0, now=1.0)
+    assert decide([ORT, OV_F32], {}, monitor=busy_now, **kwargs).how == "cached" and busy_now.probes == 0
+    unknown = decide([ORT, OV_F32], {}, **{**kwargs, "key_material": {"cpu": "z"}})
+    assert unknown.others_busy is None and not unknown.provisional
+    assert decide([ORT, OV_F32], {}, **{**kwargs, "key_material": {"cpu": "z"}}).how == "cached"
+    assert len(calls) == 2
 
 
 def test_choice_round_trips_for_the_jsonl_header():
