@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_thyroid.autoselect import AUTO
-from edge_thyroid.backends import DEFAULT_BACKEND, backend_class
+from edge_thyroid.backends import backend_class
 from edge_thyroid.backends.base import EXECUTION_PRECISION
 from edge_thyroid.bundle import Precision, Target, load_bundle
 from edge_thyroid.errors import EdgeThyroidError, InputError
@@ -102,7 +102,7 @@ def _build_configs(options: BenchOptions, bundles: list, modalities: tuple[str, 
         for key in keys:
             bundle.model_entry(key)  # a clear error for a model the bundle lacks
         for key in keys:
-            for backend in options.backends or [DEFAULT_BACKEND]:
+            for backend in options.backends or [AUTO]:  # what stream/classify run without flags
                 takes = {EXECUTION_PRECISION} if backend == AUTO else {o.name for o in backend_class(backend).options}
                 settings = tuple((k, v) for k, v in options.backend_options.items() if k in takes)
                 common = dict(bundle=str(bundle.root), model=key, modalities=modalities, threads=threads, label=label,

@@ -74,6 +74,27 @@ def test_pane_count_changes_between_frames(random_bundle):
         assert sorted(engine.backend._networks) == [1, 2, 3]
 
 
+def test_preprocessing_into_the_request_and_maps_that_outlive_it():
+    """The host path writes the pixels straight into the request's input tensor and hands back maps the
+    next frame cannot overwrite (the pane cache keeps them): a kept result still equals a fresh run of
+    its frame, and the pixels the network saw are the preprocessor's (the reference's, to float32)."""
+    from edge_thyroid.kernels.reference import preprocess_reference
+
+    bundle = data_path(DEMO_BUNDLE)
+    first, second = screen_frame(seed=3), screen_frame(seed=4)
+    rois = [p.roi for p in PANES_3]
+    with Engine(bundle, backend="openvino", threads=1) as engine:
+        kept = engine.extract(first, rois)
+        snapshot = kept.copy()
+        other = engine.extract(second, rois)
+        assert np.array_equal(kept, snapshot) and not np.shares_memory(kept, other)
+        assert np.array_equal(engine.extract(first, rois), snapshot)
+        _, request = engine.backend._network(len(rois))
+        seen = request.get_input_tensor(0).data
+        expected = preprocess_reference(first, np.asarray(rois), engine.backend.preprocessing)
+        assert np.abs(seen - expected).max() <= 1e-4
+
+
 def test_shipped_int8_bundle_matches_onnxruntime():
     """The demo bundle (INT8, mixed precision) needs no torch: p within the INT8 tolerance; bf16 float
     parts stay within it too on this frame (the gate on real data is benchmarks/results/gate_openvino_*.json)."""
@@ -171,5 +192,7 @@ def test_bench_source_errors(capsys, tmp_path):
     code, _, err = run_cli(["bench", bundle, "--source", str(tmp_path / "missing.mp4"), "--peers", "none", "--quiet"],
                            capsys)
     assert code != 0 and "missing.mp4" in err
-    code, _, err = run_cli(["bench", bundle, "--execution-precision", "bf16", "--peers", "none", "--quiet"], capsys)
+    # Without --backend the row is auto's, which takes the precision; a named runtime that cannot is refused.
+    code, _, err = run_cli(["bench", bundle, "--backend", "onnxruntime", "--execution-precision", "bf16", "--peers",
+                            "none", "--quiet"], capsys)
     assert code == 2 and "--backend openvino" in err

@@ -36,11 +36,11 @@ def test_bench_record_schema_peers_agree_and_plot(random_bundle, tmp_path, capsy
     settings = record["settings"]
     assert settings["panes"] == 2 and settings["modalities"] == ["bmode", "swe"]
     assert settings["frames"] == 3 and settings["rounds"] == 3 and len(settings["rois"]) == 2
-    assert record["reference"] == "ours-fp32"
+    assert record["reference"] == "ours-auto-fp32"  # no --backend: auto, as stream/classify run
     assert record["command"].startswith("edge-thyroid bench ") and "--peers ort-plain,openvino" in record["command"]
 
     rows = {row["name"]: row for row in record["configs"]}
-    assert {"ours-fp32", "ort-plain-fp32", "openvino-fp32"} <= set(rows)
+    assert {"ours-auto-fp32", "ort-plain-fp32", "openvino-fp32"} <= set(rows)
     ran = [row for row in rows.values() if row["available"]]
     for row in ran:
         assert set(row["latency_ms"]) == LATENCY_KEYS
@@ -50,17 +50,17 @@ def test_bench_record_schema_peers_agree_and_plot(random_bundle, tmp_path, capsy
         assert len(row["block_p50_ms"]) == 3
         assert row["cold_start_s"] > 0 and row["peak_rss_mb"] > 50, row.get("cold_start_error")
         assert {"infer", "head"} <= set(row["stages_ms"])
-    assert "preprocess" not in rows["ours-fp32"]["stages_ms"]         # in the graph
+    assert "preprocess" not in rows["ours-auto-fp32"]["stages_ms"]    # in the graph or in the backend call
     assert "preprocess" in rows["ort-plain-fp32"]["stages_ms"]
-    assert rows["ours-fp32"]["ratio_vs_reference"] == 1.0
+    assert rows["ours-auto-fp32"]["ratio_vs_reference"] == 1.0
     # Same frames, same weights: every peer's p(malignant) matches our engine's.
     for name in ("ort-plain-fp32", "openvino-fp32"):
         assert rows[name]["max_abs_dp_vs_reference"] < 2e-3, name
     # Pane caching is reported, run or not, never silently missing.
-    cached = rows["ours-fp32-cached"]
+    cached = rows["ours-auto-fp32-cached"]
     assert cached["available"] or cached["reason"]
 
-    assert "| ours-fp32 |" in table and "p50 / ours" in table
+    assert "| ours-auto-fp32 |" in table and "p50 / ours" in table
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -150,7 +150,7 @@ def test_interrupted_run_keeps_what_was_measured(random_bundle, monkeypatch):
     rows = {row["name"]: row for row in record["configs"]}
     assert record["interrupted"] is True
     # Round 1 ran both configurations (1 frame each); round 2 was cut at its first block.
-    assert rows["ours-fp32"]["frames"] == 1 and rows["ort-plain-fp32"]["frames"] == 1
+    assert rows["ours-auto-fp32"]["frames"] == 1 and rows["ort-plain-fp32"]["frames"] == 1
     assert "Interrupted" in bm.format_table(record)
 
 
@@ -188,7 +188,7 @@ def test_float_peers_run_the_fp32_reconstruction_of_an_int8_only_bundle(tmp_path
           "--no-flops", "--json", "-"])
     record = json.loads(capsys.readouterr().out)
     rows = {row["name"]: row for row in record["configs"]}
-    assert record["reference"] == "ours-int8"
+    assert record["reference"] == "ours-auto-int8"
     for name in ("torch-eager-fp32-from-int8", "ort-plain-fp32-from-int8"):
         row = rows[name]
         assert row["available"], row["reason"]

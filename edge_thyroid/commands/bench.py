@@ -38,18 +38,18 @@ def backend_options_of_rows(function: Any) -> Any:
 
 def _row_settings(backends: list[str], given: dict[str, str | None]) -> dict[str, str]:
     """The backend settings given; each must apply to one of the chosen --backend rows."""
-    from ..backends import DEFAULT_BACKEND, backend_options
-
     from ..autoselect import AUTO
+    from ..backends import backend_options
     from ..backends.base import EXECUTION_PRECISION
 
     declared = backend_options()
     settings = {name: value for name, value in given.items() if value is not None}
+    chosen = backends or [AUTO]  # no --backend: the auto row, as the other commands run by default
     for name in settings:
         option, owners = declared[name]
-        if AUTO in backends and name == EXECUTION_PRECISION:
+        if AUTO in chosen and name == EXECUTION_PRECISION:
             continue  # the auto row chooses among the configurations gated at this precision
-        if not set(owners) & set(backends or [DEFAULT_BACKEND]):
+        if not set(owners) & set(chosen):
             raise click.UsageError(f"{option.flag} applies to our engine's {' / '.join(owners)} rows; add "
                                    f"--backend {owners[0]}")
     return settings
@@ -112,8 +112,8 @@ def _command_line(ctx: click.Context) -> str:
               help="Measure fp32 matmul GFLOP/s and show each p50 against the FLOP-bound floor.")
 @click.option("--frame-size", default="1920x1080", show_default=True, help="Synthetic screen size WIDTHxHEIGHT.")
 @click.option("--backend", "backends", multiple=True, type=BackendChoice(auto=True),
-              help="Runtime(s) of our engine's rows; repeat for several (default: ONNX Runtime). The first is the reference. "
-                   "auto: what stream/demo/classify run by default (the fastest gated configuration on this machine).")
+              help="Runtime(s) of our engine's rows; repeat for several (default: auto, what stream/demo/classify run "
+                   "without flags: the fastest gated configuration on this machine). The first is the reference.")
 @backend_options_of_rows
 @click.option("--json", "json_out", default=None, help="Write the full record (JSON) here; '-' for stdout.")
 @click.option("--plot", "plot_out", default=None, help="Write a latency histogram + CDF (PNG) here.")
