@@ -76,7 +76,8 @@ class OpenCVPreprocessor:
         self._resized: list[np.ndarray] = []  # one S x S x 3 buffer per pane, grown on demand
         self._gray: np.ndarray = np.empty((size, size), dtype=self._buffer_dtype)
         self._scratch = np.empty(0, dtype=np.float32)  # the float crop (FLOAT mode, small crops), grown on demand
-        self._tap_cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}  # (h, w) -> gather maps, weights
+        self._tap_cache: dict[tuple[int, int, int], tuple[np.ndarray, ...]] = {}  # (h, w, C) -> gather maps, weights
+        self._tap_buffers_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # C -> reused buffers
         self._blob = np.empty((0, 3, size, size), dtype=np.float32)  # float32 staging for fp16 output
         params = cv2.dnn.Image2BlobParams()
         params.size = (size, size)
@@ -100,10 +101,10 @@ class OpenCVPreprocessor:
         np.copyto(buffer, crop, casting="unsafe")  # uint8 -> float32 is exact
         return buffer
 
-    def _taps(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Gather maps and blend weights for a ``height`` x ``width`` crop (cached: a layout's panes
-        keep their size from frame to frame)."""
-        key = (height, width)
+    def _taps(self, height: int, width: int, channels: int) -> tuple[np.ndarray, ...]:
+        """Gather maps and blend weights (as whole images, so OpenCV's arithmetic needs no broadcasting)
+        for a ``height`` x ``width`` crop (cached: a layout's panes keep their size from frame to frame)."""
+        key = (height, width, channels)
         if key not in self._tap_cache:
             size = self.spec.image_size
             y0, y1, wy = bilinear_taps(height, size)
@@ -112,11 +113,25 @@ class OpenCVPreprocessor:
             columns = np.concatenate([x0, x1]).astype(np.float32)
             map_x = np.ascontiguousarray(np.broadcast_to(columns[None, :], (2 * size, 2 * size)))
             map_y = np.ascontiguousarray(np.broadcast_to(rows[:, None], (2 * size, 2 * size)))
+            tail = (channels,) if channels > 1 else ()
+            weight_y = np.ascontiguousarray(np.broadcast_to(
+                wy.astype(np.float32).reshape(size, 1, *[1] * len(tail)), (size, 2 * size, *tail)))
+            weight_x = np.ascontiguousarray(np.broadcast_to(
+                wx.astype(np.float32).reshape(1, size, *[1] * len(tail)), (size, size, *tail)))
             if len(self._tap_cache) > 16:
                 self._tap_cache.clear()
-            self._tap_cache[key] = (map_x, map_y, wy.astype(np.float32)[:, None, None],
-                                    wx.astype(np.float32)[None, :, None])
+            self._tap_cache[key] = (map_x, map_y, weight_y, weight_x)
         return self._tap_cache[key]
+
+    def _tap_buffers(self, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The gathered taps (uint8 and float32, 2S x 2S) and the row blend (S x 2S), reused per frame."""
+        if channels not in self._tap_buffers_cache:
+            size = self.spec.image_size
+            tail = (channels,) if channels > 1 else ()
+            self._tap_buffers_cache[channels] = (np.empty((2 * size, 2 * size, *tail), dtype=np.uint8),
+                                                 np.empty((2 * size, 2 * size, *tail), dtype=np.float32),
+                                                 np.empty((size, 2 * size, *tail), dtype=np.float32))
+        return self._tap_buffers_cache[channels]
 
     def _two_tap_resize(self, crop: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Exact half-pixel bilinear resize (no anti-aliasing) into float32 ``out``.
@@ -125,21 +140,24 @@ class OpenCVPreprocessor:
         pixel, so only those 2S x 2S pixels are gathered (cv2.remap, nearest, integer coordinates:
         an exact copy) and converted to float; the blend follows the reference (rows, then columns)
         in float32. 3 panes of 606 x 970 -> 128: ~0.6 ms, against 1.7 ms to convert each whole crop
-        to float for cv2.resize (which also streamed ~21 MB through the cache before inference)."""
+        to float for cv2.resize (which also streamed ~21 MB through the cache before inference).
+        The blend runs as OpenCV arithmetic into reused buffers: the same IEEE float32 operations in
+        the same order as NumPy's (bit-identical), 0.11 instead of 0.16 ms per 613x970 pane."""
         size = self.spec.image_size
-        map_x, map_y, wy, wx = self._taps(crop.shape[0], crop.shape[1])
-        picked = cv2.remap(crop, map_x, map_y, cv2.INTER_NEAREST).astype(np.float32)  # 2S x 2S (x C)
-        if picked.ndim == 2:
-            picked = picked[:, :, None]
+        channels = 1 if crop.ndim == 2 else crop.shape[2]
+        map_x, map_y, weight_y, weight_x = self._taps(crop.shape[0], crop.shape[1], channels)
+        gathered, picked, blended = self._tap_buffers(channels)
+        cv2.remap(crop, map_x, map_y, cv2.INTER_NEAREST, dst=gathered)  # 2S x 2S (x C), exact copies
+        np.copyto(picked, gathered)                                       # uint8 -> float32 is exact
         top, bottom = picked[:size], picked[size:]
-        blended = bottom - top
-        blended *= wy
-        blended += top                                                       # S x 2S x C
+        cv2.subtract(bottom, top, dst=blended)
+        cv2.multiply(blended, weight_y, dst=blended)
+        cv2.add(blended, top, dst=blended)                                # S x 2S (x C)
         left, right = blended[:, :size], blended[:, size:]
-        target = out.reshape(size, size, -1)
-        np.subtract(right, left, out=target)
-        target *= wx
-        target += left
+        target = out.reshape(left.shape)
+        cv2.subtract(right, left, dst=target)
+        cv2.multiply(target, weight_x, dst=target)
+        cv2.add(target, left, dst=target)
         return out
 
     def _output(self, count: int, out: np.ndarray | None) -> np.ndarray:

@@ -152,12 +152,16 @@ class OpenVinoBackend(Backend):
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.preprocessing is None:
             _, request = self._network(0)
-            results = request.infer(dict(feeds))
+            results = request.infer(dict(feeds), share_outputs=True)
         else:
-            pixels = self._preprocess(feeds[FRAME], feeds[ROIS])
-            _, request = self._network(len(pixels))
-            results = request.infer({0: pixels})
-        # The request owns these buffers and overwrites them on the next call; the pane cache keeps maps.
+            rois = feeds[ROIS]
+            _, request = self._network(len(rois))
+            # Preprocess straight into the request's own input tensor: no staging array per frame and no
+            # copy of it into the request (infer() with inputs copies them unless shared).
+            self._preprocess(feeds[FRAME], rois, out=request.get_input_tensor(0).data)
+            results = request.infer(share_outputs=True)
+        # The request owns these buffers and overwrites them on the next call (the pane cache keeps maps):
+        # one copy each, made here (share_outputs=False would copy them too, then this would be a second).
         return {name: results[i].copy() for i, name in enumerate(self._output_names)}
 
     def _close(self) -> None:
