@@ -127,6 +127,9 @@ def profile_openvino(model_path: Path, spec: Any, frame: np.ndarray, rois: np.nd
     for _ in range(3):
         request.infer({0: preprocess(frame, rois)})
     nodes: dict[tuple[str, str], float] = defaultdict(float)
+    # The kernel OpenVINO ran each node with names its precision (brgconv_avx512_I8: INT8; ..._f32 or
+    # ..._bf16: a float layer left), which is what says whether anything still runs in float.
+    kernels: dict[str, float] = defaultdict(float)
     host = 0.0
     started = time.perf_counter()
     for _ in range(frames):
@@ -136,12 +139,15 @@ def profile_openvino(model_path: Path, spec: Any, frame: np.ndarray, rois: np.nd
         request.infer({0: pixels})
         for info in request.profiling_info:
             if info.status == info.Status.EXECUTED:
-                nodes[(info.node_name, info.node_type)] += info.real_time.total_seconds() * 1000.0
+                ms = info.real_time.total_seconds() * 1000.0
+                nodes[(info.node_name, info.node_type)] += ms
+                kernels[f"{info.node_type}: {info.exec_type}"] += ms
     wall = (time.perf_counter() - started) / frames * 1000.0
+    by_kernel = {k: round(v / frames, 3) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])}
     return {"runtime": f"OpenVINO {ov.__version__.split('-')[0]} ({precision} float parts)",
             "what": "the backbone cut out of the fused model, OpenCV preprocessing on the host",
             "wall_ms_per_frame_while_profiling": round(wall, 3),
-            **summarise(nodes, frames, {"preprocessing (host, OpenCV)": host / frames})}
+            **summarise(nodes, frames, {"preprocessing (host, OpenCV)": host / frames}), "by_kernel_ms": by_kernel}
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -163,6 +169,9 @@ def markdown(record: dict[str, Any]) -> str:
     for r in runtimes:
         lines += ["", f"{record[r]['runtime']}, by operator type (ms per frame): " + ", ".join(
             f"{op} {ms:.2f}" for op, ms in list(record[r]["by_op_type_ms"].items())[:8])]
+        if "by_kernel_ms" in record[r]:
+            lines += ["", f"{record[r]['runtime']}, by kernel (node type: implementation, ms per frame): " + ", ".join(
+                f"{kernel} {ms:.2f}" for kernel, ms in record[r]["by_kernel_ms"].items() if ms >= 0.005)]
     return "\n".join(lines) + "\n"
 
 
