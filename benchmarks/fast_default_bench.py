@@ -79,14 +79,15 @@ def goal_one(record: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def goal_two(record: dict[str, Any], chosen_backend: str | None) -> dict[str, Any]:
-    """INT8 over FP32 per backend (the same backend, settings and frames for both models)."""
+def goal_two(record: dict[str, Any], chosen_backend: str | None, int8_label: str, fp32_label: str) -> dict[str, Any]:
+    """INT8 over FP32 per backend (the same backend, settings and frames for both models); the rows are
+    named after the bundles' directories."""
     table = rows(record)
     per_backend: dict[str, Any] = {}
     for name, row in table.items():
-        if not name.startswith(f"{BUNDLE.name}/"):
+        if not name.startswith(f"{int8_label}/"):
             continue
-        fp32_name = name.replace(f"{BUNDLE.name}/", f"{record['fp32_label']}/").replace("-int8", "-fp32")
+        fp32_name = name.replace(f"{int8_label}/", f"{fp32_label}/").replace("-int8", "-fp32")
         backend = row["details"].get("providers", ["?"])
         key = "openvino" if "-ov-" in name else "onnxruntime"
         int8_ms, fp32_ms = p50(row), p50(table.get(fp32_name))
@@ -164,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                       "--peers", "none", "--no-cache", "--no-cold-start", "--no-flops", "--frames", "100",
                       "--warmup", "10", "--quiet", "--json", str(bench2)]
         edge_thyroid(*goal2_args, env=env)
-        record2 = json.loads(bench2.read_text())
-        record2["fp32_label"] = fp32.name
-        two = goal_two(record2, chosen)
+        two = goal_two(json.loads(bench2.read_text()), chosen, Path(args.bundle).name, fp32.name)
     if not args.no_profile:
         profile = [sys.executable, str(REPO / "benchmarks" / "profile_layers.py")]
         subprocess.run([*profile, args.bundle, "--frames", "20", "--out", str(results / "profile_layers")], check=True)
