@@ -31,6 +31,11 @@ from .signing import SIGNATURE, SignatureStatus, TrustPolicy, check_signature
 
 FORMAT = "edge-thyroid-bundle"
 FORMAT_VERSION = 1
+# Version 2 adds one backbone per modality (``branches`` in a model entry); a bundle with a single
+# backbone is still written as version 1, byte for byte as before, so older engines keep reading it
+# and refuse a branched bundle by its version instead of misreading it.
+BRANCHED_FORMAT_VERSION = 2
+READABLE_VERSIONS = (FORMAT_VERSION, BRANCHED_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_ZIP_BYTES = 16 << 30  # declared uncompressed size; zipfile never inflates a member past it (zip bombs)
@@ -49,15 +54,31 @@ class Target(str, Enum):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One compiled form of the backbone: which file, what precision, for which runtime."""
+    """One compiled form of the backbone: which file, what precision, for which runtime.
+
+    A bundle with a backbone per modality has no single ``file``: ``branches`` maps each modality to
+    its own entry (same precision and target, its own file and details such as its quantization)."""
 
     file: str
     precision: Precision
     target: Target = Target.ONNXRUNTIME
     details: dict[str, Any] = field(default_factory=dict)
+    branches: dict[str, "ModelEntry"] = field(default_factory=dict)
+
+    @property
+    def files(self) -> list[str]:
+        return [b.file for b in self.branches.values()] if self.branches else [self.file]
 
     def to_dict(self) -> dict:
+        if self.branches:
+            return {"precision": self.precision.value, "target": self.target.value, **self.details,
+                    "branches": {m: {"file": b.file, **b.details} for m, b in self.branches.items()}}
         return {"file": self.file, "precision": self.precision.value, "target": self.target.value, **self.details}
+
+    @property
+    def describe(self) -> str:
+        """For messages: the file, or every branch's."""
+        return ", ".join(f"{m}={b.file}" for m, b in self.branches.items()) if self.branches else self.file
 
 
 @dataclass(frozen=True)
@@ -90,10 +111,14 @@ class Manifest:
     # input spec, intended use); empty for the project's own checkpoints.
     model_card: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def branched(self) -> bool:
+        return any(entry.branches for entry in self.models.values())
+
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
-            "format_version": self.format_version,
+            "format_version": BRANCHED_FORMAT_VERSION if self.branched else self.format_version,
             "backbone": self.backbone,
             "modalities": list(self.modalities),
             "trained_modalities": list(self.trained_modalities),
@@ -122,20 +147,20 @@ class Manifest:
         if data.get("format") != FORMAT:
             raise BundleError(f"{source}: format is {data.get('format')!r}; expected {FORMAT!r}")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BundleError(f"{source}: format_version {version!r} is not supported; this edge-thyroid reads version {FORMAT_VERSION}")
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise BundleError(f"{source}: format_version {version!r} is not supported; this edge-thyroid reads "
+                              f"versions {list(READABLE_VERSIONS)}")
         try:
             modalities = tuple(_strings(data["modalities"], "modalities"))
             if not modalities or len(set(modalities)) != len(modalities):
                 raise BundleError(f"{source}: modalities must be distinct names, got {list(modalities)}")
-            models = {}
-            for key, entry in _mapping(data["models"], "models").items():
-                entry = _mapping(entry, f"models.{key}")
-                details = {k: v for k, v in entry.items() if k not in ("file", "precision", "target")}
-                models[str(key)] = ModelEntry(_relative(entry["file"], f"models.{key}.file"),
-                                              Precision(entry["precision"]), Target(entry.get("target", "onnxruntime")), details)
+            models = {str(key): _model_entry(key, entry, modalities, version, source)
+                      for key, entry in _mapping(data["models"], "models").items()}
             if not models:
                 raise BundleError(f"{source}: models is empty; expected at least one model file")
+            if len({bool(entry.branches) for entry in models.values()}) > 1:
+                raise BundleError(f"{source}: some models have a backbone per modality and some one backbone; "
+                                  "expected one kind for every model of a bundle")
             threshold = _mapping(data.get("threshold", {}), "threshold")
             value = float(threshold.get("value", 0.5))
             if not 0.0 <= value <= 1.0:
@@ -165,6 +190,28 @@ class Manifest:
             raise BundleError(f"{source}: missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: JSON allows 1e999 and 10**400
             raise BundleError(f"{source}: invalid value ({exc})") from None
+
+
+def _model_entry(key: Any, data: Any, modalities: tuple[str, ...], version: int, source: str) -> ModelEntry:
+    """One ``models`` entry: a file, or (format version 2) one branch per modality."""
+    data = _mapping(data, f"models.{key}")
+    precision, target = Precision(data["precision"]), Target(data.get("target", "onnxruntime"))
+    if "branches" not in data:
+        details = {k: v for k, v in data.items() if k not in ("file", "precision", "target")}
+        return ModelEntry(_relative(data["file"], f"models.{key}.file"), precision, target, details)
+    if version != BRANCHED_FORMAT_VERSION:
+        raise BundleError(f"{source}: models.{key} has branches, which need format_version {BRANCHED_FORMAT_VERSION}; "
+                          f"the manifest says {version}")
+    raw = _mapping(data["branches"], f"models.{key}.branches")
+    if sorted(raw) != sorted(modalities):
+        raise BundleError(f"{source}: models.{key}.branches are {sorted(raw)}; expected one per modality {list(modalities)}")
+    branches = {}
+    for modality in modalities:
+        branch = _mapping(raw[modality], f"models.{key}.branches.{modality}")
+        branches[modality] = ModelEntry(_relative(branch["file"], f"models.{key}.branches.{modality}.file"),
+                                        precision, target, {k: v for k, v in branch.items() if k != "file"})
+    details = {k: v for k, v in data.items() if k not in ("branches", "precision", "target", "file")}
+    return ModelEntry("", precision, target, details, branches)
 
 
 def _mapping(value: Any, name: str) -> Mapping:
@@ -268,7 +315,8 @@ def _load_directory(root: Path, path: str | Path, verify: bool, trust: TrustPoli
     except RecursionError:
         raise BundleError(f"{manifest_path} is nested too deeply to be a manifest") from None
     manifest = Manifest.from_dict(data, str(manifest_path))
-    needed = {manifest.head_file, *(entry.file for entry in manifest.models.values())}
+    # Every backbone file, a branched bundle's included, must be hashed, so the signature covers it.
+    needed = {manifest.head_file, *(name for entry in manifest.models.values() for name in entry.files)}
     unlisted = sorted(needed - set(manifest.files))
     if unlisted:
         raise BundleError(f"{manifest_path}: {unlisted} are used but have no sha256 in 'files'")

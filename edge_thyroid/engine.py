@@ -4,6 +4,10 @@
 it; ``Engine.fuse(panes, maps)`` applies the head and returns a :class:`Prediction` with exact CAMs;
 ``Engine.classify(frame, panes)`` is both. The steps are separate so the stream can cache the
 features of unchanged panes.
+
+A bundle with a backbone per modality (late fusion) gets one backend per branch: ``extract`` sends
+each pane to its modality's backbone, the panes of one branch in one batch, and the head fuses the
+pooled features as for a shared backbone (its CAMs stay exact per modality).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from .autoselect import AUTO, AutoChoice, select_backend
 from . import __version__
 from .backends import Backend, backend_class, backend_for_target
 from .backends.base import EXECUTION_PRECISION
-from .bundle import MANIFEST, Bundle, load_bundle, sha256_file
+from .bundle import MANIFEST, Bundle, ModelEntry, load_bundle, sha256_file
 from .errors import BackendError, BundleError, InputError
 from .frames import Pane, Roi, as_frame, check_rois
 from .head import FusionHead, pool
@@ -102,14 +106,40 @@ class Engine:
                                f"--backend {backend_for_target(target)} for this one")
         self.head = FusionHead.load(self.bundle.path(manifest.head_file), manifest.modalities)
         self.threshold = manifest.threshold.value
-        self.backend: Backend = backend_type.from_bundle(self.bundle, entry, threads=threads, **backend_options)
-        self.backend.load()
+        # modality -> its backbone's backend; empty for a bundle whose modalities share one backbone.
+        self.branches: dict[str, Backend] = {}
+        if entry.branches and not backend_type.runs_branches:
+            raise BackendError(f"the {backend_type.name} backend cannot run a bundle with a backbone per modality "
+                               f"({entry.describe}); use --backend onnxruntime or openvino")
+        try:
+            for modality, branch in (entry.branches or {None: entry}).items():
+                backend_ = self._load_backend(backend_type, branch, threads, backend_options)
+                if modality is None:
+                    self.backend = backend_
+                else:
+                    self.branches[modality] = backend_
+        except BaseException:
+            self.close()
+            raise
+        if self.branches:  # what reports name (runtime, providers): every branch runs on the same one
+            self.backend = next(iter(self.branches.values()))
+
+    def _load_backend(self, backend_type: type[Backend], entry: ModelEntry, threads: int | None,
+                      options: dict[str, Any]) -> Backend:
+        backend = backend_type.from_bundle(self.bundle, entry, threads=threads, **options)
+        backend.load()
         # A model with another signature would pass the hash check and fail only at the first frame.
-        inputs = set(self.backend.input_names)
+        inputs = set(backend.input_names)
         if inputs and inputs != {FRAME, ROIS}:
-            self.backend.close()
+            backend.close()
             raise BundleError(f"model {entry.file} takes inputs {sorted(inputs)}; expected {sorted((FRAME, ROIS))} "
                               "(uint8 frame + int64 ROIs)")
+        return backend
+
+    @property
+    def branched(self) -> bool:
+        """True when each modality has its own backbone (the pane cache then keys by branch)."""
+        return bool(self.branches)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -131,13 +161,34 @@ class Engine:
                 "backend": self.backend.name, "threads": self.threads,
                 "backend_auto": self.auto_choice.to_dict() if self.auto_choice is not None else None}
 
-    def extract(self, frame: np.ndarray, rois: Sequence[Roi]) -> np.ndarray:
-        """Feature maps [N, C, h, w] of the given panes (frame validated, ROIs checked)."""
+    def extract(self, frame: np.ndarray, rois: Sequence[Roi],
+                modalities: Sequence[str] | None = None) -> np.ndarray | list[np.ndarray]:
+        """Feature maps [N, C, h, w] of the given panes (frame validated, ROIs checked).
+
+        With a backbone per modality, pane i goes to the backbone of ``modalities[i]`` (default: the
+        bundle's modalities in order), one batch per branch; the maps come back in pane order, as a
+        list when the branches' maps differ in shape."""
         frame = as_frame(frame)
         roi_array = check_rois(rois, frame.shape[0], frame.shape[1])
         if len(roi_array) == 0:
             raise InputError("no panes given; expected 1 to 3 ROIs")
-        return self.backend.infer({FRAME: frame, ROIS: roi_array})["feature_maps"]
+        if not self.branches:
+            return self.backend.infer({FRAME: frame, ROIS: roi_array})["feature_maps"]
+        names = list(modalities) if modalities is not None else list(self.modalities[:len(roi_array)])
+        if len(names) != len(roi_array):
+            raise InputError(f"{len(roi_array)} panes but {len(names)} modalities; expected one modality per pane "
+                             f"(this bundle has a backbone for each of {list(self.modalities)})")
+        out: list[np.ndarray | None] = [None] * len(names)
+        for modality in dict.fromkeys(names):
+            if modality not in self.branches:
+                raise InputError(f"unknown modality {modality!r}; this model has backbones for {list(self.branches)}")
+            index = [i for i, name in enumerate(names) if name == modality]
+            maps = self.branches[modality].infer({FRAME: frame, ROIS: roi_array[index]})["feature_maps"]
+            for i, pane_maps in zip(index, maps):
+                out[i] = pane_maps
+        if len({m.shape for m in out}) == 1:
+            return np.stack(out)
+        return out
 
     def classify(self, frame: np.ndarray, panes: Sequence[Pane]) -> Prediction:
         if not panes:
@@ -148,7 +199,7 @@ class Engine:
             if pane.modality in seen:
                 raise InputError(f"modality {pane.modality!r} is given twice; expected one pane per modality")
             seen.add(pane.modality)
-        return self.fuse(panes, self.extract(frame, [p.roi for p in panes]))
+        return self.fuse(panes, self.extract(frame, [p.roi for p in panes], [p.modality for p in panes]))
 
     def fuse(self, panes: Sequence[Pane], maps: Sequence[np.ndarray]) -> Prediction:
         """The head over the panes' feature maps [C, h, w] (one per pane, in order): p(malignant),
@@ -156,7 +207,8 @@ class Engine:
         return fuse(self.head, panes, maps, self.threshold)
 
     def close(self) -> None:
-        self.backend.close()
+        for backend in {id(b): b for b in [*self.branches.values(), getattr(self, "backend", None)] if b}.values():
+            backend.close()
 
     def __enter__(self) -> "Engine":
         return self

@@ -13,6 +13,9 @@ log-odds. Its CAM is the map of the log-odds' gradient with respect to the poole
 for one logit or two classes, where the log-odds is linear). A head whose "feature maps" are a whole
 model's class scores (1x1) has no CAM at all: ``cam_mode`` says which, and :meth:`FusionHead.cam`
 refuses rather than draw a wrong heatmap.
+
+A bundle with a backbone per modality (late fusion) may have branches of different widths: then
+``modality_channels`` holds each modality's feature count C_m and row m of ``weight`` is zero past C_m.
 """
 
 from __future__ import annotations
@@ -83,10 +86,15 @@ class FusionHead:
     bias: float
     classes: ClassMap | None = None  # an imported N-class last layer (then one modality, weight unused)
     cam_mode: str = CAM_EXACT
+    # Per modality, when branches differ in width (late fusion of e.g. resnet50 and densenet121); None: all C.
+    modality_channels: tuple[int, ...] | None = None
 
     @property
     def channels(self) -> int:
         return int(self.weight.shape[1])
+
+    def channels_of(self, index: int) -> int:
+        return self.channels if self.modality_channels is None else self.modality_channels[index]
 
     @classmethod
     def load(cls, path: str | Path, modalities: Sequence[str]) -> "FusionHead":
@@ -97,6 +105,8 @@ class FusionHead:
                 classes = (ClassMap(data["class_weight"].astype(np.float64), data["class_bias"].astype(np.float64),
                                     data["class_malignant"].astype(bool))
                            if "class_weight" in data.files else None)
+                widths = (tuple(int(c) for c in data["modality_channels"].reshape(-1))
+                          if "modality_channels" in data.files else None)
         except Exception as exc:  # corrupt npz bytes raise BadZipFile, NotImplementedError, SyntaxError, ... from numpy/zipfile
             raise BundleError(f"head weights {path} are unreadable ({type(exc).__name__}: {str(exc)[:120]}); "
                               "expected an .npz with weight, presence_bias, bias") from None
@@ -109,8 +119,11 @@ class FusionHead:
             raise BundleError(f"head weights {path} declare cam_mode {cam_mode!r}; expected one of {list(CAM_MODES)}")
         if classes is not None:
             _check_classes(classes, weight.shape[1], len(modalities), str(path))
+        if widths is not None and (len(widths) != len(modalities) or not all(0 < c <= weight.shape[1] for c in widths)):
+            raise BundleError(f"head weights {path} give modality_channels {list(widths)}; expected one width in "
+                              f"1..{weight.shape[1]} per modality {list(modalities)}")
         return cls(tuple(modalities), weight.astype(np.float64), presence.astype(np.float64), float(bias),
-                   classes, cam_mode)
+                   classes, cam_mode, widths)
 
     def save(self, path: str | Path) -> None:
         arrays = {"weight": self.weight, "presence_bias": self.presence_bias, "bias": np.float64(self.bias),
@@ -118,6 +131,8 @@ class FusionHead:
         if self.classes is not None:
             arrays.update(class_weight=self.classes.weight, class_bias=self.classes.bias,
                           class_malignant=self.classes.malignant)
+        if self.modality_channels is not None:
+            arrays["modality_channels"] = np.array(self.modality_channels, dtype=np.int64)
         with open(path, "wb") as handle:
             np.savez(handle, **arrays)
 
@@ -135,13 +150,14 @@ class FusionHead:
         for modality, features in pooled.items():
             index = self.modality_index(modality)
             vector = np.asarray(features, dtype=np.float64).reshape(-1)
-            if vector.shape[0] != self.channels:
-                raise InputError(f"{modality} features have {vector.shape[0]} channels; expected {self.channels}")
+            width = self.channels_of(index)
+            if vector.shape[0] != width:
+                raise InputError(f"{modality} features have {vector.shape[0]} channels; expected {width}")
             with np.errstate(over="ignore", invalid="ignore"):  # reported below, as one error
                 if self.classes is not None:
                     contributions[modality] = self.classes.log_odds(self.classes.scores(vector))
                 else:
-                    contributions[modality] = float(self.weight[index] @ vector + self.presence_bias[index])
+                    contributions[modality] = float(self.weight[index, :width] @ vector + self.presence_bias[index])
         logit = self.bias + sum(contributions.values())
         if not math.isfinite(logit):
             # NaN compares false with the threshold and would silently read as "benign".
@@ -163,7 +179,8 @@ class FusionHead:
         if self.classes is not None:
             weights = self.classes.gradient(self.classes.scores(pool(maps)))
         else:
-            weights = self.weight[self.modality_index(modality)]
+            index = self.modality_index(modality)
+            weights = self.weight[index, :self.channels_of(index)]
         return np.tensordot(weights, maps, axes=(0, 0))
 
 

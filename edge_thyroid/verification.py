@@ -26,7 +26,7 @@ from .bundle import Bundle
 from .dataset import Sample, Split
 from .errors import EdgeThyroidError, InputError
 from .evaluation import SplitSpec, select_samples
-from .frames import read_image
+from .frames import Pane, read_image
 from .metrics import delong_auc_ci, delong_test, operating_point, youden_threshold
 
 __all__ = ["GateBudget", "GateFailedError", "GateReport", "LabelledSet", "Split", "compare_scores", "labelled_split",
@@ -78,7 +78,11 @@ def labelled_split(csv_path: str | Path, split: Split = Split.VAL, *, folds: int
 
 def score_engines(engines: Sequence[Any], samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
     """p(malignant) of each engine on each image (one pane of the sample's modality: its roi, else the whole image);
-    shape [len(engines), len(samples)]. Each image is read once and fed to every engine."""
+    shape [len(engines), len(samples)]. Each image is read once and fed to every engine.
+
+    An engine with a backbone per modality gets that pane once per modality, so p passes through every
+    branch and the gate judges all of them: only B-mode has labelled data, so the other branches see
+    B-mode pixels (a stand-in that measures how their compiled form drifts, not their accuracy)."""
     from tqdm import tqdm
 
     scores = np.zeros((len(engines), len(samples)), dtype=np.float64)
@@ -86,7 +90,8 @@ def score_engines(engines: Sequence[Any], samples: Sequence[Sample], *, progress
         frame = read_image(sample.image)
         pane = sample.pane(frame)
         for i, engine in enumerate(engines):
-            scores[i, j] = engine.classify(frame, [pane]).probability
+            panes = [Pane(m, pane.roi) for m in engine.modalities] if getattr(engine, "branched", False) else [pane]
+            scores[i, j] = engine.classify(frame, panes).probability
     return scores
 
 

@@ -75,13 +75,28 @@ class GateRequest:
 
 
 @dataclass(frozen=True)
-class BundleModel:
-    """What a bundle is written from: the backbone graph (pixels [N, 3, S, S] -> feature_maps
-    [N, C, h, w]) and the NumPy head over its pooled maps; ``architecture`` names the backbone."""
+class Branch:
+    """One modality's own backbone graph (pixels -> feature_maps) in a late-fusion model."""
 
     backbone: onnx.ModelProto
+    architecture: str
+
+
+@dataclass(frozen=True)
+class BundleModel:
+    """What a bundle is written from: the backbone graph (pixels [N, 3, S, S] -> feature_maps
+    [N, C, h, w]) and the NumPy head over its pooled maps; ``architecture`` names the backbone.
+    A late-fusion model has no shared ``backbone`` but one per modality in ``branches`` (in the
+    head's modality order)."""
+
+    backbone: onnx.ModelProto | None
     head: FusionHead
     architecture: str
+    branches: dict[str, Branch] = field(default_factory=dict)
+
+    def graphs(self) -> dict[str | None, onnx.ModelProto]:
+        """Branch -> backbone graph; the single backbone under None."""
+        return {m: b.backbone for m, b in self.branches.items()} if self.branches else {None: self.backbone}
 
 
 def classifier_bundle_model(model: MultimodalClassifier, image_size: int) -> BundleModel:
@@ -113,6 +128,9 @@ def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path
     if precision is Precision.INT8 and calibration is None:
         raise InputError("INT8 needs calibration frames; pass --calib with a sample CSV or a folder of images")
     if target is Target.TENSORRT:
+        if isinstance(model, BundleModel) and model.branches:
+            raise InputError("a model with a backbone per modality exports to ONNX Runtime (--target onnxruntime); "
+                             "TensorRT plans hold one backbone")
         import_tensorrt()  # fail before minutes of calibration, not after
     # Read the data first: a wrong path fails in a second, not after the export.
     labelled = labelled_split(gate.data, gate.split, folds=gate.folds, fold=gate.fold, seed=gate.seed) if gate else None
@@ -123,18 +141,26 @@ def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path
     spec = preprocessing or PreprocessSpec(image_size=image_size)
     if not isinstance(model, BundleModel):
         model = classifier_bundle_model(model, image_size)
-    backbone, head = model.backbone, model.head
+    head, graphs = model.head, model.graphs()
     out_dir = Path(out_dir)
     with bundle_writer(out_dir, overwrite=overwrite) as staging:
         head.save(staging / "head.npz")
         models = {}
-        if keep_fp32 or labelled is not None:  # the gate's reference, even when it is not kept
-            save_onnx(fuse_preprocessing(backbone, spec), staging / FP32_FILE)
-            models["fp32"] = ModelEntry(FP32_FILE, Precision.FP32, Target.ONNXRUNTIME)
-        calibration_record: dict[str, Any] = {}
-        if key != "fp32":
-            models[key], calibration_record = _compile(backbone, spec, precision, target, calibration, frames, staging,
-                                                       cache_dir=cache_dir, max_panes=max_panes, progress=progress)
+        compiled: dict[str, dict[str | None, ModelEntry]] = {}
+        records: dict[str | None, dict[str, Any]] = {}
+        for branch, backbone in graphs.items():
+            if keep_fp32 or labelled is not None:  # the gate's reference, even when it is not kept
+                name = branch_file(FP32_FILE, branch)
+                save_onnx(fuse_preprocessing(backbone, spec), staging / name)
+                compiled.setdefault("fp32", {})[branch] = ModelEntry(name, Precision.FP32, Target.ONNXRUNTIME)
+            if key != "fp32":
+                compiled.setdefault(key, {})[branch], records[branch] = _compile(
+                    backbone, spec, precision, target, calibration, frames, staging, cache_dir=cache_dir,
+                    max_panes=max_panes, progress=progress, branch=branch)
+        for entry_key, entries in compiled.items():
+            models[entry_key] = entries[None] if None in entries else branched_entry(model, entries)
+        calibration_record: dict[str, Any] = (records.get(None, {}) if None in graphs
+                                              else {"branches": records} if any(records.values()) else {})
         manifest = Manifest(
             backbone=model.architecture,
             modalities=head.modalities,
@@ -156,7 +182,8 @@ def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path
                               progress=progress, display_name=out_dir.name)
             _record_gate(manifest, key, report)
         if not keep_fp32 and "fp32" in manifest.models:
-            (staging / FP32_FILE).unlink()
+            for name in manifest.models["fp32"].files:
+                (staging / name).unlink()
             del manifest.models["fp32"]
         write_manifest(staging, manifest)
         if report is not None and not report.passed:
@@ -180,11 +207,38 @@ def _record_gate(manifest: Manifest, key: str, report: GateReport) -> None:
                                    {**old.details, "refit": {**old.details.get("refit", {}), key: refit}})
 
 
+def branch_file(name: str, branch: str | None) -> str:
+    """model.onnx -> model.smi.onnx for a branch (a single backbone keeps its name)."""
+    return name if branch is None else name.replace("model.", f"model.{branch}.", 1)
+
+
+def branched_entry(model: BundleModel, entries: dict[str | None, ModelEntry]) -> ModelEntry:
+    """One manifest entry for a late-fusion model: each branch's file, architecture, width and (INT8)
+    its quantization facts."""
+    first = next(iter(entries.values()))
+    head = model.head
+    branches = {m: replace(e, details={"architecture": model.branches[m].architecture,
+                                       "channels": head.channels_of(head.modality_index(m)), **e.details})
+                for m, e in entries.items()}
+    return ModelEntry("", first.precision, first.target, {}, branches)
+
+
+def branch_quantization(branch: str, record: dict[str, Any], frames: CalibrationSet) -> dict[str, Any]:
+    """What one branch was calibrated on: the calibration frames are B-mode images (the only modality
+    with real data), so the SMI and SWE backbones are calibrated on B-mode pixels as a stand-in."""
+    stand_in = "" if branch == "bmode" else f" (stand-in: no {branch} data exists, so B-mode frames)"
+    return {"calibrated_on": f"{len(frames.images)} B-mode frames from {frames.source}{stand_in}",
+            "method": record.get("method"), "backbone_sha256": record.get("backbone_sha256"),
+            "int8_convolutions": record["convolutions"]["int8_convs"], "convolutions": record["convolutions"]["convs"]}
+
+
 def _compile(backbone: onnx.ModelProto, spec: PreprocessSpec, precision: Precision, target: Target,
              calibration: CalibrationRequest | None, frames: CalibrationSet | None, staging: Path, *,
-             cache_dir: Path | None, max_panes: int, progress: bool) -> tuple[ModelEntry, dict[str, Any]]:
+             cache_dir: Path | None, max_panes: int, progress: bool,
+             branch: str | None = None) -> tuple[ModelEntry, dict[str, Any]]:
     """Build the requested non-FP32 model into ``staging``; returns its manifest entry and the
-    calibration record (empty when nothing was calibrated)."""
+    calibration record (empty when nothing was calibrated). ``branch``: the modality whose own
+    backbone this is (its file is named after it)."""
     record: dict[str, Any] = {}
     source = backbone
     if precision is Precision.INT8:
@@ -195,12 +249,14 @@ def _compile(backbone: onnx.ModelProto, spec: PreprocessSpec, precision: Precisi
     if target is Target.ONNXRUNTIME:
         if precision is Precision.FP16:
             source = convert_fp16(backbone)
-        name = f"model.{precision.value}.onnx"
+        name = branch_file(f"model.{precision.value}.onnx", branch)
         save_onnx(fuse_preprocessing(source, spec), staging / name)
         details: dict[str, Any] = {"io": "float32", "preprocessing": "float32"}
         if precision is Precision.INT8:
             details.update(scheme=record["scheme"], convolutions={k: v for k, v in record["convolutions"].items()
                                                                   if k != "float_convs"})
+            if branch is not None:
+                details["quantization"] = branch_quantization(branch, record, frames)
         else:
             details["providers"] = FP16_PROVIDERS
         return ModelEntry(name, precision, target, details), record

@@ -60,6 +60,14 @@ def check_readable(path: str | Path) -> Path:
 
 def read_weights(path: str | Path) -> WeightsFile:
     """Load a PyTorch weights file safely and find its state_dict."""
+    path = check_readable(path)
+    payload = read_payload(path)
+    state = find_state_dict(payload, path)
+    return WeightsFile(path, strip_data_parallel(state), payload)
+
+
+def read_payload(path: str | Path) -> dict[str, Any]:
+    """Load a PyTorch weights file safely: the dict it holds (tensors and plain containers only)."""
     import torch
 
     path = check_readable(path)
@@ -75,8 +83,7 @@ def read_weights(path: str | Path) -> WeightsFile:
     if not isinstance(payload, dict):
         raise InputError(f"{path} holds a {type(payload).__name__}; expected a dict (a state_dict, or a "
                          f"checkpoint with one under {'/'.join(STATE_DICT_KEYS)})")
-    state = find_state_dict(payload, path)
-    return WeightsFile(path, strip_data_parallel(state), payload)
+    return payload
 
 
 def find_state_dict(payload: dict[str, Any], path: Path) -> dict[str, Any]:

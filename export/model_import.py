@@ -18,8 +18,8 @@ from edge_thyroid.errors import InputError
 from edge_thyroid.head import CAM_EXACT, CAM_GRADIENT, CAM_NONE
 from edge_thyroid.kernels.reference import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 
-from .bundle_export import BundleModel
-from .model_file import check_readable, is_onnx_file, read_onnx, read_weights
+from .bundle_export import Branch, BundleModel
+from .model_file import check_readable, is_onnx_file, read_onnx, read_payload, read_weights
 
 # The project's checkpoints: a multimodal model under backbone.* with its fusion layer under head.*.
 PROJECT_KEYS = ("backbone.", "head.weight")
@@ -60,6 +60,36 @@ def is_project_checkpoint(path: str | Path) -> bool:
     if weights.payload.get("format") == "edge-thyroid-checkpoint":
         return True
     return "head.weight" in weights.state_dict and any(k.startswith(PROJECT_KEYS[0]) for k in weights.state_dict)
+
+
+def is_branched_model(path: str | Path) -> bool:
+    """True for a PyTorch file holding a backbone per modality (see branch_import for the layouts)."""
+    from .branch_import import is_branched
+
+    path = check_readable(path)
+    return not is_onnx_file(path) and is_branched(read_payload(path))
+
+
+def import_branched_model(path: str | Path, options: ImportOptions) -> ImportedModel:
+    """A late-fusion model (a backbone per modality + a fusion linear) -> a branched BundleModel."""
+    from .branch_import import import_branches
+    from .onnx_export import export_features_onnx
+
+    path = check_readable(path)
+    if options.channel_order not in (None, "RGB"):
+        raise InputError(f"--channel-order {options.channel_order} applies to ONNX models; torchvision backbones take RGB")
+    imported = import_branches(read_payload(path), source=str(path), malignant=options.malignant)
+    size = options.image_size or TORCHVISION_IMAGE_SIZE
+    spec = _spec(size, options.mean, options.std, str(path))
+    branches = {m: Branch(export_features_onnx(features, size), imported.architectures[m])
+                for m, features in imported.features.items()}
+    architecture = ",".join(f"{m}={a}" for m, a in imported.architectures.items())
+    card = _card(path, "torch model with a backbone per modality (late fusion)", architecture, imported.outputs, spec,
+                 {"image_size": "command line" if options.image_size else "default (torchvision 224)",
+                  "mean_std": "command line" if options.mean or options.std else "default (ImageNet)",
+                  "channel_order": "RGB"}, CAM_EXACT, options.intended_use)
+    card["branches"] = dict(imported.architectures)
+    return ImportedModel(BundleModel(None, imported.head, architecture, branches), spec, card)
 
 
 def import_model(path: str | Path, options: ImportOptions) -> ImportedModel:

@@ -391,6 +391,17 @@ def test_project_checkpoint_drops_auxiliary_training_heads(tmp_path):
 
 # --- INT8 through the gate ----------------------------------------------------------------------
 
+def gated_int8_export(imported, tmp_path, csv):
+    """INT8 export of an imported model, calibrated on 8 of the labelled images and gated on all of them."""
+    from edge_thyroid.export.bundle_export import CalibrationRequest, GateRequest, export_bundle
+    from edge_thyroid.verification import Split
+
+    return export_bundle(imported.model, tmp_path / "int8", image_size=SIZE, precision=Precision.INT8,
+                         calibration=CalibrationRequest(csv.parent, count=8), gate=GateRequest(csv, split=Split.ALL),
+                         cache_dir=tmp_path / "cache", model_card=imported.model_card,
+                         preprocessing=imported.preprocessing)
+
+
 def test_int8_export_of_an_imported_resnet50_passes_the_gate(tmp_path):
     """A 2-class ResNet50 whose fc separates the test_verify task; INT8 export is judged by the gate
     against the FP32 model on the labelled images, and the report is recorded in the manifest."""
@@ -399,9 +410,7 @@ def test_int8_export_of_an_imported_resnet50_passes_the_gate(tmp_path):
     import torchvision
 
     from edge_thyroid.dataset import read_samples
-    from edge_thyroid.export.bundle_export import CalibrationRequest, GateRequest, export_bundle
     from edge_thyroid.export.model_import import ImportOptions, import_model
-    from edge_thyroid.verification import Split
 
     from .test_verify import make_data
 
@@ -425,11 +434,7 @@ def test_int8_export_of_an_imported_resnet50_passes_the_gate(tmp_path):
     weights = tmp_path / "resnet50.pth"
     torch.save(model.state_dict(), weights)
     imported = import_model(weights, ImportOptions(image_size=SIZE))
-    bundle = export_bundle(imported.model, tmp_path / "int8", image_size=SIZE, precision=Precision.INT8,
-                           calibration=CalibrationRequest(csv.parent, count=8), gate=GateRequest(csv, split=Split.ALL),
-                           cache_dir=tmp_path / "cache", model_card=imported.model_card,
-                           preprocessing=imported.preprocessing)
-    manifest = load_bundle(bundle).manifest
+    manifest = load_bundle(gated_int8_export(imported, tmp_path, csv)).manifest
     gate = manifest.metrics["gate_int8"]
     assert gate["passed"] and gate["agreement"] >= 0.98 and gate["auc_drop"] <= 0.01
     from edge_thyroid.gates import recorded_gates

@@ -53,6 +53,8 @@ class Backend(abc.ABC):
     targets: ClassVar[tuple[str, ...]] = ("onnxruntime",)   # bundle model targets it runs (manifest "target")
     selectable: ClassVar[bool] = True           # offered by --backend (False: chosen by the model's target)
     options: ClassVar[tuple[BackendOption, ...]] = ()
+    # Whether it can run a bundle with a backbone per modality (the engine makes one backend per branch).
+    runs_branches: ClassVar[bool] = True
     # The Python module the runtime lives in (None: nothing beyond this package); checked without importing it.
     requires: ClassVar[str | None] = None
 

@@ -55,7 +55,8 @@ class OpenVinoBackend(Backend):
         """Preprocessing on the host (the bundle's spec) with networks for up to every modality's pane,
         unless the caller says otherwise (``preprocessing=None``: the fused graph as exported)."""
         options.setdefault("preprocessing", bundle.manifest.preprocessing)
-        options.setdefault("max_panes", len(bundle.manifest.modalities))
+        # A branch sees one pane per frame; other batch sizes are compiled when first asked for.
+        options.setdefault("max_panes", 1 if bundle.manifest.branched else len(bundle.manifest.modalities))
         return cls(bundle.path(entry.file), threads=threads, **options)
 
     def __init__(self, model_path: str | Path, *, threads: int | None = None, device: str = "CPU",

@@ -78,6 +78,9 @@ class TritonBackend(Backend):
     name = "triton"
     display_name = "Triton Inference Server"
     tag = "triton"
+    # The server's model repository holds one backbone; a bundle with one per modality would need one
+    # served model per branch (not built).
+    runs_branches = False
     options: ClassVar[tuple[BackendOption, ...]] = (BackendOption(
         "server", (), "", metavar="URL", names_rows=False,
         help="triton only: the Triton server that runs the backbone, grpc://HOST:PORT or http://HOST:PORT "

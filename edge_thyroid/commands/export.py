@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..bundle import Precision, Target, sha256_file
-from ..errors import EdgeThyroidError, MissingDependencyError
+from ..errors import EdgeThyroidError, InputError, MissingDependencyError
 
 # The calibration methods (mirrors edge_thyroid.export.calibration.METHODS, which needs onnxruntime's
 # quantization tools; listing them must not import those).
@@ -81,6 +81,16 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
     linear layer becomes the head; it classifies one pane (default modality bmode).
 
     \b
+    A model with a backbone per modality (late fusion) is one torch file in either layout:
+      {"bmode": state_dict, "smi": state_dict, "swe": state_dict,
+       "fusion": {"weight": [K, D], "bias": [K]}}          (or fusion.weight / fusion.bias)
+      one state_dict: branches.bmode.*, branches.smi.*, branches.swe.*, fusion.weight, fusion.bias
+    Each branch is a torchvision resnet50 / densenet121 / vgg16 / googlenet (its own classifier, if
+    saved, is ignored). The fusion layer is linear over the branches' pooled features concatenated
+    in the order bmode, smi, swe: D = the sum of their widths (+1 presence bias per modality), K = 1
+    logit or 2 classes (--malignant-index). Each present pane runs through its own backbone.
+
+    \b
     Examples:
       edge-thyroid export best.pt -o runs/fp32
       edge-thyroid export best.pt -o runs/int8 --precision int8 --calib ../shared/data/ddti/labels.csv \\
@@ -88,6 +98,7 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
       edge-thyroid export best.pt -o runs/trt --target tensorrt --precision fp16     (on the GPU machine)
       edge-thyroid export resnet50_thyroid.pth -o runs/mine --image-size 224 --malignant-index 1
       edge-thyroid export classifier.onnx -o runs/onnx --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
+      edge-thyroid export late_fusion.pt -o runs/branches --image-size 224
     """
     if bool(checkpoint) == bool(random_init):
         raise click.UsageError("give either CHECKPOINT or --random-init (exactly one)")
@@ -106,7 +117,10 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
     if checkpoint and not random_init:
         from ..export import model_import
 
-        if not model_import.is_project_checkpoint(checkpoint):
+        if model_import.is_branched_model(checkpoint):
+            imported = _import_branched(model_import, checkpoint, backbone, modality_tuple, image_size, malignant_index,
+                                        mean, std, channel_order, intended_use, target)
+        elif not model_import.is_project_checkpoint(checkpoint):
             imported = _import_own_model(model_import, checkpoint, backbone, modality_tuple, image_size,
                                          malignant_index, mean, std, channel_order, intended_use)
         elif any(byo_options):
@@ -177,7 +191,10 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
         click.echo(json.dumps(summary))
         return
     click.echo(f"wrote {path} ({manifest.backbone}, {size}x{size}, modalities {','.join(manifest.modalities)}; "
-               f"models {', '.join(f'{k}={e.file}' for k, e in manifest.models.items())})")
+               f"models {', '.join(f'{k}={e.describe}' for k, e in manifest.models.items())})")
+    for key, entry in manifest.models.items():
+        for modality, branch in entry.branches.items():
+            click.echo(f"  {key} branch {modality}: {branch.file} ({branch.details.get('architecture', '?')})")
     if manifest.model_card:
         card = manifest.model_card
         click.echo(f"imported {card['source']['kind']} {card['source']['file']} as {card['architecture']}; "
@@ -188,6 +205,38 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
                    f"max |dp| {value['abs_dp']['max']:.2e}")
 
 
+def _import_branched(model_import, checkpoint: str, backbone: str | None, modalities: tuple[str, ...] | None,
+                     image_size: int | None, malignant_index: str | None, mean: str | None, std: str | None,
+                     channel_order: str | None, intended_use: str, target: Target):
+    """A model with a backbone per modality -> ImportedModel; its branches name the modalities."""
+    if backbone:
+        raise InputError("--backbone does not apply to a model with a backbone per modality: each branch's "
+                               "architecture is read from its keys")
+    if target is not Target.ONNXRUNTIME:
+        raise InputError("a model with a backbone per modality exports to --target onnxruntime only")
+    options = _own_model_options(model_import, None, malignant_index, image_size, mean, std, channel_order, intended_use)
+    imported = model_import.import_branched_model(checkpoint, options)
+    if modalities and set(modalities) != set(imported.model.head.modalities):
+        raise InputError(f"{checkpoint} has branches for {list(imported.model.head.modalities)}, but --modalities "
+                               f"{','.join(modalities)} was asked for")
+    return imported
+
+
+def _own_model_options(model_import, modality: str | None, malignant_index: str | None, image_size: int | None,
+                       mean: str | None, std: str | None, channel_order: str | None, intended_use: str):
+    malignant = None
+    if malignant_index:
+        try:
+            malignant = tuple(int(i) for i in malignant_index.split(","))
+        except ValueError:
+            raise click.UsageError(f"--malignant-index {malignant_index!r}; expected integers such as 1 or 2,3") from None
+    return model_import.ImportOptions(
+        modality=modality or "bmode", malignant=malignant, image_size=image_size,
+        mean=model_import.parse_triple(mean, "--mean") if mean else None,
+        std=model_import.parse_triple(std, "--std") if std else None,
+        channel_order=channel_order.upper() if channel_order else None, intended_use=intended_use)
+
+
 def _import_own_model(model_import, checkpoint: str, backbone: str | None, modalities: tuple[str, ...] | None,
                       image_size: int | None, malignant_index: str | None, mean: str | None, std: str | None,
                       channel_order: str | None, intended_use: str):
@@ -195,17 +244,8 @@ def _import_own_model(model_import, checkpoint: str, backbone: str | None, modal
     if modalities and len(modalities) != 1:
         raise click.UsageError(f"your own classifier classifies one pane; --modalities {','.join(modalities)} names "
                                f"{len(modalities)} (give one, e.g. --modalities bmode)")
-    malignant = None
-    if malignant_index:
-        try:
-            malignant = tuple(int(i) for i in malignant_index.split(","))
-        except ValueError:
-            raise click.UsageError(f"--malignant-index {malignant_index!r}; expected integers such as 1 or 2,3") from None
-    options = model_import.ImportOptions(
-        modality=modalities[0] if modalities else "bmode", malignant=malignant, image_size=image_size,
-        mean=model_import.parse_triple(mean, "--mean") if mean else None,
-        std=model_import.parse_triple(std, "--std") if std else None,
-        channel_order=channel_order.upper() if channel_order else None, intended_use=intended_use)
+    options = _own_model_options(model_import, modalities[0] if modalities else None, malignant_index, image_size,
+                                 mean, std, channel_order, intended_use)
     imported = model_import.import_model(checkpoint, options)
     if backbone and backbone != imported.model.architecture:
         raise click.UsageError(f"{checkpoint} holds a {imported.model.architecture}, but --backbone {backbone} was asked for")

@@ -34,7 +34,14 @@ def info(bundle, as_json) -> None:
     from ..gates import recorded_gates
 
     for key, entry in manifest["models"].items():
-        click.echo(f"model       {key}: {entry['file']} ({entry['precision']}, {entry['target']})")
+        if "branches" in entry:  # a backbone per modality, fused late by the head
+            click.echo(f"model       {key}: a backbone per modality ({entry['precision']}, {entry['target']})")
+            for modality, branch in entry["branches"].items():
+                click.echo(f"  branch    {modality}: {branch['file']}  sha256 {manifest['files'].get(branch['file'], '?')}  "
+                           f"{branch.get('architecture', '?')}, {entry['precision']}"
+                           + (f", {branch['quantization']['calibrated_on']}" if "quantization" in branch else ""))
+        else:
+            click.echo(f"model       {key}: {entry['file']} ({entry['precision']}, {entry['target']})")
         for configuration, gate in recorded_gates(entry).items():
             figures = ", ".join(f"{name} {gate[name]:+.4f}" if name == "auc_drop" else f"{name} {gate[name]:.4f}"
                                 for name in ("auc_drop", "agreement") if isinstance(gate.get(name), (int, float)))

@@ -115,6 +115,9 @@ def write_model(bundle: "Bundle | str | Path", repository: str | Path, *, model:
     if entry.target.value != "onnxruntime":
         raise BundleError(f"bundle model {key!r} targets {entry.target.value}; Triton serving needs an ONNX model "
                           "(pick one with --model)")
+    if entry.branches:
+        raise BundleError(f"bundle model {key!r} has a backbone per modality ({entry.describe}); Triton serving "
+                          "serves one backbone: run this bundle with --backend onnxruntime or openvino")
     sha256 = bundle.manifest.files[entry.file]
     size = bundle.manifest.preprocessing.image_size
     name = model_name(sha256, key)

@@ -80,6 +80,11 @@ class FrameClassifier:
         self.gaps: list[GapRecord] = []          # server outages that ended, for the caller to forward
         self._outage: dict | None = None         # open while a remote backend does not answer
         self._classified = 0
+        # A backbone per modality: cached maps belong to a branch (engines without the attribute share one).
+        self._branched = bool(getattr(engine, "branched", False))
+
+    def _branch(self, modality: str) -> str | None:
+        return modality if self._branched else None
 
     def _layout_for(self, width: int, height: int) -> Layout:
         if self._resolved is None or self._resolved[0] != (width, height):
@@ -90,7 +95,8 @@ class FrameClassifier:
                     raise InputError(f"layout {resolved.name!r}: the {pane.modality} pane {list(pane.roi)} of the "
                                      f"{width}x{height} frame: {too_small}")
             self._resolved = ((width, height), resolved)
-            self.cache.retain([p.roi for p in self._resolved[1].engine_panes()])
+            engine_panes = self._resolved[1].engine_panes()
+            self.cache.retain([p.roi for p in engine_panes], [self._branch(p.modality) for p in engine_panes])
             self.last_fused = None
         return self._resolved[1]
 
@@ -164,8 +170,9 @@ class FrameClassifier:
             box = (choice.roi, choice.source, choice.frozen, [m.to_dict() for m in choice.marks])
             engine_panes = [Pane(p.modality.value, choice.roi if p is bmode and choice.roi else p.roi)
                             for p in layout.panes]
-            self.cache.retain([pane.roi for pane in engine_panes])   # a moving box must not grow the cache
-            checks = [self.cache.check(frame, pane.roi) for pane in engine_panes]
+            branches = [self._branch(pane.modality) for pane in engine_panes]
+            self.cache.retain([pane.roi for pane in engine_panes], branches)   # a moving box must not grow the cache
+            checks = [self.cache.check(frame, pane.roi, branch) for pane, branch in zip(engine_panes, branches)]
             panes = [PaneRecord(p.modality.value, p.roi, c.cached is not None, c.blank,
                                 trained=p.modality.value in self.trained) for p, c in zip(layout.panes, checks)]
             lap("preprocess")
