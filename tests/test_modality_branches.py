@@ -337,3 +337,12 @@ def test_int8_export_quantizes_every_branch_through_the_gate(tmp_path):
         all_branches = engine.classify(frame, [Pane(m, whole) for m in ARCHITECTURES]).probability
         bmode_only = engine.classify(frame, [Pane("bmode", whole)]).probability
     assert gate_p == pytest.approx(all_branches, abs=1e-12) and abs(gate_p - bmode_only) > 1e-3
+
+
+def test_triton_refuses_a_branched_bundle_in_one_line_and_help_documents_the_layouts(module_bundle):
+    from edge_thyroid.errors import BackendError
+
+    with pytest.raises(BackendError, match="cannot run a bundle with a backbone per modality"):
+        Engine(module_bundle, backend="triton", server="grpc://127.0.0.1:1")
+    text = CliRunner().invoke(cli, ["export", "--help"]).output
+    assert "branches.bmode.*" in text and '"fusion": {"weight"' in text
