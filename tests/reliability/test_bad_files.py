@@ -66,8 +66,11 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
 MANIFEST_CASES = [
     ("wrong hash", lambda b: replace_file(b / "head.npz", (b / "head.npz").read_bytes()[:-7] + b"tamper!"),
      ["'head.npz' has sha256", "modified or corrupted"]),
-    ("unknown format version", lambda b: edit_manifest(b, lambda d: d.update(format_version=2)),
-     ["format_version 2 is not supported"]),
+    ("unknown format version", lambda b: edit_manifest(b, lambda d: d.update(format_version=3)),
+     ["format_version 3 is not supported"]),
+    ("branches in a version 1 manifest",   # a backbone per modality needs version 2: never half-read
+     lambda b: edit_manifest(b, lambda d: d["models"]["fp32"].update(branches={"bmode": {"file": "model.onnx"}})),
+     ["has branches, which need format_version 2"]),
     ("not a bundle format", lambda b: edit_manifest(b, lambda d: d.update(format="onnx-zoo")), ["format is 'onnx-zoo'"]),
     ("../ in a model path", lambda b: edit_manifest(b, lambda d: d["models"]["fp32"].update(file="../model.onnx")),
      ["'../model.onnx'", "escapes the bundle directory"]),
