@@ -191,7 +191,7 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
         click.echo(json.dumps(summary))
         return
     click.echo(f"wrote {path} ({manifest.backbone}, {size}x{size}, modalities {','.join(manifest.modalities)}; "
-               f"models {', '.join(f'{k}={e.describe}' for k, e in manifest.models.items())})")
+               f"models {', '.join(f'{k}=' + (e.file or 'a backbone per modality') for k, e in manifest.models.items())})")
     for key, entry in manifest.models.items():
         for modality, branch in entry.branches.items():
             click.echo(f"  {key} branch {modality}: {branch.file} ({branch.details.get('architecture', '?')})")
