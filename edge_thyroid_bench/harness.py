@@ -101,6 +101,10 @@ def _build_configs(options: BenchOptions, bundles: list, modalities: tuple[str, 
         keys = list(dict.fromkeys(options.models)) if options.models else _default_models(available)
         for key in keys:
             bundle.model_entry(key)  # a clear error for a model the bundle lacks
+        if bundle.manifest.branched and peer_kinds:
+            # The peers (torch eager, plain ORT, OpenVINO on the cut graph) each load one backbone file.
+            raise InputError(f"{bundle.root} has a backbone per modality; the peers {[k.value for k in peer_kinds]} "
+                             "measure one shared backbone: bench it with --peers none (engine rows only)")
         for key in keys:
             for backend in options.backends or [AUTO]:  # what stream/classify run without flags
                 takes = {EXECUTION_PRECISION} if backend == AUTO else {o.name for o in backend_class(backend).options}
@@ -329,7 +333,9 @@ def _flops(bundle: Any, reference: _Config, threads: int, panes: int,
            matmul_before: dict[str, Any] | None) -> dict[str, Any]:
     fp32 = "fp32" if "fp32" in bundle.manifest.models else reference.spec.model
     entry = bundle.model_entry(fp32)[1]
-    flops_per_pane = bm.count_flops(backbone_graph(bundle.path(entry.file)), panes=1)
+    # A bundle with a backbone per modality: the mean over its branches (each pane runs one of them).
+    per_file = {name: bm.count_flops(backbone_graph(bundle.path(name)), panes=1) for name in entry.files}
+    flops_per_pane = round(sum(per_file.values()) / len(per_file))
     after = bm.measure_matmul_gflops(threads)
     probes = [p for p in (matmul_before, after) if p]
     # The machine drifts: the rate is the mean of the probes taken before and after the timed rounds.
@@ -338,6 +344,7 @@ def _flops(bundle: Any, reference: _Config, threads: int, panes: int,
     floor_ms = panes * flops_per_pane / (matmul["gflops_median"] * 1e9) * 1000.0
     return {"model": fp32, "flops_per_pane": flops_per_pane, "gflop_per_pane": round(flops_per_pane / 1e9, 3),
             "matmul": matmul, "floor_ms_per_frame": round(floor_ms, 3), "panes": panes,
+            **({"flops_per_branch_file": per_file} if entry.branches else {}),
             "note": "FP32 floor: conv/matmul FLOPs at the median GFLOP/s of fp32 matmuls on the same threads, "
                     "probed before and after the timed rounds"}
 

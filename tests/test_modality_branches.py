@@ -191,6 +191,9 @@ def test_extract_batches_per_branch_and_pane_cache_keys_by_branch(module_bundle,
         assert cache.hits == 2 and calls == [] and np.array_equal(again[0], first[0])
         cache.retain([same_roi], ["swe"])
         assert set(cache.entries) == {("swe", same_roi)}
+        # The bench's cached path: panes in the bundle's modality order, widths differ -> a list, per pane.
+        listed = PaneCache(engine).extract(frame, [ROIS[m] for m in ARCHITECTURES])
+        assert [m.shape[0] for m in listed] == [2048, 1024, 1024] and np.array_equal(listed[0], maps[0])
 
 
 def test_stream_runs_end_to_end_on_a_branched_bundle(module_bundle, tmp_path):

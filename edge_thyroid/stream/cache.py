@@ -123,8 +123,15 @@ class PaneCache:
             return self.engine.extract(frame, rois)
         return self.engine.extract(frame, rois, [c.branch for c in todo])  # type: ignore[call-arg]
 
-    def extract(self, frame: np.ndarray, rois: Sequence[Roi]) -> np.ndarray:
-        """``Engine.extract`` with the cache: maps [N, C, h, w] for ``rois``, re-running only changed panes."""
+    def extract(self, frame: np.ndarray, rois: Sequence[Roi],
+                modalities: Sequence[str] | None = None) -> np.ndarray | list[np.ndarray]:
+        """``Engine.extract`` with the cache: maps [N, C, h, w] for ``rois``, re-running only changed panes.
+        A branched engine's panes go to ``modalities`` (default, as the engine: its modalities in order),
+        and maps of branches that differ in shape come back as a list."""
         rois = [tuple(int(v) for v in r) for r in np.asarray(rois).reshape(-1, 4).tolist()]
-        self.retain(rois)
-        return np.stack(self.run(frame, [self.check(frame, r) for r in rois]))
+        branches: list[str | None] = [None] * len(rois)
+        if getattr(self.engine, "branched", False):
+            branches = list(modalities if modalities is not None else self.engine.modalities[:len(rois)])  # type: ignore[attr-defined]
+        self.retain(rois, branches)
+        maps = self.run(frame, [self.check(frame, r, b) for r, b in zip(rois, branches)])
+        return np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
