@@ -424,7 +424,7 @@ def select_backend(bundle: Any, engine_type: Callable[..., Any], *, model: str |
     versions = {c.backend: backend_class(c.backend).runtime_version() for c in candidates}
     cpu = cpu_model()
     key_material = {"cpu": cpu, "cpus": os.cpu_count(), "versions": versions, "model": model_key,
-                    "model_sha256": bundle.manifest.files.get(entry.file, entry.file), "threads": threads,
+                    "model_sha256": ",".join(bundle.manifest.files.get(f, f) for f in entry.files), "threads": threads,
                     "panes": panes, "execution_precision": execution_precision}
     directory = cache_dir() if cache is True else (cache or None)
 
