@@ -88,30 +88,59 @@ def evaluate_fold(model, pack, train_index: np.ndarray, val_index: np.ndarray, i
     return result
 
 
-def summarise(folds: list[dict]) -> dict:
-    keys = ["auc", "auc_margin_1.2", "auc_margin_1.5", "auc_margin_2.0", "cam_in_mask", "mask_area",
-            "sensitivity", "specificity", "tirads2_benign_rate", "auc_train_side"]
-    summary = {}
-    for key in keys:
-        values = np.array([f[key] for f in folds if f.get(key) is not None], dtype=np.float64)
-        if len(values):
-            summary[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
-                            "folds": [round(float(v), 4) for v in values]}
-    if all("auc_margin_2.0" in f and "auc_margin_1.2" in f for f in folds):
-        gaps = np.array([f["auc_margin_2.0"] - f["auc_margin_1.2"] for f in folds])
+SUMMARY_KEYS = ("auc", "auc_margin_1.2", "auc_margin_1.5", "auc_margin_2.0", "cam_in_mask", "mask_area",
+                "sensitivity", "specificity", "tirads2_benign_rate", "auc_train_side")
+
+
+def _per_fold(results: list[dict], key: str) -> list[float]:
+    """One value per fold: a fold trained with several seeds counts once, as its seeds' mean, so the
+    spread reported is the spread over folds (held-out case sets), not over fold x seed runs."""
+    by_fold: dict[int, list[float]] = {}
+    for r in results:
+        if r.get(key) is not None:
+            by_fold.setdefault(r["fold"], []).append(float(r[key]))
+    return [float(np.mean(by_fold[f])) for f in sorted(by_fold)]
+
+
+def _mean_sd(values: list[float]) -> dict:
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "sd": float(array.std(ddof=1)) if len(array) > 1 else None,
+            "folds": [round(float(v), 4) for v in array]}
+
+
+def summarise(results: list[dict]) -> dict:
+    """Mean +- sd over folds of every held-out figure (seeds averaged within a fold first); with more than
+    one seed also each seed's mean AUC over folds and the sd of those means (the seed-to-seed spread)."""
+    summary = {key: _mean_sd(values) for key in SUMMARY_KEYS if (values := _per_fold(results, key))}
+    if all("auc_margin_2.0" in r and "auc_margin_1.2" in r for r in results):
+        gaps = np.subtract(_per_fold(results, "auc_margin_2.0"), _per_fold(results, "auc_margin_1.2"))
         summary["auc_margin_2_minus_1.2"] = {"mean": float(gaps.mean()), "folds": [round(float(g), 4) for g in gaps]}
+    seeds = sorted({r["seed"] for r in results})
+    if len(seeds) > 1:
+        per_seed = {seed: [r["auc"] for r in results if r["seed"] == seed] for seed in seeds}
+        summary["auc_by_seed"] = {str(seed): {"mean": float(np.mean(v)), "folds_done": len(v)}
+                                  for seed, v in per_seed.items()}
+        summary["auc_seed_sd"] = float(np.std([np.mean(v) for v in per_seed.values()], ddof=1))
     return summary
 
 
-def pooled_out_of_fold(folds: list[dict]) -> dict:
+def pooled_out_of_fold(results: list[dict]) -> dict:
+    """Every labelled crop's out-of-fold score (averaged over seeds when there are several), pooled: the
+    AUC with its DeLong CI and the Youden threshold given to the model trained on all data."""
     from edge_thyroid.metrics import delong_auc_ci, youden_threshold
 
-    labels = np.array([s["label"] for f in folds for s in f["scores"]])
-    scores = np.array([s["p"] for f in folds for s in f["scores"]])
+    by_crop: dict[str, tuple[int, list[float]]] = {}
+    for r in results:
+        for s in r["scores"]:
+            by_crop.setdefault(s["image"], (s["label"], []))[1].append(float(s["p"]))
+    labels = np.array([label for label, _ in by_crop.values()])
+    scores = np.array([np.mean(ps) for _, ps in by_crop.values()])
     ci = delong_auc_ci(labels, scores)
+    seeds = len({r["seed"] for r in results})
+    note = "scores of different fold models pooled: the threshold for the model trained on all data"
     return {"crops": int(len(labels)), "auc": ci.auc, "auc_ci95": [ci.low, ci.high],
             "youden_threshold": youden_threshold(labels, scores),
-            "note": "scores of different fold models pooled: the threshold for the model trained on all data"}
+            "note": note + (f"; each crop's score is the mean of its {seeds} seeds' fold models" if seeds > 1 else "")}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

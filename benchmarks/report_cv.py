@@ -71,6 +71,11 @@ def main(cv_json, names, markdown_out, reliability_out) -> None:
     runs = [(names[i] if i < len(names) else Path(p).stem, json.loads(Path(p).read_text())) for i, p in enumerate(cv_json)]
     first = runs[0][1]
     lines = [f"Labels: {first['label_source']}. Recipe: `{first['command']}`.", "", *fold_table(first), ""]
+    if first["summary"].get("auc_by_seed"):
+        by_seed = ", ".join(f"seed {seed} {v['mean']:.3f} ({v['folds_done']} folds)"
+                            for seed, v in first["summary"]["auc_by_seed"].items())
+        lines += [f"The mean ± sd row is over folds, each fold's seeds averaged first. Mean AUC by seed: {by_seed}; "
+                  f"sd between seeds {first['summary']['auc_seed_sd']:.3f}.", ""]
     if first.get("out_of_fold"):
         o = first["out_of_fold"]
         lines += [f"Pooled out-of-fold ({o['crops']} crops, scores of {first['folds']} different fold models): AUC "

@@ -40,6 +40,7 @@ def main(cv_json: str, checkpoint: str, out_path: str) -> None:
             **{key: {"mean": value["mean"], "sd": value["sd"]} for key, value in summary.items()
                if isinstance(value, dict) and "sd" in value},
             "auc_per_fold": summary["auc"]["folds"],
+            **({"auc_seed_sd": summary["auc_seed_sd"]} if "auc_seed_sd" in summary else {}),
             "out_of_fold_auc": cv["out_of_fold"]["auc"], "out_of_fold_auc_ci95": cv["out_of_fold"]["auc_ci95"],
         },
         "training": {

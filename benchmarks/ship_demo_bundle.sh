@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# From a cross-validated recipe to the shipped demo bundle, in one command:
+#   stamp the CV figures + threshold into the all-data checkpoint -> FP32 reference bundle ->
+#   full-INT8 demo bundle with the ONNX Runtime gate -> OpenVINO f32 and bf16 gates -> demo signature.
+#   bash benchmarks/ship_demo_bundle.sh CV_JSON ALL_DATA_CHECKPOINT
+#   (RUNS=runs DATA=../shared/data; the FP32 reference lands in $RUNS/bundles/shipped_fp32)
+# Every gate is judged against the FP32 export of the same checkpoint, so it measures what INT8 (and
+# each runtime) changes. The gate crops are training data of the all-data model: not an accuracy figure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CV_JSON=${1:?usage: ship_demo_bundle.sh CV_JSON ALL_DATA_CHECKPOINT}
+CKPT=${2:?usage: ship_demo_bundle.sh CV_JSON ALL_DATA_CHECKPOINT}
+RUNS=${RUNS:-runs}
+DATA=${DATA:-../shared/data}
+ET=${EDGE_THYROID:-.venv/bin/edge-thyroid}
+PY=${PYTHON:-.venv/bin/python}
+BUNDLE=edge_thyroid/data/demo_bundle
+LABELS="$DATA/ddti/labels.csv"
+mkdir -p "$RUNS/bundles"
+$PY benchmarks/stamp_checkpoint.py "$CV_JSON" "$CKPT" -o "$RUNS/shipped.pt"
+$ET export "$RUNS/shipped.pt" -o "$RUNS/bundles/shipped_fp32" --force
+$ET export "$RUNS/shipped.pt" -o "$BUNDLE" --force --precision int8 --calib "$LABELS" \
+    --verify-data "$LABELS" --no-keep-fp32
+for precision in f32 bf16; do
+    $ET verify "$BUNDLE" --reference "$RUNS/bundles/shipped_fp32" --data "$LABELS" \
+        --backend openvino --execution-precision "$precision"
+done
+$PY benchmarks/sign_demo_bundle.py
+$ET info "$BUNDLE"

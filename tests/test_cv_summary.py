@@ -1,0 +1,43 @@
+"""benchmarks/cross_validate.py's summary: the spread reported is over folds (seeds averaged inside a fold
+first), the seed-to-seed spread is reported on its own, and pooled out-of-fold scores count each crop once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import cross_validate as cv
+
+
+def _run(fold: int, seed: int, auc: float, scores: dict[str, tuple[int, float]]) -> dict:
+    return {"fold": fold, "seed": seed, "auc": auc, "cam_in_mask": 0.5 + 0.1 * seed, "auc_margin_1.2": auc - 0.1,
+            "auc_margin_2.0": auc, "scores": [{"image": k, "label": lab, "p": p} for k, (lab, p) in scores.items()]}
+
+
+def test_one_value_per_fold_and_the_seed_spread_apart():
+    runs = [_run(0, 0, 0.60, {}), _run(0, 1, 0.70, {}), _run(1, 0, 0.80, {}), _run(1, 1, 0.90, {})]
+    summary = cv.summarise(runs)
+    fold_means = [0.65, 0.85]  # each fold: the mean of its two seeds
+    assert summary["auc"]["folds"] == pytest.approx(fold_means)
+    assert summary["auc"]["mean"] == pytest.approx(0.75)
+    assert summary["auc"]["sd"] == pytest.approx(np.std(fold_means, ddof=1))
+    assert summary["auc_margin_2_minus_1.2"]["mean"] == pytest.approx(0.1)
+    assert summary["auc_by_seed"] == {"0": {"mean": pytest.approx(0.70), "folds_done": 2},
+                                      "1": {"mean": pytest.approx(0.80), "folds_done": 2}}
+    assert summary["auc_seed_sd"] == pytest.approx(np.std([0.70, 0.80], ddof=1))
+
+
+def test_a_single_seed_has_no_seed_entries():
+    summary = cv.summarise([_run(0, 0, 0.6, {}), _run(1, 0, 0.8, {})])
+    assert "auc_by_seed" not in summary and "auc_seed_sd" not in summary
+    assert summary["auc"]["sd"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+
+
+def test_pooled_out_of_fold_averages_each_crop_over_seeds():
+    # binary fractions, so the means are exact: b1 0.3125, m1 0.625, m2 0.3125 (a tie with b1)
+    a = {"b1": (0, 0.25), "m1": (1, 0.5), "m2": (1, 0.125)}
+    b = {"b1": (0, 0.375), "m1": (1, 0.75), "m2": (1, 0.5)}
+    pooled = cv.pooled_out_of_fold([_run(0, 0, 0.5, a), _run(0, 1, 0.5, b)])
+    assert pooled["crops"] == 3
+    assert pooled["auc"] == pytest.approx((1.0 + 0.5) / 2)   # m1 beats b1, m2 ties b1
+    assert "2 seeds" in pooled["note"]
