@@ -1,12 +1,25 @@
-"""Serving many workstations: the backbone in-process vs on a Triton server over loopback, and the
-server's aggregate throughput with 1, 2, 4 and 8 concurrent clients, dynamic batching on and off.
+"""Serving many workstations: the backbone in-process vs on a Triton server over loopback; the
+server's aggregate throughput with 1, 2, 4 and 8 concurrent clients for each server layout, dynamic
+batching on and off; and per-client fairness (a streaming client's latency alone and under a flood).
 
-    python benchmarks/serve_bench.py [BUNDLE] --seconds 6 --json benchmarks/results/serving.json
+    python benchmarks/serve_bench.py [BUNDLE] --seconds 4 --json benchmarks/results/serving_layouts.json \
+        --markdown benchmarks/results/serving_layouts.md
 
 Each client is a thread with its own Engine (``--backend triton``), classifying fresh 3-pane frames
 (pane cache off: every frame is a request of 3 panes) as fast as the server answers. On one machine
 the clients' host preprocessing and the server share the CPUs, so this measures the whole system
-on this machine, not a server alone; the load average is recorded with every run.
+on this machine, not a server alone; the load average is recorded with every row.
+
+Servers (all up at once, rows interleaved so drifting load hits them alike; passes/threads from
+the CPUs this process may use, ``cores``):
+
+* ``throughput``: the default of ``serve``: fair scheduling, ``cores`` single-threaded passes at once;
+* ``latency``: ``serve --layout latency``: fair scheduling, one pass on ``cores`` threads;
+* ``fifo-latency``: ``serve --scheduling fifo --layout latency``, Triton's dynamic batcher, one
+  instance on ``cores`` threads (main's layout before the many-client default).
+
+Fairness: one client keeps ``--flood-depth`` 3-pane requests in flight while a streaming client
+classifies frames one at a time; its latency is compared with the same client alone.
 """
 
 from __future__ import annotations
@@ -14,11 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +43,8 @@ sys.path.insert(0, str(REPO))
 
 from edge_thyroid.engine import Engine  # noqa: E402
 from edge_thyroid.layout import preset  # noqa: E402
-from edge_thyroid.serving.repository import BatchingOptions, write_model  # noqa: E402
+from edge_thyroid.serving.repository import (CLIENT_PARAMETER, BatchingOptions, cores_available,  # noqa: E402
+                                             layout_passes, write_model)
 from edge_thyroid.serving.server import ServerOptions, TritonServer, free_port  # noqa: E402
 from edge_thyroid.sources import SourceOptions, create_source  # noqa: E402
 
@@ -117,65 +133,231 @@ def throughput(bundle: Path, url: str, frames: list[np.ndarray], panes: list, cl
             "p90_ms": round(float(np.percentile(flat, 90)), 1) if flat else None, "errors": len(errors)}
 
 
-def serve(bundle: Path, root: Path, batching: BatchingOptions, threads: int | None) -> TritonServer:
-    write_model(bundle, root, batching=batching, threads=threads, overwrite=True)
+class Flooder:
+    """A client that keeps ``depth`` requests in flight (as fast as they are answered) under one client
+    name: a gRPC stream for a fair (decoupled) model, unary async requests for a fifo one."""
+
+    def __init__(self, url: str, model: str, decoupled: bool, pixels: np.ndarray, depth: int) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self.module, self.model, self.decoupled, self.depth = grpcclient, model, decoupled, depth
+        self.client = grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+        self.tensor = grpcclient.InferInput("pixels", list(pixels.shape), "FP32")
+        self.tensor.set_data_from_numpy(pixels)
+        self.stopping = threading.Event()
+        self.answered = self.failed = 0
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        self.in_flight = 0
+        if decoupled:
+            self.client.start_stream(callback=self._answer)
+
+    def _send(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+        if self.decoupled:
+            self.client.async_stream_infer(self.model, [self.tensor], parameters={CLIENT_PARAMETER: "flooder"})
+        else:
+            self.client.async_infer(self.model, [self.tensor], callback=self._answer, client_timeout=60)
+
+    def _answer(self, result, error) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            self.answered += error is None
+            self.failed += error is not None
+            self.idle.notify_all()
+        if not self.stopping.is_set():
+            self._send()
+
+    def start(self) -> None:
+        for _ in range(self.depth):
+            self._send()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.idle:
+            self.idle.wait_for(lambda: self.in_flight == 0, timeout=60)
+        if self.decoupled:
+            self.client.stop_stream()  # answers all in: nothing to cancel (cancelling wedges the model's unload)
+        self.client.close()
+
+
+def victim_latency(bundle: Path, url: str, frames: list[np.ndarray], panes: list, seconds: float) -> list[float]:
+    """Per-frame latency (ms) of one streaming client classifying frames one after another."""
+    engine = Engine(bundle, backend="triton", server=url)
+    times: list[float] = []
+    try:
+        engine.classify(frames[0], panes)
+        stop_at = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            engine.classify(frames[i % len(frames)], panes)
+            times.append((time.perf_counter() - started) * 1000.0)
+            i += 1
+    finally:
+        engine.close()
+    return times
+
+
+def fairness(bundle: Path, server: TritonServer, model, frames: list[np.ndarray], panes: list, seconds: float,
+             depth: int) -> dict:
+    """The streaming client's latency alone, then while a flooder keeps ``depth`` requests in flight."""
+    size = model.image_size
+    pixels = np.random.default_rng(0).standard_normal((len(panes), 3, size, size)).astype(np.float32)
+    alone = victim_latency(bundle, server.grpc_url, frames, panes, seconds)
+    flooder = Flooder(server.grpc_url, model.name, model.scheduling.value == "fair", pixels, depth)
+    flooder.start()
+    time.sleep(1.0)  # the flood is deep before the streaming client starts
+    try:
+        flooded = victim_latency(bundle, server.grpc_url, frames, panes, seconds)
+    finally:
+        flooder.stop()
+
+    def summary(values: list[float]) -> dict:
+        return {"frames": len(values), "p50_ms": round(statistics.median(values), 1),
+                "p95_ms": round(float(np.percentile(values, 95)), 1)}
+
+    return {"scheduling": model.scheduling.value, "flood_depth": depth, "alone": summary(alone),
+            "under_flood": summary(flooded), "flood_answered": flooder.answered, "flood_failed": flooder.failed,
+            "load_average": round(os.getloadavg()[0], 2)}
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    scheduling: str
+    layout: str
+    dynamic: bool
+
+
+CONFIGS = [Config("throughput", "fair", "throughput", True), Config("throughput", "fair", "throughput", False),
+           Config("latency", "fair", "latency", True), Config("latency", "fair", "latency", False),
+           Config("fifo-latency", "fifo", "latency", True), Config("fifo-latency", "fifo", "latency", False)]
+
+
+def serve(bundle: Path, root: Path, config: Config, cores: int):
+    passes, threads = layout_passes(config.layout, cores)
+    batching = BatchingOptions(dynamic=config.dynamic, max_batch_size=24, max_queue_delay_us=2000, instances=passes,
+                               scheduling=config.scheduling, client_queue_limit=0)
+    model = write_model(bundle, root, batching=batching, threads=threads, overwrite=True)
     options = ServerOptions(root, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
-    return TritonServer(options).start(timeout_s=180)
+    return TritonServer(options).start(timeout_s=180), model, passes, threads
+
+
+def markdown(record: dict) -> str:
+    lines = [f"# Serving layouts and fairness ({record['started']})", "",
+             f"Machine: {record['machine']}; {record['cores']} CPU(s) for this run; load average before "
+             f"{record['load_average_before'][0]:.2f}; bundle {Path(record['bundle']).name}; "
+             f"{record['panes']} panes of {record['frame_size']} per frame; {record['seconds_per_row']} s per row.", "",
+             "| server | passes x threads | batching | " + " | ".join(f"{c} client(s) frames/s (p50 ms)" for c in record["clients"])
+             + " | 1 -> 4 |", "|---|---|---|" + "---:|" * (len(record["clients"]) + 1)]
+    for server in record["servers"]:
+        for dynamic in (True, False):
+            rows = {r["clients"]: r for r in record["throughput"] if r["server"] == server["name"] and r["dynamic_batching"] == dynamic}
+            if not rows:
+                continue
+            cells = [f"{rows[c]['frames_per_s']:.1f} ({rows[c]['p50_ms']})" if c in rows else "-" for c in record["clients"]]
+            ratio = (f"{rows[4]['frames_per_s'] / rows[1]['frames_per_s']:.2f}x" if 1 in rows and 4 in rows else "-")
+            lines.append(f"| {server['name']} ({server['scheduling']}) | {server['passes']} x {server['threads']} | "
+                         f"{'on' if dynamic else 'off'} | " + " | ".join(cells) + f" | {ratio} |")
+    if record["latency"]:
+        lines += ["", "Per-frame latency, one client, frames interleaved:", "", "| configuration | p50 ms | p90 ms | p50 vs in-process |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {r['config']} | {r['p50_ms']} | {r['p90_ms']} | {r['overhead_p50_ms']:+.2f} |" for r in record["latency"]]
+    if record["fairness"]:
+        lines += ["", "Fairness: a streaming client alone and while another client keeps requests in flight:", "",
+                  "| server | flood depth | alone p50 / p95 ms | under flood p50 / p95 ms | flood requests answered |",
+                  "|---|---:|---:|---:|---:|"]
+        for f in record["fairness"]:
+            lines.append(f"| {f['server']} ({f['scheduling']}) | {f['flood_depth']} | {f['alone']['p50_ms']} / "
+                         f"{f['alone']['p95_ms']} | {f['under_flood']['p50_ms']} / {f['under_flood']['p95_ms']} | "
+                         f"{f['flood_answered']} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", nargs="?", default=str(DEMO_BUNDLE))
-    parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per throughput row")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per throughput row")
     parser.add_argument("--clients", default="1,2,4,8")
+    parser.add_argument("--servers", default="throughput,latency,fifo-latency")
     parser.add_argument("--frames", type=int, default=12, help="distinct frames (cycled)")
-    parser.add_argument("--rounds", type=int, default=3, help="latency rounds over the frames")
+    parser.add_argument("--rounds", type=int, default=2, help="latency rounds over the frames (0: skip)")
     parser.add_argument("--size", default="1920x1080")
-    parser.add_argument("--server-threads", type=int, default=None, help="ONNX Runtime threads of the server's model")
+    parser.add_argument("--cores", type=int, default=None, help="CPUs the layouts are sized for (default: this process's)")
+    parser.add_argument("--flood-depth", type=int, default=32)
+    parser.add_argument("--fairness-seconds", type=float, default=4.0, help="per fairness phase (0: skip)")
+    parser.add_argument("--machine", default=platform.processor() or platform.machine())
     parser.add_argument("--json", default=None)
+    parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     bundle = Path(args.bundle)
     size = tuple(int(v) for v in args.size.split("x"))
     frames, panes = frames_and_panes(args.frames, size)  # type: ignore[arg-type]
-    record: dict = {"bundle": str(bundle), "frame_size": args.size, "panes": len(panes), "cpus": os.cpu_count(),
-                    "load_average_before": os.getloadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "seconds_per_row": args.seconds, "latency": [], "throughput": []}
+    cores = args.cores or cores_available()
     counts = [int(c) for c in args.clients.split(",")]
+    wanted = args.servers.split(",")
+    configs = [c for c in CONFIGS if c.name in wanted]
+    record: dict = {"bundle": str(bundle), "frame_size": args.size, "panes": len(panes), "cores": cores,
+                    "machine": args.machine, "load_average_before": os.getloadavg(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds_per_row": args.seconds,
+                    "clients": counts, "servers": [], "latency": [], "throughput": [], "fairness": []}
+    began = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
-        # Both servers run side by side and the rows alternate (on, off, on, off, ...), so the load of
-        # this shared machine drifts over both alike.
-        servers: dict[bool, TritonServer] = {}
+        servers: dict[Config, tuple] = {}
         try:
-            for dynamic in (True, False):
-                batching = BatchingOptions(dynamic=dynamic, max_batch_size=24, max_queue_delay_us=2000)
-                servers[dynamic] = serve(bundle, Path(scratch) / ("batching" if dynamic else "plain"), batching,
-                                         args.server_threads)
-            record["latency"] = latency_rows(bundle, servers[True].grpc_url, frames, panes, args.rounds)
-            for row in record["latency"]:
-                print(f"latency  {row['config']:<40} p50 {row['p50_ms']:7.2f} ms  p90 {row['p90_ms']:7.2f} ms  "
-                      f"overhead p50 {row['overhead_p50_ms']:+.2f} ms", flush=True)
-            # Warm-up, not counted: a fresh server's first seconds are slow (one client saw 4.7 frames/s
-            # in its first 5 s against 7.1 in the next 5), and every batch size the rows will see.
-            for server in servers.values():
-                throughput(bundle, server.grpc_url, frames, panes, 1, 5.0)
-                throughput(bundle, server.grpc_url, frames, panes, max(counts), 2.0)
+            for config in configs:
+                servers[config] = serve(bundle, Path(scratch) / f"{config.name}-{config.dynamic}", config, cores)
+                if config.dynamic:
+                    _, model, passes, threads = servers[config]
+                    record["servers"].append({"name": config.name, "scheduling": config.scheduling,
+                                              "layout": config.layout, "passes": passes, "threads": threads})
+            first = servers[configs[0]][0]
+            if args.rounds:
+                record["latency"] = latency_rows(bundle, first.grpc_url, frames, panes, args.rounds)
+                for row in record["latency"]:
+                    print(f"latency  {row['config']:<40} p50 {row['p50_ms']:7.2f} ms  p90 {row['p90_ms']:7.2f} ms  "
+                          f"overhead p50 {row['overhead_p50_ms']:+.2f} ms", flush=True)
+            # Warm-up, not counted: a fresh server's first seconds are slow, and every batch size.
+            for server, *_ in servers.values():
+                throughput(bundle, server.grpc_url, frames, panes, 1, 2.0)
+                throughput(bundle, server.grpc_url, frames, panes, max(counts), 1.5)
             for turn, clients in enumerate(counts):
-                for dynamic in ((True, False) if turn % 2 == 0 else (False, True)):  # neither always first
-                    server = servers[dynamic]
-                    row = {"dynamic_batching": dynamic, **throughput(bundle, server.grpc_url, frames, panes, clients,
-                                                                     args.seconds),
+                order = configs if turn % 2 == 0 else configs[::-1]  # no server always first
+                for config in order:
+                    server = servers[config][0]
+                    row = {"server": config.name, "scheduling": config.scheduling, "dynamic_batching": config.dynamic,
+                           **throughput(bundle, server.grpc_url, frames, panes, clients, args.seconds),
                            "load_average": round(os.getloadavg()[0], 2)}
                     record["throughput"].append(row)
-                    print(f"batching {'on ' if dynamic else 'off'} clients {clients}: {row['frames_per_s']:6.2f} "
-                          f"frames/s (p50 {row['p50_ms']} ms, per client {row['per_client_frames']}, "
-                          f"load {row['load_average']})", flush=True)
+                    print(f"{config.name:<13} batching {'on ' if config.dynamic else 'off'} clients {clients}: "
+                          f"{row['frames_per_s']:6.2f} frames/s (p50 {row['p50_ms']} ms, per client "
+                          f"{row['per_client_frames']}, load {row['load_average']})", flush=True)
+            if args.fairness_seconds:
+                for config in configs:
+                    if not config.dynamic:
+                        continue
+                    server, model, *_ = servers[config]
+                    row = {"server": config.name, **fairness(bundle, server, model, frames, panes,
+                                                             args.fairness_seconds, args.flood_depth)}
+                    record["fairness"].append(row)
+                    print(f"fairness {config.name:<13} alone p50/p95 {row['alone']['p50_ms']}/{row['alone']['p95_ms']} ms, "
+                          f"under a flood of {args.flood_depth} {row['under_flood']['p50_ms']}/"
+                          f"{row['under_flood']['p95_ms']} ms", flush=True)
         finally:
-            for server in servers.values():
+            for server, *_ in servers.values():
                 server.cleanup()
     record["load_average_after"] = os.getloadavg()
+    record["duration_s"] = round(time.monotonic() - began, 1)
+    text = markdown(record)
+    print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+        print(f"wrote {args.markdown}")
 
 
 if __name__ == "__main__":

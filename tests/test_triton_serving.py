@@ -1,6 +1,7 @@
 """A real Triton Inference Server on 127.0.0.1 (free ports, started and stopped by the tests):
-model repository export, remote vs local parity, concurrent streams, a server killed mid-stream,
-refused requests, and the serve command's lifecycle.
+model repository export, remote vs local parity (fair and fifo scheduling), concurrent streams,
+per-client fairness under a flood, a server killed mid-stream, refused requests, and the serve
+command's lifecycle.
 
 The server binary comes from ``pip install --no-deps nvidia-pytriton`` (.ci/run does it). Without it
 these tests skip on a developer's machine and fail in CI, where they must run.
@@ -8,11 +9,15 @@ these tests skip on a developer's machine and fail in CI, where they must run.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import queue
 import signal
+import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +28,8 @@ import numpy as np
 import pytest
 
 from edge_thyroid.errors import BackendError, ServerUnavailableError
-from edge_thyroid.serving.repository import BatchingOptions, ServedModel, write_model
+from edge_thyroid.serving.backbone_model import FairQueue
+from edge_thyroid.serving.repository import CLIENT_PARAMETER, ORDER, BatchingOptions, ServedModel, write_model
 from edge_thyroid.serving.server import ServerError, ServerOptions, TritonServer, find_installation, free_port
 
 from .conftest import REPO, needs_torch, screen_frame
@@ -49,10 +55,12 @@ pytestmark = [needs_server, needs_torch]
 
 @dataclass
 class Served:
-    server: TritonServer
+    server: TritonServer   # fair scheduling (the default): gRPC streaming clients
     fp32: ServedModel
     int8: ServedModel
     fp32_bundle: Path
+    fifo: TritonServer     # Triton's dynamic batcher: unary gRPC and HTTP clients
+    fifo_fp32: ServedModel
 
 
 def start_server(repository: Path, **ports: int) -> TritonServer:
@@ -66,12 +74,18 @@ def served(random_bundle, tmp_path_factory):
     batching = BatchingOptions(max_batch_size=4, max_queue_delay_us=1000)
     fp32 = write_model(random_bundle, repository, batching=batching, threads=1)
     int8 = write_model(DEMO_BUNDLE, repository, batching=batching, threads=1)
-    server = start_server(repository)
+    fifo_repository = tmp_path_factory.mktemp("triton_models_fifo")
+    fifo_fp32 = write_model(random_bundle, fifo_repository, threads=1,
+                            batching=BatchingOptions(max_batch_size=4, max_queue_delay_us=1000, scheduling="fifo"))
+    servers = []
     try:
-        yield Served(server, fp32, int8, random_bundle)
+        servers.append(start_server(repository))
+        servers.append(start_server(fifo_repository))
+        yield Served(servers[0], fp32, int8, random_bundle, servers[1], fifo_fp32)
     finally:
-        server.cleanup()
-    assert server.process is None
+        for server in servers:
+            server.cleanup()
+    assert all(server.process is None for server in servers)
 
 
 def engine(bundle: Path, **options):
@@ -90,6 +104,8 @@ def classify(eng, frame: np.ndarray):
 def test_export_triton_writes_a_standard_repository_for_both_flavours(tmp_path):
     cpu = run_cli("export-triton", DEMO_BUNDLE, "-o", tmp_path / "cpu", "--instances", "2", "--max-batch-size", "6")
     assert cpu.returncode == 0, cpu.stderr
+    fifo = run_cli("export-triton", DEMO_BUNDLE, "-o", tmp_path / "fifo", "--scheduling", "fifo", "--layout", "latency")
+    assert fifo.returncode == 0, fifo.stderr
     write_model(DEMO_BUNDLE, tmp_path / "gpu", flavor="onnxruntime", tensorrt=True)  # the CLI's path, in-process
     (cpu_model,) = (tmp_path / "cpu").iterdir()
     (gpu_model,) = (tmp_path / "gpu").iterdir()
@@ -98,11 +114,22 @@ def test_export_triton_writes_a_standard_repository_for_both_flavours(tmp_path):
     cpu_text, gpu_text = cpu_config.read_text(), gpu_config.read_text()
     assert sorted(p.name for p in (cpu_model / "1").iterdir()) == ["model.onnx", "model.py"]
     assert sorted(p.name for p in (gpu_model / "1").iterdir()) == ["model.onnx"]
-    assert 'backend: "python"' in cpu_text and "count: 2 kind: KIND_CPU" in cpu_text
-    assert "max_batch_size: 6" in cpu_text and "dynamic_batching {" in cpu_text
+    # Fair scheduling (the default): one decoupled instance whose 2 worker threads are the passes.
+    assert 'backend: "python"' in cpu_text and "count: 1 kind: KIND_CPU" in cpu_text
+    assert "model_transaction_policy { decoupled: true }" in cpu_text and "dynamic_batching" not in cpu_text
+    assert 'key: "workers" value: { string_value: "2" }' in cpu_text and "max_batch_size: 6" in cpu_text
+    assert 'name: "service_order" data_type: TYPE_INT64' in cpu_text
+    from edge_thyroid.serving.repository import cores_available
+
+    # fifo + latency layout: Triton's batcher, one instance running on every core this process may use.
+    fifo_text = next((tmp_path / "fifo").iterdir()).joinpath("config.pbtxt").read_text()
+    assert "dynamic_batching {" in fifo_text and "decoupled" not in fifo_text and "count: 1 kind: KIND_CPU" in fifo_text
+    assert f'key: "intra_op_threads" value: {{ string_value: "{cores_available()}" }}' in fifo_text
+    refused = run_cli("export-triton", DEMO_BUNDLE, "-o", tmp_path / "x", "--flavor", "onnxruntime", "--scheduling", "fair")
+    assert_refused(refused, "fair scheduling runs inside the python flavour", "--scheduling fifo")
     assert f'string_value: "{sys.prefix}"' in cpu_text  # EXECUTION_ENV_PATH: this interpreter's environment
     assert 'backend: "onnxruntime"' in gpu_text and "kind: KIND_GPU" in gpu_text and 'name: "tensorrt"' in gpu_text
-    assert "EXECUTION_ENV_PATH" not in gpu_text
+    assert "EXECUTION_ENV_PATH" not in gpu_text and "dynamic_batching {" in gpu_text and "decoupled" not in gpu_text
     manifest = json.loads((DEMO_BUNDLE / "manifest.json").read_text())
     assert manifest["files"]["model.int8.onnx"] in cpu_text  # the sha256 a client checks
     # The backbone written is the bundle's own: the same weights give the same maps as the fused model.
@@ -120,13 +147,16 @@ def test_export_triton_writes_a_standard_repository_for_both_flavours(tmp_path):
 
 
 # -- remote vs local ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("url_kind, shared_memory", [("grpc", None), ("grpc", False), ("http", None), ("http", False)])
-def test_remote_fp32_matches_in_process(served, url_kind, shared_memory):
-    frame = screen_frame()
-    url = served.server.grpc_url if url_kind == "grpc" else served.server.http_url
+@pytest.mark.parametrize("scheduling, url_kind, shared_memory", [
+    ("fair", "grpc", None), ("fair", "grpc", False),
+    ("fifo", "grpc", None), ("fifo", "http", None), ("fifo", "http", False)])
+def test_remote_fp32_matches_in_process(served, scheduling, url_kind, shared_memory):
+    server = served.server if scheduling == "fair" else served.fifo
+    url = server.grpc_url if url_kind == "grpc" else server.http_url
     with engine(served.fp32_bundle) as local, \
             engine(served.fp32_bundle, backend="triton", server=url, shared_memory=shared_memory) as remote:
         assert remote.backend.use_shared_memory is (shared_memory is None)  # loopback: shared memory by default
+        assert remote.backend.decoupled is (scheduling == "fair")  # fair: answers over a gRPC stream
         for seed in range(3):
             frame = screen_frame(seed=seed)
             want, got = classify(local, frame), classify(remote, frame)
@@ -157,6 +187,11 @@ def test_a_bundle_the_server_does_not_serve_is_named_at_load(served, tmp_path):
         engine(other, backend="triton", server=served.server.grpc_url)
 
 
+def test_an_http_client_of_a_fair_server_is_told_to_use_grpc(served):
+    with pytest.raises(BackendError, match="needs gRPC streaming: use --server grpc://127.0.0.1"):
+        engine(served.fp32_bundle, backend="triton", server=served.server.http_url)
+
+
 def test_no_server_is_one_clear_error(random_bundle):
     url = f"grpc://127.0.0.1:{free_port()}"
     started = time.monotonic()
@@ -176,34 +211,45 @@ def test_malformed_and_oversized_requests_are_refused_and_the_server_stays_up(se
 
     from edge_thyroid.backends.triton import TritonBackend
 
-    client = grpcclient.InferenceServerClient(served.server.grpc_url.removeprefix("grpc://"))
+    client = grpcclient.InferenceServerClient(served.fifo.grpc_url.removeprefix("grpc://"))
     size = served.fp32.image_size
 
     def send(array: np.ndarray, datatype: str = "FP32") -> InferenceServerException:
         tensor = grpcclient.InferInput("pixels", list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
         with pytest.raises(InferenceServerException) as caught:
-            client.infer(served.fp32.name, [tensor], client_timeout=30)
+            client.infer(served.fifo_fp32.name, [tensor], client_timeout=30)
         assert not TritonBackend._unavailable(caught.value), caught.value  # refused, not retried
         return caught.value
 
     assert "batch-size must be <= 4" in send(np.zeros((5, 3, size, size), np.float32)).message()
     assert "shape" in send(np.zeros((1, 3, size + 1, size), np.float32)).message()
     assert "data-type" in send(np.zeros((1, 3, size, size), np.int64), "INT64").message().lower()
-    request = urllib.request.Request(f"{served.server.http_url}/v2/models/{served.fp32.name}/infer",
+    # The fair model answers over a stream: the same requests are refused there, as answers to them.
+    stream = StreamClient(served.server, served.fp32.name, "refusals")
+    try:
+        for array, datatype, words in [(np.zeros((5, 3, size, size), np.float32), "FP32", "batch-size must be <= 4"),
+                                       (np.zeros((1, 3, size + 1, size), np.float32), "FP32", "shape"),
+                                       (np.zeros((1, 3, size, size), np.int64), "INT64", "data-type")]:
+            result, error = stream.ask(array, datatype)
+            assert result is None and words in str(error).lower().replace("data type", "data-type"), error
+            assert not TritonBackend._unavailable(error, streamed=True), error  # refused, not retried
+    finally:
+        stream.close()
+    request = urllib.request.Request(f"{served.fifo.http_url}/v2/models/{served.fifo_fp32.name}/infer",
                                      data=b'{"inputs": [{"name": "pixels", "shape": [1, 3', method="POST",
                                      headers={"Content-Type": "application/json"})
     assert "error" in http_refusal(request)
     # A body far larger than its declared tensor (64 MiB behind a one-pane header) is refused too.
     header = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 3, size, size], "datatype": "FP32",
                                      "parameters": {"binary_data_size": 64 << 20}}]}).encode()
-    request = urllib.request.Request(f"{served.server.http_url}/v2/models/{served.fp32.name}/infer",
+    request = urllib.request.Request(f"{served.fifo.http_url}/v2/models/{served.fifo_fp32.name}/infer",
                                      data=header + bytes(64 << 20), method="POST",
                                      headers={"Content-Type": "application/octet-stream",
                                               "Inference-Header-Content-Length": str(len(header))})
     assert "error" in http_refusal(request)
     client.close()
-    assert client_is_ready(served.server)
+    assert client_is_ready(served.server) and client_is_ready(served.fifo)
 
 
 def http_refusal(request: urllib.request.Request) -> dict:
@@ -220,6 +266,158 @@ def http_refusal(request: urllib.request.Request) -> dict:
 def client_is_ready(server: TritonServer) -> bool:
     with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=10) as response:
         return response.status == 200
+
+
+# -- fairness ----------------------------------------------------------------------------------------------
+class StreamClient:
+    """A plain gRPC streaming client of a fair model, naming itself ``name`` (what the triton backend
+    sends for each workstation stream), with any number of requests in flight."""
+
+    def __init__(self, server: TritonServer, model: str, name: str) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self.module = grpcclient
+        self.client = grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
+        self.answers: queue.Queue = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: self.answers.put((result, error)))
+        self.model, self.name = model, name
+        self.ids = itertools.count()
+
+    def send(self, array: np.ndarray, datatype: str = "FP32") -> None:
+        tensor = self.module.InferInput("pixels", list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        self.client.async_stream_infer(self.model, [tensor], request_id=f"{self.name}-{next(self.ids)}",
+                                       parameters={CLIENT_PARAMETER: self.name})
+
+    def receive(self, timeout: float = 120):
+        return self.answers.get(timeout=timeout)  # queue.Empty: a hung request fails the test, bounded
+
+    def ask(self, array: np.ndarray, datatype: str = "FP32"):
+        self.send(array, datatype)
+        return self.receive()
+
+    def close(self) -> None:
+        # Not cancel_requests=True: after a cancelled stream this Triton build cannot unload the
+        # model, and the server's stop would run into its exit timeout.
+        self.client.stop_stream()
+        self.client.close()
+
+
+def waited(result) -> int:
+    """Requests the server took for a pass between this request's arrival and its own pass."""
+    served_at_arrival, service_index = (int(v) for v in result.as_numpy(ORDER)[0])
+    return service_index - served_at_arrival
+
+
+def test_fair_queue_serves_clients_round_robin_and_bounds_each():
+    fair = FairQueue(limit=3)
+    pane = {"pixels": np.zeros((1, 3, 2, 2), np.float32)}
+    for client, count in [("flood", 3), ("a", 2), ("b", 1)]:
+        for i in range(count):
+            assert fair.put(client, {**pane, "id": f"{client}{i}"}) is None
+    refused = fair.put("flood", {**pane, "id": "flood3"})
+    assert "client flood already has 3 requests waiting" in refused and "at most 3 in flight" in refused
+    one_at_a_time = [fair.take(max_panes=1, across=True)[0]["id"] for _ in range(6)]
+    assert one_at_a_time == ["flood0", "a0", "b0", "flood1", "a1", "flood2"]
+    for i in range(3):
+        fair.put("flood", {**pane, "id": f"f{i}"})
+    fair.put("x", {**pane, "id": "x0"})
+    assert [item["id"] for item in fair.take(max_panes=3, across=True)] == ["f0", "x0", "f1"]  # one turn each, then again
+    assert [item["id"] for item in fair.take(max_panes=3, across=False)] == ["f2"]            # batching off: one request
+    fair.put("y", {**pane, "id": "y0"})
+    assert [item["service_index"] for item in fair.take(max_panes=8, across=True)] == [10]  # the 11th served
+    assert fair.close() == [] and fair.take(1, True) is None
+
+
+@pytest.fixture(scope="module")
+def fair_server(tmp_path_factory):
+    """The many-client layout of a 2-core server: 2 single-threaded passes at once, fair scheduling."""
+    repository = tmp_path_factory.mktemp("triton_fair")
+    model = write_model(DEMO_BUNDLE, repository, threads=1,
+                        batching=BatchingOptions(instances=2, max_batch_size=8, client_queue_limit=40))
+    server = start_server(repository)
+    try:
+        yield server, model
+    finally:
+        server.cleanup()
+
+
+def test_a_flooding_client_does_not_starve_a_streaming_one(fair_server):
+    """One client keeps 32 requests in flight; a streaming client (one request at a time) is served in
+    the next pass after each of its requests arrives: at most one flood request (the one other client's
+    turn) goes before it, where first-come-first-served would put the whole flood before it. Counted
+    in requests by the server's own service order, not timed."""
+    import onnxruntime as ort
+
+    from edge_thyroid.graph import backbone_graph
+
+    server, model = fair_server
+    depth = 32
+    pixels = np.random.default_rng(1).standard_normal((3, 3, model.image_size, model.image_size)).astype(np.float32)
+    flooder, victim = StreamClient(server, model.name, "flooder"), StreamClient(server, model.name, "victim")
+    flood_waits: list[int] = []
+    flood_errors: list[object] = []
+    stop = threading.Event()
+
+    def flood() -> None:
+        for _ in range(depth):
+            flooder.send(pixels)
+        for _ in itertools.count():
+            result, error = flooder.receive()
+            if error is not None:
+                flood_errors.append(error)
+            else:
+                flood_waits.append(waited(result))
+            if stop.is_set():
+                return
+            flooder.send(pixels)  # keep the flood `depth` deep
+
+    thread = threading.Thread(target=flood, daemon=True)
+    victim_waits, victim_maps = [], []
+    try:
+        thread.start()
+        assert wait_until(lambda: len(flood_waits) >= depth, 120)  # the flood has been deep for a while
+        for _ in range(8):
+            result, error = victim.ask(pixels)
+            assert error is None, error
+            victim_waits.append(waited(result))
+            victim_maps.append(result.as_numpy("feature_maps"))
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+        flooder.close()
+        victim.close()
+    assert not thread.is_alive() and not flood_errors, flood_errors
+    assert max(victim_waits) <= 1, victim_waits
+    # The flood was real: its own requests waited behind most of the flood (what FIFO would make anyone wait).
+    assert statistics.median(flood_waits[depth:]) >= depth // 2, flood_waits
+    # and fairness did not mix up answers: the victim got its own pixels' feature maps.
+    session = ort.InferenceSession(backbone_graph(DEMO_BUNDLE / "model.int8.onnx").SerializeToString())
+    want = session.run(None, {"pixels": pixels})[0]
+    for maps in victim_maps:
+        np.testing.assert_allclose(maps, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_client_past_its_queue_limit_is_refused_at_once(fair_server):
+    from edge_thyroid.backends.triton import TritonBackend
+
+    server, model = fair_server
+    pane = np.zeros((1, 3, model.image_size, model.image_size), np.float32)
+    greedy, other = StreamClient(server, model.name, "greedy"), StreamClient(server, model.name, "other")
+    try:
+        for _ in range(100):
+            greedy.send(pane)
+        answers = [greedy.receive() for _ in range(100)]  # every request is answered: served or refused
+        result, error = other.ask(pane)                   # and another client is still served
+    finally:
+        greedy.close()
+        other.close()
+    refused = [error for result, error in answers if error is not None]
+    assert error is None and result.as_numpy("feature_maps").shape[0] == 1
+    assert 0 < len(refused) <= 100 - 40, len(refused)  # at least the limit's worth was taken
+    for error in refused:
+        assert "client greedy already has 40 requests waiting" in str(error), error
+        assert TritonBackend._unavailable(error, streamed=True)  # a busy server: the triton backend backs off
 
 
 # -- streams ----------------------------------------------------------------------------------------------

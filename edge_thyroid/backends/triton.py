@@ -20,6 +20,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import queue
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from urllib.parse import urlsplit
 
 from ..errors import BackendError, MissingDependencyError, ServerUnavailableError
 from ..kernels.graph_io import FRAME, PIXELS, ROIS
-from ..serving.repository import OUTPUT, SHA_PARAMETER
+from ..serving.repository import CLIENT_PARAMETER, OUTPUT, SHA_PARAMETER
 from .base import Backend, BackendOption
 
 if TYPE_CHECKING:  # annotations only: a backend module imports light (the CLI reads its declarations)
@@ -44,8 +46,10 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 REFUSED_STATUSES = {"StatusCode.INVALID_ARGUMENT", "400"}
 # ... unless it is about the server's state, not the request: a model unloading or loading while the
 # server stops or restarts, shared memory regions a restarted server has forgotten.
-TRANSIENT_MESSAGES = ("unknown model", "no available versions", "not ready", "shared memory", "unavailable")
+TRANSIENT_MESSAGES = ("unknown model", "no available versions", "not ready", "shared memory", "unavailable",
+                      "requests waiting", "unloading")
 _region_ids = itertools.count()
+_client_ids = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,13 @@ class TritonBackend(Backend):
         self._down_until = 0.0
         self._probe_s = 0.0
         self._last_error = ""
+        # A fair-scheduled (decoupled) model answers over one gRPC stream per backend; the server
+        # queues requests per client, and this backend is one client (one workstation stream).
+        self.decoupled = False
+        self.client_id = f"{socket.gethostname()}:{os.getpid()}:{next(_client_ids)}"
+        self._answers: queue.Queue | None = None
+        self._request_ids = itertools.count()
+        self._sent = self._received = 0  # on the current stream; more sent than received: answers outstanding
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -200,6 +211,11 @@ class TritonBackend(Backend):
         size = self.preprocessing.image_size
         if dims != [3, size, size]:
             raise BackendError(f"model {name} on {self.address} takes pixels {dims}; this bundle preprocesses to [3, {size}, {size}]")
+        self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
+        if self.decoupled and self.address.protocol != "grpc":
+            raise BackendError(f"model {name} on {self.address} schedules its clients fairly, which needs gRPC "
+                               f"streaming: use --server grpc://{self.address.host}:<grpc port> (or serve with "
+                               "--scheduling fifo for HTTP clients)")
         self.model_name = name
         self.max_batch_size = int(config.get("max_batch_size", 0)) or self.max_panes
         self.output_dims = tuple(int(d) for d in config["output"][0]["dims"])
@@ -229,6 +245,7 @@ class TritonBackend(Backend):
         self._registered = True
 
     def _close(self) -> None:
+        self._stop_stream()
         if self._client is not None:
             if self._registered:
                 for name in self._region_names.values():
@@ -314,9 +331,12 @@ class TritonBackend(Backend):
         else:
             pixels_in.set_data_from_numpy(pixels, **({"binary_data": True} if self.address.protocol == "http" else {}))
             wanted = module.InferRequestedOutput(OUTPUT, **({"binary_data": True} if self.address.protocol == "http" else {}))
-        kwargs = {"client_timeout": self.timeout_s} if self.address.protocol == "grpc" else {}
-        result = self._call("the inference request", self._client.infer, self.model_name, [pixels_in],
-                            outputs=[wanted], **kwargs)
+        if self.decoupled:
+            result = self._stream_request(pixels_in, wanted)
+        else:
+            kwargs = {"client_timeout": self.timeout_s} if self.address.protocol == "grpc" else {}
+            result = self._call("the inference request", self._client.infer, self.model_name, [pixels_in],
+                                outputs=[wanted], **kwargs)
         if self.use_shared_memory:
             # The region is overwritten by the next request; the pane cache keeps these maps.
             import numpy as np
@@ -325,13 +345,65 @@ class TritonBackend(Backend):
             return np.array(shm.get_contents_as_numpy(self._regions["output"], np.float32, feature))
         return result.as_numpy(OUTPUT)
 
+    def _stream_request(self, pixels_in: Any, wanted: Any) -> Any:
+        """One request over the stream, answered within ``timeout_s``. Answers are matched by request
+        id, so one that arrives after its request timed out is dropped, never taken for the next
+        request's. A stream that broke (the server went away) is closed and the next attempt opens one."""
+        if self._answers is None:
+            answers: queue.Queue = queue.Queue()
+            self._sent = self._received = 0
+
+            def take(result: Any, error: Any) -> None:
+                self._received += 1
+                answers.put((result, error))
+
+            self._call("opening a stream", self._client.start_stream, callback=take)
+            self._answers = answers
+        request_id = str(next(self._request_ids))
+        try:
+            self._call("the inference request", self._client.async_stream_infer, self.model_name, [pixels_in],
+                       outputs=[wanted], request_id=request_id, parameters={CLIENT_PARAMETER: self.client_id})
+        except ServerUnavailableError:
+            self._stop_stream()
+            raise
+        self._sent += 1
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                result, error = self._answers.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise ServerUnavailableError(f"no answer from the Triton server at {self.address} within "
+                                             f"{self.timeout_s:g} s") from None
+            if error is not None:
+                if self._unavailable(error, streamed=True):
+                    if getattr(error, "status", lambda: None)() is not None:
+                        self._stop_stream()  # a transport status: the stream itself is gone
+                    raise ServerUnavailableError(f"no answer from the Triton server at {self.address} (the inference "
+                                                 f"request): {_first_line(error)}")
+                raise BackendError(f"the Triton server at {self.address} refused the inference request: "
+                                   f"{_first_line(error)}")
+            if result.get_response().id == request_id:
+                return result
+
+    def _stop_stream(self) -> None:
+        """Close the stream. Only with answers outstanding are they cancelled (otherwise closing waits
+        for them): the embedded Triton never finishes unloading a model after a cancelled stream, so a
+        server that is still up would then need its exit timeout to stop."""
+        if self._answers is not None and self._client is not None:
+            try:
+                self._client.stop_stream(cancel_requests=self._sent > self._received)
+            except Exception:  # noqa: BLE001 - a broken stream is being thrown away
+                pass
+        self._answers = None
+
     @staticmethod
-    def _unavailable(exc: BaseException) -> bool:
+    def _unavailable(exc: BaseException, streamed: bool = False) -> bool:
         """True: no usable answer (transport failure, timeout, server stopping or restarting), worth
         retrying; False: the server refused the request itself."""
         status = getattr(exc, "status", None)
-        status = str(status() if callable(status) else status)
-        if status not in REFUSED_STATUSES:
+        status = status() if callable(status) else status
+        # Over a stream, an error without a transport status is the server's answer to the request.
+        if (status is not None or not streamed) and str(status) not in REFUSED_STATUSES:
             return True
         text = str(exc).lower()
         return any(message in text for message in TRANSIENT_MESSAGES)

@@ -16,12 +16,20 @@ import click
 def batching_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """Scheduling options shared by export-triton and serve (applied bottom-up)."""
     options = [
+        click.option("--client-queue-limit", type=click.IntRange(0), default=16, show_default=True,
+                     help="fair scheduling: requests one client may have waiting; more are refused at once (0: no limit)."),
+        click.option("--scheduling", type=click.Choice(["fair", "fifo"]), default=None,
+                     help="fair (python flavour default): per-client round-robin queues in the model, gRPC clients; "
+                          "fifo: Triton's dynamic batcher in arrival order, gRPC and HTTP clients."),
         click.option("--threads", type=click.IntRange(1), default=None,
-                     help="ONNX Runtime threads per model instance (default: ONNX Runtime's choice)."),
-        click.option("--instances", type=click.IntRange(1), default=1, show_default=True,
-                     help="Model instances (instance_group count): backbone passes that run at once."),
+                     help="ONNX Runtime threads per backbone pass (default: from --layout)."),
+        click.option("--instances", type=click.IntRange(1), default=None,
+                     help="Backbone passes that run at once (default: from --layout)."),
+        click.option("--layout", type=click.Choice(["throughput", "latency"]), default="throughput", show_default=True,
+                     help="throughput: one single-threaded pass per core (many clients); latency: one pass on all "
+                          "cores (a single client's frame soonest)."),
         click.option("--max-queue-delay-us", type=click.IntRange(0), default=2000, show_default=True,
-                     help="How long a request waits for others to join its batch."),
+                     help="fifo scheduling: how long a request waits for others to join its batch."),
         click.option("--max-batch-size", type=click.IntRange(1), default=8, show_default=True,
                      help="Most panes in one backbone pass; larger requests are refused."),
         click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
@@ -34,11 +42,20 @@ def batching_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
-def _batching(dynamic_batching: bool, max_batch_size: int, max_queue_delay_us: int, instances: int):
-    from ..serving.repository import BatchingOptions
+def _batching(dynamic_batching: bool, max_batch_size: int, max_queue_delay_us: int, layout: str,
+              instances: int | None, threads: int | None, scheduling: str | None, client_queue_limit: int,
+              *, gpu: bool = False):
+    """The model's scheduling and its ONNX Runtime threads per pass (None: ONNX Runtime's choice)."""
+    from ..serving.repository import BatchingOptions, layout_passes
 
-    return BatchingOptions(dynamic=dynamic_batching, max_batch_size=max_batch_size,
-                           max_queue_delay_us=max_queue_delay_us, instances=instances)
+    if gpu:  # a GPU instance is one device, not cores: one instance unless told otherwise
+        passes, per_pass = 1, None
+    else:
+        passes, per_pass = layout_passes(layout)
+    options = BatchingOptions(dynamic=dynamic_batching, max_batch_size=max_batch_size,
+                              max_queue_delay_us=max_queue_delay_us, instances=instances or passes,
+                              scheduling=scheduling, client_queue_limit=client_queue_limit)
+    return options, threads or per_pass
 
 
 @click.command("export-triton")
@@ -57,7 +74,8 @@ def _batching(dynamic_batching: bool, max_batch_size: int, max_queue_delay_us: i
 @click.option("--overwrite", is_flag=True, help="Replace that version if it exists.")
 @batching_options
 def export_triton(bundle, output, flavor, kind, tensorrt, python_env, model_version, overwrite, model_key,
-                  dynamic_batching, max_batch_size, max_queue_delay_us, instances, threads) -> None:
+                  dynamic_batching, max_batch_size, max_queue_delay_us, layout, instances, threads, scheduling,
+                  client_queue_limit) -> None:
     """Write BUNDLE's backbone into a Triton model repository (config.pbtxt + versioned model files).
 
     \b
@@ -66,10 +84,11 @@ def export_triton(bundle, output, flavor, kind, tensorrt, python_env, model_vers
     """
     from ..serving.repository import write_model
 
-    served = write_model(bundle, output, model=model_key, flavor=flavor,
-                         batching=_batching(dynamic_batching, max_batch_size, max_queue_delay_us, instances),
-                         execution_env=python_env, gpu=None if kind is None else kind == "gpu", tensorrt=tensorrt,
-                         threads=threads, version=model_version, overwrite=overwrite)
+    gpu = (flavor == "onnxruntime") if kind is None else kind == "gpu"
+    batching, per_pass = _batching(dynamic_batching, max_batch_size, max_queue_delay_us, layout, instances, threads,
+                                   scheduling, client_queue_limit, gpu=gpu)
+    served = write_model(bundle, output, model=model_key, flavor=flavor, batching=batching, execution_env=python_env,
+                         gpu=gpu, tensorrt=tensorrt, threads=per_pass, version=model_version, overwrite=overwrite)
     click.echo(f"wrote {served.path} (model {served.name!r}, version {served.version}, {served.flavor.value} backend; "
                f"input pixels [N,3,{served.image_size},{served.image_size}] -> feature_maps "
                f"[N,{','.join(map(str, served.output_dims))}])")
@@ -89,7 +108,8 @@ def export_triton(bundle, output, flavor, kind, tensorrt, python_env, model_vers
               help="Seconds to wait for the server and its models to be ready.")
 @batching_options
 def serve(bundles, host, grpc_port, http_port, metrics_port, repository, ready_timeout, model_key,
-          dynamic_batching, max_batch_size, max_queue_delay_us, instances, threads) -> None:
+          dynamic_batching, max_batch_size, max_queue_delay_us, layout, instances, threads, scheduling,
+          client_queue_limit) -> None:
     """Serve the backbone of each of BUNDLES with a real Triton Inference Server until Ctrl-C/SIGTERM.
 
     Workstations then run 'edge-thyroid stream BUNDLE --backend triton --server grpc://HOST:PORT':
@@ -106,8 +126,9 @@ def serve(bundles, host, grpc_port, http_port, metrics_port, repository, ready_t
     root = Path(repository) if keep else Path(tempfile.mkdtemp(prefix="edge-thyroid-models-"))
     server = None
     try:
-        batching = _batching(dynamic_batching, max_batch_size, max_queue_delay_us, instances)
-        served = [write_model(bundle, root, model=model_key, batching=batching, threads=threads, overwrite=True)
+        batching, per_pass = _batching(dynamic_batching, max_batch_size, max_queue_delay_us, layout, instances,
+                                       threads, scheduling, client_queue_limit)
+        served = [write_model(bundle, root, model=model_key, batching=batching, threads=per_pass, overwrite=True)
                   for bundle in bundles]
         server = TritonServer(ServerOptions(root, host=host, grpc_port=ports[0], http_port=ports[1],
                                             metrics_port=ports[2]))
@@ -117,8 +138,9 @@ def serve(bundles, host, grpc_port, http_port, metrics_port, repository, ready_t
                    f"metrics {server.metrics_url}", err=True)
         for model in served:
             click.echo(f"  model {model.name} (pixels [N,3,{model.image_size},{model.image_size}], "
-                       f"max batch {batching.max_batch_size}, dynamic batching {'on' if batching.dynamic else 'off'})",
-                       err=True)
+                       f"{model.scheduling.value} scheduling, {batching.instances} pass(es) at once x "
+                       f"{per_pass or 'default'} thread(s), max batch {batching.max_batch_size}, "
+                       f"batching {'on' if batching.dynamic else 'off'})", err=True)
         click.echo("stop with Ctrl-C", err=True)
         while server.running:
             time.sleep(0.2)

@@ -3,26 +3,107 @@ with ONNX Runtime. ``edge-thyroid export-triton`` copies this file as ``<model>/
 
 It runs inside Triton's Python stub, with the interpreter of the environment named by the model's
 ``EXECUTION_ENV_PATH`` parameter, so it imports only NumPy and ONNX Runtime (never edge_thyroid).
-With dynamic batching Triton hands ``execute`` several requests at once, possibly from different
-workstations: their panes are stacked into one ONNX Runtime call and split back, so concurrent
-streams share one backbone pass.
+
+Two schedulings, chosen by the config the repository writer emits:
+
+* ``fair`` (a decoupled model): ``execute`` only files each request under its client (the request
+  parameter ``edge_thyroid_client``; requests without one share one anonymous queue) and returns;
+  ``workers`` threads each take the next backbone pass round-robin over the clients that wait, one
+  request per client per turn, up to ``max_batch_size`` panes, and answer through the request's
+  response sender. A client that floods waits behind itself, not in front of the others; past
+  ``client_queue_limit`` waiting requests its new ones are refused at once. Each answer carries
+  ``service_order`` [requests served when it arrived, its own service index] so the order the
+  server served requests in can be checked without clocks.
+* ``fifo``: Triton's own dynamic batcher hands ``execute`` the requests in arrival order; their panes
+  are stacked into one ONNX Runtime call and split back.
+
+Worker threads share one ONNX Runtime session: ``run`` releases the GIL and runs on its caller's
+thread when the session has one intra-op thread, so N workers are N passes at once in one process.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import threading
 from typing import Any
 
 import numpy as np
 
 INPUT = "pixels"
 OUTPUT = "feature_maps"
+ORDER = "service_order"
+CLIENT_PARAMETER = "edge_thyroid_client"
+
+
+class FairQueue:
+    """Requests waiting, one FIFO per client, taken round-robin over the clients."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.queues: dict[str, collections.deque] = {}
+        self.turns: collections.deque[str] = collections.deque()  # clients with requests waiting, next first
+        self.ready = threading.Condition()
+        self.closed = False
+        self.served = 0  # requests answered so far (the service index of the next one)
+
+    def put(self, client: str, item: dict) -> str | None:
+        """File one request; returns why it was refused, or None."""
+        with self.ready:
+            waiting = self.queues.setdefault(client, collections.deque())
+            if self.limit and len(waiting) >= self.limit:
+                return (f"client {client or '(anonymous)'} already has {len(waiting)} requests waiting on this "
+                        f"server; expected at most {self.limit} in flight per client")
+            item["served_at_arrival"] = self.served
+            if not waiting:
+                self.turns.append(client)
+            waiting.append(item)
+            self.ready.notify()
+            return None
+
+    def take(self, max_panes: int, across: bool) -> list[dict] | None:
+        """The next pass: one request per client in turn while the panes fit (only one request when
+        ``across`` is off). Blocks while nothing waits; None once closed."""
+        with self.ready:
+            while not self.turns and not self.closed:
+                self.ready.wait()
+            if self.closed:
+                return None
+            batch: list[dict] = []
+            panes = 0
+            while self.turns:
+                client = self.turns[0]
+                waiting = self.queues[client]
+                size = len(waiting[0]["pixels"])
+                if batch and (panes + size > max_panes or not across):
+                    break
+                self.turns.popleft()
+                batch.append(waiting.popleft())
+                panes += size
+                if waiting:
+                    self.turns.append(client)  # its next request waits for everyone else's turn
+                else:
+                    del self.queues[client]
+            for item in batch:
+                item["service_index"] = self.served
+                self.served += 1
+            return batch
+
+    def close(self) -> list[dict]:
+        with self.ready:
+            self.closed = True
+            self.ready.notify_all()
+            left = [item for waiting in self.queues.values() for item in waiting]
+            self.queues.clear()
+            self.turns.clear()
+            return left
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         import onnxruntime as ort
+        import triton_python_backend_utils as pb_utils
 
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
@@ -36,16 +117,30 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(model_file, sess_options=options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        self.workers: list[threading.Thread] = []
+        if self.decoupled:
+            self.max_panes = int(config.get("max_batch_size", 0)) or 1
+            self.across = parameters.get("batch_requests", "1") == "1"
+            self.queue = FairQueue(int(parameters.get("client_queue_limit", "0") or 0))
+            for index in range(max(1, int(parameters.get("workers", "1") or 1))):
+                worker = threading.Thread(target=self._serve, name=f"backbone-{index}", daemon=True)
+                worker.start()
+                self.workers.append(worker)
 
-    def execute(self, requests: list[Any]) -> list[Any]:
+    # -- fifo: Triton's dynamic batcher ----------------------------------------------------------------
+    def execute(self, requests: list[Any]) -> list[Any] | None:
         import triton_python_backend_utils as pb_utils
 
+        if self.decoupled:
+            for request in requests:
+                self._file(request)
+            return None
         # Tensors cross the stub through DLPack, not as_numpy()/Tensor(name, array): the stub's
         # NumPy bridge was compiled against NumPy 1's array layout and, under NumPy 2, reads an item
         # size of 0 (responses arrive with 0 bytes of data).
         batches = [np.from_dlpack(pb_utils.get_input_tensor_by_name(request, INPUT)) for request in requests]
-        stacked = batches[0] if len(batches) == 1 else np.concatenate(batches, axis=0)
-        maps = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(stacked, dtype=np.float32)})[0]
+        maps = self._run(batches)
         responses, start = [], 0
         for batch in batches:
             part = maps[start : start + len(batch)]
@@ -53,5 +148,66 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor.from_dlpack(OUTPUT, np.ascontiguousarray(part))]))
         return responses
 
+    def _run(self, batches: list[np.ndarray]) -> np.ndarray:
+        stacked = batches[0] if len(batches) == 1 else np.concatenate(batches, axis=0)
+        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(stacked, dtype=np.float32)})[0]
+
+    # -- fair: per-client round-robin ------------------------------------------------------------------
+    def _file(self, request: Any) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        sender = request.get_response_sender()
+        try:
+            client = str(json.loads(request.parameters() or "{}").get(CLIENT_PARAMETER, ""))
+        except (ValueError, AttributeError):
+            client = ""
+        # A copy: the request's input buffer belongs to Triton and may go once execute returns.
+        pixels = np.array(np.from_dlpack(pb_utils.get_input_tensor_by_name(request, INPUT)), dtype=np.float32)
+        wanted = set(request.requested_output_names() or ())
+        refused = self.queue.put(client, {"pixels": pixels, "sender": sender, "wanted": wanted})
+        if refused:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(refused)),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _serve(self) -> None:
+        while True:
+            batch = self.queue.take(self.max_panes, self.across)
+            if batch is None:
+                return
+            self._answer(batch)
+            # Nothing of the batch may outlive its answers: a response sender still referenced keeps
+            # Triton from ever unloading the model (the server then cannot stop).
+            del batch
+
+    def _answer(self, batch: list[dict]) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        try:
+            maps = self._run([item["pixels"] for item in batch])
+        except Exception as exc:  # noqa: BLE001 - every waiting client gets the reason, the worker lives on
+            for item in batch:
+                item["sender"].send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"backbone failed: {exc}")),
+                                    flags=final)
+            return
+        start = 0
+        for item in batch:
+            count = len(item["pixels"])
+            outputs = {OUTPUT: np.ascontiguousarray(maps[start : start + count]),
+                       ORDER: np.tile(np.array([[item["served_at_arrival"], item["service_index"]]], np.int64), (count, 1))}
+            start += count
+            tensors = [pb_utils.Tensor.from_dlpack(name, value) for name, value in outputs.items()
+                       if not item["wanted"] or name in item["wanted"]]
+            item["sender"].send(pb_utils.InferenceResponse(output_tensors=tensors), flags=final)
+
     def finalize(self) -> None:
+        if self.decoupled:
+            import triton_python_backend_utils as pb_utils
+
+            for item in self.queue.close():
+                item["sender"].send(pb_utils.InferenceResponse(error=pb_utils.TritonError("the model is unloading")),
+                                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            for worker in self.workers:
+                worker.join(timeout=10)
         self.session = None
+

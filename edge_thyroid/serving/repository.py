@@ -21,6 +21,7 @@ can check that the server runs exactly the weights its local bundle verified.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -35,8 +36,11 @@ if TYPE_CHECKING:  # the triton backend imports this module's names; it must sta
     from ..bundle import Bundle
 
 OUTPUT = "feature_maps"
+ORDER = "service_order"  # fair scheduling: [requests served when it arrived, its service index]
+CLIENT_PARAMETER = "edge_thyroid_client"  # request parameter naming the client (a workstation stream)
 SHA_PARAMETER = "edge_thyroid_model_sha256"
 SIZE_PARAMETER = "edge_thyroid_image_size"
+SCHEDULING_PARAMETER = "edge_thyroid_scheduling"
 MODEL_FILE = "model.onnx"
 
 
@@ -45,27 +49,78 @@ class Flavor(str, Enum):
     ONNXRUNTIME = "onnxruntime"  # stock Triton containers: onnxruntime backend (GPU by default)
 
 
+class Scheduling(str, Enum):
+    FAIR = "fair"  # decoupled Python model: per-client round-robin queues, gRPC streaming clients
+    FIFO = "fifo"  # Triton's dynamic batcher, arrival order; unary gRPC and HTTP clients
+
+
+class Layout(str, Enum):
+    THROUGHPUT = "throughput"  # one backbone pass per core, one thread each: many clients
+    LATENCY = "latency"        # one pass at a time on every core: one client's frame soonest
+
+
+def cores_available() -> int:
+    """CPUs this process may run on (its affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def layout_passes(layout: Layout | str, cores: int | None = None) -> tuple[int, int]:
+    """(backbone passes at once, ONNX Runtime threads per pass) of a layout on ``cores`` CPUs.
+
+    Throughput: one single-threaded pass per core. A 3-pane pass on one thread wastes nothing on
+    thread hand-offs, and while one client's frame is on the wire or in host preprocessing another
+    client's pass keeps the core busy. Latency: one pass spread over every core, the shortest time
+    for one frame when a single client is alone (BENCHMARKS.md: serving, layouts)."""
+    try:
+        layout = Layout(layout)
+    except ValueError:
+        raise InputError(f"layout {layout!r} is not known; expected one of {[v.value for v in Layout]}") from None
+    cores = cores or cores_available()
+    return (cores, 1) if layout is Layout.THROUGHPUT else (1, cores)
+
+
 @dataclass(frozen=True)
 class BatchingOptions:
     """Server-side scheduling of one model.
 
     ``max_batch_size`` bounds the panes one backbone pass takes (and so the largest request the
-    server accepts); ``max_queue_delay_us`` is how long the first request waits for others to join
-    its batch. No ``default_queue_policy`` (queue bound, timeouts) is written: with any such block
-    the embedded Triton stalled single requests for ~0.5 s (one client: 7-17 instead of 33 frames/s,
-    BENCHMARKS.md)."""
+    server accepts); ``instances`` is how many passes run at once. ``scheduling`` fair (the python
+    flavour's default): the model queues requests per client and serves the clients round-robin,
+    ``client_queue_limit`` requests waiting per client at most (0: no limit); ``dynamic`` then means
+    panes of several clients' requests share a pass. fifo: Triton's dynamic batcher (``dynamic``),
+    where ``max_queue_delay_us`` is how long the first request waits for others to join its batch.
+    No ``default_queue_policy`` is written: with one the embedded Triton stalled single requests
+    ~0.5 s (docs/serving.md says why)."""
 
     dynamic: bool = True
     max_batch_size: int = 8
     max_queue_delay_us: int = 2000
     instances: int = 1
+    scheduling: Scheduling | str | None = None  # None: fair for the python flavour, fifo for onnxruntime
+    client_queue_limit: int = 16
 
     def validate(self) -> None:
         for name in ("max_batch_size", "instances"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} is {getattr(self, name)}; expected a positive integer")
-        if self.max_queue_delay_us < 0:
-            raise InputError(f"max_queue_delay_us is {self.max_queue_delay_us}; expected 0 or more")
+        for name in ("max_queue_delay_us", "client_queue_limit"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} is {getattr(self, name)}; expected 0 or more")
+        if self.scheduling is not None and self.scheduling not in [v.value for v in Scheduling]:
+            raise InputError(f"scheduling {self.scheduling!r} is not known; expected one of "
+                             f"{[v.value for v in Scheduling]}")
+
+    def scheduling_for(self, flavor: "Flavor") -> Scheduling:
+        if self.scheduling is None:
+            return Scheduling.FAIR if flavor is Flavor.PYTHON else Scheduling.FIFO
+        scheduling = Scheduling(self.scheduling)
+        if scheduling is Scheduling.FAIR and flavor is not Flavor.PYTHON:
+            raise InputError("fair scheduling runs inside the python flavour's model; the onnxruntime flavour "
+                             "uses Triton's own scheduler (--scheduling fifo)")
+        return scheduling
 
 
 @dataclass(frozen=True)
@@ -79,6 +134,7 @@ class ServedModel:
     output_dims: tuple[int, ...]  # per pane: (C, h, w)
     flavor: Flavor
     path: Path
+    scheduling: Scheduling = Scheduling.FIFO
 
 
 def model_name(sha256: str, key: str) -> str:
@@ -107,6 +163,7 @@ def write_model(bundle: "Bundle | str | Path", repository: str | Path, *, model:
     except ValueError:
         raise InputError(f"flavor {flavor!r} is not known; expected one of {[f.value for f in Flavor]}") from None
     batching.validate()
+    batching.scheduling_for(flavor)  # refuse fair scheduling on a flavour without a Python model first
     if version < 1:
         raise InputError(f"version is {version}; expected a positive integer (Triton's version folders start at 1)")
     if tensorrt and flavor is not Flavor.ONNXRUNTIME:
@@ -145,21 +202,32 @@ def write_model(bundle: "Bundle | str | Path", repository: str | Path, *, model:
                           gpu=use_gpu, tensorrt=tensorrt, threads=threads,
                           execution_env=Path(execution_env or sys.prefix) if flavor is Flavor.PYTHON else None)
     (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
-    return ServedModel(name, version, sha256, size, dims, flavor, model_dir)
+    return ServedModel(name, version, sha256, size, dims, flavor, model_dir, batching.scheduling_for(flavor))
 
 
 def model_config(name: str, *, size: int, output_dims: tuple[int, ...], sha256: str, flavor: Flavor,
                  batching: BatchingOptions, gpu: bool, tensorrt: bool = False, threads: int | None = None,
                  execution_env: Path | None = None) -> str:
     """The config.pbtxt text (protobuf text format) of one backbone model."""
+    scheduling = batching.scheduling_for(flavor)
+    fair = scheduling is Scheduling.FAIR
+    outputs = [f'  {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, output_dims))} ] }}']
+    if fair:
+        outputs.append(f'  {{ name: "{ORDER}" data_type: TYPE_INT64 dims: [ 2 ] }}')
     lines = [f'name: "{name}"', f'backend: "{flavor.value}"', f"max_batch_size: {batching.max_batch_size}",
              "input [", f'  {{ name: "{PIXELS}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }}', "]",
-             "output [", f'  {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, output_dims))} ] }}', "]",
-             f"instance_group [ {{ count: {batching.instances} kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]",
+             "output [", ",\n".join(outputs), "]",
+             # fair: one Triton instance holds the one queue; its worker threads are the passes at once.
+             f"instance_group [ {{ count: {1 if fair else batching.instances} kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]",
              "version_policy: { latest: { num_versions: 1 } }"]
-    if batching.dynamic:
+    if fair:
+        lines.append("model_transaction_policy { decoupled: true }")
+    elif batching.dynamic:
         lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {batching.max_queue_delay_us}", "}"]
-    parameters = {SHA_PARAMETER: sha256, SIZE_PARAMETER: str(size)}
+    parameters = {SHA_PARAMETER: sha256, SIZE_PARAMETER: str(size), SCHEDULING_PARAMETER: scheduling.value}
+    if fair:
+        parameters.update(workers=str(batching.instances), batch_requests="1" if batching.dynamic else "0",
+                          client_queue_limit=str(batching.client_queue_limit))
     if execution_env is not None:
         parameters["EXECUTION_ENV_PATH"] = str(execution_env)
     if threads:
