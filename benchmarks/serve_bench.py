@@ -236,10 +236,11 @@ CONFIGS = [Config("throughput", "fair", "throughput", True), Config("throughput"
            Config("fifo-latency", "fifo", "latency", True), Config("fifo-latency", "fifo", "latency", False)]
 
 
-def serve(bundle: Path, root: Path, config: Config, cores: int):
+def serve(bundle: Path, root: Path, config: Config, cores: int, max_batch_size: int):
+    """One server; no client queue limit, so the flood in the fairness rows is served, not refused."""
     passes, threads = layout_passes(config.layout, cores)
-    batching = BatchingOptions(dynamic=config.dynamic, max_batch_size=24, max_queue_delay_us=2000, instances=passes,
-                               scheduling=config.scheduling, client_queue_limit=0)
+    batching = BatchingOptions(dynamic=config.dynamic, max_batch_size=max_batch_size, max_queue_delay_us=2000,
+                               instances=passes, scheduling=config.scheduling, client_queue_limit=0)
     model = write_model(bundle, root, batching=batching, threads=threads, overwrite=True)
     options = ServerOptions(root, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     return TritonServer(options).start(timeout_s=180), model, passes, threads
@@ -249,7 +250,8 @@ def markdown(record: dict) -> str:
     lines = [f"# Serving layouts and fairness ({record['started']})", "",
              f"Machine: {record['machine']}; {record['cores']} CPU(s) for this run; load average before "
              f"{record['load_average_before'][0]:.2f}; bundle {Path(record['bundle']).name}; "
-             f"{record['panes']} panes of {record['frame_size']} per frame; {record['seconds_per_row']} s per row.", "",
+             f"{record['panes']} panes of {record['frame_size']} per frame; {record['seconds_per_row']} s per row; "
+             f"max batch {record['max_batch_size']} panes; run took {record['duration_s']} s.", "",
              "| server | passes x threads | batching | " + " | ".join(f"{c} client(s) frames/s (p50 ms)" for c in record["clients"])
              + " | 1 -> 4 |", "|---|---|---|" + "---:|" * (len(record["clients"]) + 1)]
     for server in record["servers"]:
@@ -287,6 +289,7 @@ def main() -> None:
     parser.add_argument("--size", default="1920x1080")
     parser.add_argument("--cores", type=int, default=None, help="CPUs the layouts are sized for (default: this process's)")
     parser.add_argument("--flood-depth", type=int, default=32)
+    parser.add_argument("--max-batch-size", type=int, default=8, help="panes per pass (serve's default)")
     parser.add_argument("--fairness-seconds", type=float, default=4.0, help="per fairness phase (0: skip)")
     parser.add_argument("--machine", default=platform.processor() or platform.machine())
     parser.add_argument("--json", default=None)
@@ -302,13 +305,14 @@ def main() -> None:
     record: dict = {"bundle": str(bundle), "frame_size": args.size, "panes": len(panes), "cores": cores,
                     "machine": args.machine, "load_average_before": os.getloadavg(),
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds_per_row": args.seconds,
-                    "clients": counts, "servers": [], "latency": [], "throughput": [], "fairness": []}
+                    "clients": counts, "max_batch_size": args.max_batch_size, "servers": [], "latency": [], "throughput": [], "fairness": []}
     began = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
         servers: dict[Config, tuple] = {}
         try:
             for config in configs:
-                servers[config] = serve(bundle, Path(scratch) / f"{config.name}-{config.dynamic}", config, cores)
+                servers[config] = serve(bundle, Path(scratch) / f"{config.name}-{config.dynamic}", config, cores,
+                                        args.max_batch_size)
                 if config.dynamic:
                     _, model, passes, threads = servers[config]
                     record["servers"].append({"name": config.name, "scheduling": config.scheduling,
