@@ -349,8 +349,6 @@ def test_a_flooding_client_does_not_starve_a_streaming_one(fair_server):
     in requests by the server's own service order, not timed."""
     import onnxruntime as ort
 
-    from edge_thyroid.graph import backbone_graph
-
     server, model = fair_server
     depth = 32
     pixels = np.random.default_rng(1).standard_normal((3, 3, model.image_size, model.image_size)).astype(np.float32)
@@ -392,7 +390,8 @@ def test_a_flooding_client_does_not_starve_a_streaming_one(fair_server):
     # The flood was real: its own requests waited behind most of the flood (what FIFO would make anyone wait).
     assert statistics.median(flood_waits[depth:]) >= depth // 2, flood_waits
     # and fairness did not mix up answers: the victim got its own pixels' feature maps.
-    session = ort.InferenceSession(backbone_graph(DEMO_BUNDLE / "model.int8.onnx").SerializeToString())
+    # The backbone the server runs (the export test checks it is the bundle's own, cut from its graph).
+    session = ort.InferenceSession(str(model.path / str(model.version) / "model.onnx"))
     want = session.run(None, {"pixels": pixels})[0]
     for maps in victim_maps:
         np.testing.assert_allclose(maps, want, rtol=1e-4, atol=1e-4)
