@@ -484,6 +484,7 @@ def test_a_server_killed_and_restarted_mid_stream(random_bundle, tmp_path):
     restarted = None
     try:
         assert wait_until(lambda: len(frame_records(out)) >= 5, 120, stream), out.with_suffix(".log").read_text()
+        crashed_group = server.process.pid
         os.kill(server.process.pid, signal.SIGKILL)  # a crash: no goodbye to the clients
         server.process.wait(timeout=30)
         assert wait_until(lambda: sum(r["reason"] == "server_unavailable" for r in frame_records(out)) >= 5, 60, stream)
@@ -498,6 +499,8 @@ def test_a_server_killed_and_restarted_mid_stream(random_bundle, tmp_path):
         server.cleanup()
         if restarted is not None:
             restarted.cleanup()
+    with pytest.raises(ProcessLookupError):  # the crashed server's backend stubs were stopped with it
+        os.killpg(crashed_group, 0)
     records = parse_jsonl(out)  # every line parses
     from .test_stream_records import STREAM_RECORDS
 

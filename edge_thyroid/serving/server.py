@@ -103,6 +103,15 @@ def _die_with_parent() -> None:
         pass
 
 
+def _kill_process_group(pgid: int) -> None:
+    """The Python backend's stubs are the server's children, in its process group (the server starts a
+    session of its own); a server that died hard leaves them running, so whatever is left goes too."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -215,6 +224,7 @@ class TritonServer:
         """Stop the server; returns its exit status (None when it was not started)."""
         status = None
         if self.process is not None:
+            group = self.process.pid  # start_new_session: the server leads its own process group
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
                 try:
@@ -223,6 +233,7 @@ class TritonServer:
                     self.process.kill()
                     self.process.wait(timeout=grace_s)
             status = self.process.returncode
+            _kill_process_group(group)
             self.process = None
         if self._log is not None:
             self._log.close()
