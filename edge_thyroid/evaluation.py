@@ -63,6 +63,8 @@ def decide_split(csv_path: str | Path, requested: Split | None, trained_on: Sequ
     never silently cut to a quarter."""
     if requested is not None:
         return requested, f"--split {requested.value} as asked"
+    if not Path(csv_path).is_file():  # hashed before read_samples would name it: one line, not a traceback
+        raise InputError(f"data CSV not found: {csv_path}; expected a CSV with image, label and case_id columns")
     digest = sha256_file(csv_path)
     if trained_on and all(t == digest for t in trained_on):
         return Split.VAL, (f"this CSV is the one the model was trained on (sha256 {digest[:12]}...), so only its "

@@ -171,3 +171,20 @@ main(['evaluate', {str(tmp_path / 'model.pt')!r}, '--data', {str(csv_path)!r}, '
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode != 0
     assert "pip install 'edge-thyroid[export]'" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["evaluate", "compare"])
+def test_a_missing_data_csv_is_one_line_with_exit_2(command, tmp_path, capsys):
+    """Without --split the CSV is hashed (is it the training CSV?) before its rows are read: a missing
+    file gave a FileNotFoundError traceback there."""
+    from edge_thyroid.cli import main
+    from edge_thyroid.commands.stream import DEMO_BUNDLE, data_path
+
+    bundle = str(data_path(DEMO_BUNDLE))
+    models = [bundle, "--backend", "onnxruntime"] if command == "evaluate" else [bundle, bundle]
+    missing = tmp_path / "nope.csv"
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *models, "--data", str(missing)])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("notice:")]
+    assert err == [f"error: data CSV not found: {missing}; expected a CSV with image, label and case_id columns"]
