@@ -132,13 +132,18 @@ def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path
             raise InputError("a model with a backbone per modality exports to ONNX Runtime (--target onnxruntime); "
                              "TensorRT plans hold one backbone")
         import_tensorrt()  # fail before minutes of calibration, not after
+    spec = preprocessing or PreprocessSpec(image_size=image_size)
+    try:  # before any graph is built at that size (the spec's ValueError came out of the fusion as a traceback)
+        spec.validate()
+    except ValueError as exc:
+        raise InputError(f"preprocessing: {exc}; expected a pane resolution (--image-size) of 8 to 2048 "
+                         "and a valid mean/std") from None
     # Read the data first: a wrong path fails in a second, not after the export.
     labelled = labelled_split(gate.data, gate.split, folds=gate.folds, fold=gate.fold, seed=gate.seed) if gate else None
     frames = None
     if precision is Precision.INT8:
         frames = calibration_set(calibration.data, count=calibration.count, folds=calibration.folds,
                                  fold=calibration.fold, seed=calibration.seed)
-    spec = preprocessing or PreprocessSpec(image_size=image_size)
     if not isinstance(model, BundleModel):
         model = classifier_bundle_model(model, image_size)
     head, graphs = model.head, model.graphs()

@@ -76,6 +76,18 @@ def test_export_refuses_to_overwrite_without_force(tmp_path):
     assert run(["export", "--random-init", "-o", str(bundle), "--image-size", "32"]).exit_code != 0
 
 
+@needs_torch
+@pytest.mark.parametrize("size", ["7", "4096"])
+def test_export_refuses_an_image_size_out_of_range_in_one_line(size, tmp_path, capsys):
+    """The preprocessing spec rejected it only when the graph was fused: a ValueError traceback, exit 1."""
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--random-init", "-o", str(tmp_path / "b"), "--image-size", size])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: preprocessing: image_size must be in [8, 2048], got {size}; expected") and "\n" not in err
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["classify", "/nonexistent/bundle", "x.png"], "bundle not found: /nonexistent/bundle"),
     (["export", "-o", "/tmp/x"], "give either CHECKPOINT or --random-init"),
