@@ -475,3 +475,13 @@ def test_a_source_that_reopens_but_never_delivers_is_lost_after_the_attempt_budg
     waits = [g["duration_s"] for g in gaps[:4]]
     assert waits == sorted(waits) and waits[3] >= 0.15  # 0.02, 0.04, 0.08, 0.16: the back-off kept growing
     assert "did not come back after 4 reopen attempts" in summary.error
+
+
+def test_the_engine_provides_what_the_pane_cache_declares_it_needs():
+    """The cache's Extractor protocol names what it calls on the engine; a member the engine lacks (a
+    copy of the cache's own _extract once sat there) makes the declaration wrong for every engine."""
+    from edge_thyroid.stream.cache import Extractor
+
+    declared = {name for name, value in vars(Extractor).items() if callable(value) and not name.startswith("__")}
+    assert declared == {"extract"}
+    assert all(callable(getattr(Engine, name, None)) for name in declared)

@@ -29,12 +29,6 @@ class Extractor(Protocol):
     """What the cache needs of the engine: feature maps [N, C, h, w] of the given panes (a branched
     engine also takes the panes' modalities)."""
 
-    def _extract(self, frame: np.ndarray, todo: Sequence[PaneCheck]) -> Sequence[np.ndarray]:
-        rois = [c.roi for c in todo]
-        if all(c.branch is None for c in todo):
-            return self.engine.extract(frame, rois)
-        return self.engine.extract(frame, rois, [c.branch for c in todo])  # type: ignore[call-arg]
-
     def extract(self, frame: np.ndarray, rois: Sequence[Roi]) -> np.ndarray: ...
 
 
