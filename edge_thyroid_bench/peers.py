@@ -250,13 +250,16 @@ class EngineRunner(Runner):
         self.cache = PaneCache(self.engine).extract if self.spec.cached else None
 
     def features(self, frame: np.ndarray, rois: np.ndarray, timer: StageTimer) -> np.ndarray:
+        # The panes' modalities go along: with a backbone per modality, the engine's default (its modalities
+        # in order) sent e.g. --panes 2's SWE pane (bmode, swe) through the SMI backbone.
         with timer.stage(Stage.INFER):
             if self.cache is not None:
-                return self.cache(frame, rois)
-            return self.engine.extract(frame, rois)
+                return self.cache(frame, rois, self.spec.modalities)
+            return self.engine.extract(frame, rois, self.spec.modalities)
 
     def size_bytes(self) -> int:
-        return self.bundle.path(self.bundle.model_entry(self.spec.model)[1].file).stat().st_size
+        # Every branch's file: a branched entry has no single file (its "" named the bundle folder).
+        return sum(self.bundle.path(name).stat().st_size for name in self.bundle.model_entry(self.spec.model)[1].files)
 
     def close(self) -> None:
         self.engine.close()

@@ -196,6 +196,35 @@ def test_extract_batches_per_branch_and_pane_cache_keys_by_branch(module_bundle,
         assert [m.shape[0] for m in listed] == [2048, 1024, 1024] and np.array_equal(listed[0], maps[0])
 
 
+def test_bench_engine_rows_send_each_pane_to_its_own_branch_and_count_every_branch_file(module_bundle, frame):
+    """bench --panes 2 shows B-mode + SWE: the engine rows must run the SWE pane through the SWE backbone
+    (the engine's default order sent it through SMI's, same width here, so p was silently wrong), and the
+    row's model size is every branch file's (it was the bundle folder's st_size)."""
+    from edge_thyroid_bench.benchmarking import StageTimer
+    from edge_thyroid_bench.harness import pick_modalities
+    from edge_thyroid_bench.peers import ConfigSpec, Kind, make_runner
+
+    modalities = pick_modalities(tuple(ARCHITECTURES), 2)
+    assert modalities == ("bmode", "swe")
+    rois = np.array([ROIS[m] for m in modalities])
+    bundle = load_bundle(module_bundle)
+    with Engine(bundle, backend="onnxruntime") as engine:
+        expected = engine.extract(frame, rois, list(modalities))
+        expected_p = engine.classify(frame, [Pane(m, ROIS[m]) for m in modalities]).probability
+    files = bundle.model_entry("fp32")[1].files
+    for cached in (False, True):
+        runner = make_runner(ConfigSpec(Kind.ENGINE, str(module_bundle), "fp32", modalities, 1, cached=cached,
+                                        backend="onnxruntime"), bundle)
+        runner.load()
+        try:
+            maps = runner.features(frame, rois, StageTimer())
+            assert all(np.array_equal(got, want) for got, want in zip(maps, expected))
+            assert runner.process(frame, rois, StageTimer()) == pytest.approx(expected_p, abs=1e-9)
+            assert runner.size_bytes() == sum((module_bundle / name).stat().st_size for name in files)
+        finally:
+            runner.close()
+
+
 def test_stream_runs_end_to_end_on_a_branched_bundle(module_bundle, tmp_path):
     """The synthetic three-pane screen (B-mode, SMI, SWE refreshing at 2 Hz) streamed with the real CLI."""
     out = tmp_path / "out.jsonl"
