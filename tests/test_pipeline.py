@@ -485,3 +485,22 @@ def test_the_engine_provides_what_the_pane_cache_declares_it_needs():
     declared = {name for name, value in vars(Extractor).items() if callable(value) and not name.startswith("__")}
     assert declared == {"extract"}
     assert all(callable(getattr(Engine, name, None)) for name in declared)
+
+
+def test_branched_cache_refuses_panes_without_a_modality():
+    """With a backbone per modality each pane needs its modality; the cache zipped ROIs with modalities
+    and silently returned fewer maps than panes when one was missing."""
+
+    class BranchedEngine:
+        branched = True
+        modalities = ("bmode", "smi", "swe")
+
+        def extract(self, frame, rois, modalities=None):
+            return np.stack([np.full((4, 2, 2), float(len(m))) for m in modalities])
+
+    frame = ultrasound_like(120, 200)
+    rois = [(0, 0, 100, 100), (100, 0, 100, 100)]
+    cache = PaneCache(BranchedEngine())
+    assert cache.extract(frame, rois, ["bmode", "swe"]).shape == (2, 4, 2, 2)
+    with pytest.raises(InputError, match="2 panes but 1 modalities"):
+        cache.extract(frame, rois, ["bmode"])

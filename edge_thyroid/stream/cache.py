@@ -126,6 +126,8 @@ class PaneCache:
         branches: list[str | None] = [None] * len(rois)
         if getattr(self.engine, "branched", False):
             branches = list(modalities if modalities is not None else self.engine.modalities[:len(rois)])  # type: ignore[attr-defined]
+            if len(branches) != len(rois):  # zip() below would silently drop the panes without a modality
+                raise InputError(f"{len(rois)} panes but {len(branches)} modalities; expected one modality per pane")
         self.retain(rois, branches)
         maps = self.run(frame, [self.check(frame, r, b) for r, b in zip(rois, branches)])
         return np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
