@@ -101,7 +101,7 @@ class Engine:
         target = entry.target.value
         backend_type = backend_class(backend or backend_for_target(target))
         if target not in backend_type.targets:
-            raise BackendError(f"the {backend_type.name} backend cannot run model {self.model_key!r} ({entry.file}, "
+            raise BackendError(f"the {backend_type.name} backend cannot run model {self.model_key!r} ({entry.describe}, "
                                f"target {target}); expected a model of target {list(backend_type.targets)}, or "
                                f"--backend {backend_for_target(target)} for this one")
         self.head = FusionHead.load(self.bundle.path(manifest.head_file), manifest.modalities)

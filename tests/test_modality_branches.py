@@ -371,6 +371,20 @@ def test_int8_export_quantizes_every_branch_through_the_gate(tmp_path):
     assert gate_p == pytest.approx(all_branches, abs=1e-12) and abs(gate_p - bmode_only) > 1e-3
 
 
+def test_a_runtime_that_cannot_run_the_target_names_every_branch_file(module_bundle, tmp_path):
+    """The refusal named entry.file, which a branched entry leaves empty: '(, target tensorrt)'."""
+    from edge_thyroid.errors import BackendError
+
+    bundle = tmp_path / "trt"
+    shutil.copytree(module_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["models"]["fp32"]["target"] = "tensorrt"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BackendError, match=r"\(bmode=model\.bmode\.onnx, smi=model\.smi\.onnx, swe=model\.swe\.onnx, "
+                                           r"target tensorrt\)"):
+        Engine(bundle, backend="onnxruntime")
+
+
 def test_triton_refuses_a_branched_bundle_in_one_line_and_help_documents_the_layouts(module_bundle):
     from edge_thyroid.errors import BackendError
 
