@@ -7,7 +7,9 @@ generic code (3 panes of 1080p: ~4 ms, against ~1 ms for OpenCV on the host). Gi
 preprocessing spec (the engine passes it), the backend instead cuts the backbone out of the fused
 graph and preprocesses on the host with :class:`kernels.opencv_path.OpenCVPreprocessor` in its exact
 float mode (equal to the reference within float32 rounding), so the model sees the same pixels.
-One network is compiled per pane count (1 to the bundle's modalities), with static shapes, at load. On CPUs with
+One network is compiled per pane count (1 to the bundle's modalities; 1 for a branch of a bundle
+with a backbone per modality, which sees one pane a frame), with static shapes, at load; another
+count is compiled when first asked for. On CPUs with
 AVX-512 BF16 or AMX, OpenVINO would by default run the float parts of a model in bfloat16. That
 changes the numbers the accuracy gate approved, so this backend asks for f32 unless told otherwise;
 ``ExecutionPrecision.BF16`` is an opt-in to be judged with ``edge-thyroid verify --backend openvino
