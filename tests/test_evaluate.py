@@ -188,3 +188,25 @@ def test_a_missing_data_csv_is_one_line_with_exit_2(command, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("notice:")]
     assert err == [f"error: data CSV not found: {missing}; expected a CSV with image, label and case_id columns"]
+
+
+@pytest.mark.parametrize("command, option, name", [("evaluate", "--plots", "plots"), ("evaluate", "--scores", "s.csv"),
+                                                   ("compare", "--plot", "roc.png")])
+def test_an_output_place_that_cannot_be_created_is_one_line_before_scoring(command, option, name, tmp_path, capsys):
+    """The plots folder (or the scores/plot file's folder) was made only after every image was scored:
+    a NotADirectoryError traceback then, and the report was lost."""
+    from edge_thyroid.cli import main
+    from edge_thyroid.commands.stream import DEMO_BUNDLE, data_path
+
+    csv_path = synthetic_csv(tmp_path / "data")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    bundle = str(data_path(DEMO_BUNDLE))
+    models = [bundle, "--backend", "onnxruntime"] if command == "evaluate" else [bundle, bundle]
+    target = blocker / "sub" / name
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *models, "--data", str(csv_path), "--split", "all", option, str(target)])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("notice:")]
+    folder = target if option == "--plots" else target.parent
+    assert err == [f"error: {option}: cannot create the folder {folder} (Not a directory); expected a writable folder path"]

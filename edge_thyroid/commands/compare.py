@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from .evaluate import split_options, split_spec
+from .params import make_output_folder
 from .trust_options import trust_option
 
 
@@ -28,6 +30,8 @@ def compare(model_a, model_b, data, split, folds, fold, seed, threads, resamples
     """
     from ..evaluation import compare_models
 
+    if plot:
+        make_output_folder(Path(plot).parent, "--plot")
     report = compare_models(model_a, model_b, data, split_spec(split, folds, fold, seed), threads=threads,
                             resamples=resamples, progress=True, plot=plot, label_source=label_source)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..dataset import Split
+from .params import make_output_folder
 from .trust_options import trust_option
 from .runtime_options import backend_settings, gate_runtime_options
 
@@ -79,13 +80,16 @@ def evaluate(model_path, data, split, folds, fold, seed, threads, resamples, as_
 
     from ..evaluation import SplitSpec, ThresholdRule, evaluate_model
 
+    if plots_dir:
+        make_output_folder(plots_dir, "--plots")
+    if scores_csv:
+        make_output_folder(Path(scores_csv).parent, "--scores")
     rule = ThresholdRule.SENSITIVITY if sensitivity_target is not None else ThresholdRule.YOUDEN
     report, scored = evaluate_model(model_path, data, split_spec(split, folds, fold, seed), model=model_key,
                                     rule=rule, sensitivity_target=sensitivity_target, plots_dir=plots_dir,
                                     threads=threads, resamples=resamples, progress=True, label_source=label_source,
                                     backend_options=backend_settings(backend_kwargs))
     if scores_csv:
-        Path(scores_csv).parent.mkdir(parents=True, exist_ok=True)
         with open(scores_csv, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["image", "case_id", "label", "score"])
             writer.writeheader()

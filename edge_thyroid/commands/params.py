@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from ..errors import InputError
 
 
 def parse_size(text: str, *, low: int = 1, high: int = 16384) -> tuple[int, int]:
@@ -14,3 +18,13 @@ def parse_size(text: str, *, low: int = 1, high: int = 16384) -> tuple[int, int]
     if not (low <= width <= high and low <= height <= high):
         raise click.BadParameter(f"{text!r}: width and height must be in {low}..{high}")
     return width, height
+
+
+def make_output_folder(folder: str | Path, flag: str) -> None:
+    """Create the folder an output option writes into before the work starts: a place that cannot hold it
+    is then one line at once, not a traceback after every image was scored."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{flag}: cannot create the folder {folder} ({exc.strerror or exc}); expected a writable "
+                         "folder path") from None
