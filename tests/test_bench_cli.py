@@ -97,6 +97,23 @@ def test_unknown_peer_is_a_clear_error(tmp_path, capsys):
     assert json.loads(out.read_text()) == {"kept": True}  # results written before stay intact
 
 
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_the_run(option, tmp_path, capsys, monkeypatch):
+    """--json / --plot under a regular file: their folder was made after every frame was measured (a
+    FileExistsError traceback then, the record lost); now one line before the run."""
+    from edge_thyroid.commands.stream import DEMO_BUNDLE, data_path
+    from edge_thyroid_bench import harness
+
+    monkeypatch.setattr(harness, "run_bench", lambda options: pytest.fail("the run started"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    target = blocker / "out" / ("bench.json" if option == "--json" else "latency.png")
+    code, _, err = run_cli(["bench", str(data_path(DEMO_BUNDLE)), "--peers", "none", *TINY, option, str(target)], capsys)
+    lines = [line for line in err.splitlines() if not line.startswith("notice:")]
+    assert code == 2 and lines == [f"error: {option}: cannot create the folder {target.parent} (Not a directory); "
+                                   "expected a writable folder path"]
+
+
 @pytest.mark.parametrize("panes", ["0", "4", "two"])
 def test_bad_panes_is_a_usage_error(tmp_path, capsys, panes):
     code, _, err = run_cli(["bench", str(tmp_path), "--panes", panes], capsys)

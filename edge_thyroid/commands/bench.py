@@ -7,12 +7,13 @@ A thin command: it parses the options and hands them to the harness in :mod:`edg
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
 
 from ..errors import MissingDependencyError
-from .params import parse_size
+from .params import make_output_folder, parse_size
 from .runtime_options import BackendChoice, backend_option_decorators
 from .trust_options import trust_option
 
@@ -148,6 +149,9 @@ def bench(bundles, models, panes, frames, warmup, rounds, source, layout, fps, p
                                    backends=list(dict.fromkeys(backends)), backend_options=settings)
     if plot_out:
         bm.require_matplotlib()
+    for flag, target in (("--json", json_out), ("--plot", plot_out)):
+        if target and target != "-":  # before the run: not a traceback once every frame was measured
+            make_output_folder(Path(target).parent, flag)
     record = harness.run_bench(options)
     if json_out == "-":
         click.echo(json.dumps(record, indent=2, default=str))
