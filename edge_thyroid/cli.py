@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="edge-thyroid", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        # One line like every other refusal (click's own form is four: usage, hint, blank, error).
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{where}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -100,6 +100,19 @@ def test_errors_are_one_line_and_non_zero(args, message, capsys):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["classify", "--backend", "nope", "b", "x.png"], "Invalid value for '--backend': 'nope' is not one of"),
+    (["nosuch"], "No such command 'nosuch'."),
+    (["bench"], "Missing argument 'BUNDLES...'."),
+])
+def test_usage_errors_are_one_line_with_exit_2_and_where_to_look(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and err.endswith("--help')") and "\n" not in err
+
+
 @needs_torch
 def test_unreadable_image_and_bad_roi(random_bundle, tmp_path, capsys, image):
     with pytest.raises(SystemExit) as exc:
