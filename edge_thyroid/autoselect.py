@@ -148,12 +148,16 @@ FrameRunner = Callable[[], None]
 
 def time_configurations(configurations: Sequence[Configuration],
                         open_runner: Callable[[Configuration], tuple[FrameRunner, Callable[[], None]]], *,
-                        warmup: int = 2, rounds: int = 5, frames_per_round: int = 2,
+                        warmup: int = 3, rounds: int = 5, frames_per_round: int = 3, settle_frames: int = 1,
                         clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, float], dict[str, str]]:
     """Median milliseconds per frame of each configuration, measured in interleaved rounds (the order
-    reversed every other round) so the machine's drift falls on all of them alike. ``open_runner``
-    returns (run one frame, close); a configuration that fails to open or run is returned with its error
-    instead of a figure."""
+    reversed every other round) so the machine's drift falls on all of them alike. The first
+    ``settle_frames`` of a round run untimed: right after a switch, the previous runtime's worker
+    threads still spin on the cores (ONNX Runtime's do for a while after each run), and timing that
+    frame charged OpenVINO for ONNX Runtime's spinning (a quiet trial once measured OpenVINO at 10.9 ms
+    against 7.5 ms run alone, and auto chose the slower runtime). ``open_runner`` returns (run one
+    frame, close); a configuration that fails to open or run is returned with its error instead of a
+    figure."""
     runners: dict[str, tuple[FrameRunner, Callable[[], None]]] = {}
     failed: dict[str, str] = {}
     samples: dict[str, list[float]] = {}
@@ -174,6 +178,8 @@ def time_configurations(configurations: Sequence[Configuration],
                     continue
                 run = runners[key][0]
                 try:
+                    for _ in range(settle_frames):
+                        run()
                     for _ in range(frames_per_round):
                         started = clock()
                         run()

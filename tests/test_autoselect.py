@@ -65,6 +65,26 @@ def test_interleaved_trial_takes_the_median_and_reports_failures():
     assert sorted(closed) == ["a", "b"]
 
 
+def test_the_frame_right_after_a_switch_is_not_timed():
+    # A runtime's first frame after another runtime ran pays for the other's spinning threads: here 50 ms
+    # extra on the frame after every switch. It must not reach the figure.
+    now, last = [0.0], [None]
+    cost = {"a": 0.010, "b": 0.020}
+
+    def open_runner(configuration):
+        def run():
+            now[0] += cost[configuration.backend] + (0.050 if last[0] not in (None, configuration.backend) else 0.0)
+            last[0] = configuration.backend
+        return run, lambda: None
+
+    figures, _ = time_configurations([Configuration("a"), Configuration("b")], open_runner, clock=lambda: now[0],
+                                     frames_per_round=2)
+    assert figures == pytest.approx({"a": 10.0, "b": 20.0})
+    timed_with_settling_off, _ = time_configurations([Configuration("a"), Configuration("b")], open_runner,
+                                                     clock=lambda: now[0], frames_per_round=1, settle_frames=0)
+    assert timed_with_settling_off["a"] > 10.0 + 1e-6 or timed_with_settling_off["b"] > 20.0 + 1e-6
+
+
 def _fake_measure(figures, calls):
     def measure(configurations):
         calls.append([c.key for c in configurations])
