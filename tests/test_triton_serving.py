@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from edge_thyroid.errors import BackendError, ServerUnavailableError
-from edge_thyroid.serving.backbone_model import FairQueue
+from edge_thyroid.serving.backbone_model import STAGE_LOG, FairQueue
 from edge_thyroid.serving.repository import CLIENT_PARAMETER, ORDER, BatchingOptions, ServedModel, write_model
 from edge_thyroid.serving.server import ServerError, ServerOptions, TritonServer, find_installation, free_port
 
@@ -283,17 +283,20 @@ class StreamClient:
         self.model, self.name = model, name
         self.ids = itertools.count()
 
-    def send(self, array: np.ndarray, datatype: str = "FP32") -> None:
+    def send(self, array: np.ndarray, datatype: str = "FP32", outputs: tuple[str, ...] = ()) -> str:
         tensor = self.module.InferInput("pixels", list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
-        self.client.async_stream_infer(self.model, [tensor], request_id=f"{self.name}-{next(self.ids)}",
+        request_id = f"{self.name}-{next(self.ids)}"
+        self.client.async_stream_infer(self.model, [tensor], request_id=request_id,
+                                       outputs=[self.module.InferRequestedOutput(name) for name in outputs] or None,
                                        parameters={CLIENT_PARAMETER: self.name})
+        return request_id
 
     def receive(self, timeout: float = 120):
         return self.answers.get(timeout=timeout)  # queue.Empty: a hung request fails the test, bounded
 
-    def ask(self, array: np.ndarray, datatype: str = "FP32"):
-        self.send(array, datatype)
+    def ask(self, array: np.ndarray, datatype: str = "FP32", outputs: tuple[str, ...] = ()):
+        self.send(array, datatype, outputs)
         return self.receive()
 
     def close(self) -> None:
@@ -331,13 +334,19 @@ def test_fair_queue_serves_clients_round_robin_and_bounds_each():
 
 @pytest.fixture(scope="module")
 def fair_server(tmp_path_factory):
-    """The many-client layout of a 2-core server: 2 single-threaded passes at once, fair scheduling."""
+    """The many-client layout of a 2-core server: 2 single-threaded passes at once, fair scheduling;
+    its model logs each request's stages (benchmarks/remote_breakdown.py reads them)."""
     repository = tmp_path_factory.mktemp("triton_fair")
     model = write_model(DEMO_BUNDLE, repository, threads=1,
                         batching=BatchingOptions(instances=2, max_batch_size=8, client_queue_limit=40))
-    server = start_server(repository)
+    stage_log = repository / "stages.jsonl"
+    os.environ[STAGE_LOG] = str(stage_log)  # the server and its Python stub inherit it at start
     try:
-        yield server, model
+        server = start_server(repository)
+    finally:
+        del os.environ[STAGE_LOG]
+    try:
+        yield server, model, stage_log
     finally:
         server.cleanup()
 
@@ -349,7 +358,7 @@ def test_a_flooding_client_does_not_starve_a_streaming_one(fair_server):
     in requests by the server's own service order, not timed."""
     import onnxruntime as ort
 
-    server, model = fair_server
+    server, model, _ = fair_server
     depth = 32
     pixels = np.random.default_rng(1).standard_normal((3, 3, model.image_size, model.image_size)).astype(np.float32)
     flooder, victim = StreamClient(server, model.name, "flooder"), StreamClient(server, model.name, "victim")
@@ -397,10 +406,37 @@ def test_a_flooding_client_does_not_starve_a_streaming_one(fair_server):
         np.testing.assert_allclose(maps, want, rtol=1e-4, atol=1e-4)
 
 
+def test_only_the_outputs_asked_for_are_answered_and_each_request_is_logged_stage_by_stage(fair_server):
+    """A client that names its outputs gets those only (the serving client asks for the feature maps
+    alone); one that names none gets all. With the stage log on, every request's server stages are
+    one line, in the order they happen on one clock."""
+    server, model, stage_log = fair_server
+    pixels = np.random.default_rng(2).standard_normal((3, 3, model.image_size, model.image_size)).astype(np.float32)
+    client = StreamClient(server, model.name, "stages")
+    try:
+        maps_only, error = client.ask(pixels, outputs=("feature_maps",))
+        assert error is None, error
+        everything, error = client.ask(pixels)
+        assert error is None, error
+    finally:
+        client.close()
+    assert maps_only.as_numpy("feature_maps").shape[0] == 3 and maps_only.as_numpy(ORDER) is None
+    assert everything.as_numpy(ORDER).shape == (3, 2)
+    np.testing.assert_array_equal(maps_only.as_numpy("feature_maps"), everything.as_numpy("feature_maps"))
+    ids = {maps_only.get_response().id, everything.get_response().id}
+    assert wait_until(lambda: ids <= {json.loads(line)["id"] for line in stage_log.read_text().splitlines()}, 30)
+    for line in stage_log.read_text().splitlines():
+        record = json.loads(line)
+        if record["id"] in ids:
+            order = ["execute", "read", "taken", "run_start", "run_end", "sending", "answered"]
+            stamps = [record[name] for name in order]
+            assert stamps == sorted(stamps) and record["panes"] == 3, record
+
+
 def test_a_client_past_its_queue_limit_is_refused_at_once(fair_server):
     from edge_thyroid.backends.triton import TritonBackend
 
-    server, model = fair_server
+    server, model, _ = fair_server
     pane = np.zeros((1, 3, model.image_size, model.image_size), np.float32)
     greedy, other = StreamClient(server, model.name, "greedy"), StreamClient(server, model.name, "other")
     try:

@@ -27,6 +27,7 @@ import collections
 import json
 import os
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,22 @@ INPUT = "pixels"
 OUTPUT = "feature_maps"
 ORDER = "service_order"
 CLIENT_PARAMETER = "edge_thyroid_client"
+# benchmarks/remote_breakdown.py: when set (in the server's environment, which the stub inherits),
+# each request's stage timestamps (time.monotonic, one clock for every process on the host) are
+# appended to this file as JSON lines, so the client can line them up with its own.
+STAGE_LOG = "EDGE_THYROID_STAGE_LOG"
+
+
+class StageLog:
+    """Per-request stage timestamps, written after the answer is sent (never on the request's path)."""
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the model
+        self.lock = threading.Lock()
+
+    def write(self, stamps: dict) -> None:
+        with self.lock:
+            self.file.write(json.dumps(stamps) + "\n")
 
 
 class FairQueue:
@@ -118,6 +135,7 @@ class TritonPythonModel:
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        self.stages = StageLog(os.environ[STAGE_LOG]) if os.environ.get(STAGE_LOG) else None
         self.workers: list[threading.Thread] = []
         if self.decoupled:
             self.max_panes = int(config.get("max_batch_size", 0)) or 1
@@ -132,20 +150,28 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any] | None:
         import triton_python_backend_utils as pb_utils
 
+        entered = time.monotonic()
         if self.decoupled:
             for request in requests:
-                self._file(request)
+                self._file(request, entered)
             return None
         # Tensors cross the stub through DLPack, not as_numpy()/Tensor(name, array): the stub's
         # NumPy bridge was compiled against NumPy 1's array layout and, under NumPy 2, reads an item
         # size of 0 (responses arrive with 0 bytes of data).
         batches = [np.from_dlpack(pb_utils.get_input_tensor_by_name(request, INPUT)) for request in requests]
+        read = time.monotonic()
         maps = self._run(batches)
+        ran = time.monotonic()
         responses, start = [], 0
         for batch in batches:
             part = maps[start : start + len(batch)]
             start += len(batch)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor.from_dlpack(OUTPUT, np.ascontiguousarray(part))]))
+        if self.stages:
+            answered = time.monotonic()
+            for request in requests:
+                self.stages.write({"id": request.request_id(), "execute": entered, "read": read, "run_start": read,
+                                   "run_end": ran, "sending": answered, "panes": len(maps)})
         return responses
 
     def _run(self, batches: list[np.ndarray]) -> np.ndarray:
@@ -153,7 +179,7 @@ class TritonPythonModel:
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(stacked, dtype=np.float32)})[0]
 
     # -- fair: per-client round-robin ------------------------------------------------------------------
-    def _file(self, request: Any) -> None:
+    def _file(self, request: Any, entered: float) -> None:
         import triton_python_backend_utils as pb_utils
 
         sender = request.get_response_sender()
@@ -164,7 +190,10 @@ class TritonPythonModel:
         # A copy: the request's input buffer belongs to Triton and may go once execute returns.
         pixels = np.array(np.from_dlpack(pb_utils.get_input_tensor_by_name(request, INPUT)), dtype=np.float32)
         wanted = set(request.requested_output_names() or ())
-        refused = self.queue.put(client, {"pixels": pixels, "sender": sender, "wanted": wanted})
+        item = {"pixels": pixels, "sender": sender, "wanted": wanted}
+        if self.stages:
+            item["stamps"] = {"id": request.request_id(), "execute": entered, "read": time.monotonic()}
+        refused = self.queue.put(client, item)
         if refused:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(refused)),
                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -174,6 +203,10 @@ class TritonPythonModel:
             batch = self.queue.take(self.max_panes, self.across)
             if batch is None:
                 return
+            if self.stages:
+                taken = time.monotonic()
+                for item in batch:
+                    item["stamps"]["taken"] = taken
             self._answer(batch)
             # Nothing of the batch may outlive its answers: a response sender still referenced keeps
             # Triton from ever unloading the model (the server then cannot stop).
@@ -183,6 +216,7 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        started = time.monotonic()
         try:
             maps = self._run([item["pixels"] for item in batch])
         except Exception as exc:  # noqa: BLE001 - every waiting client gets the reason, the worker lives on
@@ -190,15 +224,24 @@ class TritonPythonModel:
                 item["sender"].send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"backbone failed: {exc}")),
                                     flags=final)
             return
+        ran = time.monotonic()
         start = 0
         for item in batch:
             count = len(item["pixels"])
-            outputs = {OUTPUT: np.ascontiguousarray(maps[start : start + count]),
-                       ORDER: np.tile(np.array([[item["served_at_arrival"], item["service_index"]]], np.int64), (count, 1))}
-            start += count
-            tensors = [pb_utils.Tensor.from_dlpack(name, value) for name, value in outputs.items()
-                       if not item["wanted"] or name in item["wanted"]]
+            part, start = maps[start : start + count], start + count
+            # Only what the request asked for (a client that names no outputs gets all): every tensor
+            # handed to the response is one more copy into the stub's shared memory.
+            tensors = []
+            if not item["wanted"] or OUTPUT in item["wanted"]:
+                tensors.append(pb_utils.Tensor.from_dlpack(OUTPUT, np.ascontiguousarray(part)))
+            if not item["wanted"] or ORDER in item["wanted"]:
+                order = np.array([[item["served_at_arrival"], item["service_index"]]], np.int64)
+                tensors.append(pb_utils.Tensor.from_dlpack(ORDER, np.repeat(order, count, axis=0)))
+            sending = time.monotonic()
             item["sender"].send(pb_utils.InferenceResponse(output_tensors=tensors), flags=final)
+            if self.stages:
+                self.stages.write({**item["stamps"], "run_start": started, "run_end": ran, "sending": sending,
+                                   "answered": time.monotonic(), "panes": count})
 
     def finalize(self) -> None:
         if self.decoupled:
