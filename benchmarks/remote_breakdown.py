@@ -37,7 +37,7 @@ from edge_thyroid.frames import check_rois  # noqa: E402
 from edge_thyroid.kernels.graph_io import FRAME, PIXELS, ROIS  # noqa: E402
 from edge_thyroid.serving.backbone_model import STAGE_LOG  # noqa: E402
 from edge_thyroid.serving.repository import (CLIENT_PARAMETER, OUTPUT, BatchingOptions, cores_available,  # noqa: E402
-                                             layout_passes, write_model)
+                                             default_queue_delay_us, layout_passes, write_model)
 from edge_thyroid.serving.server import ServerOptions, TritonServer, free_port  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -184,7 +184,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=200, help="frames measured (each path)")
     parser.add_argument("--layout", default="latency", choices=["latency", "throughput"])
     parser.add_argument("--scheduling", default="fair", choices=["fair", "fifo"])
-    parser.add_argument("--max-queue-delay-us", type=int, default=2000, help="fifo: serve's --max-queue-delay-us")
+    parser.add_argument("--max-queue-delay-us", type=int, default=None,
+                        help="fifo: serve's --max-queue-delay-us (default: serve's for the layout)")
     parser.add_argument("--cores", type=int, default=None)
     parser.add_argument("--size", default="1920x1080")
     parser.add_argument("--trace", action="store_true", help="also Triton's own request trace (costs time itself): "
@@ -202,7 +203,8 @@ def main() -> None:
         log = Path(scratch) / "stages.jsonl"
         passes, threads = layout_passes(args.layout, cores)
         batching = BatchingOptions(max_batch_size=8, instances=passes, scheduling=args.scheduling,
-                                   max_queue_delay_us=args.max_queue_delay_us)
+                                   max_queue_delay_us=default_queue_delay_us(args.layout) if args.max_queue_delay_us is None
+                                   else args.max_queue_delay_us)
         model = write_model(bundle, Path(scratch) / "models", batching=batching, threads=threads)
         os.environ[STAGE_LOG] = str(log)  # the server (and so its Python stub) inherits it
         trace = Path(scratch) / "trace.json"
@@ -212,7 +214,7 @@ def main() -> None:
                                 metrics_port=free_port(), extra_args=extra)
         with TritonServer(options).start(timeout_s=180) as server:
             del os.environ[STAGE_LOG]
-            local = Engine(bundle, threads=cores)
+            local = Engine(bundle)  # as serve_bench.py: ONNX Runtime with its own thread count
             remote = Engine(bundle, backend="triton", server=server.grpc_url)
             rois = check_rois([p.roi for p in panes], height, width)
             local.extract(frames[0], [p.roi for p in panes])

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from edge_thyroid.engine import Engine  # noqa: E402
 from edge_thyroid.layout import preset  # noqa: E402
 from edge_thyroid.serving.repository import (CLIENT_PARAMETER, BatchingOptions, cores_available,  # noqa: E402
-                                             layout_passes, write_model)
+                                             default_queue_delay_us, layout_passes, write_model)
 from edge_thyroid.serving.server import ServerOptions, TritonServer, free_port  # noqa: E402
 from edge_thyroid.sources import SourceOptions, create_source  # noqa: E402
 
@@ -239,7 +239,7 @@ CONFIGS = [Config("throughput", "fair", "throughput", True), Config("throughput"
 def serve(bundle: Path, root: Path, config: Config, cores: int, max_batch_size: int):
     """One server; no client queue limit, so the flood in the fairness rows is served, not refused."""
     passes, threads = layout_passes(config.layout, cores)
-    batching = BatchingOptions(dynamic=config.dynamic, max_batch_size=max_batch_size, max_queue_delay_us=2000,
+    batching = BatchingOptions(dynamic=config.dynamic, max_batch_size=max_batch_size, max_queue_delay_us=default_queue_delay_us(config.layout),
                                instances=passes, scheduling=config.scheduling, client_queue_limit=0)
     model = write_model(bundle, root, batching=batching, threads=threads, overwrite=True)
     options = ServerOptions(root, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())

@@ -124,6 +124,8 @@ def test_export_triton_writes_a_standard_repository_for_both_flavours(tmp_path):
     # fifo + latency layout: Triton's batcher, one instance running on every core this process may use.
     fifo_text = next((tmp_path / "fifo").iterdir()).joinpath("config.pbtxt").read_text()
     assert "dynamic_batching {" in fifo_text and "decoupled" not in fifo_text and "count: 1 kind: KIND_CPU" in fifo_text
+    # ... that waits for no company: the latency layout serves one client alone.
+    assert "max_queue_delay_microseconds: 0\n" in fifo_text
     assert f'key: "intra_op_threads" value: {{ string_value: "{cores_available()}" }}' in fifo_text
     refused = run_cli("export-triton", DEMO_BUNDLE, "-o", tmp_path / "x", "--flavor", "onnxruntime", "--scheduling", "fair")
     assert_refused(refused, "fair scheduling runs inside the python flavour", "--scheduling fifo")

@@ -28,8 +28,9 @@ def batching_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--layout", type=click.Choice(["throughput", "latency"]), default="throughput", show_default=True,
                      help="throughput: one single-threaded pass per core (many clients); latency: one pass on all "
                           "cores (a single client's frame soonest)."),
-        click.option("--max-queue-delay-us", type=click.IntRange(0), default=2000, show_default=True,
-                     help="fifo scheduling: how long a request waits for others to join its batch."),
+        click.option("--max-queue-delay-us", type=click.IntRange(0), default=None,
+                     help="fifo scheduling: how long a request waits for others to join its batch (default: "
+                          "2000 with --layout throughput, 0 with --layout latency)."),
         click.option("--max-batch-size", type=click.IntRange(1), default=8, show_default=True,
                      help="Most panes in one backbone pass; larger requests are refused."),
         click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
@@ -42,16 +43,18 @@ def batching_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
-def _batching(dynamic_batching: bool, max_batch_size: int, max_queue_delay_us: int, layout: str,
+def _batching(dynamic_batching: bool, max_batch_size: int, max_queue_delay_us: int | None, layout: str,
               instances: int | None, threads: int | None, scheduling: str | None, client_queue_limit: int,
               *, gpu: bool = False):
     """The model's scheduling and its ONNX Runtime threads per pass (None: ONNX Runtime's choice)."""
-    from ..serving.repository import BatchingOptions, layout_passes
+    from ..serving.repository import BatchingOptions, default_queue_delay_us, layout_passes
 
     if gpu:  # a GPU instance is one device, not cores: one instance unless told otherwise
         passes, per_pass = 1, None
     else:
         passes, per_pass = layout_passes(layout)
+    if max_queue_delay_us is None:
+        max_queue_delay_us = default_queue_delay_us(layout)
     options = BatchingOptions(dynamic=dynamic_batching, max_batch_size=max_batch_size,
                               max_queue_delay_us=max_queue_delay_us, instances=instances or passes,
                               scheduling=scheduling, client_queue_limit=client_queue_limit)

@@ -82,6 +82,13 @@ def layout_passes(layout: Layout | str, cores: int | None = None) -> tuple[int, 
     return (cores, 1) if layout is Layout.THROUGHPUT else (1, cores)
 
 
+def default_queue_delay_us(layout: Layout | str) -> int:
+    """fifo scheduling: how long a request short of a full batch waits for company. The latency layout
+    serves a client alone, so it waits for nobody: there the wait made each frame ~2 ms slower and
+    batched nothing (BENCHMARKS.md: serving, where the remote pass spends its time)."""
+    return 0 if Layout(layout) is Layout.LATENCY else 2000
+
+
 @dataclass(frozen=True)
 class BatchingOptions:
     """Server-side scheduling of one model.
