@@ -43,7 +43,8 @@ STAGE_LOG = "EDGE_THYROID_STAGE_LOG"
 
 
 class StageLog:
-    """Per-request stage timestamps, written after the answer is sent (never on the request's path)."""
+    """Per-request stage timestamps, written once the answer is sent (fair) or built (fifo), so the
+    writing itself is in no stage."""
 
     def __init__(self, path: str) -> None:
         self.file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the model
@@ -252,5 +253,7 @@ class TritonPythonModel:
                                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             for worker in self.workers:
                 worker.join(timeout=10)
+        if self.stages:
+            self.stages.file.close()
         self.session = None
 
