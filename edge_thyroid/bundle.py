@@ -295,6 +295,9 @@ def _load_directory(root: Path, path: str | Path, verify: bool, trust: TrustPoli
                     ignore_signature: bool) -> Bundle:
     if not root.exists():
         raise BundleError(f"bundle not found: {path}")
+    if root.is_file():
+        raise BundleError(f"{path} is a file but not a zip archive; expected a bundle folder with {MANIFEST} "
+                          "or a .zip of one")
     if not root.is_dir():
         raise BundleError(f"{path} is not a bundle directory or .zip; expected a folder with {MANIFEST}")
     manifest_path = root / MANIFEST

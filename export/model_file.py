@@ -143,7 +143,8 @@ def _reason(exc: BaseException) -> str:
                 "from the file, so save the model's state_dict() instead")
     if "Invalid magic number" in message:
         return "a plain pickle or other bytes, not a file written by torch.save"
-    if "Unsupported operand" in message or "invalid load key" in message:
+    # A pickle reader meeting bytes that are no pickle opcode raises KeyError(the byte), e.g. a text file.
+    if "Unsupported operand" in message or "invalid load key" in message or isinstance(exc, KeyError):
         return "its bytes are neither a torch.save zip archive nor a pickle of tensors"
     if "weights_only" in message or isinstance(exc, pickle.UnpicklingError):
         return "it holds Python objects other than tensors and plain containers, which are not loaded"

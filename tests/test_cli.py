@@ -113,6 +113,23 @@ def test_usage_errors_are_one_line_with_exit_2_and_where_to_look(args, message, 
     assert err.startswith(f"error: {message}") and err.endswith("--help')") and "\n" not in err
 
 
+@pytest.mark.parametrize("command, name, message", [
+    (["info"], "bundle.zip", "is a file but not a zip archive; expected a bundle folder with manifest.json or a .zip of one"),
+    (["export", "-o", "OUT"], "model.pt", "its bytes are neither a torch.save zip archive nor a pickle of tensors"),
+])
+def test_a_text_file_where_a_bundle_or_model_belongs_is_named_as_such(command, name, message, tmp_path, capsys):
+    if command[0] == "export":
+        pytest.importorskip("torch")
+    text = tmp_path / name
+    text.write_text("hello\n")
+    args = [command[0], str(text)] + [str(tmp_path / "out") if a == "OUT" else a for a in command[1:]]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "KeyError" not in err
+
+
 @needs_torch
 def test_unreadable_image_and_bad_roi(random_bundle, tmp_path, capsys, image):
     with pytest.raises(SystemExit) as exc:
