@@ -138,6 +138,28 @@ def test_lifecycle_and_errors(tmp_path, monkeypatch):
         create_backend("openvino", model).load()
 
 
+def test_a_load_that_fails_midway_frees_the_networks_it_compiled(monkeypatch):
+    """close() is a no-op for a backend that never finished loading, so a compile failing at the third
+    pane count must itself release the two networks already compiled."""
+    from edge_thyroid.backends.openvino import OpenVinoBackend
+
+    compile_network = OpenVinoBackend._network
+    seen = []
+
+    def third_fails(self, panes):
+        seen.append(self)
+        if panes == 3:
+            assert len(self._networks) == 2  # 1 and 2 panes compiled
+            raise BundleError("OpenVINO cannot compile x: injected")
+        return compile_network(self, panes)
+
+    monkeypatch.setattr(OpenVinoBackend, "_network", third_fails)
+    with pytest.raises(BundleError, match="injected"):
+        Engine(data_path(DEMO_BUNDLE), backend="openvino", threads=1).__enter__()
+    backend = seen[-1]
+    assert backend._networks == {} and backend._model is None and backend.input_names == []
+
+
 def run_cli(args, capsys):
     try:
         main(args)

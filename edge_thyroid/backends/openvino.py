@@ -117,8 +117,13 @@ class OpenVinoBackend(Backend):
         self.version = ov.__version__.split("-")[0]
         # Compile now every network a stream will ask for: a bad model fails at load, and no frame waits
         # for a compiler.
-        for panes in ([0] if self.preprocessing is None else range(1, self.max_panes + 1)):
-            self._network(panes)
+        try:
+            for panes in ([0] if self.preprocessing is None else range(1, self.max_panes + 1)):
+                self._network(panes)
+        except BaseException:
+            # close() does nothing for a backend that never finished loading: free what compiled now.
+            self._close()
+            raise
 
     def _network(self, panes: int) -> tuple[Any, Any]:
         if panes not in self._networks:
