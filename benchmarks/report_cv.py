@@ -78,9 +78,11 @@ def main(cv_json, names, markdown_out, reliability_out) -> None:
                   f"sd between seeds {first['summary']['auc_seed_sd']:.3f}.", ""]
     if first.get("out_of_fold"):
         o = first["out_of_fold"]
-        lines += [f"Pooled out-of-fold ({o['crops']} crops, scores of {first['folds']} different fold models): AUC "
+        seeds = len(first["seeds"])
+        models = f"{first['folds']} different fold models" + (f", each crop's {seeds} seeds averaged" if seeds > 1 else "")
+        lines += [f"Pooled out-of-fold ({o['crops']} crops, scores of {models}): AUC "
                   f"{o['auc']:.3f} [{o['auc_ci95'][0]:.3f}, {o['auc_ci95'][1]:.3f}]; Youden threshold "
-                  f"{o['youden_threshold']:.3f} (the shipped model's).", ""]
+                  f"{o['youden_threshold']:.3f}" + (" (the shipped model's)." if seeds == 1 else "."), ""]
     if len(runs) > 1:
         lines += comparison_table(runs) + [""]
     text = "\n".join(lines)
