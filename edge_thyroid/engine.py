@@ -25,7 +25,7 @@ from .backends import Backend, backend_class, backend_for_target
 from .backends.base import EXECUTION_PRECISION
 from .bundle import MANIFEST, Bundle, ModelEntry, load_bundle, sha256_file
 from .errors import BackendError, BundleError, InputError
-from .frames import Pane, Roi, as_frame, check_rois
+from .frames import Pane, Roi, as_frame, check_rois, pane_modalities, stack_maps
 from .head import FusionHead, pool
 from .kernels.graph_io import FRAME, ROIS
 
@@ -174,10 +174,7 @@ class Engine:
             raise InputError("no panes given; expected 1 to 3 ROIs")
         if not self.branches:
             return self.backend.infer({FRAME: frame, ROIS: roi_array})["feature_maps"]
-        names = list(modalities) if modalities is not None else list(self.modalities[:len(roi_array)])
-        if len(names) != len(roi_array):
-            raise InputError(f"{len(roi_array)} panes but {len(names)} modalities; expected one modality per pane "
-                             f"(this bundle has a backbone for each of {list(self.modalities)})")
+        names = pane_modalities(len(roi_array), modalities, self.modalities)
         out: list[np.ndarray | None] = [None] * len(names)
         for modality in dict.fromkeys(names):
             if modality not in self.branches:
@@ -186,9 +183,7 @@ class Engine:
             maps = self.branches[modality].infer({FRAME: frame, ROIS: roi_array[index]})["feature_maps"]
             for i, pane_maps in zip(index, maps):
                 out[i] = pane_maps
-        if len({m.shape for m in out}) == 1:
-            return np.stack(out)
-        return out
+        return stack_maps(out)  # type: ignore[arg-type]
 
     def classify(self, frame: np.ndarray, panes: Sequence[Pane]) -> Prediction:
         if not panes:

@@ -86,6 +86,21 @@ _PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 _STDERR_LOCK = threading.Lock()
 
 
+def pane_modalities(count: int, modalities: Sequence[str] | None, bundle_modalities: Sequence[str]) -> list[str]:
+    """The modality of each of ``count`` panes for a bundle with a backbone per modality: as given, or the
+    bundle's modalities in order; one per pane, never silently fewer."""
+    names = list(modalities) if modalities is not None else list(bundle_modalities[:count])
+    if len(names) != count:
+        raise InputError(f"{count} panes but {len(names)} modalities; expected one modality per pane "
+                         f"(this bundle has a backbone for each of {list(bundle_modalities)})")
+    return names
+
+
+def stack_maps(maps: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """Per-pane feature maps as one [N, C, h, w] array, or the list itself when branches differ in shape."""
+    return np.stack(maps) if len({m.shape for m in maps}) == 1 else list(maps)
+
+
 @contextmanager
 def native_messages() -> Iterator[list[str]]:
     """Collect what native code (libpng, libjpeg, libtiff) prints on file descriptor 2 meanwhile.

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..frames import Roi
+from ..frames import Roi, pane_modalities, stack_maps
 from ..inputs import BLANK_STD
 
 
@@ -125,9 +125,8 @@ class PaneCache:
         rois = [tuple(int(v) for v in r) for r in np.asarray(rois).reshape(-1, 4).tolist()]
         branches: list[str | None] = [None] * len(rois)
         if getattr(self.engine, "branched", False):
-            branches = list(modalities if modalities is not None else self.engine.modalities[:len(rois)])  # type: ignore[attr-defined]
-            if len(branches) != len(rois):  # zip() below would silently drop the panes without a modality
-                raise InputError(f"{len(rois)} panes but {len(branches)} modalities; expected one modality per pane")
+            # One per pane, checked: zip() below would silently drop the panes without a modality.
+            branches = list(pane_modalities(len(rois), modalities, self.engine.modalities))  # type: ignore[attr-defined]
         self.retain(rois, branches)
         maps = self.run(frame, [self.check(frame, r, b) for r, b in zip(rois, branches)])
-        return np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
+        return stack_maps(maps)
