@@ -36,6 +36,10 @@ FORMAT_VERSION = 1
 # and refuse a branched bundle by its version instead of misreading it.
 BRANCHED_FORMAT_VERSION = 2
 READABLE_VERSIONS = (FORMAT_VERSION, BRANCHED_FORMAT_VERSION)
+# A nodule box is grown by a factor in this range before the model sees it (Manifest.box_context).
+MIN_BOX_CONTEXT, MAX_BOX_CONTEXT = 1.0, 4.0
+BOX_CONTEXT_NOTE = ("every nodule box (operator, calipers, CSV roi) is grown this many times about its centre, "
+                    "within its pane, before the model sees it; whole images and whole panes are unchanged")
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_ZIP_BYTES = 16 << 30  # declared uncompressed size; zipfile never inflates a member past it (zip bombs)
@@ -110,6 +114,10 @@ class Manifest:
     # Where an imported model came from and what it is for (file, sha256, architecture, outputs,
     # input spec, intended use); empty for the project's own checkpoints.
     model_card: dict[str, Any] = field(default_factory=dict)
+    # How much tissue around a nodule box the model sees: every box handed to it (an operator's, the
+    # calipers', a CSV's roi) is grown this many times about its centre within its pane (frames.widen_box).
+    # 1: the box as given (bundles written before this field, whole images, imported models by default).
+    box_context: float = 1.0
 
     @property
     def branched(self) -> bool:
@@ -136,6 +144,7 @@ class Manifest:
             "calibration": self.calibration,
             "provenance": self.provenance,
             **({"model_card": self.model_card} if self.model_card else {}),
+            **({"nodule_box": {"context": self.box_context, "note": BOX_CONTEXT_NOTE}} if self.box_context != 1.0 else {}),
             "files": dict(sorted(self.files.items())),
         }
 
@@ -166,6 +175,10 @@ class Manifest:
             if not 0.0 <= value <= 1.0:
                 raise BundleError(f"{source}: threshold.value {value} is outside [0, 1]")
             head = _mapping(data["head"], "head")
+            box_context = float(_mapping(data.get("nodule_box", {}), "nodule_box").get("context", 1.0))
+            if not MIN_BOX_CONTEXT <= box_context <= MAX_BOX_CONTEXT:
+                raise BundleError(f"{source}: nodule_box.context {box_context} is outside [{MIN_BOX_CONTEXT}, "
+                                  f"{MAX_BOX_CONTEXT}]; expected how many times a nodule box is grown (1: as given)")
             files = {_relative(name, "files"): str(digest) for name, digest in _mapping(data["files"], "files").items()}
             return cls(
                 backbone=str(data["backbone"]),
@@ -183,6 +196,7 @@ class Manifest:
                 files=files,
                 format_version=version,
                 model_card=dict(_mapping(data.get("model_card", {}), "model_card")),
+                box_context=box_context,
             )
         except BundleError:
             raise

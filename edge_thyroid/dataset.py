@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .frames import Pane, check_roi
+from .frames import Pane, check_roi, widen_box
 
 LABELS = {"benign": 0, "malignant": 1, "0": 0, "1": 1}
 
@@ -42,13 +42,14 @@ class Sample:
     def labelled(self) -> bool:
         return self.label is not None
 
-    def pane(self, frame: np.ndarray) -> Pane:
-        """The pane the model sees for this row: its ``roi`` (checked to lie in the image) or the whole image."""
+    def pane(self, frame: np.ndarray, context: float = 1.0) -> Pane:
+        """The pane the model sees for this row: its ``roi`` (checked to lie in the image) grown ``context``
+        times within the image (the bundle's ``box_context``), or the whole image."""
         height, width = frame.shape[:2]
         if self.roi is None:
             return Pane(self.modality, (0, 0, width, height))
         check_roi(self.roi, width, height, f"{self.image.name}: roi")
-        return Pane(self.modality, self.roi)
+        return Pane(self.modality, widen_box(self.roi, context, (0, 0, width, height)))
 
 
 def read_samples(csv_path: str | Path, *, labelled_only: bool = True) -> list[Sample]:

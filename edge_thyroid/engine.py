@@ -146,6 +146,11 @@ class Engine:
         return self.bundle.manifest.modalities
 
     @property
+    def box_context(self) -> float:
+        """How many times a nodule box is grown (within its pane) before this model sees it (1: as given)."""
+        return self.bundle.manifest.box_context
+
+    @property
     def trained_modalities(self) -> tuple[str, ...]:
         """The modalities the model learned (empty: not recorded, so every modality counts as trained)."""
         return self.bundle.manifest.trained_modalities
@@ -157,7 +162,7 @@ class Engine:
         return {"version": __version__,
                 "bundle": {"path": str(self.bundle.root), "manifest_sha256": sha256_file(self.bundle.path(MANIFEST))},
                 "model": {"key": self.model_key, "precision": entry.precision.value,
-                          "trained_modalities": list(self.trained_modalities)},
+                          "trained_modalities": list(self.trained_modalities), "box_context": self.box_context},
                 "backend": self.backend.name, "threads": self.threads,
                 "backend_auto": self.auto_choice.to_dict() if self.auto_choice is not None else None}
 

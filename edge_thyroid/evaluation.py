@@ -148,7 +148,7 @@ class BundleScorer(Scorer):
         out = np.zeros(len(samples), dtype=np.float64)
         for i, sample in enumerate(tqdm(samples, desc="scoring", unit="image", file=sys.stderr, disable=not progress)):
             frame = read_image(sample.image)
-            out[i] = self.engine.classify(frame, [sample.pane(frame)]).probability
+            out[i] = self.engine.classify(frame, [sample.pane(frame, self.engine.box_context)]).probability
         return out
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ backend or a bundle.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -61,6 +62,30 @@ def as_frame(frame: np.ndarray) -> np.ndarray:
     if frame.shape[0] < 1 or frame.shape[1] < 1:
         raise InputError(f"frame shape is {frame.shape}; expected a non-empty image")
     return np.ascontiguousarray(frame)
+
+
+def widen_box(roi: Roi, context: float, bounds: Roi) -> Roi:
+    """The box the model sees for a nodule box: ``roi`` grown ``context`` times about its centre, cut to
+    ``bounds`` (its pane or image), the way training cut its boxes to the crop.
+
+    A bundle records its context (``nodule_box.context``): an operator's box may hug the nodule, and a
+    nodule's echogenicity is judged against the tissue around it, so the model asks for some of that
+    tissue whatever box it is handed. The result always contains ``roi``'s part inside ``bounds``;
+    ``context`` 1 returns that part unchanged.
+    """
+    x, y, w, h = (int(v) for v in roi)
+    bx, by, bw, bh = (int(v) for v in bounds)
+    if context != 1.0:
+        cx, cy = x + w / 2, y + h / 2
+        w, h = w * context, h * context
+        x, y = cx - w / 2, cy - h / 2
+        right, bottom = x + w, y + h
+        x, y, right, bottom = math.floor(x), math.floor(y), math.ceil(right), math.ceil(bottom)
+    else:
+        right, bottom = x + w, y + h
+    x0, y0 = max(x, bx), max(y, by)
+    x1, y1 = min(right, bx + bw), min(bottom, by + bh)
+    return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
 
 
 def check_roi(roi: Roi | Sequence[int], width: int, height: int, what: str = "ROI") -> None:

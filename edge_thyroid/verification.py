@@ -88,8 +88,8 @@ def score_engines(engines: Sequence[Any], samples: Sequence[Sample], *, progress
     scores = np.zeros((len(engines), len(samples)), dtype=np.float64)
     for j, sample in enumerate(tqdm(samples, desc="gate", unit="image", file=sys.stderr, disable=not progress)):
         frame = read_image(sample.image)
-        pane = sample.pane(frame)
         for i, engine in enumerate(engines):
+            pane = sample.pane(frame, getattr(engine, "box_context", 1.0))   # a checkpoint scorer has no bundle
             panes = [Pane(m, pane.roi) for m in engine.modalities] if getattr(engine, "branched", False) else [pane]
             scores[i, j] = engine.classify(frame, panes).probability
     return scores

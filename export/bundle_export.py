@@ -118,10 +118,11 @@ def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path
                   target: Target = Target.ONNXRUNTIME, calibration: CalibrationRequest | None = None,
                   keep_fp32: bool = True, gate: GateRequest | None = None, cache_dir: Path | None = None,
                   max_panes: int = 3, progress: bool = False, model_card: dict[str, Any] | None = None,
-                  preprocessing: PreprocessSpec | None = None) -> Path:
+                  preprocessing: PreprocessSpec | None = None, box_context: float = 1.0) -> Path:
     """Write a bundle atomically; returns its path. Raises GateFailedError (nothing written) when
     ``gate`` is given and the compiled model is outside its budget. ``preprocessing`` overrides the
-    default spec at ``image_size`` (an imported model's own mean and std)."""
+    default spec at ``image_size`` (an imported model's own mean and std); ``box_context`` is how many
+    times the runtime grows a nodule box before the model sees it (Manifest.box_context)."""
     key = model_key(precision, target)
     if key == "fp32" and not keep_fp32:
         raise InputError("--no-keep-fp32 with an FP32 ONNX Runtime export would leave the bundle without a model")
@@ -179,6 +180,7 @@ def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path
             calibration=calibration_record,
             provenance={"tools": tool_versions(), **(provenance or {})},
             model_card=dict(model_card or {}),
+            box_context=float(box_context),
         )
         report = None
         if labelled is not None and key != "fp32":

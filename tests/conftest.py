@@ -81,10 +81,9 @@ def auto_backend_cache(tmp_path_factory):
         os.environ[CACHE_ENV] = previous
 
 
-def ort_gated_demo_copy(destination: Path) -> Path:
-    """A copy of the shipped demo bundle whose manifest keeps only the ONNX Runtime gate (the shipped one
-    also records OpenVINO f32/bf16 gates): for tests of what happens when a configuration is ungated.
-    Editing the manifest voids the demo signature, so the copy is unsigned."""
+def edited_demo_copy(destination: Path, edit) -> Path:
+    """A copy of the shipped demo bundle whose manifest (a dict) ``edit`` changed in place. Editing the
+    manifest voids the demo signature, so the copy is unsigned."""
     import json
     import shutil
 
@@ -93,9 +92,30 @@ def ort_gated_demo_copy(destination: Path) -> Path:
     shutil.copytree(data_path(DEMO_BUNDLE), destination)
     manifest_path = destination / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    for entry in manifest["models"].values():
-        if entry.get("gates"):
-            entry["gates"] = {k: v for k, v in entry["gates"].items() if k == "onnxruntime"}
+    edit(manifest)
     manifest_path.write_text(json.dumps(manifest, indent=2))
     (destination / "manifest.sig").unlink(missing_ok=True)
     return destination
+
+
+def ort_gated_demo_copy(destination: Path) -> Path:
+    """A copy of the shipped demo bundle whose manifest keeps only the ONNX Runtime gate (the shipped one
+    also records OpenVINO f32/bf16 gates): for tests of what happens when a configuration is ungated."""
+
+    def keep_ort_gate(manifest: dict) -> None:
+        for entry in manifest["models"].values():
+            if entry.get("gates"):
+                entry["gates"] = {k: v for k, v in entry["gates"].items() if k == "onnxruntime"}
+
+    return edited_demo_copy(destination, keep_ort_gate)
+
+
+def demo_copy_with_box_context(destination: Path, context: float) -> Path:
+    """A copy of the demo bundle that grows nodule boxes ``context`` times (1: boxes as given)."""
+
+    def set_context(manifest: dict) -> None:
+        manifest.pop("nodule_box", None)
+        if context != 1.0:
+            manifest["nodule_box"] = {"context": context, "note": "test copy"}
+
+    return edited_demo_copy(destination, set_context)

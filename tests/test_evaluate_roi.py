@@ -17,7 +17,7 @@ from edge_thyroid.dataset import Split, read_samples
 from edge_thyroid.errors import InputError
 from edge_thyroid.evaluation import LABEL_NOTE, SplitSpec, decide_split, evaluate_model
 
-from .conftest import DDTI_CSV, needs_data, needs_torch, ultrasound_like
+from .conftest import DDTI_CSV, demo_copy_with_box_context, needs_data, needs_torch, ultrasound_like
 from .test_evaluate import synthetic_csv
 
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "edge_thyroid" / "data" / "demo_bundle"
@@ -52,8 +52,11 @@ def full_frames(crops_csv: Path, folder: Path, seed: int = 0) -> Path:
 def test_a_roi_column_gives_the_scores_and_auc_of_the_cropped_images(tmp_path):
     crops = synthetic_csv(tmp_path / "crops")
     frames = full_frames(crops, tmp_path / "frames")
-    cropped, scored_crops = evaluate_model(DEMO_BUNDLE, crops, SplitSpec(Split.ALL), resamples=50)
-    boxed, scored_frames = evaluate_model(DEMO_BUNDLE, frames, SplitSpec(Split.ALL), resamples=50)
+    # Boxes as given (context 1), so the model sees exactly the pasted crop (tests/test_box_context.py
+    # covers a bundle that grows its boxes).
+    bundle = demo_copy_with_box_context(tmp_path / "bundle", 1.0)
+    cropped, scored_crops = evaluate_model(bundle, crops, SplitSpec(Split.ALL), resamples=50)
+    boxed, scored_frames = evaluate_model(bundle, frames, SplitSpec(Split.ALL), resamples=50)
     np.testing.assert_allclose(scored_frames.scores, scored_crops.scores, atol=1e-5)
     assert abs(boxed.auc - cropped.auc) <= 0.01
     whole, scored_whole = evaluate_model(DEMO_BUNDLE, write_csv(tmp_path / "frames" / "no_roi.csv", [

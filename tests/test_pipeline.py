@@ -35,7 +35,8 @@ class FakeEngine:
     modalities = MODALITIES
     threshold = 0.5
 
-    def __init__(self, delay: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, delay: float = 0.0, seed: int = 0, box_context: float = 1.0) -> None:
+        self.box_context = box_context
         rng = np.random.default_rng(seed)
         self.head = FusionHead(MODALITIES, rng.normal(0, 1.0, (3, 8)), rng.normal(0, 0.1, 3), 0.1)
         self.delay = delay

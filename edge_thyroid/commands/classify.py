@@ -75,7 +75,7 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
             path = row.image
             try:
                 frame = read_image(path)
-                pane = row.pane(frame)
+                pane = row.pane(frame, engine.box_context)
                 problem = pane_problem(frame, pane.roi)
                 if problem:
                     raise InputError(f"image {path}: {problem}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..bundle import Precision, Target, sha256_file
+from ..bundle import MAX_BOX_CONTEXT, MIN_BOX_CONTEXT, Precision, Target, sha256_file
 from ..errors import EdgeThyroidError, InputError, MissingDependencyError
 
 # The calibration methods (mirrors edge_thyroid.export.calibration.METHODS, which needs onnxruntime's
@@ -67,11 +67,15 @@ def _import_export_tools():
 @click.option("--std", default=None, help="Your own model: per-channel std (default: ONNX metadata, else ImageNet's).")
 @click.option("--channel-order", type=click.Choice(["RGB", "BGR"], case_sensitive=False), default=None,
               help="ONNX model: channel order it expects (default: its metadata, else RGB).")
+@click.option("--box-context", type=float, default=1.0, show_default=True,
+              help="Grow every nodule box this many times about its centre (within its pane) before the model "
+                   "sees it: the tissue around the nodule that the model learned to compare it with. 1: the box "
+                   "as given; the demo bundle uses 1.25 (see BENCHMARKS.md, AUC by box margin).")
 @click.option("--intended-use", default="", help="Free text for the bundle's model card (shown by 'edge-thyroid info').")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 def export(checkpoint, output, backbone, modalities, image_size, random_init, seed, force, precision, target, calib,
            calib_method, calib_count, calib_average, fp32_layers, keep_fp32, verify_data, max_auc_drop, min_agreement, cache_dir,
-           malignant_index, mean, std, channel_order, intended_use, as_json) -> None:
+           malignant_index, mean, std, channel_order, box_context, intended_use, as_json) -> None:
     """Export CHECKPOINT to a model bundle: model.onnx with the preprocessing fused in (uint8 BGR frame
     + pane ROIs in, feature maps out), head.npz and manifest.json.
 
@@ -103,6 +107,9 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
     if bool(checkpoint) == bool(random_init):
         raise click.UsageError("give either CHECKPOINT or --random-init (exactly one)")
     precision, target = Precision(precision), Target(target)
+    if not MIN_BOX_CONTEXT <= box_context <= MAX_BOX_CONTEXT:
+        raise click.BadParameter(f"must be between {MIN_BOX_CONTEXT} and {MAX_BOX_CONTEXT} (times the box), got "
+                                 f"{box_context}", param_hint="--box-context")
     if precision is Precision.INT8 and not calib:
         raise click.UsageError("--precision int8 needs --calib (a sample CSV or a folder of real frames)")
     if calib and precision is not Precision.INT8:
@@ -171,7 +178,8 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
                                            precision=precision, target=target, calibration=calibration,
                                            keep_fp32=keep_fp32, gate=gate, cache_dir=Path(cache_dir) if cache_dir else None,
                                            progress=True, model_card=imported.model_card if imported else None,
-                                           preprocessing=imported.preprocessing if imported else None)
+                                           preprocessing=imported.preprocessing if imported else None,
+                                           box_context=box_context)
     except GateFailedError as failure:
         click.echo("\n".join(failure.report.lines()), err=True)
         click.echo(f"{output} was not written", err=True)
@@ -182,6 +190,8 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
     summary = {"bundle": str(path), "backbone": manifest.backbone, "modalities": list(manifest.modalities),
                "image_size": size, "files": sorted(p.name for p in path.iterdir()),
                "models": {key: entry.to_dict() for key, entry in manifest.models.items()}}
+    if manifest.box_context != 1.0:
+        summary["box_context"] = manifest.box_context
     if manifest.model_card:
         summary["model_card"] = manifest.model_card
     gates = {key: value for key, value in manifest.metrics.items() if key.startswith("gate_")}

@@ -18,7 +18,7 @@ import numpy as np
 from ..control import ControlChange
 from ..engine import Prediction
 from ..errors import InputError, ServerUnavailableError
-from ..frames import Pane, Roi
+from ..frames import Pane, Roi, widen_box
 from ..head import FusionHead, sigmoid
 from ..inputs import size_problem
 from ..layout import Layout, Modality, preset
@@ -34,6 +34,7 @@ class EngineLike(Protocol):
 
     head: FusionHead
     threshold: float
+    box_context: float      # a nodule box is grown this many times (within its pane) before the model sees it
 
     @property
     def modalities(self) -> tuple[str, ...]: ...
@@ -149,7 +150,7 @@ class FrameClassifier:
         panes: list[PaneRecord] = []
         prediction = None
         p = logit = None
-        box: tuple[Roi | None, str | None, bool, list] = (None, None, False, [])
+        box: tuple[Roi | None, str | None, bool, list, Roi | None] = (None, None, False, [], None)
         asked_backend = False  # some pane went to the backend (not all from the pane cache)
 
         def lap(stage: str) -> None:
@@ -167,8 +168,11 @@ class FrameClassifier:
                 choice = self.nodule.choose(frame, bmode.roi, layout.nodule)
             else:   # no B-mode pane: the other panes are classified as they are
                 choice = BoxChoice(None, None)
-            box = (choice.roi, choice.source, choice.frozen, [m.to_dict() for m in choice.marks])
-            engine_panes = [Pane(p.modality.value, choice.roi if p is bmode and choice.roi else p.roi)
+            # The model sees the nodule box with the tissue around it that its bundle asks for.
+            model_roi = (widen_box(choice.roi, self.engine.box_context, bmode.roi)
+                         if bmode is not None and choice.roi is not None else None)
+            box = (choice.roi, choice.source, choice.frozen, [m.to_dict() for m in choice.marks], model_roi)
+            engine_panes = [Pane(p.modality.value, model_roi if p is bmode and model_roi else p.roi)
                             for p in layout.panes]
             branches = [self._branch(pane.modality) for pane in engine_panes]
             self.cache.retain([pane.roi for pane in engine_panes], branches)   # a moving box must not grow the cache
@@ -234,7 +238,7 @@ class FrameClassifier:
             total_ms=(done - item.timestamp) * 1000.0, panes=panes, p=p, logit=logit,
             p_smoothed=verdict.p_smoothed, decision=verdict.decision, reason=verdict.reason, detail=verdict.detail,
             threshold=self.engine.threshold, processed=0, dropped=0, cache_hits=0, gaps=0, result_time=done,
-            roi=box[0], roi_source=box[1], frozen=box[2], calipers=box[3], media_ts=item.media_ts,
+            roi=box[0], roi_source=box[1], model_roi=box[4], frozen=box[2], calipers=box[3], media_ts=item.media_ts,
             image=frame if self.keep_frames else None, prediction=prediction)
 
     def _note_outage(self, error: str) -> None:

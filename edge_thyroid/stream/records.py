@@ -75,6 +75,7 @@ class StreamResult:
     result_time: float
     roi: Roi | None = None             # the nodule box classified, frame pixels (None: none)
     roi_source: str | None = None      # layout, control, calipers, tracked or whole_pane
+    model_roi: Roi | None = None       # what the model saw: roi grown by the bundle's box context, in its pane
     frozen: bool = False               # the B-mode pane did not change since the previous frame
     calipers: list[dict[str, Any]] = field(default_factory=list)   # the marks behind a calipers box
     media_ts: float | None = None      # seconds into the recording (file/DICOM sources); None when live
@@ -92,6 +93,7 @@ class StreamResult:
                 "threshold": self.threshold, "processed": self.processed, "dropped_so_far": self.dropped,
                 "cache_hits": self.cache_hits, "gaps": self.gaps,
                 "roi": list(self.roi) if self.roi is not None else None, "roi_source": self.roi_source,
+                "model_roi": list(self.model_roi) if self.model_roi is not None else None,
                 "frozen": self.frozen, "calipers": self.calipers,
                 "media_ts": round(self.media_ts, 6) if self.media_ts is not None else None}
 
