@@ -75,7 +75,8 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
             path = row.image
             try:
                 frame = read_image(path)
-                pane = row.pane(frame, engine.box_context)
+                marked = row.pane(frame)                     # the box as given: what a report points at
+                pane = row.pane(frame, engine.box_context)   # the box the model sees (grown by the bundle's context)
                 problem = pane_problem(frame, pane.roi)
                 if problem:
                     raise InputError(f"image {path}: {problem}")
@@ -97,7 +98,7 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
                     raise InputError(f"cannot write CAM image {target}; expected a writable path ending in .png or .jpg")
                 record["cam"] = str(target)
             if dicom_sr:
-                record["dicom_sr"] = str(_write_report(Path(dicom_sr), path, frame, pane, prediction, engine))
+                record["dicom_sr"] = str(_write_report(Path(dicom_sr), path, frame, marked, prediction, engine))
             if as_json:
                 click.echo(json.dumps(record))
             else:
