@@ -152,8 +152,10 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--folds", type=int, default=4, show_default=True)
 @click.option("--only-folds", default=None, help="Comma-separated folds to run (default: all), e.g. to order the work.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated training seeds.")
-@click.option("--init", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Pre-trained checkpoint whose backbone starts every fold (and the all-data model).")
+@click.option("--init", default=None,
+              help="Pre-trained checkpoint whose backbone starts every fold (and the all-data model); with "
+                   "'{fold}' in it, one per fold ('all' for the all-data model), e.g. runs/ssl/fold{fold}/final.pt "
+                   "from export/ssl_pretrain.py, so no fold starts from weights that saw its held-out crops.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
 @click.option("--image-size", type=int, default=None,
               help="Model input side in pixels (default: the recipe's 128); the bundle's preprocessing follows it.")
@@ -178,8 +180,20 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
     results: list[dict] = []
     started = time.time()
 
-    def make_recipe(seed: int) -> NoduleRecipe:
-        recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init)
+    def init_for(fold: int | str) -> str | None:
+        if init is None:
+            return None
+        path = init.replace("{fold}", str(fold))
+        if not Path(path).is_file():
+            raise click.BadParameter(f"{path} does not exist; expected a checkpoint" +
+                                     (" for every fold and 'all'" if "{fold}" in init else ""), param_hint="--init")
+        return path
+
+    for fold in fold_list:   # every per-fold start exists before hours of training begin
+        init_for(fold)
+
+    def make_recipe(seed: int, fold: int | str = 0) -> NoduleRecipe:
+        recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init_for(fold))
         if lr is not None:
             recipe.lr = lr
         if image_size is not None:
@@ -193,7 +207,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             "what": "case-level cross-validation of the nodule-guided recipe (export/nodule_training.py)",
             "label_source": "TI-RADS category (2-3 benign, 4a-5 malignant), not pathology",
             "data": {"path": str(data), **pack.meta}, "backbone": backbone, "folds": folds, "seeds": seed_list,
-            "recipe": make_recipe(seed_list[0]).to_dict(),
+            "recipe": {**make_recipe(seed_list[0], fold_list[0]).to_dict(), "init": init},
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0]},
             "command": " ".join(sys.argv),
             "summary": summarise(results) if results else {},
@@ -205,7 +219,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
         Path(json_out).write_text(json.dumps(payload, indent=1))
 
     def train_all() -> None:
-        recipe = make_recipe(seed_list[0])
+        recipe = make_recipe(seed_list[0], "all")
         target = out / "all"
         if not (target / "final.pt").exists():
             click.echo(f"[all data] training on {len(pack)} crops", err=True)
@@ -219,7 +233,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             if result_file.exists():
                 results.append(json.loads(result_file.read_text()))
             else:
-                recipe = make_recipe(seed)
+                recipe = make_recipe(seed, fold)
                 train_index = np.flatnonzero(assignment != fold)
                 val_index = np.flatnonzero(assignment == fold)
                 click.echo(f"[fold {fold} seed {seed}] train {len(train_index)} crops, validate {len(val_index)}", err=True)
