@@ -150,8 +150,10 @@ def test_ddti_full_frames_with_roi_match_the_crops(tmp_path):
     frames = full_frames(crops_csv, tmp_path / "frames")
     if len({r["label"] for r in rows}) < 2:
         pytest.skip("the first labelled DDTI rows are of one class")
-    cropped, a = evaluate_model(DEMO_BUNDLE, crops_csv, SplitSpec(Split.ALL), resamples=50)
-    boxed, b = evaluate_model(DEMO_BUNDLE, frames, SplitSpec(Split.ALL), resamples=50)
+    # Boxes as given: the crops sit in synthetic speckle, which a grown box would add (test_box_context.py).
+    bundle = demo_copy_with_box_context(tmp_path / "bundle", 1.0)
+    cropped, a = evaluate_model(bundle, crops_csv, SplitSpec(Split.ALL), resamples=50)
+    boxed, b = evaluate_model(bundle, frames, SplitSpec(Split.ALL), resamples=50)
     assert abs(boxed.auc - cropped.auc) <= 0.01
     np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
 
@@ -185,9 +187,10 @@ def test_classify_takes_a_box_per_image_from_a_list(tmp_path):
     crops = synthetic_csv(tmp_path / "crops", n_cases=2)
     frames = full_frames(crops, tmp_path / "frames")
     runner = CliRunner()
+    bundle = demo_copy_with_box_context(tmp_path / "bundle", 1.0)   # the box as given: exactly the pasted crop
 
     def scores(args: list[str]) -> list[float]:
-        result = runner.invoke(cli, ["classify", str(DEMO_BUNDLE), *args, "--json"])
+        result = runner.invoke(cli, ["classify", str(bundle), *args, "--json"])
         assert result.exit_code == 0, result.output
         return [json.loads(line)["p_malignant"] for line in result.stdout.splitlines()]
 

@@ -9,9 +9,19 @@ from edge_thyroid.bundle import load_bundle
 from edge_thyroid.errors import BundleError
 from edge_thyroid.gates import Configuration, gate_passed, record_gate, recorded_gates
 
-from .conftest import REPO
+from .conftest import REPO, edited_demo_copy
 
 DEMO = REPO / "edge_thyroid" / "data" / "demo_bundle"
+
+
+def legacy_demo_copy(destination):
+    """The demo bundle as a manifest written before per-configuration gates: one ONNX Runtime 'gate'."""
+
+    def to_legacy(manifest: dict) -> None:
+        entry = manifest["models"]["int8"]
+        entry["gate"] = entry.pop("gates")["onnxruntime"]
+
+    return edited_demo_copy(destination, to_legacy)
 
 
 def test_configuration_keys_round_trip():
@@ -45,8 +55,7 @@ def test_the_shipped_bundle_keeps_its_onnxruntime_gate():
 
 
 def test_record_gate_rewrites_only_the_manifest(tmp_path):
-    bundle_dir = tmp_path / "b"
-    shutil.copytree(DEMO, bundle_dir)
+    bundle_dir = legacy_demo_copy(tmp_path / "b")
     before = json.loads((bundle_dir / "manifest.json").read_text())
     signed = (bundle_dir / "manifest.sig").exists()
     assert record_gate(bundle_dir, "int8", Configuration("openvino", "bf16"), {"passed": False, "auc_drop": 0.02}) == signed
@@ -63,8 +72,7 @@ def test_record_gate_rewrites_only_the_manifest(tmp_path):
 
 
 def test_a_new_onnxruntime_gate_replaces_the_legacy_one(tmp_path):
-    bundle_dir = tmp_path / "b"
-    shutil.copytree(DEMO, bundle_dir)
+    bundle_dir = legacy_demo_copy(tmp_path / "b")
     record_gate(bundle_dir, "int8", Configuration("onnxruntime"), {"passed": False})
     entry = json.loads((bundle_dir / "manifest.json").read_text())["models"]["int8"]
     assert entry["gate"] == {"passed": False} and entry["gates"]["onnxruntime"] == {"passed": False}
