@@ -178,6 +178,15 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+def report(record: dict, text: str, json_path: str | None, markdown_path: str | None) -> None:
+    """Print the table; write the record and the table where asked."""
+    print(text)
+    if json_path:
+        Path(json_path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if markdown_path:
+        Path(markdown_path).write_text(text, encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", nargs="?", default=str(DEMO_BUNDLE))
@@ -269,12 +278,7 @@ def main() -> None:
         record["extract_overhead_p50_ms"] = round(record["extract"]["remote"]["p50_ms"]
                                                   - record["extract"]["in-process"]["p50_ms"], 2)
         totals.update({f"Engine.extract, {name}": v for name, v in record["extract"].items()})
-    text = markdown(record)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    if args.markdown:
-        Path(args.markdown).write_text(text, encoding="utf-8")
+    report(record, markdown(record), args.json, args.markdown)
 
 
 if __name__ == "__main__":
