@@ -36,8 +36,9 @@ from edge_thyroid.engine import Engine  # noqa: E402
 from edge_thyroid.frames import check_rois  # noqa: E402
 from edge_thyroid.kernels.graph_io import FRAME, PIXELS, ROIS  # noqa: E402
 from edge_thyroid.serving.backbone_model import STAGE_LOG  # noqa: E402
-from edge_thyroid.serving.repository import (CLIENT_PARAMETER, OUTPUT, BatchingOptions, cores_available,  # noqa: E402
-                                             default_queue_delay_us, layout_passes, write_model)
+from edge_thyroid.serving.repository import (CLIENT_PARAMETER, ONE_IN_FLIGHT_PARAMETER, OUTPUT,  # noqa: E402
+                                             BatchingOptions, cores_available, default_queue_delay_us,
+                                             layout_passes, write_model)
 from edge_thyroid.serving.server import ServerOptions, TritonServer, free_port  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -109,7 +110,7 @@ class TimedRemote:
             with self.answered:
                 self.answer = None
                 b._client.async_stream_infer(b.model_name, [pixels_in], outputs=[wanted], request_id=request_id,
-                                             parameters={CLIENT_PARAMETER: b.client_id})
+                                             parameters={CLIENT_PARAMETER: b.client_id, ONE_IN_FLIGHT_PARAMETER: True})
                 self.answered.wait_for(lambda: self.answer is not None, timeout=10)
                 stamps["c_woken"] = time.monotonic()
                 result, error = self.answer

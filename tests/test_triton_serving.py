@@ -29,7 +29,8 @@ import pytest
 
 from edge_thyroid.errors import BackendError, ServerUnavailableError
 from edge_thyroid.serving.backbone_model import STAGE_LOG, FairQueue
-from edge_thyroid.serving.repository import CLIENT_PARAMETER, ORDER, BatchingOptions, ServedModel, write_model
+from edge_thyroid.serving.repository import (CLIENT_PARAMETER, ONE_IN_FLIGHT_PARAMETER, ORDER, BatchingOptions,
+                                            ServedModel, write_model)
 from edge_thyroid.serving.server import ServerError, ServerOptions, TritonServer, find_installation, free_port
 
 from .conftest import REPO, needs_torch, screen_frame
@@ -273,9 +274,10 @@ def client_is_ready(server: TritonServer) -> bool:
 # -- fairness ----------------------------------------------------------------------------------------------
 class StreamClient:
     """A plain gRPC streaming client of a fair model, naming itself ``name`` (what the triton backend
-    sends for each workstation stream), with any number of requests in flight."""
+    sends for each workstation stream), with any number of requests in flight; ``one_in_flight``:
+    it says (as the triton backend does) that it sends the next request only after the answer."""
 
-    def __init__(self, server: TritonServer, model: str, name: str) -> None:
+    def __init__(self, server: TritonServer, model: str, name: str, one_in_flight: bool = False) -> None:
         import tritonclient.grpc as grpcclient
 
         self.module = grpcclient
@@ -283,6 +285,7 @@ class StreamClient:
         self.answers: queue.Queue = queue.Queue()
         self.client.start_stream(callback=lambda result, error: self.answers.put((result, error)))
         self.model, self.name = model, name
+        self.parameters = {CLIENT_PARAMETER: name, **({ONE_IN_FLIGHT_PARAMETER: True} if one_in_flight else {})}
         self.ids = itertools.count()
 
     def send(self, array: np.ndarray, datatype: str = "FP32", outputs: tuple[str, ...] = ()) -> str:
@@ -291,7 +294,7 @@ class StreamClient:
         request_id = f"{self.name}-{next(self.ids)}"
         self.client.async_stream_infer(self.model, [tensor], request_id=request_id,
                                        outputs=[self.module.InferRequestedOutput(name) for name in outputs] or None,
-                                       parameters={CLIENT_PARAMETER: self.name})
+                                       parameters=self.parameters)
         return request_id
 
     def receive(self, timeout: float = 120):
@@ -338,9 +341,14 @@ def test_fair_queue_serves_clients_round_robin_and_bounds_each():
 def fair_server(tmp_path_factory):
     """The many-client layout of a 2-core server: 2 single-threaded passes at once, fair scheduling;
     its model logs each request's stages (benchmarks/remote_breakdown.py reads them)."""
-    repository = tmp_path_factory.mktemp("triton_fair")
+    yield from stage_logged_server(tmp_path_factory.mktemp("triton_fair"), passes=2)
+
+
+def stage_logged_server(repository: Path, passes: int):
+    """A fair server of the demo bundle with ``passes`` single-threaded passes at once, whose model
+    logs each request's stages."""
     model = write_model(DEMO_BUNDLE, repository, threads=1,
-                        batching=BatchingOptions(instances=2, max_batch_size=8, client_queue_limit=40))
+                        batching=BatchingOptions(instances=passes, max_batch_size=8, client_queue_limit=40))
     stage_log = repository / "stages.jsonl"
     os.environ[STAGE_LOG] = str(stage_log)  # the server and its Python stub inherit it at start
     try:
@@ -455,6 +463,59 @@ def test_a_client_past_its_queue_limit_is_refused_at_once(fair_server):
     for error in refused:
         assert "client greedy already has 40 requests waiting" in str(error), error
         assert TritonBackend._unavailable(error, streamed=True)  # a busy server: the triton backend backs off
+
+
+@pytest.fixture(scope="module")
+def one_pass_server(tmp_path_factory):
+    """The single-workstation layout (serve --layout latency): one pass at once, fair scheduling,
+    with the stage log."""
+    yield from stage_logged_server(tmp_path_factory.mktemp("triton_one_pass"), passes=1)
+
+
+def stage_records(stage_log: Path, ids: set[str], timeout: float = 30) -> dict[str, dict]:
+    assert wait_until(lambda: ids <= {json.loads(line)["id"] for line in stage_log.read_text().splitlines()}, timeout)
+    return {r["id"]: r for r in map(json.loads, stage_log.read_text().splitlines()) if r["id"] in ids}
+
+
+def test_a_lone_request_runs_inline_and_a_flood_is_still_served_round_robin(one_pass_server):
+    """On an idle one-pass server, the request of a client with nothing else in flight is run by
+    execute itself (its stage log has no queue wait: read and taken are one stamp), one from a client
+    that does not say so is filed for the worker; under a flood the lone client is still in the next
+    pass (service order, as in the fairness test above) and gets its own pixels' maps."""
+    import onnxruntime as ort
+
+    server, model, stage_log = one_pass_server
+    rng = np.random.default_rng(3)
+    pixels = rng.standard_normal((3, 3, model.image_size, model.image_size)).astype(np.float32)
+    session = ort.InferenceSession(str(model.path / str(model.version) / "model.onnx"))
+    want = session.run(None, {"pixels": pixels})[0]
+    lone = StreamClient(server, model.name, "lone", one_in_flight=True)
+    plain = StreamClient(server, model.name, "plain")
+    flooder = StreamClient(server, model.name, "flooder")
+    try:
+        answers = [lone.ask(pixels) for _ in range(3)] + [plain.ask(pixels)]
+        for result, error in answers:
+            assert error is None, error
+            np.testing.assert_allclose(result.as_numpy("feature_maps"), want, rtol=1e-4, atol=1e-4)
+        ids = [result.get_response().id for result, _ in answers]
+        records = stage_records(stage_log, set(ids))
+        assert [records[i]["read"] == records[i]["taken"] for i in ids] == [True, True, True, False], records
+        depth = 16
+        for _ in range(depth):
+            flooder.send(pixels)
+        lone_waits = []
+        for _ in range(4):
+            result, error = lone.ask(pixels)
+            assert error is None, error
+            lone_waits.append(waited(result))
+            np.testing.assert_allclose(result.as_numpy("feature_maps"), want, rtol=1e-4, atol=1e-4)
+        flood_answers = [flooder.receive() for _ in range(depth)]
+    finally:
+        lone.close()
+        plain.close()
+        flooder.close()
+    assert all(error is None for _, error in flood_answers), flood_answers
+    assert max(lone_waits) <= 1, lone_waits
 
 
 # -- streams ----------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from ..errors import BackendError, MissingDependencyError, ServerUnavailableError
 from ..kernels.graph_io import FRAME, PIXELS, ROIS
-from ..serving.repository import CLIENT_PARAMETER, OUTPUT, SHA_PARAMETER
+from ..serving.repository import CLIENT_PARAMETER, ONE_IN_FLIGHT_PARAMETER, OUTPUT, SHA_PARAMETER
 from .base import Backend, BackendOption
 
 if TYPE_CHECKING:  # annotations only: a backend module imports light (the CLI reads its declarations)
@@ -360,9 +360,12 @@ class TritonBackend(Backend):
             self._call("opening a stream", self._client.start_stream, callback=take)
             self._answers = answers
         request_id = str(next(self._request_ids))
+        # No answer outstanding (an earlier request that timed out may still be on the server): then
+        # this is the client's only request in flight, which lets an idle server run it at once.
+        parameters = {CLIENT_PARAMETER: self.client_id, ONE_IN_FLIGHT_PARAMETER: self._sent == self._received}
         try:
             self._call("the inference request", self._client.async_stream_infer, self.model_name, [pixels_in],
-                       outputs=[wanted], request_id=request_id, parameters={CLIENT_PARAMETER: self.client_id})
+                       outputs=[wanted], request_id=request_id, parameters=parameters)
         except ServerUnavailableError:
             self._stop_stream()
             raise

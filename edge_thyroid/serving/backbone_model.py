@@ -10,10 +10,13 @@ Two schedulings, chosen by the config the repository writer emits:
   parameter ``edge_thyroid_client``; requests without one share one anonymous queue) and returns;
   ``workers`` threads each take the next backbone pass round-robin over the clients that wait, one
   request per client per turn, up to ``max_batch_size`` panes, and answer through the request's
-  response sender. A client that floods waits behind itself, not in front of the others; past
-  ``client_queue_limit`` waiting requests its new ones are refused at once. Each answer carries
-  ``service_order`` [requests served when it arrived, its own service index] so the order the
-  server served requests in can be checked without clocks.
+  response sender. One exception (:func:`runs_inline`): with one worker, a request whose client
+  has no other in flight (the request parameter ``edge_thyroid_one_in_flight``, which the triton
+  backend sets) and that finds the model idle is run by ``execute`` itself, without the worker's
+  wake-up or a copy of its input. A client that floods waits behind itself, not in front of the
+  others; past ``client_queue_limit`` waiting requests its new ones are refused at once. Each
+  answer carries ``service_order`` [requests served when it arrived, its own service index] so the
+  order the server served requests in can be checked without clocks.
 * ``fifo``: Triton's own dynamic batcher hands ``execute`` the requests in arrival order; their panes
   are stacked into one ONNX Runtime call and split back.
 
@@ -36,6 +39,7 @@ INPUT = "pixels"
 OUTPUT = "feature_maps"
 ORDER = "service_order"
 CLIENT_PARAMETER = "edge_thyroid_client"
+ONE_IN_FLIGHT_PARAMETER = "edge_thyroid_one_in_flight"
 # benchmarks/remote_breakdown.py: when set (in the server's environment, which the stub inherits),
 # each request's stage timestamps (time.monotonic, one clock for every process on the host) are
 # appended to this file as JSON lines, so the client can line them up with its own.
@@ -55,11 +59,36 @@ class StageLog:
             self.file.write(json.dumps(stamps) + "\n")
 
 
-class FairQueue:
-    """Requests waiting, one FIFO per client, taken round-robin over the clients."""
+def runs_inline(*, requests: int, one_in_flight: bool, waiting: bool, running: int, workers: int,
+                client: str, previous_inline: str | None) -> bool:
+    """Whether ``execute`` runs this request's pass itself instead of filing it for a worker.
 
-    def __init__(self, limit: int) -> None:
+    Triton hands the stub one request per ``execute`` and none while ``execute`` runs: requests that
+    arrive during an inline pass wait in Triton's own first-come queue, invisible here. So:
+
+    * only with one worker: then the inline pass takes the place the worker would have, and nobody
+      waits longer than for the worker (with more, an idle worker could start another pass at once);
+    * only for a client with no other request in flight (``one_in_flight``, which the client says),
+      so none of its own requests can be waiting behind it in Triton's queue;
+    * only when nothing waits here and no pass runs, so it overtakes nobody filed;
+    * right after an inline pass (``previous_inline``: that pass's client, None when the last
+      ``execute`` filed), only for that same client: its next request was sent after its answer,
+      while another client's request may have arrived during the pass, with others behind it in
+      Triton's queue; that one is filed, so the backlog is served round-robin and batched as before.
+    """
+    return (workers == 1 and requests == 1 and one_in_flight and not waiting and running == 0
+            and previous_inline in (None, client))
+
+
+class FairQueue:
+    """Requests waiting, one FIFO per client, taken round-robin over the clients. With ``passes``
+    (the model's workers), at most that many passes, workers' and inline ones, run at once, each
+    taken pass ending with :meth:`finished`; without, passes are neither counted nor run inline."""
+
+    def __init__(self, limit: int, passes: int | None = None) -> None:
         self.limit = limit
+        self.passes = passes
+        self.running = 0  # passes taken and not yet finished
         self.queues: dict[str, collections.deque] = {}
         self.turns: collections.deque[str] = collections.deque()  # clients with requests waiting, next first
         self.ready = threading.Condition()
@@ -84,7 +113,7 @@ class FairQueue:
         """The next pass: one request per client in turn while the panes fit (only one request when
         ``across`` is off). Blocks while nothing waits; None once closed."""
         with self.ready:
-            while not self.turns and not self.closed:
+            while (not self.turns or (self.passes and self.running >= self.passes)) and not self.closed:
                 self.ready.wait()
             if self.closed:
                 return None
@@ -106,7 +135,28 @@ class FairQueue:
             for item in batch:
                 item["service_index"] = self.served
                 self.served += 1
+            self.running += 1
             return batch
+
+    def claim_inline(self, item: dict, client: str, *, requests: int, one_in_flight: bool,
+                     previous_inline: str | None) -> bool:
+        """Take ``item`` as a pass of its own, run by the caller, when :func:`runs_inline` says so
+        (then, as for a taken batch, :meth:`finished` follows its answer)."""
+        with self.ready:
+            if not runs_inline(requests=requests, one_in_flight=one_in_flight, waiting=bool(self.turns),
+                               running=self.running, workers=self.passes or 0, client=client,
+                               previous_inline=previous_inline):
+                return False
+            item["served_at_arrival"] = item["service_index"] = self.served
+            self.served += 1
+            self.running += 1
+            return True
+
+    def finished(self) -> None:
+        """One pass answered: a worker may take the next."""
+        with self.ready:
+            self.running -= 1
+            self.ready.notify()
 
     def close(self) -> list[dict]:
         with self.ready:
@@ -141,8 +191,10 @@ class TritonPythonModel:
         if self.decoupled:
             self.max_panes = int(config.get("max_batch_size", 0)) or 1
             self.across = parameters.get("batch_requests", "1") == "1"
-            self.queue = FairQueue(int(parameters.get("client_queue_limit", "0") or 0))
-            for index in range(max(1, int(parameters.get("workers", "1") or 1))):
+            workers = max(1, int(parameters.get("workers", "1") or 1))
+            self.queue = FairQueue(int(parameters.get("client_queue_limit", "0") or 0), passes=workers)
+            self.inline_client: str | None = None  # the client whose pass the last execute ran; None: it filed
+            for index in range(workers):
                 worker = threading.Thread(target=self._serve, name=f"backbone-{index}", daemon=True)
                 worker.start()
                 self.workers.append(worker)
@@ -153,8 +205,9 @@ class TritonPythonModel:
 
         entered = time.monotonic()
         if self.decoupled:
+            previous, self.inline_client = self.inline_client, None
             for request in requests:
-                self._file(request, entered)
+                self._file(request, entered, len(requests), previous)
             return None
         # Tensors cross the stub through DLPack, not as_numpy()/Tensor(name, array): the stub's
         # NumPy bridge was compiled against NumPy 1's array layout and, under NumPy 2, reads an item
@@ -180,20 +233,36 @@ class TritonPythonModel:
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(stacked, dtype=np.float32)})[0]
 
     # -- fair: per-client round-robin ------------------------------------------------------------------
-    def _file(self, request: Any, entered: float) -> None:
+    def _file(self, request: Any, entered: float, requests: int, previous_inline: str | None) -> None:
+        """Run the request's pass here (runs_inline) or file it for a worker."""
         import triton_python_backend_utils as pb_utils
 
         sender = request.get_response_sender()
         try:
-            client = str(json.loads(request.parameters() or "{}").get(CLIENT_PARAMETER, ""))
+            parameters = json.loads(request.parameters() or "{}")
         except (ValueError, AttributeError):
-            client = ""
-        # A copy: the request's input buffer belongs to Triton and may go once execute returns.
-        pixels = np.array(np.from_dlpack(pb_utils.get_input_tensor_by_name(request, INPUT)), dtype=np.float32)
+            parameters = {}
+        client = str(parameters.get(CLIENT_PARAMETER, ""))
+        pixels = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, INPUT))
         wanted = set(request.requested_output_names() or ())
         item = {"pixels": pixels, "sender": sender, "wanted": wanted}
         if self.stages:
-            item["stamps"] = {"id": request.request_id(), "execute": entered, "read": time.monotonic()}
+            item["stamps"] = {"id": request.request_id(), "execute": entered}
+        if self.queue.claim_inline(item, client, requests=requests, previous_inline=previous_inline,
+                                   one_in_flight=parameters.get(ONE_IN_FLIGHT_PARAMETER) is True):
+            self.inline_client = client
+            # The input is read where Triton put it: the request lives until execute returns.
+            if self.stages:
+                item["stamps"]["read"] = item["stamps"]["taken"] = time.monotonic()
+            try:
+                self._answer([item])
+            finally:
+                self.queue.finished()
+            return
+        # A copy: the request's input buffer belongs to Triton and may go once execute returns.
+        item["pixels"] = np.array(pixels, dtype=np.float32)
+        if self.stages:
+            item["stamps"]["read"] = time.monotonic()
         refused = self.queue.put(client, item)
         if refused:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(refused)),
@@ -208,7 +277,10 @@ class TritonPythonModel:
                 taken = time.monotonic()
                 for item in batch:
                     item["stamps"]["taken"] = taken
-            self._answer(batch)
+            try:
+                self._answer(batch)
+            finally:
+                self.queue.finished()
             # Nothing of the batch may outlive its answers: a response sender still referenced keeps
             # Triton from ever unloading the model (the server then cannot stop).
             del batch

@@ -38,6 +38,9 @@ if TYPE_CHECKING:  # the triton backend imports this module's names; it must sta
 OUTPUT = "feature_maps"
 ORDER = "service_order"  # fair scheduling: [requests served when it arrived, its service index]
 CLIENT_PARAMETER = "edge_thyroid_client"  # request parameter naming the client (a workstation stream)
+# request parameter (bool): the client has no other request in flight (fair scheduling may then run
+# its pass on Triton's thread; serving/backbone_model.py runs_inline)
+ONE_IN_FLIGHT_PARAMETER = "edge_thyroid_one_in_flight"
 SHA_PARAMETER = "edge_thyroid_model_sha256"
 SIZE_PARAMETER = "edge_thyroid_image_size"
 SCHEDULING_PARAMETER = "edge_thyroid_scheduling"
