@@ -260,13 +260,14 @@ class TritonPythonModel:
         wanted = set(request.requested_output_names() or ())
         item = {"pixels": pixels, "sender": sender, "wanted": wanted}
         if self.stages:
-            item["stamps"] = {"id": request.request_id(), "execute": entered}
+            item["stamps"] = {"id": request.request_id(), "client": client, "execute": entered}
         if self.queue.claim_inline(item, client, requests=requests, previous_inline=previous_inline,
                                    one_in_flight=parameters.get(ONE_IN_FLIGHT_PARAMETER) is True):
             self.inline_client = client
             # The input is read where Triton put it: the request lives until execute returns.
             if self.stages:
                 item["stamps"]["read"] = item["stamps"]["taken"] = time.monotonic()
+                item["stamps"]["inline"] = True
             try:
                 self._answer([item])
             finally:
