@@ -63,3 +63,72 @@ def test_an_inline_pass_is_counted_in_the_service_order_and_holds_the_workers_pl
     fair.put("d", pane("d0"))
     assert not fair.claim_inline(pane("e0"), "e", requests=1, one_in_flight=True, previous_inline=None)
     assert fair.close() != [] and fair.take(1, True) is None
+
+
+class _Sender:
+    """A response sender that records what the model's queue said when each answer went out."""
+
+    def __init__(self, fair: FairQueue, seen: list) -> None:
+        self.fair, self.seen = fair, seen
+
+    def send(self, response, flags) -> None:
+        self.seen.append((self.fair.running, response))
+
+
+def test_a_pass_is_finished_before_its_answers_go_out(monkeypatch):
+    # A client may hold its answer (and send its next request) before send() returns: by then the
+    # pass must no longer count as running, or that request is filed instead of run inline at random.
+    import types
+
+    class Response:
+        def __init__(self, output_tensors=None, error=None):
+            self.tensors, self.error = output_tensors, error
+
+    utils = types.SimpleNamespace(TRITONSERVER_RESPONSE_COMPLETE_FINAL=1, InferenceResponse=Response,
+                                  TritonError=str, Tensor=types.SimpleNamespace(
+                                      from_dlpack=lambda name, capsule: (name, np.from_dlpack(_Capsule(capsule)))))
+    monkeypatch.setitem(__import__("sys").modules, "triton_python_backend_utils", utils)
+    weights = np.arange(1, 4, dtype=np.float32).reshape(1, 3, 1, 1)
+
+    class Session:  # a 1x1 convolution over the 3 channels, the reference below in float64
+        def run(self, names, feeds):
+            (pixels,) = feeds.values()
+            if not np.isfinite(pixels).all():
+                raise ValueError("non-finite pixels")
+            return [(pixels * weights).sum(axis=1, keepdims=True)]
+
+    model = backbone_model.TritonPythonModel()
+    model.session, model.input_name, model.output_name, model.stages = Session(), "pixels", "maps", None
+    model.queue = FairQueue(limit=0, passes=1)
+    seen: list = []
+    rng = np.random.default_rng(0)
+    items = [{"pixels": rng.standard_normal((n, 3, 2, 2)).astype(np.float32), "sender": _Sender(model.queue, seen),
+              "wanted": set(), "served_at_arrival": 0, "service_index": i} for i, n in enumerate((2, 1))]
+    for client, item in zip("ab", items):
+        model.queue.put(client, item)
+    batch = model.queue.take(max_panes=8, across=True)  # one pass of both requests' panes
+    assert len(batch) == 2 and model.queue.running == 1
+    model._answer(batch)
+    assert [running for running, _ in seen] == [0, 0] and model.queue.running == 0
+    for item, (_, response) in zip(items, seen):
+        maps = dict(response.tensors)[backbone_model.OUTPUT]
+        reference = (item["pixels"].astype(np.float64) * weights.astype(np.float64)).sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(maps, reference, rtol=1e-6, atol=1e-6)
+    # A failed run too frees its place before the client hears of it.
+    model.queue.put("c", {**items[1], "pixels": np.full_like(items[1]["pixels"], np.nan)})
+    model._answer(model.queue.take(max_panes=8, across=True))
+    assert [running for running, _ in seen] == [0, 0, 0] and "non-finite pixels" in seen[2][1].error
+    assert model.queue.running == 0
+
+
+class _Capsule:
+    """np.from_dlpack wants an object with __dlpack__: this one hands over an already made capsule."""
+
+    def __init__(self, capsule) -> None:
+        self.capsule = capsule
+
+    def __dlpack__(self, **_):
+        return self.capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)

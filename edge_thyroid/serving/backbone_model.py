@@ -141,7 +141,7 @@ class FairQueue:
     def claim_inline(self, item: dict, client: str, *, requests: int, one_in_flight: bool,
                      previous_inline: str | None) -> bool:
         """Take ``item`` as a pass of its own, run by the caller, when :func:`runs_inline` says so
-        (then, as for a taken batch, :meth:`finished` follows its answer)."""
+        (then, as for a taken batch, :meth:`finished` follows its run)."""
         with self.ready:
             if not runs_inline(requests=requests, one_in_flight=one_in_flight, waiting=bool(self.turns),
                                running=self.running, workers=self.passes or 0, client=client,
@@ -153,7 +153,7 @@ class FairQueue:
             return True
 
     def finished(self) -> None:
-        """One pass answered: a worker may take the next."""
+        """One pass run (its answers about to go out): a worker may take the next."""
         with self.ready:
             self.running -= 1
             self.ready.notify()
@@ -268,10 +268,7 @@ class TritonPythonModel:
             if self.stages:
                 item["stamps"]["read"] = item["stamps"]["taken"] = time.monotonic()
                 item["stamps"]["inline"] = True
-            try:
-                self._answer([item])
-            finally:
-                self.queue.finished()
+            self._answer([item])
             return
         # A copy: the request's input buffer belongs to Triton and may go once execute returns.
         item["pixels"] = np.array(pixels, dtype=np.float32)
@@ -291,10 +288,7 @@ class TritonPythonModel:
                 taken = time.monotonic()
                 for item in batch:
                     item["stamps"]["taken"] = taken
-            try:
-                self._answer(batch)
-            finally:
-                self.queue.finished()
+            self._answer(batch)
             # Nothing of the batch may outlive its answers: a response sender still referenced keeps
             # Triton from ever unloading the model (the server then cannot stop).
             del batch
@@ -304,11 +298,20 @@ class TritonPythonModel:
 
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         started = time.monotonic()
+        failure: Exception | None = None
         try:
             maps = self._run([item["pixels"] for item in batch])
         except Exception as exc:  # noqa: BLE001 - every waiting client gets the reason, the worker lives on
+            failure = exc
+        finally:
+            # The pass is over before its answers go out. send() returns only after Triton has taken the
+            # response, by when the client may have it and its next request may be in execute: still
+            # counted as running, the pass would make that request be filed instead of run inline, at
+            # random, and a run of serve_bench would land in its slow mode or not (BENCHMARKS.md: serving).
+            self.queue.finished()
+        if failure is not None:
             for item in batch:
-                item["sender"].send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"backbone failed: {exc}")),
+                item["sender"].send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"backbone failed: {failure}")),
                                     flags=final)
             return
         ran = time.monotonic()
