@@ -62,6 +62,23 @@ def frames_and_panes(count: int, size: tuple[int, int]) -> tuple[list[np.ndarray
     return frames, panes
 
 
+def interleaved(engines: dict[str, Engine], frames: list[np.ndarray], panes: list, rounds: int) -> list[dict]:
+    """One warm-up frame each, then every frame through every engine, the order rotating by one each
+    frame: [{name, ms, order (the engines' initials in that frame's order)}], in the order run."""
+    for engine in engines.values():
+        engine.classify(frames[0], panes)
+    rows, order = [], list(engines)
+    for _ in range(rounds):
+        for frame in frames:
+            order = order[1:] + order[:1]
+            for name in order:
+                start = time.perf_counter()
+                engines[name].classify(frame, panes)
+                rows.append({"name": name, "ms": (time.perf_counter() - start) * 1000.0,
+                             "order": "".join(n[0] for n in order)})
+    return rows
+
+
 def latency_rows(bundle: Path, url: str, frames: list[np.ndarray], panes: list, rounds: int) -> list[dict]:
     """Per-frame latency of the same frames, the configurations interleaved frame by frame in a rotating
     order: the one that runs right after the in-process engine shares the CPU with ONNX Runtime
@@ -71,17 +88,8 @@ def latency_rows(bundle: Path, url: str, frames: list[np.ndarray], panes: list, 
     engines = {name: Engine(bundle, **options) for name, options in configs.items()}
     times: dict[str, list[float]] = {name: [] for name in configs}
     try:
-        for name, engine in engines.items():  # warm-up
-            engine.classify(frames[0], panes)
-        order = list(engines)
-        for _ in range(rounds):
-            for frame in frames:
-                order = order[1:] + order[:1]
-                for name in order:
-                    engine = engines[name]
-                    start = time.perf_counter()
-                    engine.classify(frame, panes)
-                    times[name].append((time.perf_counter() - start) * 1000.0)
+        for row in interleaved(engines, frames, panes, rounds):
+            times[row["name"]].append(row["ms"])
     finally:
         for engine in engines.values():
             engine.close()
