@@ -25,7 +25,7 @@ def test_simsiam_loss_matches_float64_and_stops_the_gradient_at_the_projections(
     loss = simsiam_loss(p1, z1, p2, z2)
     a = [t.detach().double().numpy() for t in (p1, z1, p2, z2)]
     expected = -(_cosine(a[0], a[3]).mean() + _cosine(a[2], a[1]).mean()) / 2
-    assert abs(float(loss) - expected) <= 1e-6
+    assert abs(float(loss.detach()) - expected) <= 1e-6
     loss.backward()
     assert p1.grad is not None and float(p1.grad.abs().sum()) > 0
     assert z1.grad is None and z2.grad is None           # stop-gradient: the projections are targets
