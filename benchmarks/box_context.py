@@ -56,6 +56,7 @@ def main(data, run_dir, seeds, contexts, folds, threads, json_out, md_out) -> No
     """AUC at box margins 1.2x / 1.5x / 2x for each box context, from a cross-validation run's fold models."""
     import torch
 
+    from edge_thyroid.bundle import MAX_BOX_CONTEXT, MIN_BOX_CONTEXT
     from edge_thyroid.export.checkpoint import load_checkpoint
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import fold_assignment
@@ -65,9 +66,10 @@ def main(data, run_dir, seeds, contexts, folds, threads, json_out, md_out) -> No
         torch.set_num_threads(threads)
     seed_list = [int(s) for s in seeds.split(",")]
     context_list = [float(c) for c in contexts.split(",")]
-    bad = [c for c in context_list if not 1.0 <= c <= 4.0]
+    bad = [c for c in context_list if not MIN_BOX_CONTEXT <= c <= MAX_BOX_CONTEXT]
     if bad:
-        raise click.BadParameter(f"contexts must be between 1 and 4, got {bad}", param_hint="--contexts")
+        raise click.BadParameter(f"contexts must be between {MIN_BOX_CONTEXT} and {MAX_BOX_CONTEXT}, got {bad}",
+                                 param_hint="--contexts")
     pack = pack_for(data)
     assignment = fold_assignment(pack, folds)
     started = time.time()

@@ -89,7 +89,7 @@ def score_engines(engines: Sequence[Any], samples: Sequence[Sample], *, progress
     for j, sample in enumerate(tqdm(samples, desc="gate", unit="image", file=sys.stderr, disable=not progress)):
         frame = read_image(sample.image)
         for i, engine in enumerate(engines):
-            pane = sample.pane(frame, getattr(engine, "box_context", 1.0))   # a checkpoint scorer has no bundle
+            pane = sample.pane(frame, engine.box_context)   # each engine grows a nodule box as its bundle says
             panes = [Pane(m, pane.roi) for m in engine.modalities] if getattr(engine, "branched", False) else [pane]
             scores[i, j] = engine.classify(frame, panes).probability
     return scores

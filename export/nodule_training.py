@@ -102,9 +102,10 @@ def to_pixels(image: np.ndarray, spec: PreprocessSpec, box: tuple[int, int, int,
     return preprocess_reference(image, [box or (0, 0, w, h)], spec)[0]
 
 
-def training_crop(image: np.ndarray, mask: np.ndarray, recipe: NoduleRecipe, spec: PreprocessSpec, grid: int,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
-    """One augmented training input: (pixels 3 x S x S, mask coverage grid x grid, has_mask)."""
+def augmented_view(image: np.ndarray, mask: np.ndarray, recipe: NoduleRecipe,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The recipe's augmentations of a grayscale crop and its mask: (image, mask) as the model will meet them
+    (affine, burned-in marks, a box around the nodule, scanner look, horizontal flip)."""
     strength = recipe.augment_strength
     if rng.random() < 0.7:
         image, mask = small_affine(image, mask, rng, strength)
@@ -116,8 +117,14 @@ def training_crop(image: np.ndarray, mask: np.ndarray, recipe: NoduleRecipe, spe
     image = scanner_look(image, rng, strength)
     if rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
-    image = np.ascontiguousarray(image)
-    coverage = cell_coverage(dilate(np.ascontiguousarray(mask), recipe.mask_dilation), grid)
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def training_crop(image: np.ndarray, mask: np.ndarray, recipe: NoduleRecipe, spec: PreprocessSpec, grid: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One augmented training input: (pixels 3 x S x S, mask coverage grid x grid, has_mask)."""
+    image, mask = augmented_view(image, mask, recipe, rng)
+    coverage = cell_coverage(dilate(mask, recipe.mask_dilation), grid)
     return to_pixels(image, spec), coverage, bool(mask.any())
 
 

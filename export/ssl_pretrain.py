@@ -7,7 +7,7 @@
 BUSI pre-training taught the backbone breast lesions with labels; the DDTI crops, labelled or not, show
 thyroid tissue it never saw. SimSiam (Chen & He, 2021) needs no labels and no negative pairs, so it works
 with small batches: two augmented views of one crop (the recipe's own boxes, affine, scanner look and
-burned-in marks: export/nodule_training.training_crop) go through the backbone, a projector and a
+burned-in marks: export/nodule_training.augmented_view) go through the backbone, a projector and a
 predictor, and each view's prediction is pulled towards the other view's projection, which is held fixed
 (stop-gradient keeps it from collapsing to a constant).
 
@@ -37,7 +37,7 @@ from edge_thyroid.kernels.reference import PreprocessSpec
 from .checkpoint import CheckpointInfo, save_checkpoint
 from .datapack import DataPack, pack_for
 from .models import BACKBONE_CHANNELS, MODALITIES, MultimodalClassifier
-from .nodule_training import NoduleRecipe, feature_grid, fold_assignment, pick_device, training_crop
+from .nodule_training import NoduleRecipe, augmented_view, fold_assignment, pick_device, to_pixels
 from .train import init_from, lr_lambda
 
 
@@ -83,7 +83,6 @@ class TwoViews(torch.utils.data.Dataset):
     def __init__(self, pack: DataPack, draws: np.ndarray, recipe: NoduleRecipe, epoch: int) -> None:
         self.pack, self.draws, self.recipe, self.epoch = pack, draws, recipe, epoch
         self.spec = PreprocessSpec(image_size=recipe.image_size)
-        self.grid = feature_grid(recipe.backbone, recipe.image_size)
 
     def __len__(self) -> int:
         return len(self.draws)
@@ -93,8 +92,8 @@ class TwoViews(torch.utils.data.Dataset):
         views = []
         for view in (0, 1):
             rng = np.random.default_rng((self.recipe.seed, self.epoch, k, view, 7))
-            pixels, _, _ = training_crop(self.pack.images[i], self.pack.masks[i], self.recipe, self.spec, self.grid, rng)
-            views.append(torch.from_numpy(pixels))
+            image, _ = augmented_view(self.pack.images[i], self.pack.masks[i], self.recipe, rng)
+            views.append(torch.from_numpy(to_pixels(image, self.spec)))
         return views[0], views[1]
 
 

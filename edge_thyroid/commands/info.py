@@ -32,7 +32,7 @@ def info(bundle, as_json) -> None:
     click.echo(f"input       uint8 BGR frame + ROIs -> {pre['image_size']}x{pre['image_size']} {pre['interpolation']}, "
                f"mean {pre['mean']} std {pre['std']}")
     context = manifest.get("nodule_box", {}).get("context", 1.0)
-    click.echo(f"nodule box  " + (f"grown {context}x about its centre (within its pane) before the model sees it"
+    click.echo("nodule box  " + (f"grown {context}x about its centre (within its pane) before the model sees it"
                                   if context != 1.0 else "as given (no context added)"))
     from ..gates import recorded_gates
 

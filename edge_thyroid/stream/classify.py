@@ -150,7 +150,8 @@ class FrameClassifier:
         panes: list[PaneRecord] = []
         prediction = None
         p = logit = None
-        box: tuple[Roi | None, str | None, bool, list, Roi | None] = (None, None, False, [], None)
+        choice = BoxChoice(None, None)   # what the records say of the box when the frame fails early
+        model_roi: Roi | None = None
         asked_backend = False  # some pane went to the backend (not all from the pane cache)
 
         def lap(stage: str) -> None:
@@ -164,14 +165,10 @@ class FrameClassifier:
                 raise InputError(item.problem)
             layout = self._layout_for(frame.shape[1], frame.shape[0])
             bmode = layout.pane(Modality.BMODE)
-            if bmode is not None:
+            if bmode is not None:   # without one, no box: the other panes are classified as they are
                 choice = self.nodule.choose(frame, bmode.roi, layout.nodule)
-            else:   # no B-mode pane: the other panes are classified as they are
-                choice = BoxChoice(None, None)
-            # The model sees the nodule box with the tissue around it that its bundle asks for.
-            model_roi = (widen_box(choice.roi, self.engine.box_context, bmode.roi)
-                         if bmode is not None and choice.roi is not None else None)
-            box = (choice.roi, choice.source, choice.frozen, [m.to_dict() for m in choice.marks], model_roi)
+                if choice.roi is not None:   # the model sees the box with the tissue around it its bundle asks for
+                    model_roi = widen_box(choice.roi, self.engine.box_context, bmode.roi)
             engine_panes = [Pane(p.modality.value, model_roi if p is bmode and model_roi else p.roi)
                             for p in layout.panes]
             branches = [self._branch(pane.modality) for pane in engine_panes]
@@ -238,7 +235,8 @@ class FrameClassifier:
             total_ms=(done - item.timestamp) * 1000.0, panes=panes, p=p, logit=logit,
             p_smoothed=verdict.p_smoothed, decision=verdict.decision, reason=verdict.reason, detail=verdict.detail,
             threshold=self.engine.threshold, processed=0, dropped=0, cache_hits=0, gaps=0, result_time=done,
-            roi=box[0], roi_source=box[1], model_roi=box[4], frozen=box[2], calipers=box[3], media_ts=item.media_ts,
+            roi=choice.roi, roi_source=choice.source, model_roi=model_roi, frozen=choice.frozen,
+            calipers=[m.to_dict() for m in choice.marks], media_ts=item.media_ts,
             image=frame if self.keep_frames else None, prediction=prediction)
 
     def _note_outage(self, error: str) -> None:
