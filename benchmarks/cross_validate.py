@@ -159,14 +159,16 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
 @click.option("--image-size", type=int, default=None,
               help="Model input side in pixels (default: the recipe's 128); the bundle's preprocessing follows it.")
+@click.option("--descriptor-weight", type=float, default=None,
+              help="Weight of the sonographic-descriptor head (export/descriptors.py; default: the recipe's 0, off).")
 @click.option("--threads", type=int, default=0)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--also-all", is_flag=True, help="Then train the same recipe on every crop (OUT/all/final.pt).")
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
-def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, image_size, threads, device,
-         workers, also_all, all_first_after) -> None:
+def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, image_size, descriptor_weight,
+         threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
@@ -200,6 +202,10 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             if not 32 <= image_size <= 1024:
                 raise click.BadParameter(f"must be between 32 and 1024 pixels, got {image_size}", param_hint="--image-size")
             recipe.image_size = image_size
+        if descriptor_weight is not None:
+            if descriptor_weight < 0:
+                raise click.BadParameter(f"must be >= 0, got {descriptor_weight}", param_hint="--descriptor-weight")
+            recipe.descriptor_weight = descriptor_weight
         return recipe
 
     def write() -> None:

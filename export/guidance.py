@@ -6,7 +6,9 @@ The product is still :class:`MultimodalClassifier` (shared backbone + linear fus
 * a **segmentation head** (1x1 convolution on the last feature maps) trained on the nodule mask, so the
   features that the CAM is built from encode where the nodule is;
 * an **ordinal TI-RADS head** (CORAL: one shared score, K-1 ordered thresholds) on the pooled features:
-  the risk level is richer than the binarised label.
+  the risk level is richer than the binarised label;
+* optionally a **descriptor head** (linear, on the pooled features) regressing the nodule's sonographic
+  descriptors (export/descriptors.py: composition, echogenicity, foci, shape, margin).
 
 and the **CAM guidance loss**: the share of the CAM's evidence (positive and negative parts taken
 separately) that falls outside the dilated nodule mask.
@@ -27,7 +29,8 @@ from .models import MultimodalClassifier
 class GuidedClassifier(nn.Module):
     """A :class:`MultimodalClassifier` plus the auxiliary heads, for single-modality training batches."""
 
-    def __init__(self, base: MultimodalClassifier, modality: str = "bmode", tirads_levels: int = 6) -> None:
+    def __init__(self, base: MultimodalClassifier, modality: str = "bmode", tirads_levels: int = 6,
+                 descriptors: int = 0) -> None:
         super().__init__()
         if modality not in base.modalities:
             raise ValueError(f"modality {modality!r} is not one of the model's {base.modalities}")
@@ -38,6 +41,8 @@ class GuidedClassifier(nn.Module):
         self.aux_ordinal = nn.Linear(channels, 1, bias=False)
         # CORAL thresholds, initialised ordered so that the cumulative probabilities start ordered.
         self.aux_ordinal_bias = nn.Parameter(torch.linspace(1.0, -1.0, tirads_levels - 1))
+        # Only built when asked for, so the recipe without it keeps its parameters (and its seeded start).
+        self.aux_descriptors = nn.Linear(channels, descriptors) if descriptors else None
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """pixels: B x 3 x S x S of one modality -> logit (B), cam (B x h x w), seg (B x h x w), ordinal (B x K-1).
@@ -58,7 +63,10 @@ class GuidedClassifier(nn.Module):
         cam = torch.einsum("bchw,c->bhw", maps, weight)
         seg = self.aux_seg(maps).squeeze(1)
         ordinal = self.aux_ordinal(pooled) + self.aux_ordinal_bias
-        return {"logit": logit, "cam": cam, "seg": seg, "ordinal": ordinal, "maps": maps}
+        outputs = {"logit": logit, "cam": cam, "seg": seg, "ordinal": ordinal, "maps": maps}
+        if self.aux_descriptors is not None:
+            outputs["descriptors"] = self.aux_descriptors(pooled)
+        return outputs
 
 
 def cam_outside_loss(cam: torch.Tensor, inside: torch.Tensor, valid: torch.Tensor | None = None,
@@ -105,6 +113,15 @@ def ordinal_loss(ordinal_logits: torch.Tensor, levels: torch.Tensor) -> torch.Te
         return ordinal_logits.sum() * 0.0
     targets = ordinal_targets(levels[known], ordinal_logits.shape[1] + 1)
     return F.binary_cross_entropy_with_logits(ordinal_logits[known], targets)
+
+
+def descriptor_loss(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 between predicted and standardised descriptors (B x D), over the crops whose targets are
+    finite (NaN rows: no usable mask)."""
+    known = torch.isfinite(targets).all(dim=1)
+    if not bool(known.any()):
+        return predicted.sum() * 0.0
+    return F.smooth_l1_loss(predicted[known], targets[known])
 
 
 def ordinal_level(ordinal_logits: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ What differs from the plain recipe (export/train.py):
   scanner look (TGC, gain, gamma, resampling, blur, speckle, JPEG), horizontal flip;
 * losses: the product's BCE (label smoothing, class-balanced sampler) + CAM guidance (evidence outside the
   dilated mask) + a segmentation head on the last feature maps + an ordinal TI-RADS head
-  (export/guidance.py); crops without a label (DDTI has 166) still teach the segmentation head and the CAM
+  (export/guidance.py), optionally a head regressing the nodule's sonographic descriptors
+  (export/descriptors.py, ``descriptor_weight``); crops without a label (DDTI has 166) still teach the segmentation head and the CAM
   guidance, never the classifier;
 * a fixed schedule: no epoch is picked on validation data; the saved model is the weight EMA at the end;
 * a data pack (export/datapack.py) and a device switch: on CUDA it trains in bf16 autocast,
@@ -44,7 +45,8 @@ from .augment import (box_at_margin, burn_in_marks, crop, mask_bbox, sample_box,
                       small_affine)
 from .checkpoint import CheckpointInfo, save_checkpoint
 from .datapack import TIRADS_LEVELS, DataPack, pack_for
-from .guidance import GuidedClassifier, cam_outside_loss, ordinal_loss, seg_loss
+from .descriptors import DESCRIPTOR_NAMES, descriptor_scale, nodule_descriptors, standardised
+from .guidance import GuidedClassifier, cam_outside_loss, descriptor_loss, ordinal_loss, seg_loss
 from .models import BACKBONE_CHANNELS, MODALITIES, MultimodalClassifier
 from .train import Ema, lr_lambda, smooth_targets
 
@@ -71,6 +73,7 @@ class NoduleRecipe:
     cam_weight: float = 1.0
     seg_weight: float = 0.5
     ordinal_weight: float = 0.5
+    descriptor_weight: float = 0.0  # 0: no descriptor head (the shipped recipe)
     seed: int = 0
     init: str | None = None       # a pre-trained checkpoint whose backbone starts the run
     label_source: str = LABEL_SOURCE
@@ -138,9 +141,11 @@ class NoduleBatches(torch.utils.data.Dataset):
     """One epoch's draws (pack indices); each draw is augmented with its own seeded generator, so the
     batches are the same whatever the number of loader workers."""
 
-    def __init__(self, pack: DataPack, draws: Sequence[int], recipe: NoduleRecipe, grid: int, epoch: int) -> None:
+    def __init__(self, pack: DataPack, draws: Sequence[int], recipe: NoduleRecipe, grid: int, epoch: int,
+                 descriptor_scale: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.pack, self.draws, self.recipe, self.grid, self.epoch = pack, list(draws), recipe, grid, epoch
         self.spec = PreprocessSpec(image_size=recipe.image_size)
+        self.descriptor_scale = descriptor_scale
 
     def __len__(self) -> int:
         return len(self.draws)
@@ -148,10 +153,15 @@ class NoduleBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int):
         i = self.draws[k]
         rng = np.random.default_rng((self.recipe.seed, self.epoch, k))
-        pixels, coverage, has_mask = training_crop(self.pack.images[i], self.pack.masks[i], self.recipe, self.spec,
-                                                   self.grid, rng)
-        return (torch.from_numpy(pixels), torch.from_numpy(coverage), torch.tensor(has_mask),
-                torch.tensor(float(self.pack.labels[i])), torch.tensor(int(self.pack.tirads[i])))
+        image, mask = augmented_view(self.pack.images[i], self.pack.masks[i], self.recipe, rng)
+        pixels = to_pixels(image, self.spec)
+        coverage = cell_coverage(dilate(mask, self.recipe.mask_dilation), self.grid)
+        targets = np.zeros(0, np.float32)
+        if self.descriptor_scale is not None:
+            targets = standardised(nodule_descriptors(image, mask), *self.descriptor_scale)
+        return (torch.from_numpy(pixels), torch.from_numpy(coverage), torch.tensor(bool(mask.any())),
+                torch.tensor(float(self.pack.labels[i])), torch.tensor(int(self.pack.tirads[i])),
+                torch.from_numpy(targets))
 
 
 def epoch_draws(labels: np.ndarray, labelled: np.ndarray, unlabelled: np.ndarray, recipe: NoduleRecipe,
@@ -219,7 +229,13 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         head = {k: v.clone() for k, v in base.head.state_dict().items()}
         log(f"initialised {init_from(base, recipe.init)} tensors from {recipe.init}")
         base.head.load_state_dict(head)
-    model = GuidedClassifier(base, "bmode", len(TIRADS_LEVELS)).to(dev).to(memory_format=torch.channels_last)
+    scale = None
+    if recipe.descriptor_weight > 0:
+        # Scaled on the training side's own crops (labelled or not), never on the held-out fold.
+        scale = descriptor_scale(pack.images[train_index], pack.masks[train_index])
+    model = GuidedClassifier(base, "bmode", len(TIRADS_LEVELS),
+                             len(DESCRIPTOR_NAMES) if scale is not None else 0)
+    model = model.to(dev).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = len(labelled) // recipe.batch_size
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -244,12 +260,12 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     for epoch in range(state["epoch"], recipe.epochs):
         model.train()
         draws = epoch_draws(labels, labelled, unlabelled, recipe, epoch)
-        loader = torch.utils.data.DataLoader(NoduleBatches(pack, draws, recipe, grid, epoch), batch_size=batch,
+        loader = torch.utils.data.DataLoader(NoduleBatches(pack, draws, recipe, grid, epoch, scale), batch_size=batch,
                                              shuffle=False, num_workers=workers, drop_last=True,
                                              persistent_workers=False, pin_memory=dev.type == "cuda")
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, file=sys.stderr)
-        for pixels, coverage, has_mask, label, level in bar:
+        for pixels, coverage, has_mask, label, level, targets in bar:
             pixels = pixels.to(dev, non_blocking=True).to(memory_format=torch.channels_last)
             coverage, has_mask = coverage.to(dev), has_mask.to(dev)
             label, level = label.to(dev), level.to(dev)
@@ -265,6 +281,9 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
             }
             loss = (losses["cls"] + recipe.cam_weight * losses["cam"] + recipe.seg_weight * losses["seg"]
                     + recipe.ordinal_weight * losses["ord"])
+            if "descriptors" in outputs:
+                losses["desc"] = descriptor_loss(outputs["descriptors"].float(), targets.to(dev))
+                loss = loss + recipe.descriptor_weight * losses["desc"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
