@@ -72,9 +72,24 @@ class Prediction:
         }
 
 
-def fuse(head: FusionHead, panes: Sequence[Pane], maps: Sequence[np.ndarray], threshold: float = 0.5) -> Prediction:
-    """Pool each pane's feature maps and apply the fusion head (for runners that have a head but no Engine)."""
-    results = [PaneResult(p.modality, p.roi, m, pool(m)) for p, m in zip(panes, maps)]
+def fuse(head: FusionHead, panes: Sequence[Pane], maps: Sequence[np.ndarray | None],
+         threshold: float = 0.5) -> Prediction:
+    """Pool each pane's feature maps and apply the fusion head (for runners that have a head but no Engine).
+
+    A None in ``maps`` is a pane of a modality the head does not read (``FusionHead.unread_modalities``)
+    that was not run: its maps are zeros, so its contribution (0) and its CAM (zeros) are exactly what
+    running it would have given."""
+    unread = set(head.unread_modalities()) if any(m is None for m in maps) else set()
+    shape = next((np.shape(m) for m in maps if m is not None), None)
+    filled = []
+    for pane, pane_maps in zip(panes, maps):
+        if pane_maps is None:
+            if pane.modality not in unread or shape is None:
+                raise ValueError(f"the {pane.modality} pane was not run, but the head reads it "
+                                 f"(unread: {sorted(unread)}) or no pane was run at all")
+            pane_maps = np.zeros((head.channels_of(head.modality_index(pane.modality)), *shape[-2:]), np.float32)
+        filled.append(pane_maps)
+    results = [PaneResult(p.modality, p.roi, m, pool(m)) for p, m in zip(panes, filled)]
     out = head.predict({r.modality: r.pooled for r in results})
     return Prediction(out.probability, out.logit, threshold, out.contributions, results, head)
 
@@ -83,10 +98,13 @@ class Engine:
     """Loads a bundle once; classifies frames. Use as a context manager or call close()."""
 
     def __init__(self, bundle: Bundle | str | Path, *, backend: str | None = None, model: str | None = None,
-                 threads: int | None = None, retune: bool = False, **backend_options) -> None:
+                 threads: int | None = None, retune: bool = False, every_pane: bool = False,
+                 **backend_options) -> None:
         """``backend`` None: the one that runs the chosen model's target (ONNX Runtime for ONNX models);
         ``"auto"``: the fastest gated configuration on this machine (:mod:`edge_thyroid.autoselect`; the
-        decision and its figures are kept in ``auto_choice``, ``retune`` measures them again)."""
+        decision and its figures are kept in ``auto_choice``, ``retune`` measures them again).
+        ``every_pane``: run panes of modalities the head does not read too (by default they are skipped:
+        their answer is known, see ``unread_modalities``), e.g. to time every pane."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         manifest = self.bundle.manifest
         self.model_key, entry = self.bundle.model_entry(model)
@@ -106,6 +124,9 @@ class Engine:
                                f"--backend {backend_for_target(target)} for this one")
         self.head = FusionHead.load(self.bundle.path(manifest.head_file), manifest.modalities)
         self.threshold = manifest.threshold.value
+        # A B-mode-only model's SMI and SWE panes would cost two of three backbone passes for a
+        # contribution that is exactly 0: they are not run.
+        self.unread_modalities: frozenset[str] = frozenset() if every_pane else frozenset(self.head.unread_modalities())
         # modality -> its backbone's backend; empty for a bundle whose modalities share one backbone.
         self.branches: dict[str, Backend] = {}
         if entry.branches and not backend_type.runs_branches:
@@ -162,7 +183,8 @@ class Engine:
         return {"version": __version__,
                 "bundle": {"path": str(self.bundle.root), "manifest_sha256": sha256_file(self.bundle.path(MANIFEST))},
                 "model": {"key": self.model_key, "precision": entry.precision.value,
-                          "trained_modalities": list(self.trained_modalities), "box_context": self.box_context},
+                          "trained_modalities": list(self.trained_modalities), "box_context": self.box_context,
+                          "panes_not_run": sorted(self.unread_modalities)},
                 "backend": self.backend.name, "threads": self.threads,
                 "backend_auto": self.auto_choice.to_dict() if self.auto_choice is not None else None}
 
@@ -199,11 +221,15 @@ class Engine:
             if pane.modality in seen:
                 raise InputError(f"modality {pane.modality!r} is given twice; expected one pane per modality")
             seen.add(pane.modality)
-        return self.fuse(panes, self.extract(frame, [p.roi for p in panes], [p.modality for p in panes]))
+        run = [p for p in panes if p.modality not in self.unread_modalities] or list(panes)
+        maps = iter(self.extract(frame, [p.roi for p in run], [p.modality for p in run]))
+        ran = {p.modality for p in run}
+        return self.fuse(panes, [next(maps) if p.modality in ran else None for p in panes])
 
-    def fuse(self, panes: Sequence[Pane], maps: Sequence[np.ndarray]) -> Prediction:
-        """The head over the panes' feature maps [C, h, w] (one per pane, in order): p(malignant),
-        per-modality logits and exact CAMs. Every caller fuses here: classify, the stream, the bench."""
+    def fuse(self, panes: Sequence[Pane], maps: Sequence[np.ndarray | None]) -> Prediction:
+        """The head over the panes' feature maps [C, h, w] (one per pane, in order; None for a pane of an
+        unread modality that was not run): p(malignant), per-modality logits and exact CAMs. Every
+        caller fuses here: classify, the stream, the bench."""
         return fuse(self.head, panes, maps, self.threshold)
 
     def close(self) -> None:

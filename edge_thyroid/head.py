@@ -165,6 +165,17 @@ class FusionHead:
                              "weights overflow, so no decision is made")
         return HeadOutput(logit, sigmoid(logit), contributions)
 
+    def unread_modalities(self) -> tuple[str, ...]:
+        """Modalities this head multiplies by exactly zero and whose presence adds exactly zero (e.g. the
+        ones a B-mode-only model never learned, ``zero_untrained_modalities`` at export): a pane of one
+        changes neither the logit nor any CAM, so it need not go through the backbone. Empty for an
+        N-class head, and when no modality would be left to read."""
+        if self.classes is not None:
+            return ()
+        unread = tuple(m for i, m in enumerate(self.modalities)
+                       if not np.any(self.weight[i, :self.channels_of(i)]) and self.presence_bias[i] == 0.0)
+        return () if len(unread) == len(self.modalities) else unread
+
     @property
     def has_cam(self) -> bool:
         return self.cam_mode != CAM_NONE

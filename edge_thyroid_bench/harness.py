@@ -59,6 +59,7 @@ class BenchOptions:
     command: str | None = None         # the command line that reproduces this run
     backends: list[str] = field(default_factory=list)  # our engine's runtimes, one row set each (none: the default)
     backend_options: dict[str, str] = field(default_factory=dict)  # e.g. execution_precision, for backends taking it
+    every_pane: bool = False           # also a row of our engine running the panes its model does not read
 
 
 @dataclass
@@ -114,6 +115,8 @@ def _build_configs(options: BenchOptions, bundles: list, modalities: tuple[str, 
                 configs.append(_Config(ConfigSpec(Kind.ENGINE, **common), bundle))
                 if options.cache:
                     configs.append(_Config(ConfigSpec(Kind.ENGINE, cached=True, **common), bundle))
+                if options.every_pane:
+                    configs.append(_Config(ConfigSpec(Kind.ENGINE, every_pane=True, **common), bundle))
         float_key, float_reason = _float_source(bundle, keys)
         for key in keys:
             entry = bundle.model_entry(key)[1]
@@ -185,7 +188,8 @@ def _default_models(available: list[str]) -> list[str]:
 
 
 def _reference(configs: list[_Config], options: BenchOptions) -> _Config:
-    ours = [c for c in configs if c.spec.kind is Kind.ENGINE and not c.spec.cached and c.reason is None]
+    ours = [c for c in configs if c.spec.kind is Kind.ENGINE and not c.spec.cached and not c.spec.every_pane
+            and c.reason is None]
     return ours[0]
 
 
@@ -244,7 +248,7 @@ def _run_pinned(options: BenchOptions, threads: int, pinned: list[int] | None, p
                 runner = make_runner(config.spec, config.bundle)
                 runner.load()
             except Exception as exc:  # a peer that cannot load is reported, not fatal
-                if config.spec.kind is Kind.ENGINE and not config.spec.cached:
+                if config.spec.kind is Kind.ENGINE and not config.spec.cached and not config.spec.every_pane:
                     raise
                 config.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
                 continue

@@ -36,7 +36,7 @@ from edge_thyroid.backends import DEFAULT_BACKEND, backend_class
 from edge_thyroid.bundle import Bundle, Precision, load_bundle
 from edge_thyroid.engine import Engine, fuse
 from edge_thyroid.errors import BackendError, BundleError, InputError, MissingDependencyError
-from edge_thyroid.frames import Pane
+from edge_thyroid.frames import Pane, stack_maps
 from edge_thyroid.graph import backbone_graph
 from edge_thyroid.head import FusionHead
 from edge_thyroid.kernels.onnx_graph import PIXELS
@@ -100,6 +100,7 @@ class ConfigSpec:
     # A float peer of a bundle without an FP32 model: the FP32 reconstruction of ``model``'s INT8 weights
     # (edge_thyroid_bench.dequantize), written here; None: the bundle's model file as it is.
     reconstruction: str | None = None
+    every_pane: bool = False        # our engine (ENGINE only) also runs panes its model does not read
 
     @property
     def name(self) -> str:
@@ -112,7 +113,7 @@ class ConfigSpec:
             naming = {o.name for o in backend.options if o.names_rows}
             base += f"-{backend.tag or backend.name}" + "".join(f"-{v}" for k, v in self.changed_options() if k in naming)
         model = f"fp32-from-{self.model}" if self.reconstruction else self.model
-        name = f"{base}-{model}" + ("-cached" if self.cached else "")
+        name = f"{base}-{model}" + ("-cached" if self.cached else "") + ("-every-pane" if self.every_pane else "")
         return f"{self.label}/{name}" if self.label else name
 
     def precision(self, bundle: Bundle) -> str:
@@ -234,7 +235,7 @@ class EngineRunner(Runner):
 
     def load(self) -> None:
         self.engine = Engine(self.bundle, model=self.spec.model, threads=self.spec.threads, backend=self.spec.backend,
-                             **dict(self.spec.backend_options))
+                             every_pane=self.spec.every_pane, **dict(self.spec.backend_options))
         self.details["providers"] = self.engine.backend.providers
         runtime = type(self.engine.backend).display_name
         choice = self.engine.auto_choice
@@ -248,14 +249,32 @@ class EngineRunner(Runner):
         self.details["preprocessing"] = "host" if host else "graph"  # timed inside the backend call either way
         self.format = f"edge-thyroid: {runtime}, " + ("OpenCV preprocessing" if host else "preprocessing in the graph")
         self.cache = PaneCache(self.engine).extract if self.spec.cached else None
+        # As in the engine's classify and the stream: panes of modalities the head does not read are not run.
+        modalities = self.spec.modalities
+        self.run_index = [i for i, m in enumerate(modalities) if m not in self.engine.unread_modalities] or \
+            list(range(len(modalities)))
+        if len(self.run_index) < len(modalities):
+            skipped = sorted({modalities[i] for i in range(len(modalities)) if i not in self.run_index})
+            self.details["panes_not_run"] = skipped
+            self.format += f"; {', '.join(skipped)} pane(s) not run (the model does not read them)"
 
     def features(self, frame: np.ndarray, rois: np.ndarray, timer: StageTimer) -> np.ndarray:
         # The panes' modalities go along: with a backbone per modality, the engine's default (its modalities
         # in order) sent e.g. --panes 2's SWE pane (bmode, swe) through the SMI backbone.
+        index = self.run_index
+        modalities = [self.spec.modalities[i] for i in index]
         with timer.stage(Stage.INFER):
-            if self.cache is not None:
-                return self.cache(frame, rois, self.spec.modalities)
-            return self.engine.extract(frame, rois, self.spec.modalities)
+            extract = self.cache if self.cache is not None else self.engine.extract
+            maps = extract(frame, rois[index], modalities)
+        if len(index) == len(rois):
+            return maps
+        # The head multiplies the skipped panes' maps by zero: zeros stand in for them.
+        shape = np.shape(maps[0])[-2:]
+        full: list = [np.zeros((self.head.channels_of(self.head.modality_index(m)), *shape), np.float32)
+                      for m in self.spec.modalities]
+        for i, pane_maps in zip(index, maps):
+            full[i] = pane_maps
+        return stack_maps(full)
 
     def size_bytes(self) -> int:
         # Every branch's file: a branched entry has no single file (its "" named the bundle folder).

@@ -44,6 +44,7 @@ class FakeEngine:
 
     fuse = Engine.fuse  # the real head step, on these fake features
     trained_modalities = MODALITIES
+    unread_modalities: frozenset[str] = frozenset()
 
     def identity(self) -> dict:
         return {"version": "test", "bundle": {"path": "fake", "manifest_sha256": "0" * 64},

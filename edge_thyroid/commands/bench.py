@@ -105,6 +105,9 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--pin/--no-pin", default=True, show_default=True, help="Pin the process to the first THREADS CPUs.")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Also run our engine with pane caching (B-mode live, other panes refresh every --refresh frames).")
+@click.option("--every-pane", is_flag=True,
+              help="Also time our engine running every pane: by default panes of modalities the model does not read "
+                   "(zero weights in its head, e.g. SMI and SWE for a B-mode-only model) are not run.")
 @click.option("--refresh", type=click.IntRange(0), default=15, show_default=True,
               help="Non-B-mode panes change every this many frames (15 = 2 Hz at 30 fps; 0 = static).")
 @click.option("--cold-start/--no-cold-start", default=True, show_default=True,
@@ -121,7 +124,7 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @trust_option
 def bench(bundles, models, panes, frames, warmup, rounds, source, layout, fps, policy, peers, threads, pin, cache,
-          refresh, cold_start, flops, frame_size, backends, json_out, plot_out, quiet, **backend_settings) -> None:
+          every_pane, refresh, cold_start, flops, frame_size, backends, json_out, plot_out, quiet, **backend_settings) -> None:
     """Benchmark BUNDLE(s): our engine against PyTorch eager, plain ONNX Runtime and OpenVINO, on the
     same frames, in one run, in alternating order so the machine's drift cancels.
 
@@ -146,7 +149,8 @@ def bench(bundles, models, panes, frames, warmup, rounds, source, layout, fps, p
                                    policy, peers, threads, pin, cache, cold_start, flops, refresh,
                                    parse_size(frame_size, low=64, high=8192), progress=not quiet,
                                    command=_command_line(click.get_current_context()),
-                                   backends=list(dict.fromkeys(backends)), backend_options=settings)
+                                   backends=list(dict.fromkeys(backends)), backend_options=settings,
+                                   every_pane=every_pane)
     if plot_out:
         bm.require_matplotlib()
     for flag, target in (("--json", json_out), ("--plot", plot_out)):

@@ -35,6 +35,7 @@ class EngineLike(Protocol):
     head: FusionHead
     threshold: float
     box_context: float      # a nodule box is grown this many times (within its pane) before the model sees it
+    unread_modalities: frozenset[str]  # panes of these are checked but not run: the head ignores them
 
     @property
     def modalities(self) -> tuple[str, ...]: ...
@@ -46,7 +47,7 @@ class EngineLike(Protocol):
 
     def extract(self, frame: np.ndarray, rois: Sequence[Roi]) -> np.ndarray: ...
 
-    def fuse(self, panes: Sequence[Pane], maps: Sequence[np.ndarray]) -> Prediction: ...
+    def fuse(self, panes: Sequence[Pane], maps: Sequence[np.ndarray | None]) -> Prediction: ...
 
 
 def choose_layout(engine: EngineLike, requested: Layout | None, hint: Layout | None) -> Layout:
@@ -194,8 +195,13 @@ class FrameClassifier:
                     verdict = self.temporal.abstain(Reason.NO_ROI, "no nodule box: give one in the layout, over the "
                                                     "control channel or with calipers (or stream --whole-pane)")
             else:
-                asked_backend = any(c.cached is None for _, c in live)
-                maps = self.cache.run(frame, [c for _, c in live])
+                # Panes the head does not read are checked (blank, changed) but never run: their maps are
+                # known to contribute exactly nothing (Engine.unread_modalities).
+                unread = self.engine.unread_modalities
+                run = [c for pane, c in live if pane.modality not in unread] or [c for _, c in live]
+                asked_backend = any(c.cached is None for c in run)
+                ran = iter(self.cache.run(frame, run))
+                maps = [next(ran) if any(c is r for r in run) else None for _, c in live]
                 changed = not all(c.unchanged for _, c in live)
                 lap("infer")
                 fused = self._fused([pane for pane, _ in live], maps, changed)
