@@ -45,10 +45,11 @@ def shm_client_passes(stage_log: Path) -> dict:
             "filed_wait_p50_ms": p50([r["taken"] - r["read"] for r in filed])}
 
 
-def one_run(scratch: Path, index: int, seconds: float) -> dict:
+def one_run(scratch: Path, index: int, seconds: float, block: int = 1, rounds: int = 2) -> dict:
     record_path, log = scratch / f"run{index}.json", scratch / f"stages{index}.jsonl"
     command = [sys.executable, str(REPO / "benchmarks" / "serve_bench.py"), "--servers", "latency", "--clients", "1",
-               "--seconds", str(seconds), "--fairness-seconds", "0", "--json", str(record_path)]
+               "--seconds", str(seconds), "--fairness-seconds", "0", "--json", str(record_path),
+               "--block", str(block), "--rounds", str(rounds)]
     load = os.getloadavg()[0]
     subprocess.run(command, cwd=REPO, check=True, env={**os.environ, STAGE_LOG: str(log)}, stdout=subprocess.DEVNULL)
     rows = {row["config"]: row for row in json.loads(record_path.read_text(encoding="utf-8"))["latency"]}
@@ -60,7 +61,7 @@ def markdown(runs: list[dict], command: str, machine: str, started: str, duratio
     overheads = [r["overhead_p50_ms"] for r in runs]
     lines = [f"# Loopback overhead: {len(runs)} back-to-back serve_bench runs ({started}, took {duration:.0f} s)", "",
              f"Machine: {machine}, {len(os.sched_getaffinity(0))} core(s) for this process. Command: `{command}`. Each run: `serve_bench.py --servers latency --clients 1 "
-             "--seconds 2 --fairness-seconds 0` with its own server and the server's stage log on; inline = the "
+             "--seconds 2 --fairness-seconds 0` (its --block and --rounds as in the command) with its own server and the server's stage log on; inline = the "
              "shared-memory client's passes the server ran in execute itself (of all its latency-row passes); server = "
              "its p50 from execute to the answer sent; filed wait = p50 from filed to taken by the worker.", "",
              "| run | load before | in-process p50 ms | remote (gRPC + shared memory) p50 ms | overhead p50 ms | inline passes "
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--settle", type=float, default=8.0, help="seconds of idle before each run")
     parser.add_argument("--seconds", type=float, default=2.0, help="serve_bench's --seconds")
+    parser.add_argument("--block", type=int, default=1, help="serve_bench's --block (1: frame-by-frame interleave)")
+    parser.add_argument("--rounds", type=int, default=2, help="serve_bench's --rounds")
     parser.add_argument("--machine", default=platform.processor() or platform.machine())
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
@@ -89,7 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edge_thyroid_loopback_") as scratch:
         for index in range(args.runs):
             time.sleep(args.settle)
-            runs.append(one_run(Path(scratch), index, args.seconds))
+            runs.append(one_run(Path(scratch), index, args.seconds, args.block, args.rounds))
             r = runs[-1]
             print(f"run {index + 1}: in-process {r['in_process_p50_ms']:.2f} ms, remote {r['remote_p50_ms']:.2f} ms, "
                   f"overhead {r['overhead_p50_ms']:+.2f} ms, inline {r['inline']}/{r['passes']}, server {r['server_p50_ms']} ms, "

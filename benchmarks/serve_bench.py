@@ -62,39 +62,53 @@ def frames_and_panes(count: int, size: tuple[int, int]) -> tuple[list[np.ndarray
     return frames, panes
 
 
-def interleaved(engines: dict[str, Engine], frames: list[np.ndarray], panes: list, rounds: int) -> list[dict]:
-    """One warm-up frame each, then every frame through every engine, the order rotating by one each
-    frame: [{name, ms, order (the engines' initials in that frame's order)}], in the order run."""
+def interleaved(engines: dict[str, Engine], frames: list[np.ndarray], panes: list, rounds: int,
+                block: int = 1) -> list[dict]:
+    """One warm-up frame each, then the frames through every engine in blocks of ``block`` consecutive
+    frames, the engines' order rotating by one each block: [{name, ms, order (the engines' initials in that
+    block's order), warm_up}], in the order run.
+
+    block 1 interleaves frame by frame: every frame then meets the CPU state another configuration left
+    behind (ONNX Runtime threads still spinning after an in-process pass, for one). A stream never
+    alternates like that, so with block > 1 each engine runs its frames back to back as a stream does, and
+    the first frame of each block is marked ``warm_up`` (it pays for the switch) and left out of the p50s;
+    the blocks still alternate, so drifting load hits every configuration alike.
+    """
+    if block < 1:
+        raise ValueError(f"block must be >= 1 frame, got {block}")
     for engine in engines.values():
         engine.classify(frames[0], panes)
     rows, order = [], list(engines)
     for _ in range(rounds):
-        for frame in frames:
+        for first in range(0, len(frames), block):
             order = order[1:] + order[:1]
             for name in order:
-                start = time.perf_counter()
-                engines[name].classify(frame, panes)
-                rows.append({"name": name, "ms": (time.perf_counter() - start) * 1000.0,
-                             "order": "".join(n[0] for n in order)})
+                for index, frame in enumerate(frames[first:first + block]):
+                    start = time.perf_counter()
+                    engines[name].classify(frame, panes)
+                    rows.append({"name": name, "ms": (time.perf_counter() - start) * 1000.0,
+                                 "order": "".join(n[0] for n in order), "warm_up": block > 1 and index == 0})
     return rows
 
 
-def latency_rows(bundle: Path, url: str, frames: list[np.ndarray], panes: list, rounds: int) -> list[dict]:
-    """Per-frame latency of the same frames, the configurations interleaved frame by frame in a rotating
-    order: the one that runs right after the in-process engine shares the CPU with ONNX Runtime
-    threads that still spin after their run, and must not always be the same one."""
+def latency_rows(bundle: Path, url: str, frames: list[np.ndarray], panes: list, rounds: int,
+                 block: int = 1) -> list[dict]:
+    """Per-frame latency of the same frames through each configuration, interleaved as ``interleaved``
+    does (frame by frame for block 1; in back-to-back blocks, each block's first frame not counted,
+    otherwise): p50/p90 and the p50 overhead over the in-process engine."""
     configs = {"in-process (onnxruntime)": {}, "triton grpc + shared memory": {"backend": "triton", "server": url},
                "triton grpc (tensors in the request)": {"backend": "triton", "server": url, "shared_memory": False}}
     engines = {name: Engine(bundle, **options) for name, options in configs.items()}
     times: dict[str, list[float]] = {name: [] for name in configs}
     try:
-        for row in interleaved(engines, frames, panes, rounds):
-            times[row["name"]].append(row["ms"])
+        for row in interleaved(engines, frames, panes, rounds, block):
+            if not row["warm_up"]:
+                times[row["name"]].append(row["ms"])
     finally:
         for engine in engines.values():
             engine.close()
     base = statistics.median(times["in-process (onnxruntime)"])
-    return [{"config": name, "frames": len(v), "p50_ms": round(statistics.median(v), 2),
+    return [{"config": name, "frames": len(v), "block": block, "p50_ms": round(statistics.median(v), 2),
              "p90_ms": round(float(np.percentile(v, 90)), 2), "overhead_p50_ms": round(statistics.median(v) - base, 2)}
             for name, v in times.items()]
 
@@ -272,7 +286,11 @@ def markdown(record: dict) -> str:
             lines.append(f"| {server['name']} ({server['scheduling']}) | {server['passes']} x {server['threads']} | "
                          f"{'on' if dynamic else 'off'} | " + " | ".join(cells) + f" | {ratio} |")
     if record["latency"]:
-        lines += ["", "Per-frame latency, one client, frames interleaved:", "", "| configuration | p50 ms | p90 ms | p50 vs in-process |",
+        block = record["latency"][0].get("block", 1)
+        how = ("frames interleaved one by one" if block == 1 else
+               f"each configuration streaming blocks of {block} frames back to back, blocks alternating, "
+               "each block's first frame not counted")
+        lines += ["", f"Per-frame latency, one client, {how}:", "", "| configuration | p50 ms | p90 ms | p50 vs in-process |",
                   "|---|---:|---:|---:|"]
         lines += [f"| {r['config']} | {r['p50_ms']} | {r['p90_ms']} | {r['overhead_p50_ms']:+.2f} |" for r in record["latency"]]
     if record["fairness"]:
@@ -294,6 +312,9 @@ def main() -> None:
     parser.add_argument("--servers", default="throughput,latency,fifo-latency")
     parser.add_argument("--frames", type=int, default=12, help="distinct frames (cycled)")
     parser.add_argument("--rounds", type=int, default=2, help="latency rounds over the frames (0: skip)")
+    parser.add_argument("--block", type=int, default=1,
+                        help="latency frames per configuration back to back (1: frame-by-frame interleave; N > 1: "
+                             "streaming blocks, each block's first frame not counted)")
     parser.add_argument("--size", default="1920x1080")
     parser.add_argument("--cores", type=int, default=None, help="CPUs the layouts are sized for (default: this process's)")
     parser.add_argument("--flood-depth", type=int, default=32)
@@ -303,6 +324,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
+    if args.block < 1 or (args.block > 1 and args.block > args.frames):
+        parser.error(f"--block {args.block}: expected 1 (frame-by-frame) or 2..--frames ({args.frames})")
     bundle = Path(args.bundle)
     size = tuple(int(v) for v in args.size.split("x"))
     frames, panes = frames_and_panes(args.frames, size)  # type: ignore[arg-type]
@@ -327,7 +350,7 @@ def main() -> None:
                                               "layout": config.layout, "passes": passes, "threads": threads})
             first = servers[configs[0]][0]
             if args.rounds:
-                record["latency"] = latency_rows(bundle, first.grpc_url, frames, panes, args.rounds)
+                record["latency"] = latency_rows(bundle, first.grpc_url, frames, panes, args.rounds, args.block)
                 for row in record["latency"]:
                     print(f"latency  {row['config']:<40} p50 {row['p50_ms']:7.2f} ms  p90 {row['p90_ms']:7.2f} ms  "
                           f"overhead p50 {row['overhead_p50_ms']:+.2f} ms", flush=True)

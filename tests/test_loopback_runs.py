@@ -37,3 +37,54 @@ def test_a_run_with_every_pass_inline_has_no_filed_wait(tmp_path):
     log.write_text(json.dumps(_record("host:1:0", 1.0, inline=True)) + "\n", encoding="utf-8")
     passes = loopback_runs.shm_client_passes(log)
     assert (passes["inline"], passes["passes"], passes["filed_wait_p50_ms"]) == (1, 1, None)
+
+
+class _Recorder:
+    """An engine stand-in that records which frame it was handed, in order."""
+
+    def __init__(self, name: str, calls: list) -> None:
+        self.name, self.calls = name, calls
+
+    def classify(self, frame, panes) -> None:
+        self.calls.append((self.name, int(frame)))
+
+
+def _run_interleaved(block: int, rounds: int = 2, frames: int = 6):
+    from benchmarks import serve_bench
+
+    calls: list = []
+    engines = {name: _Recorder(name, calls) for name in ("in", "shm", "req")}
+    rows = serve_bench.interleaved(engines, list(range(frames)), [], rounds, block)
+    return calls, rows
+
+
+def test_frame_by_frame_interleave_rotates_every_frame_and_counts_every_frame():
+    calls, rows = _run_interleaved(block=1)
+    assert calls[:3] == [("in", 0), ("shm", 0), ("req", 0)]          # one warm-up each, not in rows
+    timed = calls[3:]
+    assert len(timed) == len(rows) == 2 * 6 * 3
+    assert [n for n, _ in timed[:6]] == ["shm", "req", "in", "req", "in", "shm"]
+    assert [f for _, f in timed[:6]] == [0, 0, 0, 1, 1, 1]
+    assert not any(r["warm_up"] for r in rows)
+
+
+def test_block_interleave_streams_each_engine_and_marks_only_each_blocks_first_frame():
+    calls, rows = _run_interleaved(block=3)
+    timed = calls[3:]
+    assert len(timed) == len(rows) == 2 * 6 * 3
+    # First block: frames 0-2 back to back per engine, order rotated by one; then frames 3-5, rotated again.
+    assert timed[:9] == [("shm", 0), ("shm", 1), ("shm", 2), ("req", 0), ("req", 1), ("req", 2),
+                         ("in", 0), ("in", 1), ("in", 2)]
+    assert [n for n, _ in timed[9:18:3]] == ["req", "in", "shm"]
+    assert [f for _, f in timed[9:12]] == [3, 4, 5]
+    warm = [r["warm_up"] for r in rows]
+    assert warm == [k % 3 == 0 for k in range(len(rows))]
+    for engine in ("in", "shm", "req"):                               # 2 of 3 frames per block counted
+        assert sum(1 for r in rows if r["name"] == engine and not r["warm_up"]) == 2 * 2 * 2
+
+
+def test_block_must_be_positive():
+    import pytest
+
+    with pytest.raises(ValueError, match="block must be >= 1"):
+        _run_interleaved(block=0)
