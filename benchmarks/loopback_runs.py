@@ -45,11 +45,12 @@ def shm_client_passes(stage_log: Path) -> dict:
             "filed_wait_p50_ms": p50([r["taken"] - r["read"] for r in filed])}
 
 
-def one_run(scratch: Path, index: int, seconds: float, block: int = 1, rounds: int = 2) -> dict:
+def one_run(scratch: Path, index: int, seconds: float, block: int = 1, rounds: int = 2,
+            every_pane: bool = False) -> dict:
     record_path, log = scratch / f"run{index}.json", scratch / f"stages{index}.jsonl"
     command = [sys.executable, str(REPO / "benchmarks" / "serve_bench.py"), "--servers", "latency", "--clients", "1",
                "--seconds", str(seconds), "--fairness-seconds", "0", "--json", str(record_path),
-               "--block", str(block), "--rounds", str(rounds)]
+               "--block", str(block), "--rounds", str(rounds)] + (["--every-pane"] if every_pane else [])
     load = os.getloadavg()[0]
     subprocess.run(command, cwd=REPO, check=True, env={**os.environ, STAGE_LOG: str(log)}, stdout=subprocess.DEVNULL)
     rows = {row["config"]: row for row in json.loads(record_path.read_text(encoding="utf-8"))["latency"]}
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="serve_bench's --seconds")
     parser.add_argument("--block", type=int, default=1, help="serve_bench's --block (1: frame-by-frame interleave)")
     parser.add_argument("--rounds", type=int, default=2, help="serve_bench's --rounds")
+    parser.add_argument("--every-pane", action="store_true", help="serve_bench's --every-pane (send all 3 panes)")
     parser.add_argument("--machine", default=platform.processor() or platform.machine())
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
@@ -92,7 +94,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edge_thyroid_loopback_") as scratch:
         for index in range(args.runs):
             time.sleep(args.settle)
-            runs.append(one_run(Path(scratch), index, args.seconds, args.block, args.rounds))
+            runs.append(one_run(Path(scratch), index, args.seconds, args.block, args.rounds,
+                                args.every_pane))
             r = runs[-1]
             print(f"run {index + 1}: in-process {r['in_process_p50_ms']:.2f} ms, remote {r['remote_p50_ms']:.2f} ms, "
                   f"overhead {r['overhead_p50_ms']:+.2f} ms, inline {r['inline']}/{r['passes']}, server {r['server_p50_ms']} ms, "

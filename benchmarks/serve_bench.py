@@ -6,7 +6,8 @@ batching on and off; and per-client fairness (a streaming client's latency alone
         --markdown benchmarks/results/serving_layouts.md
 
 Each client is a thread with its own Engine (``--backend triton``), classifying fresh 3-pane frames
-(pane cache off: every frame is a request of 3 panes) as fast as the server answers. On one machine
+(pane cache off: every frame is a request of the panes the model reads, 1 of 3 for the B-mode-only
+demo model, all 3 with --every-pane) as fast as the server answers. On one machine
 the clients' host preprocessing and the server share the CPUs, so this measures the whole system
 on this machine, not a server alone; the load average is recorded with every row.
 
@@ -49,6 +50,9 @@ from edge_thyroid.serving.server import ServerOptions, TritonServer, free_port  
 from edge_thyroid.sources import SourceOptions, create_source  # noqa: E402
 
 DEMO_BUNDLE = REPO / "edge_thyroid" / "data" / "demo_bundle"
+# Options of every Engine this script makes (--every-pane sets every_pane: run and send the panes the
+# model does not read too, as a model reading all three modalities would).
+ENGINE_OPTIONS: dict = {}
 
 
 def frames_and_panes(count: int, size: tuple[int, int]) -> tuple[list[np.ndarray], list]:
@@ -98,7 +102,8 @@ def latency_rows(bundle: Path, url: str, frames: list[np.ndarray], panes: list, 
     otherwise): p50/p90 and the p50 overhead over the in-process engine."""
     configs = {"in-process (onnxruntime)": {}, "triton grpc + shared memory": {"backend": "triton", "server": url},
                "triton grpc (tensors in the request)": {"backend": "triton", "server": url, "shared_memory": False}}
-    engines = {name: Engine(bundle, **options) for name, options in configs.items()}
+    engines = {name: Engine(bundle, **ENGINE_OPTIONS, **options) for name, options in configs.items()}
+    sent = len([p for p in panes if p.modality not in engines["in-process (onnxruntime)"].unread_modalities])
     times: dict[str, list[float]] = {name: [] for name in configs}
     try:
         for row in interleaved(engines, frames, panes, rounds, block):
@@ -108,13 +113,13 @@ def latency_rows(bundle: Path, url: str, frames: list[np.ndarray], panes: list, 
         for engine in engines.values():
             engine.close()
     base = statistics.median(times["in-process (onnxruntime)"])
-    return [{"config": name, "frames": len(v), "block": block, "p50_ms": round(statistics.median(v), 2),
+    return [{"config": name, "frames": len(v), "block": block, "panes_run": sent, "p50_ms": round(statistics.median(v), 2),
              "p90_ms": round(float(np.percentile(v, 90)), 2), "overhead_p50_ms": round(statistics.median(v) - base, 2)}
             for name, v in times.items()]
 
 
 def throughput(bundle: Path, url: str, frames: list[np.ndarray], panes: list, clients: int, seconds: float) -> dict:
-    engines = [Engine(bundle, backend="triton", server=url) for _ in range(clients)]
+    engines = [Engine(bundle, backend="triton", server=url, **ENGINE_OPTIONS) for _ in range(clients)]
     done = [0] * clients
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
@@ -206,7 +211,7 @@ class Flooder:
 
 def victim_latency(bundle: Path, url: str, frames: list[np.ndarray], panes: list, seconds: float) -> list[float]:
     """Per-frame latency (ms) of one streaming client classifying frames one after another."""
-    engine = Engine(bundle, backend="triton", server=url)
+    engine = Engine(bundle, backend="triton", server=url, **ENGINE_OPTIONS)
     times: list[float] = []
     try:
         engine.classify(frames[0], panes)
@@ -290,6 +295,9 @@ def markdown(record: dict) -> str:
         how = ("frames interleaved one by one" if block == 1 else
                f"each configuration streaming blocks of {block} frames back to back, blocks alternating, "
                "each block's first frame not counted")
+        run = record["latency"][0].get("panes_run", record["panes"])
+        how += f"; {run} of the {record['panes']} panes run per frame" + (
+            " (the others are not read by the model)" if run < record["panes"] else "")
         lines += ["", f"Per-frame latency, one client, {how}:", "", "| configuration | p50 ms | p90 ms | p50 vs in-process |",
                   "|---|---:|---:|---:|"]
         lines += [f"| {r['config']} | {r['p50_ms']} | {r['p90_ms']} | {r['overhead_p50_ms']:+.2f} |" for r in record["latency"]]
@@ -312,6 +320,8 @@ def main() -> None:
     parser.add_argument("--servers", default="throughput,latency,fifo-latency")
     parser.add_argument("--frames", type=int, default=12, help="distinct frames (cycled)")
     parser.add_argument("--rounds", type=int, default=2, help="latency rounds over the frames (0: skip)")
+    parser.add_argument("--every-pane", action="store_true",
+                        help="every client runs (and sends) every pane, also those the model does not read")
     parser.add_argument("--block", type=int, default=1,
                         help="latency frames per configuration back to back (1: frame-by-frame interleave; N > 1: "
                              "streaming blocks, each block's first frame not counted)")
@@ -326,6 +336,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.block < 1 or (args.block > 1 and args.block > args.frames):
         parser.error(f"--block {args.block}: expected 1 (frame-by-frame) or 2..--frames ({args.frames})")
+    if args.every_pane:
+        ENGINE_OPTIONS["every_pane"] = True
     bundle = Path(args.bundle)
     size = tuple(int(v) for v in args.size.split("x"))
     frames, panes = frames_and_panes(args.frames, size)  # type: ignore[arg-type]
@@ -333,7 +345,7 @@ def main() -> None:
     counts = [int(c) for c in args.clients.split(",")]
     wanted = args.servers.split(",")
     configs = [c for c in CONFIGS if c.name in wanted]
-    record: dict = {"bundle": str(bundle), "frame_size": args.size, "panes": len(panes), "cores": cores,
+    record: dict = {"bundle": str(bundle), "frame_size": args.size, "panes": len(panes), "every_pane": args.every_pane, "cores": cores,
                     "machine": args.machine, "load_average_before": os.getloadavg(),
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds_per_row": args.seconds,
                     "clients": counts, "max_batch_size": args.max_batch_size, "servers": [], "latency": [], "throughput": [], "fairness": []}
