@@ -30,8 +30,10 @@ import numpy as np
 MARGINS = (1.2, 1.5, 2.0)
 
 
-def fold_scores(model, images, masks, margin: float, context: float, image_size: int) -> np.ndarray:
-    """p of each crop on its nodule box at ``margin``, grown ``context`` times within the crop."""
+def fold_scores(model, images, masks, margin: float, context: float, image_size: int,
+                mirror_roll: int | None = None) -> np.ndarray:
+    """p of each crop on its nodule box at ``margin``, grown ``context`` times within the crop;
+    ``mirror_roll`` not None: scored with the mirror-image average (export/test_time.py)."""
     from edge_thyroid.export.nodule_training import evaluation_box, score
     from edge_thyroid.frames import widen_box
 
@@ -39,7 +41,8 @@ def fold_scores(model, images, masks, margin: float, context: float, image_size:
     for image, mask in zip(images, masks):
         box = evaluation_box(mask, margin)
         boxes.append(None if box is None else widen_box(box, context, (0, 0, image.shape[1], image.shape[0])))
-    return score(model, images, boxes, image_size)[0]
+    flip = {} if mirror_roll is None else {"test_time_flip": True, "mirror_roll": mirror_roll}
+    return score(model, images, boxes, image_size, **flip)[0]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,10 +52,13 @@ def fold_scores(model, images, masks, margin: float, context: float, image_size:
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds whose fold models to average.")
 @click.option("--contexts", default="1,1.25,1.5", show_default=True, help="Comma-separated box contexts to compare.")
 @click.option("--folds", type=int, default=4, show_default=True)
+@click.option("--test-time-flip", is_flag=True,
+              help="Score as a bundle exported with --test-time-flip does, each fold model with the roll its "
+                   "cross_validate.py --test-time-flip result recorded.")
 @click.option("--threads", type=int, default=0, help="torch threads (0: torch's default).")
 @click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False))
 @click.option("--markdown", "md_out", default=None, type=click.Path(dir_okay=False))
-def main(data, run_dir, seeds, contexts, folds, threads, json_out, md_out) -> None:
+def main(data, run_dir, seeds, contexts, folds, test_time_flip, threads, json_out, md_out) -> None:
     """AUC at box margins 1.2x / 1.5x / 2x for each box context, from a cross-validation run's fold models."""
     import torch
 
@@ -83,12 +89,19 @@ def main(data, run_dir, seeds, contexts, folds, threads, json_out, md_out) -> No
             path = Path(run_dir) / f"fold{fold}_seed{seed}" / "final.pt"
             if not path.is_file():
                 raise click.ClickException(f"{path} is missing; expected a finished cross_validate.py run with --seeds {seeds}")
+            roll = None
+            if test_time_flip:
+                recorded = path.parent / "result_test_time_flip.json"
+                if not recorded.is_file():
+                    raise click.ClickException(f"{recorded} is missing; run cross_validate.py --test-time-flip on "
+                                               f"{run_dir} first (it lines each fold model's mirror up)")
+                roll = int(json.loads(recorded.read_text())["mirror_roll"])
             model, info, _ = load_checkpoint(path)
             model.eval()
             with torch.no_grad():
                 for c in context_list:
                     for m in MARGINS:
-                        summed[(c, m)] += fold_scores(model, images, masks, m, c, info.image_size)
+                        summed[(c, m)] += fold_scores(model, images, masks, m, c, info.image_size, roll)
         for (c, m), total in summed.items():
             table[str(c)][str(m)].append(roc_auc(labels, total / len(seed_list)))
         click.echo(f"fold {fold}: " + "  ".join(f"c={c} " + "/".join(f"{table[str(c)][str(m)][-1]:.3f}" for m in MARGINS)
@@ -103,12 +116,15 @@ def main(data, run_dir, seeds, contexts, folds, threads, json_out, md_out) -> No
     payload = {"what": "AUC at nodule-box margins when the runtime grows each box by the bundle's context",
                "label_source": "TI-RADS category (2-3 benign, 4a-5 malignant), not pathology",
                "run": str(run_dir), "seeds": seed_list, "folds": folds, "margins": list(MARGINS),
+               "test_time_flip": test_time_flip,
                "machine": {"platform": platform.platform(), "python": sys.version.split()[0]},
                "command": " ".join(sys.argv), "seconds": round(time.time() - started, 1), "summary": summary}
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps(payload, indent=1))
     lines = [f"AUC on the nodule box at a fixed margin, grown by the box context as the runtime grows it; mean +- sd over "
-             f"{folds} case-level folds (seeds {seeds} averaged per crop); labels TI-RADS-derived, not pathology. "
+             f"{folds} case-level folds (seeds {seeds} averaged per crop"
+             + ("; each scored with the mirror-image average" if test_time_flip else "")
+             + "); labels TI-RADS-derived, not pathology. "
              f"Command: `{payload['command']}`.", "",
              "| box context | AUC 1.2x | AUC 1.5x | AUC 2x | gap 2x - 1.2x |", "|---|---|---|---|---|"]
     for c, row in summary.items():

@@ -46,8 +46,10 @@ def _cam_in_mask(cams: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return shares
 
 
-def evaluate_fold(model, pack, train_index: np.ndarray, val_index: np.ndarray, image_size: int) -> dict:
-    """Every held-out figure of one trained fold model (see the module docstring)."""
+def evaluate_fold(model, pack, train_index: np.ndarray, val_index: np.ndarray, image_size: int,
+                  test_time_flip: bool = False) -> dict:
+    """Every held-out figure of one trained fold model (see the module docstring); ``test_time_flip``:
+    scored as a bundle exported with --test-time-flip scores (export/test_time.py)."""
     from edge_thyroid.export.datapack import TIRADS_LEVELS
     from edge_thyroid.export.nodule_training import evaluation_box, score
     from edge_thyroid.metrics import delong_auc_ci, operating_point, roc_auc, youden_threshold
@@ -57,8 +59,22 @@ def evaluate_fold(model, pack, train_index: np.ndarray, val_index: np.ndarray, i
     labels = pack.labels[val_index].astype(int)
     images = [pack.images[i] for i in val_index]
     masks = [pack.masks[i] for i in val_index]
-    p_stock, cams = score(model, images, [None] * len(images), image_size)
-    p_train, _ = score(model, [pack.images[i] for i in train_index], [None] * len(train_index), image_size)
+    roll = {}
+    if test_time_flip:   # lined up on training-side crops, as the export does on its training images
+        import torch
+
+        from edge_thyroid.export.models import BackboneFeatures
+        from edge_thyroid.export.nodule_training import to_pixels
+        from edge_thyroid.export.test_time import best_mirror_roll
+        from edge_thyroid.kernels.reference import PreprocessSpec
+
+        sample = np.random.default_rng(0).choice(train_index, min(64, len(train_index)), replace=False)
+        pixels = torch.from_numpy(np.stack([to_pixels(pack.images[i], PreprocessSpec(image_size=image_size))
+                                            for i in sample]))
+        roll["mirror_roll"], _ = best_mirror_roll(BackboneFeatures(model.backbone_name, model.backbone).eval(), pixels)
+    flip = {"test_time_flip": test_time_flip, **roll}
+    p_stock, cams = score(model, images, [None] * len(images), image_size, **flip)
+    p_train, _ = score(model, [pack.images[i] for i in train_index], [None] * len(train_index), image_size, **flip)
     threshold = youden_threshold(pack.labels[train_index].astype(int), p_train)
     ci = delong_auc_ci(labels, p_stock)
     result = {
@@ -67,6 +83,7 @@ def evaluate_fold(model, pack, train_index: np.ndarray, val_index: np.ndarray, i
         "auc": ci.auc, "auc_ci95": [ci.low, ci.high],
         "auc_train_side": roc_auc(pack.labels[train_index].astype(int), p_train),
         "threshold": threshold, "threshold_chosen_on": "training side (Youden on the training crops' scores)",
+        **roll,
     }
     op = operating_point(labels, p_stock, threshold)
     result["sensitivity"], result["specificity"] = op.sensitivity, op.specificity
@@ -75,7 +92,7 @@ def evaluate_fold(model, pack, train_index: np.ndarray, val_index: np.ndarray, i
     result["tirads2_benign_rate"] = float(np.mean(p_stock[tirads2] < threshold)) if tirads2.any() else None
     for margin in MARGINS:
         boxes = [evaluation_box(m, margin) for m in masks]
-        p, _ = score(model, images, boxes, image_size)
+        p, _ = score(model, images, boxes, image_size, **flip)
         result[f"auc_margin_{margin}"] = roc_auc(labels, p)
     shares = _cam_in_mask(cams, masks)
     areas = np.array([m.mean() for m in masks])
@@ -161,6 +178,9 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
               help="Model input side in pixels (default: the recipe's 128); the bundle's preprocessing follows it.")
 @click.option("--descriptor-weight", type=float, default=None,
               help="Weight of the sonographic-descriptor head (export/descriptors.py; default: the recipe's 0, off).")
+@click.option("--test-time-flip", is_flag=True,
+              help="Score every fold as a bundle exported with --test-time-flip does (each input's maps averaged "
+                   "with its mirror image's); training is unchanged, so existing fold models are re-scored.")
 @click.option("--threads", type=int, default=0)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)
@@ -168,7 +188,7 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, image_size, descriptor_weight,
-         threads, device, workers, also_all, all_first_after) -> None:
+         test_time_flip, threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
@@ -213,7 +233,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             "what": "case-level cross-validation of the nodule-guided recipe (export/nodule_training.py)",
             "label_source": "TI-RADS category (2-3 benign, 4a-5 malignant), not pathology",
             "data": {"path": str(data), **pack.meta}, "backbone": backbone, "folds": folds, "seeds": seed_list,
-            "recipe": {**make_recipe(seed_list[0], fold_list[0]).to_dict(), "init": init},
+            "recipe": {**make_recipe(seed_list[0], fold_list[0]).to_dict(), "init": init}, "test_time_flip": test_time_flip,
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0]},
             "command": " ".join(sys.argv),
             "summary": summarise(results) if results else {},
@@ -235,7 +255,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
     for fold in fold_list:
         for seed in seed_list:
             fold_dir = out / f"fold{fold}_seed{seed}"
-            result_file = fold_dir / "result.json"
+            # Scored with the mirror-image average, a fold model gets results of its own.
+            result_file = fold_dir / ("result_test_time_flip.json" if test_time_flip else "result.json")
             if result_file.exists():
                 results.append(json.loads(result_file.read_text()))
             else:
@@ -247,7 +268,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                 if not (fold_dir / "final.pt").exists():
                     raise click.ClickException(f"{fold_dir}: training ended without final.pt")
                 model, _, _ = load_checkpoint(fold_dir / "final.pt")
-                result = {"fold": fold, "seed": seed, **evaluate_fold(model, pack, train_index, val_index, recipe.image_size)}
+                result = {"fold": fold, "seed": seed, **evaluate_fold(model, pack, train_index, val_index, recipe.image_size,
+                                                                           test_time_flip)}
                 result_file.write_text(json.dumps(result, indent=1))
                 results.append(result)
                 click.echo(f"[fold {fold} seed {seed}] AUC {result['auc']:.3f} "

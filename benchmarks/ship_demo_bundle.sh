@@ -6,7 +6,8 @@
 #   (RUNS=runs DATA=../shared/data; the FP32 reference lands in $RUNS/bundles/shipped_fp32;
 #    BUNDLE=elsewhere builds a trial copy, which is left unsigned; BOX_CONTEXT=1.25 grows every nodule box
 #    1.25x before the model sees it: operators' boxes of 1.2x-2x the nodule become 1.5x-2.5x, the range the
-#    recipe trained on, with the tissue around the nodule in view (benchmarks/box_context.py))
+#    recipe trained on, with the tissue around the nodule in view (benchmarks/box_context.py);
+#    TEST_TIME_FLIP=1 (the default) builds the mirror-image average into the graph, export/test_time.py)
 # Every gate is judged against the FP32 export of the same checkpoint, so it measures what INT8 (and
 # each runtime) changes. The gate crops are training data of the all-data model: not an accuracy figure.
 set -euo pipefail
@@ -20,11 +21,15 @@ PY=${PYTHON:-.venv/bin/python}
 DEMO=edge_thyroid/data/demo_bundle
 BUNDLE=${BUNDLE:-$DEMO}
 BOX_CONTEXT=${BOX_CONTEXT:-1.25}
+TEST_TIME_FLIP=${TEST_TIME_FLIP:-1}
 LABELS="$DATA/ddti/labels.csv"
 mkdir -p "$RUNS/bundles"
 $PY benchmarks/stamp_checkpoint.py "$CV_JSON" "$CKPT" -o "$RUNS/shipped.pt"
-$ET export "$RUNS/shipped.pt" -o "$RUNS/bundles/shipped_fp32" --force --box-context "$BOX_CONTEXT"
+FP32_FLIP=() INT8_FLIP=()   # both line the mirrored view up on the same seeded training-side images
+if [ "$TEST_TIME_FLIP" = 1 ]; then FP32_FLIP=(--test-time-flip --calib "$LABELS"); INT8_FLIP=(--test-time-flip); fi
+$ET export "$RUNS/shipped.pt" -o "$RUNS/bundles/shipped_fp32" --force --box-context "$BOX_CONTEXT" "${FP32_FLIP[@]}"
 $ET export "$RUNS/shipped.pt" -o "$BUNDLE" --force --box-context "$BOX_CONTEXT" --precision int8 --calib "$LABELS" \
+    "${INT8_FLIP[@]}" \
     --verify-data "$LABELS" --no-keep-fp32
 for precision in f32 bf16; do
     $ET verify "$BUNDLE" --reference "$RUNS/bundles/shipped_fp32" --data "$LABELS" \

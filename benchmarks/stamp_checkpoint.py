@@ -37,6 +37,8 @@ def main(cv_json: str, checkpoint: str, out_path: str) -> None:
         "label_source": cv["label_source"],
         "cross_validation": {
             "folds": cv["folds"], "seeds": cv["seeds"], "data": cv["data"].get("path"),
+            # scored as the bundle scores (export --test-time-flip), so the figures are the bundle's
+            "test_time_flip": bool(cv.get("test_time_flip", False)),
             **{key: {"mean": value["mean"], "sd": value["sd"]} for key, value in summary.items()
                if isinstance(value, dict) and "sd" in value},
             "auc_per_fold": summary["auc"]["folds"],

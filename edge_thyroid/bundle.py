@@ -40,6 +40,8 @@ READABLE_VERSIONS = (FORMAT_VERSION, BRANCHED_FORMAT_VERSION)
 MIN_BOX_CONTEXT, MAX_BOX_CONTEXT = 1.0, 4.0
 BOX_CONTEXT_NOTE = ("every nodule box (operator, calipers, CSV roi) is grown this many times about its centre, "
                     "within its pane, before the model sees it; whole images and whole panes are unchanged")
+TEST_TIME_NOTE = ("the model graph averages each pane's feature maps with those of its mirror image (mirrored "
+                  "back); p and CAMs are of the averaged maps")
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_ZIP_BYTES = 16 << 30  # declared uncompressed size; zipfile never inflates a member past it (zip bombs)
@@ -118,6 +120,13 @@ class Manifest:
     # calipers', a CSV's roi) is grown this many times about its centre within its pane (frames.widen_box).
     # 1: the box as given (bundles written before this field, whole images, imported models by default).
     box_context: float = 1.0
+    # {"flip": true, "roll": ..., ...} when the model graph averages each pane's feature maps with its
+    # mirror image's (export/test_time.py); informational (the graph does it), for info and reports.
+    test_time: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def test_time_flip(self) -> bool:
+        return bool(self.test_time.get("flip", False))
 
     @property
     def branched(self) -> bool:
@@ -145,6 +154,7 @@ class Manifest:
             "provenance": self.provenance,
             **({"model_card": self.model_card} if self.model_card else {}),
             **({"nodule_box": {"context": self.box_context, "note": BOX_CONTEXT_NOTE}} if self.box_context != 1.0 else {}),
+            **({"test_time": {**self.test_time, "note": TEST_TIME_NOTE}} if self.test_time_flip else {}),
             "files": dict(sorted(self.files.items())),
         }
 
@@ -179,6 +189,10 @@ class Manifest:
             if not MIN_BOX_CONTEXT <= box_context <= MAX_BOX_CONTEXT:
                 raise BundleError(f"{source}: nodule_box.context {box_context} is outside [{MIN_BOX_CONTEXT}, "
                                   f"{MAX_BOX_CONTEXT}]; expected how many times a nodule box is grown (1: as given)")
+            test_time = dict(_mapping(data.get("test_time", {}), "test_time"))
+            test_time.pop("note", None)
+            if not isinstance(test_time.get("flip", False), bool):
+                raise BundleError(f"{source}: test_time.flip is {test_time['flip']!r}; expected true or false")
             files = {_relative(name, "files"): str(digest) for name, digest in _mapping(data["files"], "files").items()}
             return cls(
                 backbone=str(data["backbone"]),
@@ -197,6 +211,7 @@ class Manifest:
                 format_version=version,
                 model_card=dict(_mapping(data.get("model_card", {}), "model_card")),
                 box_context=box_context,
+                test_time=test_time,
             )
         except BundleError:
             raise

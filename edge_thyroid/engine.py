@@ -184,6 +184,7 @@ class Engine:
                 "bundle": {"path": str(self.bundle.root), "manifest_sha256": sha256_file(self.bundle.path(MANIFEST))},
                 "model": {"key": self.model_key, "precision": entry.precision.value,
                           "trained_modalities": list(self.trained_modalities), "box_context": self.box_context,
+                          "test_time_flip": self.bundle.manifest.test_time_flip,
                           "panes_not_run": sorted(self.unread_modalities)},
                 "backend": self.backend.name, "threads": self.threads,
                 "backend_auto": self.auto_choice.to_dict() if self.auto_choice is not None else None}

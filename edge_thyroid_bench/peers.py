@@ -460,8 +460,9 @@ def load_onnx_weights(module: Any, onnx_path: str | Path) -> dict[str, Any]:
 
 def _in_module_order(nodes: list[Any], convs: list[Any], module: Any) -> list[Any]:
     """The Conv nodes in the order of the module's convolutions, matched by the exporter's scope names
-    ('/layer1/layer1.0/downsample/downsample.0/Conv' is layer1.0.downsample.0): a quantizer may reorder
-    nodes. Graphs whose names do not match one module each keep their graph order."""
+    ('/layer1/layer1.0/downsample/downsample.0/Conv' is layer1.0.downsample.0): an exporter or a quantizer
+    may order them otherwise (the mirror-image average's graph runs a block's downsample first). Graphs
+    whose names do not place every conv keep their graph order."""
     paths = {}
     for node in nodes:
         parts: list[str] = []
@@ -472,16 +473,22 @@ def _in_module_order(nodes: list[Any], convs: list[Any], module: Any) -> list[An
                 parts.append(part)
         paths[".".join(parts)] = node
     names = {id(m): name for name, m in module.named_modules()}
-    ordered = []
-    for conv in convs:
-        name = names.get(id(conv), "")
-        matches = sorted((path for path in paths if path and (name == path or name.endswith("." + path))),
-                         key=len, reverse=True)
-        if not matches or (len(matches) > 1 and len(matches[0]) == len(matches[1])):
-            return nodes
-        ordered.append(paths[matches[0]])  # the most specific: 'layer1.0.conv1' before the stem's 'conv1'
-
-    return ordered if len({id(n) for n in ordered}) == len(nodes) else nodes
+    wanted = [names.get(id(conv), "") for conv in convs]
+    if not wanted or not all(wanted):
+        return nodes
+    # The graph's scopes and the module's names are the same layers under different wrappers (e.g.
+    # 'features.layer1.0.conv1' for a backbone exported inside the mirror-image average, 'backbone.layer1.0.conv1'
+    # in the peer's module): drop the module's leading parts until one graph prefix places every conv.
+    for cut in range(max(len(name.split(".")) for name in wanted)):
+        tails = [".".join(name.split(".")[cut:]) for name in wanted]
+        if not all(tails):
+            break
+        prefixes = sorted({path[:len(path) - len(tails[0])] for path in paths if path.endswith(tails[0])}, key=len)
+        for prefix in prefixes:
+            if (not prefix or prefix.endswith(".")) and all(prefix + tail in paths for tail in tails):
+                ordered = [paths[prefix + tail] for tail in tails]
+                return ordered if len({id(n) for n in ordered}) == len(nodes) else nodes
+    return nodes
 
 
 def _conv_bn_pairs(module: Any) -> list[tuple[Any, Any]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from edge_thyroid import __version__
@@ -99,11 +100,38 @@ class BundleModel:
         return {m: b.backbone for m, b in self.branches.items()} if self.branches else {None: self.backbone}
 
 
-def classifier_bundle_model(model: MultimodalClassifier, image_size: int) -> BundleModel:
-    """The project's multimodal classifier as a BundleModel (its linear fusion head moved to NumPy)."""
+def classifier_bundle_model(model: MultimodalClassifier, image_size: int, mirror_roll: int | None = None) -> BundleModel:
+    """The project's multimodal classifier as a BundleModel (its linear fusion head moved to NumPy);
+    ``mirror_roll`` not None: with the mirror-image average in its graph (export/test_time.py)."""
     arrays = head_arrays(model.eval())
     head = FusionHead(model.modalities, arrays["weight"], arrays["presence_bias"], float(arrays["bias"]))
-    return BundleModel(export_backbone_onnx(model, image_size), head, model.backbone_name)
+    return BundleModel(export_backbone_onnx(model, image_size, mirror_roll), head, model.backbone_name)
+
+
+MIRROR_SAMPLE = 64  # training-side images the mirrored view is lined up on
+
+
+def measure_mirror_roll(model: MultimodalClassifier, source: Path, image_size: int) -> dict[str, Any]:
+    """Line the mirrored view up with the original on up to MIRROR_SAMPLE training-side images of
+    ``source`` (a sample CSV or a folder); the manifest's ``test_time`` record."""
+    import torch
+
+    from edge_thyroid.frames import read_image
+    from edge_thyroid.kernels.reference import preprocess_reference
+
+    from .models import BackboneFeatures
+    from .test_time import best_mirror_roll
+
+    chosen = calibration_set(source, count=MIRROR_SAMPLE)
+    spec = PreprocessSpec(image_size=image_size)
+    pixels = []
+    for path in chosen.images:
+        frame = read_image(path)
+        pixels.append(preprocess_reference(frame, [(0, 0, frame.shape[1], frame.shape[0])], spec)[0])
+    features = BackboneFeatures(model.backbone_name, model.backbone).eval()
+    roll, scores = best_mirror_roll(features, torch.from_numpy(np.stack(pixels)))
+    return {"flip": True, "roll": roll, "roll_scores": {str(k): round(v, 4) for k, v in scores.items()},
+            "roll_chosen_on": f"{len(chosen.images)} images of {chosen.source}"}
 
 
 def model_key(precision: Precision, target: Target) -> str:
@@ -118,11 +146,24 @@ def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path
                   target: Target = Target.ONNXRUNTIME, calibration: CalibrationRequest | None = None,
                   keep_fp32: bool = True, gate: GateRequest | None = None, cache_dir: Path | None = None,
                   max_panes: int = 3, progress: bool = False, model_card: dict[str, Any] | None = None,
-                  preprocessing: PreprocessSpec | None = None, box_context: float = 1.0) -> Path:
+                  preprocessing: PreprocessSpec | None = None, box_context: float = 1.0,
+                  test_time_flip: bool = False, mirror_data: Path | None = None) -> Path:
     """Write a bundle atomically; returns its path. Raises GateFailedError (nothing written) when
     ``gate`` is given and the compiled model is outside its budget. ``preprocessing`` overrides the
     default spec at ``image_size`` (an imported model's own mean and std); ``box_context`` is how many
-    times the runtime grows a nodule box before the model sees it (Manifest.box_context)."""
+    times the runtime grows a nodule box before the model sees it (Manifest.box_context);
+    ``test_time_flip`` builds the mirror-image average into the graph (the project's classifier only),
+    lined up on training images of ``mirror_data`` (default: the calibration data, else the gate's)."""
+    test_time: dict[str, Any] = {}
+    if test_time_flip:
+        if isinstance(model, BundleModel):
+            raise InputError("--test-time-flip builds the mirror-image average around the project's own backbone; "
+                             "an imported model is exported as it is")
+        source = mirror_data or (calibration.data if calibration is not None else gate.data if gate is not None else None)
+        if source is None:
+            raise InputError("--test-time-flip lines the mirrored view up on training images: give --calib or "
+                             "--verify-data")
+        test_time = measure_mirror_roll(model, source, image_size)
     key = model_key(precision, target)
     if key == "fp32" and not keep_fp32:
         raise InputError("--no-keep-fp32 with an FP32 ONNX Runtime export would leave the bundle without a model")
@@ -146,7 +187,7 @@ def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path
         frames = calibration_set(calibration.data, count=calibration.count, folds=calibration.folds,
                                  fold=calibration.fold, seed=calibration.seed)
     if not isinstance(model, BundleModel):
-        model = classifier_bundle_model(model, image_size)
+        model = classifier_bundle_model(model, image_size, test_time["roll"] if test_time else None)
     head, graphs = model.head, model.graphs()
     out_dir = Path(out_dir)
     with bundle_writer(out_dir, overwrite=overwrite) as staging:
@@ -180,7 +221,7 @@ def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path
             calibration=calibration_record,
             provenance={"tools": tool_versions(), **(provenance or {})},
             model_card=dict(model_card or {}),
-            box_context=float(box_context),
+            box_context=float(box_context), test_time=test_time,
         )
         report = None
         if labelled is not None and key != "fp32":

@@ -82,6 +82,15 @@ class NoduleRecipe:
         return asdict(self)
 
 
+def same_recipe(saved: dict, recipe: NoduleRecipe) -> bool:
+    """Whether a run saved with ``saved`` is this recipe. A field added to the recipe after the run was
+    saved counts as equal when it has its default (the run trained without it, i.e. with the default),
+    so finished runs stay resumable and re-scorable."""
+    current, defaults = recipe.to_dict(), NoduleRecipe().to_dict()
+    return all(saved[key] == value if key in saved else value == defaults[key] for key, value in current.items()) \
+        and set(saved) <= set(current)
+
+
 # -- inputs ---------------------------------------------------------------------------------------------
 
 def dilate(mask: np.ndarray, fraction: float) -> np.ndarray:
@@ -245,7 +254,7 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     last = out / "last.pt"
     if resume and last.exists():
         payload = torch.load(last, map_location=dev, weights_only=True)
-        if payload.get("recipe") != recipe.to_dict():
+        if not same_recipe(payload.get("recipe") or {}, recipe):
             raise click.ClickException(f"{last} was written with another recipe; use a new --out or --no-resume")
         model.load_state_dict(payload["model"])
         ema.model.load_state_dict(payload["ema"])
@@ -323,17 +332,34 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
 
 @torch.no_grad()
 def score(model: MultimodalClassifier, images: Sequence[np.ndarray], boxes: Sequence, image_size: int,
-          batch: int = 32, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """p(malignant) and the B-mode CAM (N x h x w) of each image's box (None: the whole crop)."""
+          batch: int = 32, flip: bool = False, test_time_flip: bool = False,
+          mirror_roll: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """p(malignant) and the B-mode CAM (N x h x w) of each image's box (None: the whole crop).
+
+    ``flip``: score the mirrored whole images (boxes must be None). ``test_time_flip``: what a bundle
+    exported with --test-time-flip computes (export/test_time.py): the logits and CAMs of each input
+    and of its mirrored pixels (CAM mirrored back and rolled ``mirror_roll`` cells onto the grid)
+    averaged, i.e. the head and CAM of the averaged maps.
+    """
+    if flip and any(box is not None for box in boxes):
+        raise ValueError("flip mirrors whole images; a box would point at the wrong side")
     spec = PreprocessSpec(image_size=image_size)
     guided = GuidedClassifier(model, "bmode").eval()
     probabilities, cams = [], []
     for start in range(0, len(images), batch):
         chunk = [to_pixels(im[:, ::-1] if flip else im, spec, box) for im, box in
                  zip(images[start:start + batch], boxes[start:start + batch])]
-        out = guided(torch.from_numpy(np.stack(chunk)))
-        probabilities.append(torch.sigmoid(out["logit"]).numpy())
-        cams.append(out["cam"].numpy())
+        pixels = torch.from_numpy(np.stack(chunk))
+        out = guided(pixels)
+        logit, cam = out["logit"], out["cam"]
+        if test_time_flip:
+            from .test_time import mirrored_back
+
+            mirrored = guided(pixels.flip(-1))
+            logit = (logit + mirrored["logit"]) * 0.5
+            cam = (cam + mirrored_back(mirrored["cam"], mirror_roll)) * 0.5
+        probabilities.append(torch.sigmoid(logit).numpy())
+        cams.append(cam.numpy())
     return np.concatenate(probabilities).astype(np.float64), np.concatenate(cams).astype(np.float64)
 
 

@@ -22,9 +22,16 @@ from .models import BackboneFeatures, MultimodalClassifier
 FEATURE_MAPS = "feature_maps"
 
 
-def export_backbone_onnx(model: MultimodalClassifier, image_size: int) -> onnx.ModelProto:
-    """Backbone alone: pixels [N, 3, S, S] -> feature_maps [N, C, h, w], dynamic N."""
-    return export_features_onnx(BackboneFeatures(model.backbone_name, model.backbone), image_size)
+def export_backbone_onnx(model: MultimodalClassifier, image_size: int, mirror_roll: int | None = None) -> onnx.ModelProto:
+    """Backbone alone: pixels [N, 3, S, S] -> feature_maps [N, C, h, w], dynamic N. ``mirror_roll`` not
+    None: each pane's maps averaged with its mirror image's, rolled that many cells (export/test_time.py),
+    inside the graph."""
+    features: torch.nn.Module = BackboneFeatures(model.backbone_name, model.backbone)
+    if mirror_roll is not None:
+        from .test_time import FlipAveraged
+
+        features = FlipAveraged(features, mirror_roll)
+    return export_features_onnx(features, image_size)
 
 
 def export_features_onnx(module: torch.nn.Module, image_size: int) -> onnx.ModelProto:

@@ -71,11 +71,15 @@ def _import_export_tools():
               help="Grow every nodule box this many times about its centre (within its pane) before the model "
                    "sees it: the tissue around the nodule that the model learned to compare it with. 1: the box "
                    "as given; the demo bundle uses 1.25 (see BENCHMARKS.md, AUC by box margin).")
+@click.option("--test-time-flip", is_flag=True,
+              help="Build into the graph the average of each pane's feature maps with its mirror image's "
+                   "(2 backbone passes per pane; exact CAMs kept), lined up on training images of --calib (any "
+                   "precision) or --verify-data. The demo bundle uses it (BENCHMARKS.md).")
 @click.option("--intended-use", default="", help="Free text for the bundle's model card (shown by 'edge-thyroid info').")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 def export(checkpoint, output, backbone, modalities, image_size, random_init, seed, force, precision, target, calib,
            calib_method, calib_count, calib_average, fp32_layers, keep_fp32, verify_data, max_auc_drop, min_agreement, cache_dir,
-           malignant_index, mean, std, channel_order, box_context, intended_use, as_json) -> None:
+           malignant_index, mean, std, channel_order, box_context, test_time_flip, intended_use, as_json) -> None:
     """Export CHECKPOINT to a model bundle: model.onnx with the preprocessing fused in (uint8 BGR frame
     + pane ROIs in, feature maps out), head.npz and manifest.json.
 
@@ -112,8 +116,11 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
                                  f"{box_context}", param_hint="--box-context")
     if precision is Precision.INT8 and not calib:
         raise click.UsageError("--precision int8 needs --calib (a sample CSV or a folder of real frames)")
-    if calib and precision is not Precision.INT8:
-        raise click.UsageError(f"--calib only applies to --precision int8, not {precision.value}")
+    if calib and precision is not Precision.INT8 and not test_time_flip:
+        raise click.UsageError(f"--calib only applies to --precision int8 (or --test-time-flip), not {precision.value}")
+    if test_time_flip and not (calib or verify_data):
+        raise click.UsageError("--test-time-flip lines the mirrored view up on training images: give --calib (a sample "
+                               "CSV or a folder of frames) or --verify-data")
     bundle_export, ckpt, models = _import_export_tools()
 
     modality_tuple = tuple(m.strip() for m in modalities.split(",")) if modalities else None
@@ -179,7 +186,8 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
                                            keep_fp32=keep_fp32, gate=gate, cache_dir=Path(cache_dir) if cache_dir else None,
                                            progress=True, model_card=imported.model_card if imported else None,
                                            preprocessing=imported.preprocessing if imported else None,
-                                           box_context=box_context)
+                                           box_context=box_context, test_time_flip=test_time_flip,
+                                           mirror_data=Path(calib) if calib else Path(verify_data) if verify_data else None)
     except GateFailedError as failure:
         click.echo("\n".join(failure.report.lines()), err=True)
         click.echo(f"{output} was not written", err=True)
@@ -192,6 +200,8 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
                "models": {key: entry.to_dict() for key, entry in manifest.models.items()}}
     if manifest.box_context != 1.0:
         summary["box_context"] = manifest.box_context
+    if manifest.test_time_flip:
+        summary["test_time_flip"] = True
     if manifest.model_card:
         summary["model_card"] = manifest.model_card
     gates = {key: value for key, value in manifest.metrics.items() if key.startswith("gate_")}

@@ -34,6 +34,10 @@ def info(bundle, as_json) -> None:
     context = manifest.get("nodule_box", {}).get("context", 1.0)
     click.echo("nodule box  " + (f"grown {context}x about its centre (within its pane) before the model sees it"
                                   if context != 1.0 else "as given (no context added)"))
+    test_time = manifest.get("test_time", {})
+    if test_time.get("flip"):
+        click.echo(f"test time   each pane's feature maps averaged with its mirror image's, rolled {test_time.get('roll', 0)} "
+                   "cell(s) onto its grid (in the graph: 2 backbone passes per pane)")
     from ..gates import recorded_gates
 
     for key, entry in manifest["models"].items():
