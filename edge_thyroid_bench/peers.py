@@ -379,6 +379,12 @@ class TorchRunner(Runner):
         self.details["weights"] = load_onnx_weights(module, self.spec.reconstruction or self.bundle.path(entry.file))
         if self.spec.reconstruction:
             self.format += f"; FP32 reconstruction of the {entry.precision.value} weights"
+        if manifest.test_time_flip:
+            # The bundle's graph averages each pane with its mirror image: so does the same model in torch.
+            from edge_thyroid.export.test_time import FlipAveraged
+
+            module = FlipAveraged(module, int(manifest.test_time.get("roll", 0))).eval()
+            self.format += "; mirror-image average as in the bundle"
         self.module = module
         self.details["torch"] = torch.__version__
 

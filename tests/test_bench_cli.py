@@ -214,6 +214,8 @@ def test_float_peers_run_the_fp32_reconstruction_of_an_int8_only_bundle(tmp_path
         # (the shipped gate measured |dp| <= 0.072 between its FP32 and INT8 models on real images).
         assert row["max_abs_dp_vs_reference"] < 0.1, name
     assert rows["torch-eager-fp32-from-int8"]["details"]["weights"]["convs"] == 53
+    # The demo bundle averages each pane with its mirror image in its graph; the torch peer does the same.
+    assert "mirror-image average as in the bundle" in rows["torch-eager-fp32-from-int8"]["format"]
 
 
 @needs_torch
