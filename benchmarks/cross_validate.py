@@ -63,15 +63,14 @@ def evaluate_fold(model, pack, train_index: np.ndarray, val_index: np.ndarray, i
     if test_time_flip:   # lined up on training-side crops, as the export does on its training images
         import torch
 
-        from edge_thyroid.export.models import BackboneFeatures
         from edge_thyroid.export.nodule_training import to_pixels
-        from edge_thyroid.export.test_time import best_mirror_roll
+        from edge_thyroid.export.test_time import model_mirror_roll
         from edge_thyroid.kernels.reference import PreprocessSpec
 
         sample = np.random.default_rng(0).choice(train_index, min(64, len(train_index)), replace=False)
         pixels = torch.from_numpy(np.stack([to_pixels(pack.images[i], PreprocessSpec(image_size=image_size))
                                             for i in sample]))
-        roll["mirror_roll"], _ = best_mirror_roll(BackboneFeatures(model.backbone_name, model.backbone).eval(), pixels)
+        roll["mirror_roll"], _ = model_mirror_roll(model, pixels)
     flip = {"test_time_flip": test_time_flip, **roll}
     p_stock, cams = score(model, images, [None] * len(images), image_size, **flip)
     p_train, _ = score(model, [pack.images[i] for i in train_index], [None] * len(train_index), image_size, **flip)

@@ -12,7 +12,7 @@ pooled features as for a shared backbone (its CAMs stay exact per modality).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,14 +72,28 @@ class Prediction:
         }
 
 
+def panes_to_run(modalities: Sequence[str], unread: Collection[str]) -> list[bool]:
+    """Which panes go through the backbone: those of modalities the head reads (every pane when none
+    would be left, so a prediction always has maps to size the rest by)."""
+    run = [modality not in unread for modality in modalities]
+    return run if any(run) else [True] * len(run)
+
+
+def place_maps(run: Sequence[bool], maps: Iterable[np.ndarray]) -> list[np.ndarray | None]:
+    """The maps of the panes that ran (in order) back in their panes' places; None where a pane did not run."""
+    ran = iter(maps)
+    return [next(ran) if runs else None for runs in run]
+
+
 def fuse(head: FusionHead, panes: Sequence[Pane], maps: Sequence[np.ndarray | None],
-         threshold: float = 0.5) -> Prediction:
+         threshold: float = 0.5, unread: Collection[str] | None = None) -> Prediction:
     """Pool each pane's feature maps and apply the fusion head (for runners that have a head but no Engine).
 
-    A None in ``maps`` is a pane of a modality the head does not read (``FusionHead.unread_modalities``)
-    that was not run: its maps are zeros, so its contribution (0) and its CAM (zeros) are exactly what
-    running it would have given."""
-    unread = set(head.unread_modalities()) if any(m is None for m in maps) else set()
+    A None in ``maps`` is a pane of a modality the head does not read (``FusionHead.unread_modalities``,
+    or ``unread`` when the caller has it already) that was not run: its maps are zeros, so its
+    contribution (0) and its CAM (zeros) are exactly what running it would have given."""
+    if any(m is None for m in maps) and unread is None:
+        unread = head.unread_modalities()
     shape = next((np.shape(m) for m in maps if m is not None), None)
     filled = []
     for pane, pane_maps in zip(panes, maps):
@@ -222,16 +236,16 @@ class Engine:
             if pane.modality in seen:
                 raise InputError(f"modality {pane.modality!r} is given twice; expected one pane per modality")
             seen.add(pane.modality)
-        run = [p for p in panes if p.modality not in self.unread_modalities] or list(panes)
-        maps = iter(self.extract(frame, [p.roi for p in run], [p.modality for p in run]))
-        ran = {p.modality for p in run}
-        return self.fuse(panes, [next(maps) if p.modality in ran else None for p in panes])
+        run = panes_to_run([p.modality for p in panes], self.unread_modalities)
+        chosen = [p for p, runs in zip(panes, run) if runs]
+        return self.fuse(panes, place_maps(run, self.extract(frame, [p.roi for p in chosen],
+                                                             [p.modality for p in chosen])))
 
     def fuse(self, panes: Sequence[Pane], maps: Sequence[np.ndarray | None]) -> Prediction:
         """The head over the panes' feature maps [C, h, w] (one per pane, in order; None for a pane of an
         unread modality that was not run): p(malignant), per-modality logits and exact CAMs. Every
         caller fuses here: classify, the stream, the bench."""
-        return fuse(self.head, panes, maps, self.threshold)
+        return fuse(self.head, panes, maps, self.threshold, self.unread_modalities)
 
     def close(self) -> None:
         for backend in {id(b): b for b in [*self.branches.values(), getattr(self, "backend", None)] if b}.values():

@@ -34,9 +34,9 @@ import numpy as np
 from edge_thyroid.autoselect import AUTO
 from edge_thyroid.backends import DEFAULT_BACKEND, backend_class
 from edge_thyroid.bundle import Bundle, Precision, load_bundle
-from edge_thyroid.engine import Engine, fuse
+from edge_thyroid.engine import Engine, fuse, panes_to_run, place_maps
 from edge_thyroid.errors import BackendError, BundleError, InputError, MissingDependencyError
-from edge_thyroid.frames import Pane, stack_maps
+from edge_thyroid.frames import Pane
 from edge_thyroid.graph import backbone_graph
 from edge_thyroid.head import FusionHead
 from edge_thyroid.kernels.onnx_graph import PIXELS
@@ -188,9 +188,11 @@ def numpy_preprocess(frame: np.ndarray, rois: Sequence[Sequence[int]], size: int
 # Runners
 
 
-def run_head(head: FusionHead, modalities: Sequence[str], rois: np.ndarray, maps: np.ndarray) -> float:
-    """Pooling + fusion head + the CAM of every pane: identical for every configuration."""
-    prediction = fuse(head, [Pane(m, tuple(r)) for m, r in zip(modalities, rois.tolist())], maps)
+def run_head(head: FusionHead, modalities: Sequence[str], rois: np.ndarray, maps: Sequence[np.ndarray | None],
+             unread: frozenset[str] = frozenset()) -> float:
+    """Pooling + fusion head + the CAM of every pane: identical for every configuration (a None in
+    ``maps``: a pane of an ``unread`` modality that was not run, see Engine.fuse)."""
+    prediction = fuse(head, [Pane(m, tuple(r)) for m, r in zip(modalities, rois.tolist())], maps, unread=unread)
     for modality in modalities:
         prediction.cam(modality)
     return prediction.probability
@@ -200,6 +202,7 @@ class Runner(abc.ABC):
     """Load once; ``process(frame, rois, timer)`` runs one frame and returns p(malignant)."""
 
     format: str = ""
+    unread_modalities: frozenset[str] = frozenset()  # panes this runner leaves out (the peers run every pane)
 
     def __init__(self, spec: ConfigSpec, bundle: Bundle | None = None) -> None:
         self.spec = spec
@@ -216,7 +219,7 @@ class Runner(abc.ABC):
     def load(self) -> None: ...
 
     @abc.abstractmethod
-    def features(self, frame: np.ndarray, rois: np.ndarray, timer: StageTimer) -> np.ndarray: ...
+    def features(self, frame: np.ndarray, rois: np.ndarray, timer: StageTimer) -> Sequence[np.ndarray | None]: ...
 
     @abc.abstractmethod
     def size_bytes(self) -> int: ...
@@ -224,7 +227,7 @@ class Runner(abc.ABC):
     def process(self, frame: np.ndarray, rois: np.ndarray, timer: StageTimer) -> float:
         maps = self.features(frame, rois, timer)
         with timer.stage(Stage.HEAD):
-            return run_head(self.head, self.spec.modalities, rois, maps)
+            return run_head(self.head, self.spec.modalities, rois, maps, self.unread_modalities)
 
     def close(self) -> None:
         """Drop the runtime session so its memory and threads go away before the next runner loads."""
@@ -250,31 +253,21 @@ class EngineRunner(Runner):
         self.format = f"edge-thyroid: {runtime}, " + ("OpenCV preprocessing" if host else "preprocessing in the graph")
         self.cache = PaneCache(self.engine).extract if self.spec.cached else None
         # As in the engine's classify and the stream: panes of modalities the head does not read are not run.
-        modalities = self.spec.modalities
-        self.run_index = [i for i, m in enumerate(modalities) if m not in self.engine.unread_modalities] or \
-            list(range(len(modalities)))
-        if len(self.run_index) < len(modalities):
-            skipped = sorted({modalities[i] for i in range(len(modalities)) if i not in self.run_index})
+        self.unread_modalities = self.engine.unread_modalities
+        self.run = panes_to_run(self.spec.modalities, self.unread_modalities)
+        skipped = sorted({m for m, runs in zip(self.spec.modalities, self.run) if not runs})
+        if skipped:
             self.details["panes_not_run"] = skipped
             self.format += f"; {', '.join(skipped)} pane(s) not run (the model does not read them)"
 
-    def features(self, frame: np.ndarray, rois: np.ndarray, timer: StageTimer) -> np.ndarray:
+    def features(self, frame: np.ndarray, rois: np.ndarray, timer: StageTimer) -> Sequence[np.ndarray | None]:
         # The panes' modalities go along: with a backbone per modality, the engine's default (its modalities
         # in order) sent e.g. --panes 2's SWE pane (bmode, swe) through the SMI backbone.
-        index = self.run_index
-        modalities = [self.spec.modalities[i] for i in index]
+        modalities = [m for m, runs in zip(self.spec.modalities, self.run) if runs]
         with timer.stage(Stage.INFER):
             extract = self.cache if self.cache is not None else self.engine.extract
-            maps = extract(frame, rois[index], modalities)
-        if len(index) == len(rois):
-            return maps
-        # The head multiplies the skipped panes' maps by zero: zeros stand in for them.
-        shape = np.shape(maps[0])[-2:]
-        full: list = [np.zeros((self.head.channels_of(self.head.modality_index(m)), *shape), np.float32)
-                      for m in self.spec.modalities]
-        for i, pane_maps in zip(index, maps):
-            full[i] = pane_maps
-        return stack_maps(full)
+            maps = extract(frame, rois[np.asarray(self.run)], modalities)
+        return maps if all(self.run) else place_maps(self.run, maps)
 
     def size_bytes(self) -> int:
         # Every branch's file: a branched entry has no single file (its "" named the bundle folder).

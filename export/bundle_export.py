@@ -113,23 +113,16 @@ MIRROR_SAMPLE = 64  # training-side images the mirrored view is lined up on
 
 def measure_mirror_roll(model: MultimodalClassifier, source: Path, image_size: int) -> dict[str, Any]:
     """Line the mirrored view up with the original on up to MIRROR_SAMPLE training-side images of
-    ``source`` (a sample CSV or a folder); the manifest's ``test_time`` record."""
+    ``source`` (a sample CSV or a folder), preprocessed as calibration frames are; the manifest's
+    ``test_time`` record."""
     import torch
 
-    from edge_thyroid.frames import read_image
-    from edge_thyroid.kernels.reference import preprocess_reference
-
-    from .models import BackboneFeatures
-    from .test_time import best_mirror_roll
+    from .calibration import PanePreprocessor
+    from .test_time import model_mirror_roll
 
     chosen = calibration_set(source, count=MIRROR_SAMPLE)
-    spec = PreprocessSpec(image_size=image_size)
-    pixels = []
-    for path in chosen.images:
-        frame = read_image(path)
-        pixels.append(preprocess_reference(frame, [(0, 0, frame.shape[1], frame.shape[0])], spec)[0])
-    features = BackboneFeatures(model.backbone_name, model.backbone).eval()
-    roll, scores = best_mirror_roll(features, torch.from_numpy(np.stack(pixels)))
+    pixels = np.concatenate(list(PanePreprocessor(PreprocessSpec(image_size=image_size)).stream(chosen.images)))
+    roll, scores = model_mirror_roll(model, torch.from_numpy(pixels))
     return {"flip": True, "roll": roll, "roll_scores": {str(k): round(v, 4) for k, v in scores.items()},
             "roll_chosen_on": f"{len(chosen.images)} images of {chosen.source}"}
 

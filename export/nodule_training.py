@@ -132,12 +132,16 @@ def augmented_view(image: np.ndarray, mask: np.ndarray, recipe: NoduleRecipe,
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
+def view_inputs(image: np.ndarray, mask: np.ndarray, recipe: NoduleRecipe, spec: PreprocessSpec,
+                grid: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """An augmented view as the model is trained on it: (pixels 3 x S x S, mask coverage grid x grid, has_mask)."""
+    return to_pixels(image, spec), cell_coverage(dilate(mask, recipe.mask_dilation), grid), bool(mask.any())
+
+
 def training_crop(image: np.ndarray, mask: np.ndarray, recipe: NoduleRecipe, spec: PreprocessSpec, grid: int,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
     """One augmented training input: (pixels 3 x S x S, mask coverage grid x grid, has_mask)."""
-    image, mask = augmented_view(image, mask, recipe, rng)
-    coverage = cell_coverage(dilate(mask, recipe.mask_dilation), grid)
-    return to_pixels(image, spec), coverage, bool(mask.any())
+    return view_inputs(*augmented_view(image, mask, recipe, rng), recipe, spec, grid)
 
 
 def evaluation_box(mask: np.ndarray, margin: float | None) -> tuple[int, int, int, int] | None:
@@ -162,13 +166,13 @@ class NoduleBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int):
         i = self.draws[k]
         rng = np.random.default_rng((self.recipe.seed, self.epoch, k))
+        # The view itself, not training_crop: the descriptor targets are measured on it.
         image, mask = augmented_view(self.pack.images[i], self.pack.masks[i], self.recipe, rng)
-        pixels = to_pixels(image, self.spec)
-        coverage = cell_coverage(dilate(mask, self.recipe.mask_dilation), self.grid)
+        pixels, coverage, has_mask = view_inputs(image, mask, self.recipe, self.spec, self.grid)
         targets = np.zeros(0, np.float32)
         if self.descriptor_scale is not None:
             targets = standardised(nodule_descriptors(image, mask), *self.descriptor_scale)
-        return (torch.from_numpy(pixels), torch.from_numpy(coverage), torch.tensor(bool(mask.any())),
+        return (torch.from_numpy(pixels), torch.from_numpy(coverage), torch.tensor(has_mask),
                 torch.tensor(float(self.pack.labels[i])), torch.tensor(int(self.pack.tirads[i])),
                 torch.from_numpy(targets))
 

@@ -48,6 +48,13 @@ def best_mirror_roll(features: nn.Module, pixels: torch.Tensor,
     return max(scores, key=scores.__getitem__), scores
 
 
+def model_mirror_roll(model: nn.Module, pixels: torch.Tensor) -> tuple[int, dict[int, float]]:
+    """``best_mirror_roll`` of a project classifier's backbone (the maps the exported graph averages)."""
+    from .models import BackboneFeatures
+
+    return best_mirror_roll(BackboneFeatures(model.backbone_name, model.backbone).eval(), pixels)
+
+
 class FlipAveraged(nn.Module):
     """pixels (N x 3 x S x S) -> (maps(pixels) + mirrored_back(maps(mirror(pixels)), roll)) / 2."""
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..control import ControlChange
-from ..engine import Prediction
+from ..engine import Prediction, panes_to_run, place_maps
 from ..errors import InputError, ServerUnavailableError
 from ..frames import Pane, Roi, widen_box
 from ..head import FusionHead, sigmoid
@@ -197,11 +197,10 @@ class FrameClassifier:
             else:
                 # Panes the head does not read are checked (blank, changed) but never run: their maps are
                 # known to contribute exactly nothing (Engine.unread_modalities).
-                unread = self.engine.unread_modalities
-                run = [c for pane, c in live if pane.modality not in unread] or [c for _, c in live]
-                asked_backend = any(c.cached is None for c in run)
-                ran = iter(self.cache.run(frame, run))
-                maps = [next(ran) if any(c is r for r in run) else None for _, c in live]
+                run = panes_to_run([pane.modality for pane, _ in live], self.engine.unread_modalities)
+                checks = [c for (_, c), runs in zip(live, run) if runs]
+                asked_backend = any(c.cached is None for c in checks)
+                maps = place_maps(run, self.cache.run(frame, checks))
                 changed = not all(c.unchanged for _, c in live)
                 lap("infer")
                 fused = self._fused([pane for pane, _ in live], maps, changed)
