@@ -9,7 +9,9 @@ graph and preprocesses on the host with :class:`kernels.opencv_path.OpenCVPrepro
 float mode (equal to the reference within float32 rounding), so the model sees the same pixels.
 One network is compiled per pane count (1 to the bundle's modalities; 1 for a branch of a bundle
 with a backbone per modality, which sees one pane a frame), with static shapes, at load; another
-count is compiled when first asked for. On CPUs with
+count is compiled when first asked for. A bundle with the mirror-image average in its graph gets each
+pane's mirror image from the host too (``graph.host_mirrored_input``): in the graph, OpenVINO runs that
+copy in reference code and the INT8 stem convolution in float. On CPUs with
 AVX-512 BF16 or AMX, OpenVINO would by default run the float parts of a model in bfloat16. That
 changes the numbers the accuracy gate approved, so this backend asks for f32 unless told otherwise;
 ``ExecutionPrecision.BF16`` is an opt-in to be judged with ``edge-thyroid verify --backend openvino
@@ -83,6 +85,7 @@ class OpenVinoBackend(Backend):
         self._config: dict[str, object] = {}
         self._networks: dict[int, tuple[Any, Any]] = {}  # pane count (0: dynamic) -> (compiled, request)
         self._preprocess: Any = None
+        self._host_mirror = False  # the graph's mirror-image copy of each pane is made here (graph.host_mirrored_input)
         self._output_names: list[str] = []
         self.version = ""
 
@@ -103,10 +106,11 @@ class OpenVinoBackend(Backend):
             if self.preprocessing is None:
                 self._model = core.read_model(str(self.model_path))
             else:
-                from ..graph import backbone_graph
+                from ..graph import backbone_graph, host_mirrored_input
                 from ..kernels.opencv_path import OpenCVPreprocessor
 
-                self._model = core.read_model(backbone_graph(self.model_path).SerializeToString())
+                backbone, self._host_mirror = host_mirrored_input(backbone_graph(self.model_path))
+                self._model = core.read_model(backbone.SerializeToString())
                 self._preprocess = OpenCVPreprocessor(self.preprocessing)
         except RuntimeError as exc:  # OpenVINO reports unreadable or unsupported models as RuntimeError
             raise BundleError(f"OpenVINO cannot load {self.model_path}: {_first_line(exc)}") from None
@@ -131,7 +135,7 @@ class OpenVinoBackend(Backend):
             if panes:
                 model = model.clone()
                 size = self.preprocessing.image_size
-                model.reshape([panes, 3, size, size])
+                model.reshape([panes * (2 if self._host_mirror else 1), 3, size, size])
             try:
                 compiled = self._core.compile_model(model, self.device, self._config)
             except RuntimeError as exc:
@@ -154,7 +158,9 @@ class OpenVinoBackend(Backend):
             return []
         compiled, _ = next(iter(self._networks.values()))
         actual = executed_precision(compiled)
-        where = "OpenCV preprocessing on the host" if self.preprocessing is not None else "preprocessing in the graph"
+        where = "preprocessing in the graph"
+        if self.preprocessing is not None:
+            where = "OpenCV preprocessing" + (" and mirror images" if self._host_mirror else "") + " on the host"
         return [f"OpenVINO {self.version} {self.device} ({actual}; {where})"]
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -166,7 +172,13 @@ class OpenVinoBackend(Backend):
             _, request = self._network(len(rois))
             # Preprocess straight into the request's own input tensor: no staging array per frame and no
             # copy of it into the request (infer() with inputs copies them unless shared).
-            self._preprocess(feeds[FRAME], rois, out=request.get_input_tensor(0).data)
+            pixels = request.get_input_tensor(0).data
+            count = len(rois)
+            self._preprocess(feeds[FRAME], rois, out=pixels[:count])
+            if self._host_mirror:
+                import numpy as np
+
+                np.copyto(pixels[count:], pixels[:count, :, :, ::-1])
             results = request.infer(share_outputs=True)
         # The request owns these buffers and overwrites them on the next call (the pane cache keeps maps):
         # one copy each, made here (share_outputs=False would copy them too, then this would be a second).
