@@ -192,3 +192,38 @@ def test_datapack_round_trip_and_folds_follow_evaluate(tmp_path):
         bad = tmp_path / "bad.npz"
         np.savez(bad, meta=json.dumps({"format": "other"}))
         load_pack(bad)
+
+
+def test_score_rules_heads_reproduce_the_binary_and_ordinal_outputs():
+    """benchmarks/score_rules.py scores pooled features with (weight, bias) pairs: the binary rule must be
+    the product's logit, the ordinal rule the CORAL logit of 'level >= 4a', and the sum their sum."""
+    import torch
+
+    from benchmarks.score_rules import pooled_features, rule_heads
+    from edge_thyroid.export.datapack import TIRADS_LEVELS
+    from edge_thyroid.export.guidance import GuidedClassifier
+    from edge_thyroid.export.models import MultimodalClassifier
+
+    torch.manual_seed(1)
+    base = MultimodalClassifier("resnet50").eval()
+    torch.nn.init.normal_(base.head.weight, std=1e-2)
+    guided = GuidedClassifier(base, "bmode", len(TIRADS_LEVELS)).eval()
+    torch.nn.init.normal_(guided.aux_ordinal.weight, std=1e-2)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=(50, 60, 3), dtype=np.uint8) for _ in range(3)]
+    features = pooled_features(base, images, 64)
+    heads = rule_heads(base, guided.state_dict(), TIRADS_LEVELS)
+    # What the wrapper computes on each view, averaged over the crop and its mirror image (linear heads).
+    from edge_thyroid.export.nodule_training import to_pixels
+    from edge_thyroid.kernels.reference import PreprocessSpec
+
+    pixels = torch.from_numpy(np.stack([to_pixels(im, PreprocessSpec(image_size=64)) for im in images]))
+    with torch.no_grad():
+        one, mirror = guided(pixels), guided(pixels.flip(-1))
+    logit = ((one["logit"] + mirror["logit"]) / 2).double().numpy()
+    cut = TIRADS_LEVELS.index("4a") - 1
+    ordinal = ((one["ordinal"][:, cut] + mirror["ordinal"][:, cut]) / 2).double().numpy()
+    score = {rule: features @ weight + bias for rule, (weight, bias) in heads.items()}
+    np.testing.assert_allclose(score["binary"], logit, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(score["ordinal"], ordinal, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(score["sum"], logit + ordinal, rtol=0, atol=2e-4)
