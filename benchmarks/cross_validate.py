@@ -173,6 +173,8 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
                    "'{fold}' in it, one per fold ('all' for the all-data model), e.g. runs/ssl/fold{fold}/final.pt "
                    "from export/ssl_pretrain.py, so no fold starts from weights that saw its held-out crops.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
+@click.option("--backbone-lr-scale", type=float, default=None,
+              help="The backbone's learning rate as a share of --lr, the heads keeping --lr (default: the recipe's 1).")
 @click.option("--image-size", type=int, default=None,
               help="Model input side in pixels (default: the recipe's 128); the bundle's preprocessing follows it.")
 @click.option("--descriptor-weight", type=float, default=None,
@@ -186,8 +188,8 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--also-all", is_flag=True, help="Then train the same recipe on every crop (OUT/all/final.pt).")
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
-def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, image_size, descriptor_weight,
-         test_time_flip, threads, device, workers, also_all, all_first_after) -> None:
+def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
+         descriptor_weight, test_time_flip, threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
@@ -217,6 +219,10 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
         recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init_for(fold))
         if lr is not None:
             recipe.lr = lr
+        if backbone_lr_scale is not None:
+            if not 0 < backbone_lr_scale <= 1:
+                raise click.BadParameter(f"must be in (0, 1], got {backbone_lr_scale}", param_hint="--backbone-lr-scale")
+            recipe.backbone_lr_scale = backbone_lr_scale
         if image_size is not None:
             if not 32 <= image_size <= 1024:
                 raise click.BadParameter(f"must be between 32 and 1024 pixels, got {image_size}", param_hint="--image-size")

@@ -61,6 +61,9 @@ class NoduleRecipe:
     batch_size: int = 16          # labelled crops per step
     unlabelled_per_batch: int = 2  # extra crops per step that only teach the mask heads
     lr: float = 5e-4
+    # The pre-trained backbone's learning rate as a share of ``lr`` (the heads keep ``lr``): below 1 the
+    # fine-tuning moves the pre-trained features less, the classic small-data fine-tuning choice.
+    backbone_lr_scale: float = 1.0
     warmup_epochs: float = 2.0
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
@@ -197,6 +200,17 @@ def epoch_draws(labels: np.ndarray, labelled: np.ndarray, unlabelled: np.ndarray
 
 # -- training -------------------------------------------------------------------------------------------
 
+def parameter_groups(model: GuidedClassifier, recipe: NoduleRecipe) -> list[dict]:
+    """The optimizer's parameter groups: one group at ``recipe.lr`` (the recipe as shipped), or the backbone
+    at ``lr * backbone_lr_scale`` and the heads at ``lr``."""
+    if recipe.backbone_lr_scale == 1.0:
+        return [{"params": list(model.parameters())}]
+    backbone = list(model.base.backbone.parameters())
+    inside = {id(p) for p in backbone}
+    heads = [p for p in model.parameters() if id(p) not in inside]
+    return [{"params": backbone, "lr": recipe.lr * recipe.backbone_lr_scale}, {"params": heads}]
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -249,7 +263,7 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     model = GuidedClassifier(base, "bmode", len(TIRADS_LEVELS),
                              len(DESCRIPTOR_NAMES) if scale is not None else 0)
     model = model.to(dev).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, recipe), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = len(labelled) // recipe.batch_size
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(recipe.epochs * steps_per_epoch, max(1, round(recipe.warmup_epochs * steps_per_epoch))))

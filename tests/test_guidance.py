@@ -227,3 +227,32 @@ def test_score_rules_heads_reproduce_the_binary_and_ordinal_outputs():
     np.testing.assert_allclose(score["binary"], logit, rtol=0, atol=1e-4)
     np.testing.assert_allclose(score["ordinal"], ordinal, rtol=0, atol=1e-4)
     np.testing.assert_allclose(score["sum"], logit + ordinal, rtol=0, atol=2e-4)
+
+
+def test_backbone_lr_scale_groups_and_the_default_single_group():
+    """backbone_lr_scale 1 (the shipped recipe) keeps one parameter group at lr, so its runs stay
+    bit-identical; below 1 the backbone gets lr * scale and every head (product and auxiliary) keeps lr."""
+    import torch
+
+    from edge_thyroid.export.guidance import GuidedClassifier
+    from edge_thyroid.export.models import MultimodalClassifier
+    from edge_thyroid.export.nodule_training import NoduleRecipe, parameter_groups, same_recipe
+
+    torch.manual_seed(0)
+    model = GuidedClassifier(MultimodalClassifier("resnet50"), "bmode")
+    everything = {id(p) for p in model.parameters()}
+    single = parameter_groups(model, NoduleRecipe())
+    assert len(single) == 1 and {id(p) for p in single[0]["params"]} == everything and "lr" not in single[0]
+    recipe = NoduleRecipe(lr=1e-3, backbone_lr_scale=0.2)
+    backbone, heads = parameter_groups(model, recipe)
+    assert backbone["lr"] == pytest.approx(2e-4)
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in model.base.backbone.parameters()}
+    assert {id(p) for p in backbone["params"]} | {id(p) for p in heads["params"]} == everything
+    assert not {id(p) for p in backbone["params"]} & {id(p) for p in heads["params"]}
+    assert {id(model.base.head.weight), id(model.aux_ordinal.weight), id(model.aux_seg.weight)} <= {id(p) for p in heads["params"]}
+    optimizer = torch.optim.AdamW([backbone, heads], lr=recipe.lr)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-4, 1e-3])
+    # A run saved before the field existed is the default recipe, and not the scaled one.
+    saved = NoduleRecipe().to_dict()
+    del saved["backbone_lr_scale"]
+    assert same_recipe(saved, NoduleRecipe()) and not same_recipe(saved, NoduleRecipe(backbone_lr_scale=0.2))
