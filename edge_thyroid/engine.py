@@ -35,6 +35,7 @@ class PaneResult:
     roi: Roi
     feature_maps: np.ndarray  # [C, h, w]
     pooled: np.ndarray        # [C]
+    ran: bool = True          # False: a pane the head does not read, not run; its maps and CAM are zeros
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Prediction:
         """The exact class activation map of ``modality``'s pane at feature-map resolution."""
         for pane in self.panes:
             if pane.modality == modality:
+                if not pane.ran:   # what the head computes from zero maps, without computing it
+                    return np.zeros(pane.feature_maps.shape[-2:], dtype=np.float64)
                 return self.head.cam(modality, pane.feature_maps)
         raise InputError(f"no {modality!r} pane in this prediction; panes are {[p.modality for p in self.panes]}")
 
@@ -95,15 +98,18 @@ def fuse(head: FusionHead, panes: Sequence[Pane], maps: Sequence[np.ndarray | No
     if any(m is None for m in maps) and unread is None:
         unread = head.unread_modalities()
     shape = next((np.shape(m) for m in maps if m is not None), None)
-    filled = []
+    results = []
     for pane, pane_maps in zip(panes, maps):
         if pane_maps is None:
             if pane.modality not in unread or shape is None:
                 raise ValueError(f"the {pane.modality} pane was not run, but the head reads it "
                                  f"(unread: {sorted(unread)}) or no pane was run at all")
-            pane_maps = np.zeros((head.channels_of(head.modality_index(pane.modality)), *shape[-2:]), np.float32)
-        filled.append(pane_maps)
-    results = [PaneResult(p.modality, p.roi, m, pool(m)) for p, m in zip(panes, filled)]
+            channels = head.channels_of(head.modality_index(pane.modality))
+            # Zeros pool to zeros: no pass over them (this and the CAM were ~0.1 ms of a 5 ms frame).
+            results.append(PaneResult(pane.modality, pane.roi, np.zeros((channels, *shape[-2:]), np.float32),
+                                      np.zeros(channels, np.float32), ran=False))
+        else:
+            results.append(PaneResult(pane.modality, pane.roi, pane_maps, pool(pane_maps)))
     out = head.predict({r.modality: r.pooled for r in results})
     return Prediction(out.probability, out.logit, threshold, out.contributions, results, head)
 

@@ -56,6 +56,12 @@ def test_fuse_fills_an_unread_pane_with_what_running_it_gives_and_refuses_a_read
     for modality in MODALITIES:
         np.testing.assert_array_equal(skipped.cam(modality), full.cam(modality))
     assert not np.any(skipped.cam("swe"))
+    # Not run: flagged, zero maps and pooled features, and the CAM the head computes from zeros.
+    assert [r.ran for r in skipped.panes] == [True, False, False] and all(r.ran for r in full.panes)
+    for result in skipped.panes[1:]:
+        assert not result.feature_maps.any() and not result.pooled.any()
+        assert result.pooled.shape == (8,) and result.pooled.dtype == full.panes[1].pooled.dtype
+        np.testing.assert_array_equal(skipped.cam(result.modality), head.cam(result.modality, result.feature_maps))
     with pytest.raises(ValueError, match="the bmode pane was not run, but the head reads it"):
         fuse(head, panes, [None, maps[1], maps[2]])
 
