@@ -67,6 +67,11 @@ def _constant_ints(graph: Any, name: str) -> list[int] | None:
     return None
 
 
+def _whole_shape(node: Any) -> bool:
+    """A Shape node that returns every dimension (no ``end``, ``start`` absent or 0)."""
+    return all(a.name == "start" and a.i == 0 for a in node.attribute)
+
+
 def host_mirrored_input(model: Any) -> tuple[Any, bool]:
     """A backbone-only graph with the mirror-image average (export --test-time-flip) whose mirrored copy of
     the input is made by the caller: ``pixels`` becomes [2N, 3, S, S], the N panes then their mirror
@@ -95,25 +100,27 @@ def host_mirrored_input(model: Any) -> tuple[Any, bool]:
         starts = _constant_ints(graph, node.input[1])
         return axes in ([3], [-1]) and steps == [-1] and starts == [-1]
 
-    concat = next((n for n in graph.node if n.op_type == "Concat" and len(n.input) == 2
-                   and any(a.name == "axis" and a.i == 0 for a in n.attribute)
-                   and upstream(n.input[0]) == PIXELS and is_width_mirror(producers.get(upstream(n.input[1])))), None)
-    if concat is None:
+    nodes = list(graph.node)
+    at = next((k for k, n in enumerate(nodes) if n.op_type == "Concat" and len(n.input) == 2
+               and any(a.name == "axis" and a.i == 0 for a in n.attribute)
+               and upstream(n.input[0]) == PIXELS and is_width_mirror(producers.get(upstream(n.input[1])))), None)
+    if at is None:
         return model, False
-    # Every other reader of the input must be a Shape (the tail splits the batch by it): it now sees 2N,
-    # so its first entry is halved. Anything else would see different data: leave the graph alone.
-    derived = {PIXELS} | {out for node in graph.node if node.op_type in _QDQ and upstream(node.input[0]) == PIXELS
-                          for out in node.output}
+    # Nodes are told apart by position, not name: exporters may leave names empty.
     mirror_chain = set()
-    name = concat.input[1]
+    name = nodes[at].input[1]
     while name in producers and producers[name].op_type in _QDQ + ("Slice",):
-        mirror_chain.add(producers[name].name)
+        mirror_chain.add(nodes.index(producers[name]))
         if producers[name].op_type == "Slice":
             break
         name = producers[name].input[0]
-    readers = [n for n in graph.node if n is not concat and n.name not in mirror_chain and n.op_type not in _QDQ
-               and any(i in derived for i in n.input)]
-    if any(n.op_type != "Shape" for n in readers):
+    # Every other reader of the input must be a whole-shape Shape (the tail splits the batch by it): it
+    # now sees 2N, so its first entry is halved. Anything else would see different data: leave it alone.
+    derived = {PIXELS} | {out for node in nodes if node.op_type in _QDQ and upstream(node.input[0]) == PIXELS
+                          for out in node.output}
+    readers = {k for k, n in enumerate(nodes) if k != at and k not in mirror_chain and n.op_type not in _QDQ
+               and any(i in derived for i in n.input)}
+    if not all(nodes[k].op_type == "Shape" and _whole_shape(nodes[k]) for k in readers):
         return model, False
 
     import copy
@@ -123,33 +130,32 @@ def host_mirrored_input(model: Any) -> tuple[Any, bool]:
 
     model = copy.deepcopy(model)
     graph = model.graph
-    reader_names = {n.name for n in readers}
-    nodes = []
-    for node in graph.node:
-        if node.name == concat.name:
+    concatenated = nodes[at].output[0]
+    rewritten = []
+    for k, node in enumerate(graph.node):
+        if k == at:
             continue
         for i, name in enumerate(node.input):
-            if name == concat.output[0]:
+            if name == concatenated:
                 node.input[i] = PIXELS
-        nodes.append(node)
-        if node.name in reader_names:
+        rewritten.append(node)
+        if k in readers:
             halved = node.output[0]
             node.output[0] = f"{halved}/host_mirrored"
             divisor = f"{halved}/host_mirrored_divisor"
             graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 1, 1], dtype=np.int64), divisor))
-            nodes.append(helper.make_node("Div", [node.output[0], divisor], [halved], name=f"{node.name}/host_mirrored"))
+            rewritten.append(helper.make_node("Div", [node.output[0], divisor], [halved], name=f"{halved}/halved"))
     # Drop what no longer feeds anything (the mirror Slice and its quantization).
     wanted = {o.name for o in graph.output}
     while True:
-        used = wanted | {i for n in nodes for i in n.input}
-        kept = [n for n in nodes if any(o in used for o in n.output)]
-        if len(kept) == len(nodes):
+        used = wanted | {i for n in rewritten for i in n.input}
+        kept = [n for n in rewritten if any(o in used for o in n.output)]
+        if len(kept) == len(rewritten):
             break
-        nodes = kept
+        rewritten = kept
     del graph.node[:]
-    graph.node.extend(nodes)
-    used = {i for n in nodes for i in n.input}
-    unused = [init for init in graph.initializer if init.name not in used]
-    for init in unused:
+    graph.node.extend(rewritten)
+    used = {i for n in rewritten for i in n.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
         graph.initializer.remove(init)
     return model, True

@@ -93,3 +93,33 @@ def test_a_flipped_fp32_bundle_through_openvino_matches_onnxruntime(random_model
         scale = max(float(np.abs(want.feature_maps).max()), 1e-12)
         assert float(np.abs(have.feature_maps - want.feature_maps).max()) / scale <= 1e-4
     assert abs(got.probability - expected.probability) <= 1e-4
+
+
+def test_a_partial_shape_reader_leaves_the_graph_alone():
+    """A reader of the input that is not a whole-shape Shape (here: Shape with end=1) would see 2N where
+    it expects N in a way one Div cannot fix: the graph is returned unchanged."""
+    import copy
+
+    exported = backbone_graph(data_path(DEMO_BUNDLE) / "model.int8.onnx")
+    model = copy.deepcopy(exported)
+    shape = next(n for n in model.graph.node if n.op_type == "Shape")
+    from onnx import helper
+
+    shape.attribute.append(helper.make_attribute("end", 1))
+    same, changed = host_mirrored_input(model)
+    assert not changed and same is model
+
+
+def test_nodes_without_names_are_rewritten_by_position():
+    """Exporters may leave node names empty; the rewrite must not confuse such nodes with each other."""
+    import copy
+
+    exported = backbone_graph(data_path(DEMO_BUNDLE) / "model.int8.onnx")
+    anonymous = copy.deepcopy(exported)
+    for node in anonymous.graph.node:
+        node.name = ""
+    rewritten, changed = host_mirrored_input(anonymous)
+    assert changed
+    x = _pixels(2, 128, seed=9)
+    np.testing.assert_allclose(_maps(rewritten, np.ascontiguousarray(np.concatenate([x, x[:, :, :, ::-1]]))),
+                               _maps(exported, x), rtol=0, atol=1e-6)
