@@ -112,7 +112,7 @@ def profile_openvino(model_path: Path, spec: Any, frame: np.ndarray, rois: np.nd
                      threads: int | None, precision: str) -> dict[str, Any]:
     import openvino as ov
 
-    from edge_thyroid.graph import backbone_graph, host_mirrored_input
+    from edge_thyroid.graph import backbone_graph, host_mirrored_input, write_mirror_images
     from edge_thyroid.kernels.opencv_path import OpenCVPreprocessor
 
     core = ov.Core()
@@ -126,10 +126,14 @@ def profile_openvino(model_path: Path, spec: Any, frame: np.ndarray, rois: np.nd
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     opencv = OpenCVPreprocessor(spec)
+    buffer = np.empty((len(rois) * (2 if host_mirror else 1), 3, spec.image_size, spec.image_size), np.float32)
 
     def preprocess(frame: np.ndarray, rois: np.ndarray) -> np.ndarray:
-        pixels = opencv(frame, rois)
-        return np.ascontiguousarray(np.concatenate([pixels, pixels[:, :, :, ::-1]])) if host_mirror else pixels
+        # As the backend: into one buffer, the mirror images written after the panes.
+        opencv(frame, rois, out=buffer[:len(rois)])
+        if host_mirror:
+            write_mirror_images(buffer, len(rois))
+        return buffer
 
     for _ in range(3):
         request.infer({0: preprocess(frame, rois)})

@@ -67,6 +67,12 @@ def _constant_ints(graph: Any, name: str) -> list[int] | None:
     return None
 
 
+def write_mirror_images(pixels: Any, count: int) -> None:
+    """The host's half of ``host_mirrored_input``: ``pixels`` [2N, 3, S, S] holds N preprocessed panes in
+    its first ``count`` rows; write their mirror images (width reversed) into the rest, in place."""
+    pixels[count:] = pixels[:count, :, :, ::-1]
+
+
 def _whole_shape(node: Any) -> bool:
     """A Shape node that returns every dimension (no ``end``, ``start`` absent or 0)."""
     return all(a.name == "start" and a.i == 0 for a in node.attribute)
@@ -75,7 +81,7 @@ def _whole_shape(node: Any) -> bool:
 def host_mirrored_input(model: Any) -> tuple[Any, bool]:
     """A backbone-only graph with the mirror-image average (export --test-time-flip) whose mirrored copy of
     the input is made by the caller: ``pixels`` becomes [2N, 3, S, S], the N panes then their mirror
-    images (``pixels[:, :, :, ::-1]``), and the graph's own ``Concat(pixels, Slice(pixels, step -1))`` is
+    images (``write_mirror_images``), and the graph's own ``Concat(pixels, Slice(pixels, step -1))`` is
     removed. Returns (model, True), or the model unchanged and False when it has no such pattern.
 
     Why: OpenVINO's low-precision pass cannot carry the INT8 input through that Slice and Concat (its

@@ -20,7 +20,7 @@ changes the numbers the accuracy gate approved, so this backend asks for f32 unl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,7 +85,8 @@ class OpenVinoBackend(Backend):
         self._config: dict[str, object] = {}
         self._networks: dict[int, tuple[Any, Any]] = {}  # pane count (0: dynamic) -> (compiled, request)
         self._preprocess: Any = None
-        self._host_mirror = False  # the graph's mirror-image copy of each pane is made here (graph.host_mirrored_input)
+        # graph.write_mirror_images when the graph's mirror-image copy of each pane is made here (host_mirrored_input)
+        self._write_mirrors: Callable[[Any, int], None] | None = None
         self._output_names: list[str] = []
         self.version = ""
 
@@ -106,10 +107,11 @@ class OpenVinoBackend(Backend):
             if self.preprocessing is None:
                 self._model = core.read_model(str(self.model_path))
             else:
-                from ..graph import backbone_graph, host_mirrored_input
+                from ..graph import backbone_graph, host_mirrored_input, write_mirror_images
                 from ..kernels.opencv_path import OpenCVPreprocessor
 
-                backbone, self._host_mirror = host_mirrored_input(backbone_graph(self.model_path))
+                backbone, mirrored = host_mirrored_input(backbone_graph(self.model_path))
+                self._write_mirrors = write_mirror_images if mirrored else None
                 self._model = core.read_model(backbone.SerializeToString())
                 self._preprocess = OpenCVPreprocessor(self.preprocessing)
         except RuntimeError as exc:  # OpenVINO reports unreadable or unsupported models as RuntimeError
@@ -144,6 +146,10 @@ class OpenVinoBackend(Backend):
         return self._networks[panes]
 
     @property
+    def _host_mirror(self) -> bool:
+        return self._write_mirrors is not None
+
+    @property
     def input_names(self) -> list[str]:
         if not self._networks:
             return []
@@ -175,10 +181,8 @@ class OpenVinoBackend(Backend):
             pixels = request.get_input_tensor(0).data
             count = len(rois)
             self._preprocess(feeds[FRAME], rois, out=pixels[:count])
-            if self._host_mirror:
-                import numpy as np
-
-                np.copyto(pixels[count:], pixels[:count, :, :, ::-1])
+            if self._write_mirrors is not None:
+                self._write_mirrors(pixels, count)
             results = request.infer(share_outputs=True)
         # The request owns these buffers and overwrites them on the next call (the pane cache keeps maps):
         # one copy each, made here (share_outputs=False would copy them too, then this would be a second).
