@@ -22,7 +22,7 @@ def batching_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      help="fair (python flavour default): per-client round-robin queues in the model, gRPC clients; "
                           "fifo: Triton's dynamic batcher in arrival order, gRPC and HTTP clients."),
         click.option("--threads", type=click.IntRange(1), default=None,
-                     help="ONNX Runtime threads per backbone pass (default: from --layout)."),
+                     help="Threads per backbone pass (ONNX Runtime's or OpenVINO's; default: from --layout)."),
         click.option("--instances", type=click.IntRange(1), default=None,
                      help="Backbone passes that run at once (default: from --layout)."),
         click.option("--layout", type=click.Choice(["throughput", "latency"]), default="throughput", show_default=True,
@@ -30,7 +30,7 @@ def batching_options(function: Callable[..., Any]) -> Callable[..., Any]:
                           "cores (a single client's frame soonest)."),
         click.option("--max-queue-delay-us", type=click.IntRange(0), default=None,
                      help="fifo scheduling: how long a request waits for others to join its batch (default: "
-                          "2000 with --layout throughput, 0 with --layout latency)."),
+                          "2000 with --layout throughput, 0 with --layout latency or --flavor openvino)."),
         click.option("--max-batch-size", type=click.IntRange(1), default=8, show_default=True,
                      help="Most panes in one backbone pass; larger requests are refused."),
         click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
@@ -45,7 +45,7 @@ def batching_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _batching(dynamic_batching: bool, max_batch_size: int, max_queue_delay_us: int | None, layout: str,
               instances: int | None, threads: int | None, scheduling: str | None, client_queue_limit: int,
-              *, gpu: bool = False):
+              *, gpu: bool = False, flavor: str = "python"):
     """The model's scheduling and its ONNX Runtime threads per pass (None: ONNX Runtime's choice)."""
     from ..serving.repository import BatchingOptions, default_queue_delay_us, layout_passes
 
@@ -54,7 +54,7 @@ def _batching(dynamic_batching: bool, max_batch_size: int, max_queue_delay_us: i
     else:
         passes, per_pass = layout_passes(layout)
     if max_queue_delay_us is None:
-        max_queue_delay_us = default_queue_delay_us(layout)
+        max_queue_delay_us = default_queue_delay_us(layout, flavor)
     options = BatchingOptions(dynamic=dynamic_batching, max_batch_size=max_batch_size,
                               max_queue_delay_us=max_queue_delay_us, instances=instances or passes,
                               scheduling=scheduling, client_queue_limit=client_queue_limit)
@@ -64,9 +64,10 @@ def _batching(dynamic_batching: bool, max_batch_size: int, max_queue_delay_us: i
 @click.command("export-triton")
 @click.argument("bundle", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Model repository folder.")
-@click.option("--flavor", type=click.Choice(["python", "onnxruntime"]), default="python", show_default=True,
-              help="python: Triton's Python backend + ONNX Runtime (the server 'edge-thyroid serve' embeds, CPU); "
-                   "onnxruntime: the onnxruntime backend of the stock Triton containers (GPU instances).")
+@click.option("--flavor", type=click.Choice(["python", "openvino", "onnxruntime"]), default="python", show_default=True,
+              help="python: Triton's Python backend + ONNX Runtime (the server 'edge-thyroid serve' embeds, CPU, fair "
+                   "scheduling); openvino: our C backend running OpenVINO in the embedded server (CPU, fifo, the "
+                   "fastest hop); onnxruntime: the onnxruntime backend of the stock Triton containers (GPU).")
 @click.option("--cpu", "kind", flag_value="cpu", default=None, help="CPU instances (default for --flavor python).")
 @click.option("--gpu", "kind", flag_value="gpu", help="GPU instances (default for --flavor onnxruntime).")
 @click.option("--tensorrt", is_flag=True, help="onnxruntime flavour: run through ONNX Runtime's TensorRT execution provider.")
@@ -83,13 +84,14 @@ def export_triton(bundle, output, flavor, kind, tensorrt, python_env, model_vers
 
     \b
       edge-thyroid export-triton bundle/ -o models/                       # loads in 'edge-thyroid serve'
+      edge-thyroid export-triton bundle/ -o models/ --flavor openvino     # the same server, OpenVINO in-process
       edge-thyroid export-triton bundle/ -o models/ --flavor onnxruntime  # stock Triton GPU container
     """
     from ..serving.repository import write_model
 
     gpu = (flavor == "onnxruntime") if kind is None else kind == "gpu"
     batching, per_pass = _batching(dynamic_batching, max_batch_size, max_queue_delay_us, layout, instances, threads,
-                                   scheduling, client_queue_limit, gpu=gpu)
+                                   scheduling, client_queue_limit, gpu=gpu, flavor=flavor)
     served = write_model(bundle, output, model=model_key, flavor=flavor, batching=batching, execution_env=python_env,
                          gpu=gpu, tensorrt=tensorrt, threads=per_pass, version=model_version, overwrite=overwrite)
     click.echo(f"wrote {served.path} (model {served.name!r}, version {served.version}, {served.flavor.value} backend; "
@@ -109,8 +111,13 @@ def export_triton(bundle, output, flavor, kind, tensorrt, python_env, model_vers
               help="Write the model repository here and keep it (default: a temporary folder).")
 @click.option("--ready-timeout", type=click.FloatRange(1), default=120.0, show_default=True,
               help="Seconds to wait for the server and its models to be ready.")
+@click.option("--flavor", type=click.Choice(["python", "openvino"]), default="python", show_default=True,
+              help="python: Python backend + ONNX Runtime, fair per-client scheduling (many workstations); "
+                   "openvino: our C backend runs OpenVINO in the server process with Triton's dynamic batcher "
+                   "(fifo), ~0.7 ms less per request (one workstation, or trusted clients). Compiled on first use "
+                   "(needs a C compiler).")
 @batching_options
-def serve(bundles, host, grpc_port, http_port, metrics_port, repository, ready_timeout, model_key,
+def serve(bundles, host, grpc_port, http_port, metrics_port, repository, ready_timeout, flavor, model_key,
           dynamic_batching, max_batch_size, max_queue_delay_us, layout, instances, threads, scheduling,
           client_queue_limit) -> None:
     """Serve the backbone of each of BUNDLES with a real Triton Inference Server until Ctrl-C/SIGTERM.
@@ -130,9 +137,9 @@ def serve(bundles, host, grpc_port, http_port, metrics_port, repository, ready_t
     server = None
     try:
         batching, per_pass = _batching(dynamic_batching, max_batch_size, max_queue_delay_us, layout, instances,
-                                       threads, scheduling, client_queue_limit)
-        served = [write_model(bundle, root, model=model_key, batching=batching, threads=per_pass, overwrite=True)
-                  for bundle in bundles]
+                                       threads, scheduling, client_queue_limit, flavor=flavor)
+        served = [write_model(bundle, root, model=model_key, flavor=flavor, batching=batching, threads=per_pass,
+                              overwrite=True) for bundle in bundles]
         server = TritonServer(ServerOptions(root, host=host, grpc_port=ports[0], http_port=ports[1],
                                             metrics_port=ports[2]))
         started = time.monotonic()
@@ -141,7 +148,7 @@ def serve(bundles, host, grpc_port, http_port, metrics_port, repository, ready_t
                    f"metrics {server.metrics_url}", err=True)
         for model in served:
             click.echo(f"  model {model.name} (pixels [N,3,{model.image_size},{model.image_size}], "
-                       f"{model.scheduling.value} scheduling, {batching.instances} pass(es) at once x "
+                       f"{model.flavor.value} flavour, {model.scheduling.value} scheduling, {batching.instances} pass(es) at once x "
                        f"{per_pass or 'default'} thread(s), max batch {batching.max_batch_size}, "
                        f"batching {'on' if batching.dynamic else 'off'})", err=True)
         click.echo("stop with Ctrl-C", err=True)

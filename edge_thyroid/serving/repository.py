@@ -14,6 +14,10 @@ Two flavours of the same model:
   'edge-thyroid[serve]'`` can load (it ships only the Python backend), CPU instances.
 * ``onnxruntime``: the onnxruntime backend of the stock Triton containers, GPU instances by default,
   optionally with ONNX Runtime's TensorRT execution provider.
+* ``openvino``: the backbone run by OpenVINO inside the embedded server's own process, through a small
+  C backend of ours (``native/openvino_backend.c``, compiled on first use; ``native_backend.py``), with
+  Triton's dynamic batcher. No Python stub between Triton and the pass, so the cheapest hop per request
+  here (BENCHMARKS.md: serving); CPU instances, fifo scheduling only.
 
 Each model is named after the bundle model's sha256, and its config carries that hash, so a client
 can check that the server runs exactly the weights its local bundle verified.
@@ -45,11 +49,21 @@ SHA_PARAMETER = "edge_thyroid_model_sha256"
 SIZE_PARAMETER = "edge_thyroid_image_size"
 SCHEDULING_PARAMETER = "edge_thyroid_scheduling"
 MODEL_FILE = "model.onnx"
+NATIVE_BACKEND = "edge_thyroid_openvino"  # native/openvino_backend.c
+HOST_MIRROR_PARAMETER = "edge_thyroid_host_mirror"  # openvino flavour: the input is N panes then their mirrors
+PRECOMPILE_PARAMETER = "edge_thyroid_precompile_panes"  # openvino flavour: networks compiled at load
+CPU_PINNING_PARAMETER = "edge_thyroid_cpu_pinning"  # openvino flavour: threads pinned to cores (one instance only)
 
 
 class Flavor(str, Enum):
     PYTHON = "python"            # the embedded server here: Python backend + ONNX Runtime, CPU
     ONNXRUNTIME = "onnxruntime"  # stock Triton containers: onnxruntime backend (GPU by default)
+    OPENVINO = "openvino"        # the embedded server here: our C backend + OpenVINO, CPU, in-process
+
+    @property
+    def backend(self) -> str:
+        """The backend name config.pbtxt gives Triton."""
+        return NATIVE_BACKEND if self is Flavor.OPENVINO else self.value
 
 
 class Scheduling(str, Enum):
@@ -85,10 +99,15 @@ def layout_passes(layout: Layout | str, cores: int | None = None) -> tuple[int, 
     return (cores, 1) if layout is Layout.THROUGHPUT else (1, cores)
 
 
-def default_queue_delay_us(layout: Layout | str) -> int:
+def default_queue_delay_us(layout: Layout | str, flavor: "Flavor | str" = "python") -> int:
     """fifo scheduling: how long a request short of a full batch waits for company. The latency layout
     serves a client alone, so it waits for nobody: there the wait made each frame ~2 ms slower and
-    batched nothing (BENCHMARKS.md: serving, where the remote pass spends its time)."""
+    batched nothing (BENCHMARKS.md: serving, where the remote pass spends its time). Nor does the
+    openvino flavour: its passes run one thread per instance, where a bigger batch saves no compute,
+    so waiting only delays (4 clients: 143 frames/s with 2 ms, 221 with none; requests that queue
+    while an instance is busy are still batched)."""
+    if Flavor(flavor) is Flavor.OPENVINO:
+        return 0
     return 0 if Layout(layout) is Layout.LATENCY else 2000
 
 
@@ -128,7 +147,7 @@ class BatchingOptions:
             return Scheduling.FAIR if flavor is Flavor.PYTHON else Scheduling.FIFO
         scheduling = Scheduling(self.scheduling)
         if scheduling is Scheduling.FAIR and flavor is not Flavor.PYTHON:
-            raise InputError("fair scheduling runs inside the python flavour's model; the onnxruntime flavour "
+            raise InputError(f"fair scheduling runs inside the python flavour's model; the {flavor.value} flavour "
                              "uses Triton's own scheduler (--scheduling fifo)")
         return scheduling
 
@@ -177,7 +196,10 @@ def write_model(bundle: "Bundle | str | Path", repository: str | Path, *, model:
     if version < 1:
         raise InputError(f"version is {version}; expected a positive integer (Triton's version folders start at 1)")
     if tensorrt and flavor is not Flavor.ONNXRUNTIME:
-        raise InputError("the TensorRT execution provider applies to the onnxruntime flavour; the python flavour runs on CPU")
+        raise InputError(f"the TensorRT execution provider applies to the onnxruntime flavour; the {flavor.value} "
+                         "flavour runs on CPU")
+    if gpu and flavor is Flavor.OPENVINO:
+        raise InputError("the openvino flavour runs on the server's CPU; for GPU instances use --flavor onnxruntime")
     key, entry = bundle.model_entry(model)
     if entry.target.value != "onnxruntime":
         raise BundleError(f"bundle model {key!r} targets {entry.target.value}; Triton serving needs an ONNX model "
@@ -194,6 +216,13 @@ def write_model(bundle: "Bundle | str | Path", repository: str | Path, *, model:
         raise InputError(f"{version_dir} already exists; expected a new repository or --overwrite")
     backbone = backbone_graph(bundle.path(entry.file))
     dims = _output_dims(backbone, size)
+    host_mirror = False
+    if flavor is Flavor.OPENVINO:
+        # The server's backend writes each pane's mirror image, so OpenVINO runs the INT8 stem in INT8
+        # (graph.host_mirrored_input; the same function, as the in-process OpenVINO backend runs it).
+        from ..graph import host_mirrored_input
+
+        backbone, host_mirror = host_mirrored_input(backbone)
     staging = model_dir / f".{version}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -210,21 +239,23 @@ def write_model(bundle: "Bundle | str | Path", repository: str | Path, *, model:
     use_gpu = (flavor is Flavor.ONNXRUNTIME) if gpu is None else gpu
     config = model_config(name, size=size, output_dims=dims, sha256=sha256, flavor=flavor, batching=batching,
                           gpu=use_gpu, tensorrt=tensorrt, threads=threads,
-                          execution_env=Path(execution_env or sys.prefix) if flavor is Flavor.PYTHON else None)
+                          execution_env=Path(execution_env or sys.prefix) if flavor is Flavor.PYTHON else None,
+                          host_mirror=host_mirror,
+                          precompile_panes=min(len(bundle.manifest.modalities), batching.max_batch_size))
     (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
     return ServedModel(name, version, sha256, size, dims, flavor, model_dir, batching.scheduling_for(flavor))
 
 
 def model_config(name: str, *, size: int, output_dims: tuple[int, ...], sha256: str, flavor: Flavor,
                  batching: BatchingOptions, gpu: bool, tensorrt: bool = False, threads: int | None = None,
-                 execution_env: Path | None = None) -> str:
+                 execution_env: Path | None = None, host_mirror: bool = False, precompile_panes: int = 1) -> str:
     """The config.pbtxt text (protobuf text format) of one backbone model."""
     scheduling = batching.scheduling_for(flavor)
     fair = scheduling is Scheduling.FAIR
     outputs = [f'  {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, output_dims))} ] }}']
     if fair:
         outputs.append(f'  {{ name: "{ORDER}" data_type: TYPE_INT64 dims: [ 2 ] }}')
-    lines = [f'name: "{name}"', f'backend: "{flavor.value}"', f"max_batch_size: {batching.max_batch_size}",
+    lines = [f'name: "{name}"', f'backend: "{flavor.backend}"', f"max_batch_size: {batching.max_batch_size}",
              "input [", f'  {{ name: "{PIXELS}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }}', "]",
              "output [", ",\n".join(outputs), "]",
              # fair: one Triton instance holds the one queue; its worker threads are the passes at once.
@@ -244,6 +275,10 @@ def model_config(name: str, *, size: int, output_dims: tuple[int, ...], sha256: 
         parameters["intra_op_threads"] = str(int(threads))
     if flavor is Flavor.ONNXRUNTIME and threads:
         parameters["intra_op_thread_count"] = str(int(threads))
+    if flavor is Flavor.OPENVINO:
+        parameters[HOST_MIRROR_PARAMETER] = "1" if host_mirror else "0"
+        parameters[PRECOMPILE_PARAMETER] = str(int(precompile_panes))
+        parameters[CPU_PINNING_PARAMETER] = "1" if batching.instances == 1 else "0"
     for key, value in parameters.items():
         lines.append(f'parameters: {{ key: "{key}" value: {{ string_value: "{_escape(value)}" }} }}')
     if tensorrt:

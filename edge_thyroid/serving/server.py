@@ -166,6 +166,14 @@ class TritonServer:
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="edge-thyroid-triton-"))
         backends = python_backend_directory(installation, options.python_version, self._scratch / "backends")
+        from . import native_backend
+
+        if native_backend.repository_uses_it(options.repository):
+            if backends is None:
+                raise ServerError(f"the repository's openvino-flavour models need the {native_backend.NAME} backend, "
+                                  "which is laid out for the embedded server only; in a Triton container serve the "
+                                  "onnxruntime flavour (export-triton --flavor onnxruntime)")
+            native_backend.install(backends)
         if backends is not None:
             args.append(f"--backend-directory={backends}")
         return args + list(options.extra_args)
