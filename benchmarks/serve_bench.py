@@ -96,14 +96,17 @@ def interleaved(engines: dict[str, Engine], frames: list[np.ndarray], panes: lis
 
 
 def latency_rows(bundle: Path, url: str, frames: list[np.ndarray], panes: list, rounds: int,
-                 block: int = 1) -> list[dict]:
+                 block: int = 1, flavor: str = "python") -> list[dict]:
     """Per-frame latency of the same frames through each configuration, interleaved as ``interleaved``
     does (frame by frame for block 1; in back-to-back blocks, each block's first frame not counted,
-    otherwise): p50/p90 and the p50 overhead over the in-process engine."""
-    configs = {"in-process (onnxruntime)": {}, "triton grpc + shared memory": {"backend": "triton", "server": url},
+    otherwise): p50/p90 and the p50 overhead over the in-process engine that runs what the server runs
+    (ONNX Runtime for the python flavour, OpenVINO for the openvino flavour)."""
+    local = "openvino" if flavor == "openvino" else "onnxruntime"
+    in_process = f"in-process ({local})"
+    configs = {in_process: {"backend": local}, "triton grpc + shared memory": {"backend": "triton", "server": url},
                "triton grpc (tensors in the request)": {"backend": "triton", "server": url, "shared_memory": False}}
     engines = {name: Engine(bundle, **ENGINE_OPTIONS, **options) for name, options in configs.items()}
-    sent = len([p for p in panes if p.modality not in engines["in-process (onnxruntime)"].unread_modalities])
+    sent = len([p for p in panes if p.modality not in engines[in_process].unread_modalities])
     times: dict[str, list[float]] = {name: [] for name in configs}
     try:
         for row in interleaved(engines, frames, panes, rounds, block):
@@ -112,7 +115,7 @@ def latency_rows(bundle: Path, url: str, frames: list[np.ndarray], panes: list, 
     finally:
         for engine in engines.values():
             engine.close()
-    base = statistics.median(times["in-process (onnxruntime)"])
+    base = statistics.median(times[in_process])
     return [{"config": name, "frames": len(v), "block": block, "panes_run": sent, "p50_ms": round(statistics.median(v), 2),
              "p90_ms": round(float(np.percentile(v, 90)), 2), "overhead_p50_ms": round(statistics.median(v) - base, 2)}
             for name, v in times.items()]
@@ -256,19 +259,25 @@ class Config:
     scheduling: str
     layout: str
     dynamic: bool
+    flavor: str = "python"
 
 
 CONFIGS = [Config("throughput", "fair", "throughput", True), Config("throughput", "fair", "throughput", False),
            Config("latency", "fair", "latency", True), Config("latency", "fair", "latency", False),
-           Config("fifo-latency", "fifo", "latency", True), Config("fifo-latency", "fifo", "latency", False)]
+           Config("fifo-latency", "fifo", "latency", True), Config("fifo-latency", "fifo", "latency", False),
+           # our C backend running OpenVINO in the server process (serve --flavor openvino), Triton's batcher
+           Config("openvino-latency", "fifo", "latency", True, "openvino"),
+           Config("openvino-latency", "fifo", "latency", False, "openvino"),
+           Config("openvino-throughput", "fifo", "throughput", True, "openvino"),
+           Config("openvino-throughput", "fifo", "throughput", False, "openvino")]
 
 
 def serve(bundle: Path, root: Path, config: Config, cores: int, max_batch_size: int):
     """One server; no client queue limit, so the flood in the fairness rows is served, not refused."""
     passes, threads = layout_passes(config.layout, cores)
-    batching = BatchingOptions(dynamic=config.dynamic, max_batch_size=max_batch_size, max_queue_delay_us=default_queue_delay_us(config.layout),
+    batching = BatchingOptions(dynamic=config.dynamic, max_batch_size=max_batch_size, max_queue_delay_us=default_queue_delay_us(config.layout, config.flavor),
                                instances=passes, scheduling=config.scheduling, client_queue_limit=0)
-    model = write_model(bundle, root, batching=batching, threads=threads, overwrite=True)
+    model = write_model(bundle, root, flavor=config.flavor, batching=batching, threads=threads, overwrite=True)
     options = ServerOptions(root, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     return TritonServer(options).start(timeout_s=180), model, passes, threads
 
@@ -317,7 +326,9 @@ def main() -> None:
     parser.add_argument("bundle", nargs="?", default=str(DEMO_BUNDLE))
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per throughput row")
     parser.add_argument("--clients", default="1,2,4,8")
-    parser.add_argument("--servers", default="throughput,latency,fifo-latency")
+    parser.add_argument("--servers", default="throughput,latency,fifo-latency",
+                        help="comma-separated, the first one's server runs the latency rows: "
+                             + ", ".join(dict.fromkeys(c.name for c in CONFIGS)))
     parser.add_argument("--frames", type=int, default=12, help="distinct frames (cycled)")
     parser.add_argument("--rounds", type=int, default=2, help="latency rounds over the frames (0: skip)")
     parser.add_argument("--every-pane", action="store_true",
@@ -358,11 +369,12 @@ def main() -> None:
                                         args.max_batch_size)
                 if config.dynamic:
                     _, model, passes, threads = servers[config]
-                    record["servers"].append({"name": config.name, "scheduling": config.scheduling,
+                    record["servers"].append({"name": config.name, "scheduling": config.scheduling, "flavor": config.flavor,
                                               "layout": config.layout, "passes": passes, "threads": threads})
             first = servers[configs[0]][0]
             if args.rounds:
-                record["latency"] = latency_rows(bundle, first.grpc_url, frames, panes, args.rounds, args.block)
+                record["latency"] = latency_rows(bundle, first.grpc_url, frames, panes, args.rounds, args.block,
+                                                 configs[0].flavor)
                 for row in record["latency"]:
                     print(f"latency  {row['config']:<40} p50 {row['p50_ms']:7.2f} ms  p90 {row['p90_ms']:7.2f} ms  "
                           f"overhead p50 {row['overhead_p50_ms']:+.2f} ms", flush=True)

@@ -88,3 +88,18 @@ def test_block_must_be_positive():
 
     with pytest.raises(ValueError, match="block must be >= 1"):
         _run_interleaved(block=0)
+
+
+def test_a_server_without_a_stage_log_and_two_servers_summarised_apart(tmp_path):
+    """The openvino flavour's server keeps no stage log; runs of two servers get a median each."""
+    assert loopback_runs.shm_client_passes(tmp_path / "absent.jsonl") == {
+        "inline": None, "passes": None, "server_p50_ms": None, "filed_wait_p50_ms": None}
+    runs = [{"run": run, "server": server, "in_process": "in-process (x)", "in_process_p50_ms": 5.0,
+             "remote_p50_ms": 5.0 + overhead, "overhead_p50_ms": overhead, "inline": None, "passes": None,
+             "server_p50_ms": None, "filed_wait_p50_ms": None, "load_average": 1.0}
+            for run, server, overhead in [(1, "latency", 2.5), (1, "openvino-latency", 1.0), (2, "openvino-latency", 1.4),
+                                          (2, "latency", 1.5), (3, "latency", 2.1), (3, "openvino-latency", 0.9)]]
+    text = loopback_runs.markdown(runs, "cmd", "vm", "now", 1.0)
+    assert "latency: median over runs **+2.10 ms** (range +1.50 to +2.50); 1 of 3 runs within" in text
+    assert "openvino-latency: median over runs **+1.00 ms** (range +0.90 to +1.40); 3 of 3 runs within" in text
+    assert "| 2 | openvino-latency | 1.0 | in-process (x) 5.00 | 6.40 | +1.40 | - | - | - |" in text
