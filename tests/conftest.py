@@ -68,6 +68,20 @@ def random_bundle(tmp_path_factory, random_model) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def native_backend_cache(tmp_path_factory):
+    """The openvino serving flavour's compiled backend goes to a test cache, never the user's."""
+    from edge_thyroid.serving.native_backend import CACHE_VARIABLE
+
+    previous = os.environ.get(CACHE_VARIABLE)
+    os.environ[CACHE_VARIABLE] = str(tmp_path_factory.mktemp("native-backend-cache"))
+    yield Path(os.environ[CACHE_VARIABLE])
+    if previous is None:
+        os.environ.pop(CACHE_VARIABLE, None)
+    else:
+        os.environ[CACHE_VARIABLE] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
 def auto_backend_cache(tmp_path_factory):
     """--backend auto caches its decisions; tests keep theirs out of the user's cache directory."""
     from edge_thyroid.autoselect import CACHE_ENV

@@ -28,20 +28,14 @@ from .test_triton_serving import DEMO_BUNDLE, classify, engine, needs_server, st
 pytestmark = [needs_server, needs_torch]
 
 
-@pytest.fixture(scope="module")
-def native_cache(tmp_path_factory):
-    """Builds go to a test cache, never the user's."""
-    previous = os.environ.get(native_backend.CACHE_VARIABLE)
-    os.environ[native_backend.CACHE_VARIABLE] = str(tmp_path_factory.mktemp("native-cache"))
-    yield Path(os.environ[native_backend.CACHE_VARIABLE])
-    if previous is None:
-        os.environ.pop(native_backend.CACHE_VARIABLE, None)
-    else:
-        os.environ[native_backend.CACHE_VARIABLE] = previous
+@pytest.fixture
+def native_cache(native_backend_cache):
+    """conftest points every build at a test cache, never the user's."""
+    return native_backend_cache
 
 
 @pytest.fixture(scope="module")
-def openvino_server(native_cache, random_bundle, tmp_path_factory):
+def openvino_server(random_bundle, tmp_path_factory):
     """One server, two models: the random FP32 bundle (no mirror average) and the shipped INT8 bundle
     (mirror average: the backend writes the mirror images). A 0.5 s queue delay and room for 4 panes,
     so requests sent together are batched together."""
@@ -91,6 +85,7 @@ def test_export_triton_writes_the_openvino_flavour(tmp_path):
 
 
 def test_the_backend_is_built_once_and_cached(native_cache):
+    assert native_backend.cache_root() == native_cache
     first = native_backend.build()
     stamp = first.stat().st_mtime_ns
     assert first.is_file() and first.name == "libtriton_edge_thyroid_openvino.so"
@@ -204,7 +199,7 @@ def test_malformed_requests_are_refused_and_the_server_stays_up(openvino_server)
     client.close()
 
 
-def test_serve_with_the_openvino_flavour(random_bundle, native_cache, tmp_path):
+def test_serve_with_the_openvino_flavour(random_bundle, tmp_path):
     log = tmp_path / "serve.log"
     with open(log, "w") as handle:
         process = subprocess.Popen([sys.executable, "-m", "edge_thyroid", "serve", str(random_bundle), "--flavor",

@@ -572,9 +572,10 @@ def test_four_concurrent_streams_share_the_server(served, tmp_path):
     assert inference_successes(served.server, served.fp32.name) - before == 4 * frames
 
 
-def test_a_server_killed_and_restarted_mid_stream(random_bundle, tmp_path):
+@pytest.mark.parametrize("flavor", ["python", "openvino"])
+def test_a_server_killed_and_restarted_mid_stream(random_bundle, tmp_path, flavor):
     repository = tmp_path / "models"
-    model = write_model(random_bundle, repository, threads=1)
+    model = write_model(random_bundle, repository, flavor=flavor, threads=1)
     ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
     server = start_server(repository, **ports)
     out = tmp_path / "stream.jsonl"
