@@ -104,6 +104,11 @@ def test_a_failing_compiler_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("CC")
     with pytest.raises(ServerError, match="found no C compiler"):
         native_backend.build(tmp_path)
+    # A backend built before needs no compiler: a workstation without one reuses the cache.
+    monkeypatch.undo()
+    built = native_backend.build(tmp_path / "cache")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert native_backend.build(tmp_path / "cache") == built
 
 
 def test_remote_maps_equal_in_process_openvino_and_onnxruntime(openvino_server, random_bundle):

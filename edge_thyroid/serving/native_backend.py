@@ -2,7 +2,7 @@
 of a model repository runs in, and lay it out where ``tritonserver --backend-directory`` finds it.
 
 Triton loads a backend named ``B`` from ``<backend directory>/B/libtriton_B.so``. The library is
-compiled once per (source, OpenVINO installation, compiler) with the machine's C compiler against the
+compiled once per (source, OpenVINO installation) with the machine's C compiler against the
 OpenVINO wheel's own C headers and ``libopenvino_c``, and cached (``$XDG_CACHE_HOME/edge-thyroid``), so a
 server start after the first costs no compile. What it saves is measured in BENCHMARKS.md (serving).
 """
@@ -58,12 +58,12 @@ def compiler() -> str:
 def build(cache: Path | None = None) -> Path:
     """The compiled backend library, built now if the cache has none for this source and OpenVINO."""
     include, library = openvino_c_library()
-    cc = compiler()
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), str(library.resolve()).encode(),
-                                     str(library.stat().st_size).encode(), cc.encode()])).hexdigest()[:16]
+                                     str(library.stat().st_size).encode()])).hexdigest()[:16]
     target = (cache or cache_root()) / "triton-backends" / key / NAME / f"libtriton_{NAME}.so"
     if target.is_file():
-        return target
+        return target  # built before: no compiler needed now
+    cc = compiler()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         partial = Path(scratch) / target.name
