@@ -100,6 +100,20 @@ def seg_loss(seg_logits: torch.Tensor, inside: torch.Tensor, valid: torch.Tensor
     return per_crop.mean()
 
 
+# The binary head's target per TI-RADS level (2, 3, 4a, 4b, 4c, 5) with --level-targets: the same side
+# of 0.5 as the binary label (2-3 benign, 4a-5 malignant), ordered within each side, so a cystic or
+# spongiform TI-RADS 2 nodule is asked for a lower score than a TI-RADS 3 one. Fixed before any run.
+LEVEL_TARGETS: tuple[float, ...] = (0.0, 0.25, 0.75, 0.85, 0.95, 1.0)
+
+
+def level_targets(labels: torch.Tensor, levels: torch.Tensor,
+                  table: tuple[float, ...] = LEVEL_TARGETS) -> torch.Tensor:
+    """Binary targets from TI-RADS levels where a crop has one (``levels`` >= 0), its 0/1 label where not."""
+    lookup = torch.tensor(table, dtype=torch.float32, device=labels.device)
+    known = levels >= 0
+    return torch.where(known, lookup[levels.clamp(min=0)], labels.to(torch.float32))
+
+
 def ordinal_targets(levels: torch.Tensor, num_levels: int) -> torch.Tensor:
     """Level index (B, long) -> cumulative targets B x (K-1): target[k] = level > k."""
     thresholds = torch.arange(num_levels - 1, device=levels.device)

@@ -46,7 +46,7 @@ from .augment import (box_at_margin, burn_in_marks, crop, mask_bbox, sample_box,
 from .checkpoint import CheckpointInfo, save_checkpoint
 from .datapack import TIRADS_LEVELS, DataPack, pack_for
 from .descriptors import DESCRIPTOR_NAMES, descriptor_scale, nodule_descriptors, standardised
-from .guidance import GuidedClassifier, cam_outside_loss, descriptor_loss, ordinal_loss, seg_loss
+from .guidance import GuidedClassifier, cam_outside_loss, descriptor_loss, level_targets, ordinal_loss, seg_loss
 from .models import BACKBONE_CHANNELS, MODALITIES, MultimodalClassifier
 from .train import Ema, lr_lambda, smooth_targets
 
@@ -77,6 +77,7 @@ class NoduleRecipe:
     seg_weight: float = 0.5
     ordinal_weight: float = 0.5
     descriptor_weight: float = 0.0  # 0: no descriptor head (the shipped recipe)
+    level_targets: bool = False   # binary targets graded by TI-RADS level (guidance.LEVEL_TARGETS); off: 0/1
     seed: int = 0
     init: str | None = None       # a pre-trained checkpoint whose backbone starts the run
     label_source: str = LABEL_SOURCE
@@ -300,8 +301,9 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
             with autocast:
                 outputs = model(pixels)
             logit, cam = outputs["logit"].float(), outputs["cam"].float()
+            target = level_targets(label, level) if recipe.level_targets else label
             losses = {
-                "cls": F.binary_cross_entropy_with_logits(logit[known], smooth_targets(label[known], recipe.label_smoothing)),
+                "cls": F.binary_cross_entropy_with_logits(logit[known], smooth_targets(target[known], recipe.label_smoothing)),
                 "cam": cam_outside_loss(cam, coverage, has_mask),
                 "seg": seg_loss(outputs["seg"].float(), coverage, has_mask),
                 "ord": ordinal_loss(outputs["ordinal"].float(), level),

@@ -70,6 +70,23 @@ def test_ordinal_targets_loss_and_level():
     assert float(ordinal_loss(logits, torch.tensor([-1, -1, -1]))) == 0.0
 
 
+def test_level_targets_grade_by_tirads_and_keep_each_label_on_its_side():
+    import torch
+
+    from edge_thyroid.export.datapack import TIRADS_LEVELS
+    from edge_thyroid.export.guidance import LEVEL_TARGETS, level_targets
+
+    assert len(LEVEL_TARGETS) == len(TIRADS_LEVELS)
+    labels = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    levels = torch.tensor([0, 1, 2, 3, 4, 5, -1, -1])  # 2, 3, 4a, 4b, 4c, 5, then two without a level
+    got = level_targets(labels, levels).numpy()
+    np.testing.assert_allclose(got, [0.0, 0.25, 0.75, 0.85, 0.95, 1.0, 1.0, 0.0])
+    # Every graded target is on its binary label's side of 0.5, and ordered by level.
+    benign = np.array([TIRADS_LEVELS.index(v) for v in ("2", "3")])
+    assert (np.asarray(LEVEL_TARGETS)[benign] < 0.5).all() and (np.asarray(LEVEL_TARGETS)[2:] > 0.5).all()
+    assert list(LEVEL_TARGETS) == sorted(LEVEL_TARGETS)
+
+
 def test_guided_logit_is_the_products_logit_and_cam_is_exact():
     """The training wrapper's logit equals MultimodalClassifier's on a B-mode pane, and the CAM it
     guides is the runtime's: mean(CAM) + presence bias + bias = logit."""
