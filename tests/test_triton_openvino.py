@@ -100,6 +100,18 @@ def test_a_failing_compiler_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "false")  # a "compiler" that exits 1
     with pytest.raises(ServerError, match="compiling the edge_thyroid_openvino Triton backend failed"):
         native_backend.build(tmp_path)
+    # A compiler that reports an error: its first error line is what the user sees.
+    fake = tmp_path / "fakecc"
+    fake.write_text("#!/bin/sh\necho 'x.c:1:1: error: the real cause' >&2\necho 'compilation terminated.' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    with pytest.raises(ServerError, match="exited with 1\\): x.c:1:1: error: the real cause"):
+        native_backend.build(tmp_path)
+    # An unwritable cache folder is named, with the variable that moves it.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would go")
+    with pytest.raises(ServerError, match="EDGE_THYROID_CACHE"):
+        native_backend.build(blocked)
     monkeypatch.setenv("PATH", str(tmp_path))  # no compiler at all
     monkeypatch.delenv("CC")
     with pytest.raises(ServerError, match="found no C compiler"):

@@ -55,28 +55,39 @@ def compiler() -> str:
                       "--flavor python")
 
 
+# Flags of every build (part of the cache key, so a change of them rebuilds).
+FLAGS = ("-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-shared", "-fPIC", "-fvisibility=hidden")
+
+
 def build(cache: Path | None = None) -> Path:
     """The compiled backend library, built now if the cache has none for this source and OpenVINO."""
     include, library = openvino_c_library()
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), str(library.resolve()).encode(),
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), str(library.resolve()).encode(),
                                      str(library.stat().st_size).encode()])).hexdigest()[:16]
     target = (cache or cache_root()) / "triton-backends" / key / NAME / f"libtriton_{NAME}.so"
     if target.is_file():
         return target  # built before: no compiler needed now
     cc = compiler()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        partial = Path(scratch) / target.name
-        # The Triton symbols stay undefined: they resolve against the server that loads the library.
-        command = [cc, "-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-shared", "-fPIC", "-fvisibility=hidden",
-                   str(SOURCE), f"-I{include}", f"-L{library.parent}", f"-l:{library.name}",
-                   f"-Wl,-rpath,{library.parent}", "-o", str(partial)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip().splitlines()
-            raise ServerError(f"compiling the {NAME} Triton backend failed ({' '.join(command[:2])} ...): "
-                              f"{detail[-1] if detail else 'no output'}")
-        partial.replace(target)  # atomic: a concurrent build of the same key writes the same bytes
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            partial = Path(scratch) / target.name
+            # The Triton symbols stay undefined: they resolve against the server that loads the library.
+            command = [cc, *FLAGS, str(SOURCE), f"-I{include}", f"-L{library.parent}", f"-l:{library.name}",
+                       f"-Wl,-rpath,{library.parent}", "-o", str(partial)]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if result.returncode != 0:
+                lines = (result.stderr or result.stdout).strip().splitlines()
+                # The first error names the cause; the last lines are often only "compilation terminated".
+                detail = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "no output")
+                raise ServerError(f"compiling the {NAME} Triton backend failed ({cc} exited with "
+                                  f"{result.returncode}): {detail.strip()[:300]}")
+            partial.replace(target)  # atomic: a concurrent build of the same key writes the same bytes
+    except subprocess.TimeoutExpired:
+        raise ServerError(f"compiling the {NAME} Triton backend with {cc} took over 300 s; expected ~1 s") from None
+    except OSError as exc:
+        raise ServerError(f"cannot build the {NAME} Triton backend in {target.parents[1]}: {exc.strerror or exc}; "
+                          f"set ${CACHE_VARIABLE} to a writable folder") from None
     return target
 
 

@@ -42,6 +42,7 @@ enum { TRITON_TYPE_FP32 = 11 };
 enum { TRITON_MEMORY_CPU = 0, TRITON_MEMORY_CPU_PINNED = 1 };
 enum { TRITON_RESPONSE_COMPLETE_FINAL = 1, TRITON_REQUEST_RELEASE_ALL = 1 };
 enum { TRITON_ARTIFACT_FILESYSTEM = 0 };
+enum { TRITON_LOG_ERROR = 2 };
 #define BACKEND_API_MAJOR 1u
 #define BACKEND_API_MINOR 10u /* everything used here exists since 1.10 */
 
@@ -50,6 +51,9 @@ enum { TRITON_ARTIFACT_FILESYSTEM = 0 };
 
 IMPORT TRITONSERVER_Error* TRITONSERVER_ErrorNew(int code, const char* message);
 IMPORT void TRITONSERVER_ErrorDelete(TRITONSERVER_Error* error);
+IMPORT int TRITONSERVER_ErrorCode(TRITONSERVER_Error* error);
+IMPORT const char* TRITONSERVER_ErrorMessage(TRITONSERVER_Error* error);
+IMPORT TRITONSERVER_Error* TRITONSERVER_LogMessage(int level, const char* filename, int line, const char* message);
 IMPORT TRITONSERVER_Error* TRITONSERVER_MessageSerializeToJson(TRITONSERVER_Message* message, const char** base,
                                                                size_t* byte_size);
 IMPORT TRITONSERVER_Error* TRITONSERVER_MessageDelete(TRITONSERVER_Message* message);
@@ -113,26 +117,55 @@ static TRITONSERVER_Error* error_of(int code, const char* format, const char* de
 
 static TRITONSERVER_Error* ov_error(ov_status_e status, const char* what) {
     char text[1024];
-    const char* last = ov_get_last_err_msg();
+    const char* last = ov_get_last_err_msg(); /* a copy of ours to free */
     snprintf(text, sizeof text, "edge_thyroid_openvino: %s failed: %s (%s)", what, ov_get_error_info(status),
              last ? last : "");
+    if (last) ov_free(last);
     return TRITONSERVER_ErrorNew(TRITON_ERROR_INTERNAL, text);
 }
 
-/* The string value of a config parameter: "<key>":{"string_value":"<value>"} in the config's JSON. Our
- * repository writer emits these; a missing key gives the fallback. */
-static long config_parameter(const char* json, const char* key, long fallback) {
+/* Errors of bookkeeping calls (statistics, release) change nothing for the client: dropped. */
+static void ignore(TRITONSERVER_Error* error) {
+    if (error) TRITONSERVER_ErrorDelete(error);
+}
+
+/* A new error with the same code and text, for each request a failed pass answers. */
+static TRITONSERVER_Error* copy_error(TRITONSERVER_Error* error) {
+    return TRITONSERVER_ErrorNew(TRITONSERVER_ErrorCode(error), TRITONSERVER_ErrorMessage(error));
+}
+
+static void log_error(TRITONSERVER_Error* error) {
+    ignore(TRITONSERVER_LogMessage(TRITON_LOG_ERROR, __FILE__, __LINE__, TRITONSERVER_ErrorMessage(error)));
+}
+
+static const char* skip_space(const char* at) {
+    while (*at == ' ' || *at == '\n' || *at == '\t' || *at == '\r') ++at;
+    return at;
+}
+
+/* The JSON value after "<key>": (spaces allowed), or NULL. Triton serializes the config compactly;
+ * the scanner does not rely on it. */
+static const char* json_value(const char* json, const char* key) {
     char needle[256];
-    snprintf(needle, sizeof needle, "\"%s\":{\"string_value\":\"", key);
-    const char* at = strstr(json, needle);
-    return at ? strtol(at + strlen(needle), NULL, 10) : fallback;
+    snprintf(needle, sizeof needle, "\"%s\"", key);
+    for (const char* at = strstr(json, needle); at; at = strstr(at + 1, needle)) {
+        const char* after = skip_space(at + strlen(needle));
+        if (*after == ':') return skip_space(after + 1);
+    }
+    return NULL;
+}
+
+/* A config parameter written by our repository writer: "<key>": {"string_value": "<integer>"}. */
+static long config_parameter(const char* json, const char* key, long fallback) {
+    const char* value = json_value(json, key);
+    if (!value || *value != '{') return fallback;
+    value = json_value(value, "string_value");
+    return value && *value == '"' ? strtol(value + 1, NULL, 10) : fallback;
 }
 
 static long config_integer(const char* json, const char* key, long fallback) {
-    char needle[128];
-    snprintf(needle, sizeof needle, "\"%s\":", key);
-    const char* at = strstr(json, needle);
-    return at ? strtol(at + strlen(needle), NULL, 10) : fallback;
+    const char* value = json_value(json, key);
+    return value ? strtol(value, NULL, 10) : fallback;
 }
 
 /* ---- model: where the file is and how to run it -------------------------------------------------------- */
@@ -206,7 +239,8 @@ EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* mo
         return err;
     }
     fclose(probe);
-    return TRITONBACKEND_ModelSetState(model, state);
+    if ((err = TRITONBACKEND_ModelSetState(model, state))) free(state);
+    return err;
 }
 
 EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelFinalize(TRITONBACKEND_Model* model) {
@@ -220,8 +254,10 @@ EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelFinalize(TRITONBACKEND_Model* mode
 typedef struct {
     ov_compiled_model_t* compiled;
     ov_infer_request_t* request;
-    float* input;        /* the request's own input tensor: [panes (x2 with mirror), 3, S, S] */
-    size_t input_floats; /* per pane */
+    ov_tensor_t* input_tensor; /* the request's own input tensor, held so `input` stays its data */
+    float* input;              /* [panes (x2 with mirror), 3, S, S] */
+    size_t input_floats;       /* per pane */
+    char failed[512];          /* a compile that failed is not retried on every batch: its message */
 } Network;
 
 typedef struct {
@@ -231,15 +267,25 @@ typedef struct {
 } InstanceState;
 
 static void free_network(Network* network) {
+    if (network->input_tensor) ov_tensor_free(network->input_tensor);
     if (network->request) ov_infer_request_free(network->request);
     if (network->compiled) ov_compiled_model_free(network->compiled);
     memset(network, 0, sizeof *network);
 }
 
+static TRITONSERVER_Error* compile_network(InstanceState* instance, long panes, Network* network);
+
 static TRITONSERVER_Error* network_for(InstanceState* instance, long panes, Network** out) {
     Network* network = &instance->networks[panes];
     *out = network;
     if (network->request) return NULL;
+    if (network->failed[0]) return TRITONSERVER_ErrorNew(TRITON_ERROR_INTERNAL, network->failed);
+    TRITONSERVER_Error* err = compile_network(instance, panes, network);
+    if (err) snprintf(network->failed, sizeof network->failed, "%s", TRITONSERVER_ErrorMessage(err));
+    return err;
+}
+
+static TRITONSERVER_Error* compile_network(InstanceState* instance, long panes, Network* network) {
     ModelState* model = instance->model;
     ov_model_t* graph = NULL;
     ov_status_e status = ov_core_read_model(instance->core, model->model_path, NULL, &graph);
@@ -269,11 +315,9 @@ static TRITONSERVER_Error* network_for(InstanceState* instance, long panes, Netw
     ov_model_free(graph);
     if (status != OK) return ov_error(status, "compiling the backbone");
     status = ov_compiled_model_create_infer_request(network->compiled, &network->request);
-    ov_tensor_t* tensor = NULL;
-    if (status == OK) status = ov_infer_request_get_input_tensor_by_index(network->request, 0, &tensor);
+    if (status == OK) status = ov_infer_request_get_input_tensor_by_index(network->request, 0, &network->input_tensor);
     void* data = NULL;
-    if (status == OK) status = ov_tensor_data(tensor, &data);
-    if (tensor) ov_tensor_free(tensor);
+    if (status == OK) status = ov_tensor_data(network->input_tensor, &data);
     if (status != OK) {
         free_network(network);
         return ov_error(status, "creating an inference request");
@@ -307,7 +351,12 @@ EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_M
             return err;
         }
     }
-    return TRITONBACKEND_ModelInstanceSetState(handle, instance);
+    if ((err = TRITONBACKEND_ModelInstanceSetState(handle, instance))) {
+        for (long i = 1; i <= MAX_PANES; ++i) free_network(&instance->networks[i]);
+        ov_core_free(instance->core);
+        free(instance);
+    }
+    return err;
 }
 
 EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInstance* handle) {
@@ -323,8 +372,8 @@ EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_Mod
 }
 
 /* ---- execute: the requests' panes as one pass ------------------------------------------------------------ */
-static TRITONSERVER_Error* request_panes(TRITONBACKEND_Request* request, long image_size, TRITONBACKEND_Input** input,
-                                         long* panes) {
+static TRITONSERVER_Error* request_panes(TRITONBACKEND_Request* request, long image_size, long max_panes,
+                                         TRITONBACKEND_Input** input, long* panes) {
     TRITONSERVER_Error* err = TRITONBACKEND_RequestInput(request, INPUT_NAME, input);
     if (err) return err;
     const int64_t* shape = NULL;
@@ -333,7 +382,7 @@ static TRITONSERVER_Error* request_panes(TRITONBACKEND_Request* request, long im
     uint64_t byte_size = 0;
     if ((err = TRITONBACKEND_InputProperties(*input, NULL, &datatype, &shape, &dims, &byte_size, NULL))) return err;
     if (datatype != TRITON_TYPE_FP32 || dims != 4 || shape[1] != 3 || shape[2] != image_size ||
-        shape[3] != image_size || shape[0] < 1 ||
+        shape[3] != image_size || shape[0] < 1 || shape[0] > max_panes ||
         byte_size != (uint64_t)shape[0] * 3 * image_size * image_size * sizeof(float)) {
         return error_of(TRITON_ERROR_INVALID_ARG,
                         "edge_thyroid_openvino: input 'pixels' must be FP32 [N, 3, S, S] with the model's S and "
@@ -406,8 +455,9 @@ EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_Mode
     long total = 0;
     for (uint32_t r = 0; r < count; ++r) {
         ok[r] = false;
-        TRITONSERVER_Error* bad = request_panes(requests[r], model->image_size, &inputs[r], &panes[r]);
-        if (!bad && total + panes[r] > model->max_batch_size)
+        TRITONSERVER_Error* bad = request_panes(requests[r], model->image_size, model->max_batch_size, &inputs[r],
+                                                &panes[r]);
+        if (!bad && panes[r] > model->max_batch_size - total)
             bad = error_of(TRITON_ERROR_INVALID_ARG, "edge_thyroid_openvino: more panes than max_batch_size%s", NULL);
         if (bad) {
             answer_error(requests[r], bad);
@@ -418,7 +468,7 @@ EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_Mode
         ok[r] = true;
     }
 
-    TRITONSERVER_Error* failure = NULL;
+    TRITONSERVER_Error* failure = NULL; /* of the pass: every request in it is answered with it */
     Network* network = NULL;
     uint64_t compute_start = 0, compute_end = 0;
     const float* maps = NULL;
@@ -428,11 +478,16 @@ EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_Mode
     if (total > 0) failure = network_for(instance, total, &network);
     if (total > 0 && !failure) {
         size_t pane_bytes = network->input_floats * sizeof(float);
-        for (uint32_t r = 0; r < count && !failure; ++r)
-            if (ok[r])
-                failure = read_pixels(inputs[r], (char*)(network->input + first[r] * network->input_floats),
-                                      (uint64_t)panes[r] * pane_bytes);
-        if (!failure && model->host_mirror) {
+        for (uint32_t r = 0; r < count; ++r) {
+            if (!ok[r]) continue;
+            TRITONSERVER_Error* bad = read_pixels(inputs[r], (char*)(network->input + first[r] * network->input_floats),
+                                                  (uint64_t)panes[r] * pane_bytes);
+            if (bad) { /* that request alone is refused; its panes' slots are run but not answered */
+                answer_error(requests[r], bad);
+                ok[r] = false;
+            }
+        }
+        if (model->host_mirror) {
             /* panes total..2*total-1: the mirror images (width reversed) of panes 0..total-1 */
             const long side = model->image_size;
             for (long p = 0; p < total * 3; ++p) {
@@ -443,38 +498,41 @@ EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_Mode
             }
         }
         compute_start = now_ns();
-        ov_status_e status = failure ? OK : ov_infer_request_infer(network->request);
+        ov_status_e status = ov_infer_request_infer(network->request);
         compute_end = now_ns();
-        if (!failure && status != OK) failure = ov_error(status, "the backbone pass");
+        if (status != OK) failure = ov_error(status, "the backbone pass");
         if (!failure) {
-            ov_shape_t shape;
-            status = ov_infer_request_get_output_tensor_by_index(network->request, 0, &output);
+            ov_shape_t shape = {0, NULL};
+            ov_element_type_e type = DYNAMIC;
             void* data = NULL;
+            status = ov_infer_request_get_output_tensor_by_index(network->request, 0, &output);
             if (status == OK) status = ov_tensor_data(output, &data);
+            if (status == OK) status = ov_tensor_get_element_type(output, &type);
             if (status == OK) status = ov_tensor_get_shape(output, &shape);
             if (status != OK) {
                 failure = ov_error(status, "reading the feature maps");
             } else {
-                for (int i = 0; i < 4 && i < shape.rank; ++i) map_dims[i] = shape.dims[i];
+                bool expected = shape.rank == 4 && shape.dims[0] == total && type == F32;
+                for (int i = 0; expected && i < 4; ++i) map_dims[i] = shape.dims[i];
                 ov_shape_free(&shape);
+                if (!expected)
+                    failure = error_of(TRITON_ERROR_INTERNAL, "edge_thyroid_openvino: the backbone's output is not f32 "
+                                       "[panes, C, h, w]%s", NULL);
                 maps = data;
                 pane_floats = (size_t)(map_dims[1] * map_dims[2] * map_dims[3]);
             }
         }
     }
+    if (failure) log_error(failure);
 
     bool any = false;
     for (uint32_t r = 0; r < count; ++r) {
         if (!ok[r]) {
-            TRITONBACKEND_ModelInstanceReportStatistics(handle, requests[r], false, 0, 0, 0, 0);
-            TRITONBACKEND_RequestRelease(requests[r], TRITON_REQUEST_RELEASE_ALL);
+            ignore(TRITONBACKEND_ModelInstanceReportStatistics(handle, requests[r], false, 0, 0, 0, 0));
+            ignore(TRITONBACKEND_RequestRelease(requests[r], TRITON_REQUEST_RELEASE_ALL));
             continue;
         }
-        TRITONSERVER_Error* answer = NULL;
-        if (failure) {
-            answer = TRITONSERVER_ErrorNew(TRITON_ERROR_INTERNAL, "edge_thyroid_openvino: the backbone pass failed "
-                                           "(see the server log)");
-        }
+        TRITONSERVER_Error* answer = failure ? copy_error(failure) : NULL;
         TRITONBACKEND_Response* response = NULL;
         err = TRITONBACKEND_ResponseNew(&response, requests[r]);
         if (!err && !answer && wants_maps(requests[r])) {
@@ -490,23 +548,24 @@ EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_Mode
                 answer = TRITONSERVER_ErrorNew(TRITON_ERROR_UNSUPPORTED, "edge_thyroid_openvino: output in GPU memory");
             if (!answer) memcpy(buffer, maps + (size_t)first[r] * pane_floats, bytes);
         }
+        bool answered = !answer;
         if (!err) {
-            TRITONSERVER_Error* sent = TRITONBACKEND_ResponseSend(response, TRITON_RESPONSE_COMPLETE_FINAL, answer);
-            if (sent) TRITONSERVER_ErrorDelete(sent);
+            /* Send takes the response whatever it returns; Triton copies the error it sends. */
+            ignore(TRITONBACKEND_ResponseSend(response, TRITON_RESPONSE_COMPLETE_FINAL, answer));
         } else {
             TRITONSERVER_ErrorDelete(err);
+            answered = false;
         }
-        if (answer) TRITONSERVER_ErrorDelete(answer);
-        uint64_t exec_end = now_ns();
-        TRITONBACKEND_ModelInstanceReportStatistics(handle, requests[r], !failure, exec_start, compute_start,
-                                                    compute_end, exec_end);
-        TRITONBACKEND_RequestRelease(requests[r], TRITON_REQUEST_RELEASE_ALL);
-        any = true;
+        ignore(answer);
+        ignore(TRITONBACKEND_ModelInstanceReportStatistics(handle, requests[r], answered, exec_start, compute_start,
+                                                           compute_end, now_ns()));
+        ignore(TRITONBACKEND_RequestRelease(requests[r], TRITON_REQUEST_RELEASE_ALL));
+        any = any || answered;
     }
     if (output) ov_tensor_free(output);
-    if (any && !failure)
-        TRITONBACKEND_ModelInstanceReportBatchStatistics(handle, (uint64_t)total, exec_start, compute_start,
-                                                         compute_end, now_ns());
-    if (failure) TRITONSERVER_ErrorDelete(failure); /* each request got its own error answer */
+    if (any)
+        ignore(TRITONBACKEND_ModelInstanceReportBatchStatistics(handle, (uint64_t)total, exec_start, compute_start,
+                                                                compute_end, now_ns()));
+    ignore(failure); /* each request got its own copy */
     return NULL;
 }
