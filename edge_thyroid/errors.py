@@ -38,3 +38,7 @@ class ServerUnavailableError(BackendError):
 
     A stream abstains with reason ``server_unavailable`` for the frame and carries on; the backend
     retries the server with back-off."""
+
+
+class ServerError(EdgeThyroidError):
+    """The inference server cannot be found, started, built for or reached."""

@@ -16,8 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..errors import MissingDependencyError
-from .server import ServerError
+from ..errors import MissingDependencyError, ServerError
 
 NAME = "edge_thyroid_openvino"
 SOURCE = Path(__file__).with_name("native") / "openvino_backend.c"

@@ -23,14 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import EdgeThyroidError
+from ..errors import ServerError
+from . import native_backend
 
 BINARY_VARIABLE = "EDGE_THYROID_TRITONSERVER"
 LOOPBACK = "127.0.0.1"
-
-
-class ServerError(EdgeThyroidError):
-    """The inference server cannot be found, started or reached."""
 
 
 @dataclass(frozen=True)
@@ -166,8 +163,6 @@ class TritonServer:
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="edge-thyroid-triton-"))
         backends = python_backend_directory(installation, options.python_version, self._scratch / "backends")
-        from . import native_backend
-
         if native_backend.repository_uses_it(options.repository):
             if backends is None:
                 raise ServerError(f"the repository's openvino-flavour models need the {native_backend.NAME} backend, "
