@@ -76,13 +76,13 @@ def markdown(runs: list[dict], command: str, machine: str, started: str, duratio
              "its p50 from execute to the answer sent; filed wait = p50 from filed to taken by the worker.", "",
              "| run | server | load before | in-process p50 ms | remote (gRPC + shared memory) p50 ms | overhead p50 ms "
              "| inline passes | server p50 ms | filed wait p50 ms |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r.get('run', i + 1)} | {r.get('server', 'latency')} | {r['load_average']} | {r['in_process']} "
+    lines += [f"| {r['run']} | {r['server']} | {r['load_average']} | {r['in_process']} "
               f"{r['in_process_p50_ms']:.2f} | {r['remote_p50_ms']:.2f} | {r['overhead_p50_ms']:+.2f} | "
               f"{_cell(r['inline'], r['passes'])} | {_cell(r['server_p50_ms'])} | {_cell(r['filed_wait_p50_ms'])} |"
-              for i, r in enumerate(runs)]
+              for r in runs]
     lines.append("")
-    for server in dict.fromkeys(r.get("server", "latency") for r in runs):
-        overheads = [r["overhead_p50_ms"] for r in runs if r.get("server", "latency") == server]
+    for server in dict.fromkeys(r["server"] for r in runs):
+        overheads = [r["overhead_p50_ms"] for r in runs if r["server"] == server]
         lines.append(f"{server}: median over runs **{statistics.median(overheads):+.2f} ms** (range "
                      f"{min(overheads):+.2f} to {max(overheads):+.2f}); {sum(o <= 2.0 for o in overheads)} of "
                      f"{len(overheads)} runs within the 2 ms goal.")

@@ -72,13 +72,10 @@ def native_backend_cache(tmp_path_factory):
     """The openvino serving flavour's compiled backend goes to a test cache, never the user's."""
     from edge_thyroid.serving.native_backend import CACHE_VARIABLE
 
-    previous = os.environ.get(CACHE_VARIABLE)
-    os.environ[CACHE_VARIABLE] = str(tmp_path_factory.mktemp("native-backend-cache"))
-    yield Path(os.environ[CACHE_VARIABLE])
-    if previous is None:
-        os.environ.pop(CACHE_VARIABLE, None)
-    else:
-        os.environ[CACHE_VARIABLE] = previous
+    folder = tmp_path_factory.mktemp("native-backend-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_VARIABLE, str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -86,13 +83,9 @@ def auto_backend_cache(tmp_path_factory):
     """--backend auto caches its decisions; tests keep theirs out of the user's cache directory."""
     from edge_thyroid.autoselect import CACHE_ENV
 
-    previous = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("backend-auto-cache"))
-    yield
-    if previous is None:
-        os.environ.pop(CACHE_ENV, None)
-    else:
-        os.environ[CACHE_ENV] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("backend-auto-cache")))
+        yield
 
 
 def edited_demo_copy(destination: Path, edit) -> Path:

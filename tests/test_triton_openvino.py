@@ -28,12 +28,6 @@ from .test_triton_serving import DEMO_BUNDLE, classify, engine, needs_server, st
 pytestmark = [needs_server, needs_torch]
 
 
-@pytest.fixture
-def native_cache(native_backend_cache):
-    """conftest points every build at a test cache, never the user's."""
-    return native_backend_cache
-
-
 @pytest.fixture(scope="module")
 def openvino_server(random_bundle, tmp_path_factory):
     """One server, two models: the random FP32 bundle (no mirror average) and the shipped INT8 bundle
@@ -84,8 +78,8 @@ def test_export_triton_writes_the_openvino_flavour(tmp_path):
                    "openvino flavour runs on the server's CPU", "--flavor onnxruntime")
 
 
-def test_the_backend_is_built_once_and_cached(native_cache):
-    assert native_backend.cache_root() == native_cache
+def test_the_backend_is_built_once_and_cached(native_backend_cache):
+    assert native_backend.cache_root() == native_backend_cache  # conftest: a test cache, never the user's
     first = native_backend.build()
     stamp = first.stat().st_mtime_ns
     assert first.is_file() and first.name == "libtriton_edge_thyroid_openvino.so"

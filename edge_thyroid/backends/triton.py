@@ -137,7 +137,6 @@ class TritonBackend(Backend):
         self._region_names: dict[str, str] = {}
         self._region_sizes: dict[str, int] = {}
         self._registered = False
-        self._stale_channel = False  # the server went away: the next attempt opens a new channel
         self._down_until = 0.0
         self._probe_s = 0.0
         self._last_error = ""
@@ -190,7 +189,6 @@ class TritonBackend(Backend):
         except Exception:  # noqa: BLE001 - the old channel is broken; closing it must not hide the retry
             pass
         self._client = self._new_client()
-        self._stale_channel = False
 
     def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
         """A control-plane call; no answer is a ServerUnavailableError naming the server."""
@@ -317,15 +315,13 @@ class TritonBackend(Backend):
                 time.sleep(delay)
                 delay *= 2
             try:
-                if self._stale_channel:
-                    self._renew_client()
                 if self.use_shared_memory and not self._registered:
                     self._register_regions()
                 maps = self._request(pixels)
             except ServerUnavailableError as exc:
                 last = exc
                 self._registered = False  # a restarted server has forgotten our regions
-                self._stale_channel = True
+                self._renew_client()
                 continue
             self._down_until, self._probe_s = 0.0, 0.0
             return maps

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import BundleError, InputError
 from ..kernels.graph_io import PIXELS
+from .native_backend import NAME as NATIVE_BACKEND
 
 if TYPE_CHECKING:  # the triton backend imports this module's names; it must stay light (no NumPy)
     from ..bundle import Bundle
@@ -49,7 +50,6 @@ SHA_PARAMETER = "edge_thyroid_model_sha256"
 SIZE_PARAMETER = "edge_thyroid_image_size"
 SCHEDULING_PARAMETER = "edge_thyroid_scheduling"
 MODEL_FILE = "model.onnx"
-NATIVE_BACKEND = "edge_thyroid_openvino"  # native/openvino_backend.c
 HOST_MIRROR_PARAMETER = "edge_thyroid_host_mirror"  # openvino flavour: the input is N panes then their mirrors
 PRECOMPILE_PARAMETER = "edge_thyroid_precompile_panes"  # openvino flavour: networks compiled at load
 CPU_PINNING_PARAMETER = "edge_thyroid_cpu_pinning"  # openvino flavour: threads pinned to cores (one instance only)

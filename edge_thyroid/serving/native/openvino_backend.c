@@ -256,7 +256,6 @@ typedef struct {
     ov_infer_request_t* request;
     ov_tensor_t* input_tensor; /* the request's own input tensor, held so `input` stays its data */
     float* input;              /* [panes (x2 with mirror), 3, S, S] */
-    size_t input_floats;       /* per pane */
     char failed[512];          /* a compile that failed is not retried on every batch: its message */
 } Network;
 
@@ -323,7 +322,6 @@ static TRITONSERVER_Error* compile_network(InstanceState* instance, long panes, 
         return ov_error(status, "creating an inference request");
     }
     network->input = data;
-    network->input_floats = (size_t)3 * model->image_size * model->image_size;
     return NULL;
 }
 
@@ -477,10 +475,11 @@ EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_Mode
     ov_tensor_t* output = NULL;
     if (total > 0) failure = network_for(instance, total, &network);
     if (total > 0 && !failure) {
-        size_t pane_bytes = network->input_floats * sizeof(float);
+        const size_t pane_floats_in = (size_t)3 * model->image_size * model->image_size;
+        const size_t pane_bytes = pane_floats_in * sizeof(float);
         for (uint32_t r = 0; r < count; ++r) {
             if (!ok[r]) continue;
-            TRITONSERVER_Error* bad = read_pixels(inputs[r], (char*)(network->input + first[r] * network->input_floats),
+            TRITONSERVER_Error* bad = read_pixels(inputs[r], (char*)(network->input + first[r] * pane_floats_in),
                                                   (uint64_t)panes[r] * pane_bytes);
             if (bad) { /* that request alone is refused; its panes' slots are run but not answered */
                 answer_error(requests[r], bad);
