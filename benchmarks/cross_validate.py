@@ -182,6 +182,9 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--level-targets", is_flag=True, default=False,
               help="Binary head targets graded by TI-RADS level (2: 0, 3: 0.25, 4a: 0.75, 4b: 0.85, 4c: 0.95, 5: 1) "
                    "instead of 0/1 (default: the recipe's 0/1).")
+@click.option("--p-cyst", type=float, default=None,
+              help="Share of training draws whose nodule becomes a synthetic anechoic cyst labelled benign "
+                   "(TI-RADS 2; export/augment.py synthetic_cyst; default: the recipe's 0, off).")
 @click.option("--test-time-flip", is_flag=True,
               help="Score every fold as a bundle exported with --test-time-flip does (each input's maps averaged "
                    "with its mirror image's); training is unchanged, so existing fold models are re-scored.")
@@ -192,7 +195,7 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
-         descriptor_weight, level_targets, test_time_flip, threads, device, workers, also_all, all_first_after) -> None:
+         descriptor_weight, level_targets, p_cyst, test_time_flip, threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
@@ -235,6 +238,10 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                 raise click.BadParameter(f"must be >= 0, got {descriptor_weight}", param_hint="--descriptor-weight")
             recipe.descriptor_weight = descriptor_weight
         recipe.level_targets = level_targets
+        if p_cyst is not None:
+            if not 0 <= p_cyst <= 1:
+                raise click.BadParameter(f"must be a share in [0, 1], got {p_cyst}", param_hint="--p-cyst")
+            recipe.p_cyst = p_cyst
         return recipe
 
     def write() -> None:

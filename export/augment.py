@@ -11,6 +11,11 @@ tests/test_augment.py. Three families:
 * **Burned-in marks.** Calipers ('+' / 'x', filled or hollow, white or coloured then grey-converted)
   at the nodule's extreme points, text and rulers, drawn on crops of *both* classes with the same
   probability, so a mark can never be a shortcut to the label.
+* **Synthetic cysts.** A simple anechoic cyst is benign in every guideline (TI-RADS 1-2), but DDTI
+  holds a single one among its labelled crops, so a model trained on it has no reason to know.
+  :func:`synthetic_cyst` turns a crop's nodule into one: a smooth oval of fluid (near-black, a faint
+  grain), a thin bright wall and the brighter band of posterior acoustic enhancement below it, drawn
+  into the crop's own tissue.
 
 Vertical flips are never used: depth is physical (see export/train.py).
 """
@@ -243,3 +248,57 @@ def small_affine(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     out_mask = cv2.warpAffine(mask.astype(np.uint8), matrix, (w, h), flags=cv2.INTER_NEAREST,
                               borderMode=cv2.BORDER_CONSTANT) > 0
     return out, out_mask
+
+
+# -- synthetic cysts ------------------------------------------------------------------------------------
+
+def cyst_outline(mask: np.ndarray) -> np.ndarray | None:
+    """The filled ellipse fitted to the mask's largest outline (a cyst's smooth oval of about the nodule's
+    size and orientation), or None when the mask has under 16 pixels or too few outline points."""
+    mask = np.asarray(mask, dtype=bool)
+    if int(mask.sum()) < 16:
+        return None
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour = max(contours, key=cv2.contourArea)
+    if len(contour) < 5:
+        return None
+    (cx, cy), (a, b), angle = cv2.fitEllipse(contour)
+    out = np.zeros(mask.shape, np.uint8)
+    cv2.ellipse(out, ((cx, cy), (max(a, 3.0), max(b, 3.0)), angle), 1, thickness=-1)
+    return out > 0
+
+
+def synthetic_cyst(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    """The crop with its nodule replaced by a simple anechoic cyst, and the cyst's mask; None when the
+    mask is too small to fit an outline (see :func:`cyst_outline`).
+
+    Fluid: level 2-18 with a faint grain; wall: +15-45 levels on a 1-2 px rim; posterior acoustic
+    enhancement: the tissue below the cyst, as wide as the cyst, brightened by 20-60% fading over about
+    the cyst's height. The outline is feathered (0.8-1.6 px) so no hard edge gives the synthesis away.
+    """
+    outline = cyst_outline(mask)
+    if outline is None:
+        return None
+    pixels = image.astype(np.float32)
+    h, w = image.shape
+    ys, xs = np.nonzero(outline)
+    top, bottom = int(ys.min()), int(ys.max())
+    # Posterior enhancement: each column under the cyst, from the cyst's lower edge down, with a gain that
+    # fades with depth; the column profile follows the cyst's width so the band's sides are soft.
+    width_profile = cv2.GaussianBlur(outline.any(axis=0).astype(np.float32)[None, :], (0, 0), 4.0)[0]
+    lower_edge = np.where(outline.any(axis=0), h - 1 - np.argmax(outline[::-1], axis=0), h).astype(np.float32)
+    rows = np.arange(h, dtype=np.float32)[:, None]
+    depth = rows - lower_edge[None, :]
+    fade = max(4.0, (bottom - top) * rng.uniform(0.6, 1.2))
+    gain = rng.uniform(0.2, 0.6) * np.exp(-np.clip(depth, 0, None) / fade) * (depth > 0) * width_profile[None, :]
+    pixels = pixels * (1.0 + gain)
+    # Wall and fluid, blended through a feathered outline.
+    soft = cv2.GaussianBlur(outline.astype(np.float32), (0, 0), rng.uniform(0.8, 1.6))
+    rim = cv2.GaussianBlur((cv2.morphologyEx(outline.astype(np.uint8), cv2.MORPH_GRADIENT,
+                                             np.ones((3, 3), np.uint8)) > 0).astype(np.float32),
+                           (0, 0), rng.uniform(0.5, 1.0))
+    pixels = pixels + rim / max(float(rim.max()), 1e-6) * rng.uniform(15, 45)
+    grain = cv2.GaussianBlur(rng.normal(0.0, 1.0, (h, w)).astype(np.float32), (0, 0), 1.0)
+    fluid = rng.uniform(2, 18) + grain * rng.uniform(1.0, 4.0)
+    pixels = pixels * (1.0 - soft) + fluid * soft
+    return _to_uint8(pixels), outline

@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
 
 from .augment import (box_at_margin, burn_in_marks, crop, mask_bbox, sample_box, scanner_look,
-                      small_affine)
+                      small_affine, synthetic_cyst)
 from .checkpoint import CheckpointInfo, save_checkpoint
 from .datapack import TIRADS_LEVELS, DataPack, pack_for
 from .descriptors import DESCRIPTOR_NAMES, descriptor_scale, nodule_descriptors, standardised
@@ -78,12 +78,18 @@ class NoduleRecipe:
     ordinal_weight: float = 0.5
     descriptor_weight: float = 0.0  # 0: no descriptor head (the shipped recipe)
     level_targets: bool = False   # binary targets graded by TI-RADS level (guidance.LEVEL_TARGETS); off: 0/1
+    # Share of drawn crops whose nodule becomes a synthetic anechoic cyst (augment.synthetic_cyst), labelled
+    # benign at TI-RADS 2: guideline knowledge that DDTI (one labelled cyst) cannot teach. 0: off.
+    p_cyst: float = 0.0
     seed: int = 0
     init: str | None = None       # a pre-trained checkpoint whose backbone starts the run
     label_source: str = LABEL_SOURCE
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+CYST_LEVEL = TIRADS_LEVELS.index("2")  # a simple cyst: benign, the lowest level DDTI grades
 
 
 def same_recipe(saved: dict, recipe: NoduleRecipe) -> bool:
@@ -170,14 +176,22 @@ class NoduleBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int):
         i = self.draws[k]
         rng = np.random.default_rng((self.recipe.seed, self.epoch, k))
+        image, mask = self.pack.images[i], self.pack.masks[i]
+        label, level = float(self.pack.labels[i]), int(self.pack.tirads[i])
+        if self.recipe.p_cyst > 0:
+            # Its own generator, so the recipe without cysts draws exactly the augmentations it always drew.
+            cyst_rng = np.random.default_rng((self.recipe.seed, self.epoch, k, 11))
+            cyst = synthetic_cyst(image, mask, cyst_rng) if cyst_rng.random() < self.recipe.p_cyst else None
+            if cyst is not None:
+                (image, mask), label, level = cyst, 0.0, CYST_LEVEL
         # The view itself, not training_crop: the descriptor targets are measured on it.
-        image, mask = augmented_view(self.pack.images[i], self.pack.masks[i], self.recipe, rng)
+        image, mask = augmented_view(image, mask, self.recipe, rng)
         pixels, coverage, has_mask = view_inputs(image, mask, self.recipe, self.spec, self.grid)
         targets = np.zeros(0, np.float32)
         if self.descriptor_scale is not None:
             targets = standardised(nodule_descriptors(image, mask), *self.descriptor_scale)
         return (torch.from_numpy(pixels), torch.from_numpy(coverage), torch.tensor(has_mask),
-                torch.tensor(float(self.pack.labels[i])), torch.tensor(int(self.pack.tirads[i])),
+                torch.tensor(label), torch.tensor(level),
                 torch.from_numpy(targets))
 
 
