@@ -171,3 +171,60 @@ def test_small_affine_moves_image_and_mask_together():
     inside = out[out_mask].mean()
     assert inside > 180  # the bright disc moved with its mask
     assert abs(int(out_mask.sum()) - int(mask.sum())) < 0.25 * mask.sum()
+
+
+# -- synthetic cysts ------------------------------------------------------------------------------------
+
+def test_cyst_outline_is_the_ellipse_of_an_elliptic_mask_and_none_when_too_small():
+    from edge_thyroid.export.augment import cyst_outline
+
+    mask = disc_mask()
+    outline = cyst_outline(mask)
+    iou = (outline & mask).sum() / (outline | mask).sum()
+    assert iou > 0.9
+    assert cyst_outline(np.zeros((40, 40), bool)) is None
+    tiny = np.zeros((40, 40), bool)
+    tiny[10:13, 10:13] = True                               # 9 pixels
+    assert cyst_outline(tiny) is None
+
+
+def test_synthetic_cyst_is_dark_inside_brighter_below_and_leaves_the_tissue_above_alone():
+    from edge_thyroid.export.augment import synthetic_cyst
+
+    image = np.full((120, 160), 100, np.uint8)
+    mask = disc_mask()                                      # centre (80, 60), 30 x 20 radii: rows 40-80
+    out, outline = synthetic_cyst(image, mask, np.random.default_rng(3))
+    assert out.dtype == np.uint8 and out.shape == image.shape and outline.shape == mask.shape
+    core = cv2.erode(outline.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    assert out[core].mean() < 25                             # fluid: 2-18 plus a faint grain
+    below = out[84:92, 70:91].astype(float)                  # just under the cyst, inside its width
+    assert below.mean() > 100 * 1.15                         # posterior enhancement (20-60%)
+    assert np.array_equal(out[:30], image[:30])              # above the cyst: untouched
+    assert np.array_equal(out[:, :40], image[:, :40])        # far to the side: untouched
+    again, _ = synthetic_cyst(image, mask, np.random.default_rng(3))
+    assert np.array_equal(out, again)                        # only the generator decides
+    assert synthetic_cyst(image, np.zeros_like(mask), np.random.default_rng(3)) is None
+
+
+def test_training_draws_with_cysts_are_benign_at_tirads_2_and_leave_the_other_draws_alone():
+    import torch
+
+    from edge_thyroid.export.datapack import TIRADS_LEVELS
+    from edge_thyroid.export.nodule_training import NoduleBatches, NoduleRecipe
+
+    class Pack:
+        images = [ultrasound_like(96, 96, seed=1)] * 2
+        masks = [disc_mask(96, 96, 48, 48, 20, 15), np.zeros((96, 96), bool)]
+        labels = np.array([1, 1])
+        tirads = np.array([4, 4])
+
+    always = NoduleBatches(Pack(), [0, 1], NoduleRecipe(image_size=64, p_cyst=1.0), 2, epoch=0)
+    label, level = always[0][3:5]
+    assert float(label) == 0.0 and int(level) == TIRADS_LEVELS.index("2")
+    assert float(always[1][3]) == 1.0                       # no mask, no cyst: the crop's own label
+    plain = NoduleBatches(Pack(), [0, 1], NoduleRecipe(image_size=64), 2, epoch=0)
+    never = NoduleBatches(Pack(), [0, 1], NoduleRecipe(image_size=64, p_cyst=0.0), 2, epoch=0)
+    for k in range(2):                                       # off: exactly the shipped recipe's draws
+        for x, y in zip(plain[k][:5], never[k][:5]):
+            assert torch.equal(x, y)
+    assert not torch.equal(plain[0][0], always[0][0])
