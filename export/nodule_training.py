@@ -425,16 +425,18 @@ def fold_assignment(pack: DataPack, folds: int, seed: int = 0) -> np.ndarray:
 @click.option("--init", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Start the backbone from this checkpoint (e.g. the pre-training run's final.pt).")
 @click.option("--lr", type=float, default=NoduleRecipe.lr, show_default=True)
+@click.option("--p-cyst", type=click.FloatRange(0, 1), default=NoduleRecipe.p_cyst, show_default=True,
+              help="Share of draws whose nodule becomes a synthetic anechoic cyst labelled benign (TI-RADS 2).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loader worker processes.")
 @click.option("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
 @click.option("--resume/--no-resume", default=True, show_default=True)
-def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, device, workers, threads, resume) -> None:
+def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, device, workers, threads, resume) -> None:
     """Train the nodule-guided classifier on one case-level fold's training side, or on all data."""
     if (fold is None) == (not use_all):
         raise click.UsageError("give exactly one of --fold K or --all")
     pack = pack_for(data)
-    recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init, lr=lr)
+    recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init, lr=lr, p_cyst=p_cyst)
     if use_all:
         index = np.arange(len(pack))
     else:
