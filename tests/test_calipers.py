@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -160,3 +162,41 @@ def test_calipers_on_composed_ddti_frames_meet_the_goals():
     assert report["iou_extent_ge_0.6"] >= 0.9
     assert report["negatives_without_box"] >= 0.95
     assert report["marks_placed_within_3px"] >= 0.95
+
+
+# --- classify --roi calipers: the nodule box of a still image from its calipers --------------------------
+
+
+def test_classify_roi_calipers_classifies_the_box_the_marks_give_and_skips_an_image_without(tmp_path):
+    from click.testing import CliRunner
+
+    from edge_thyroid.cli import cli
+    from edge_thyroid.commands.stream import DEMO_BUNDLE, data_path
+    from edge_thyroid.frames import widen_box
+
+    frame = speckle(seed=11)
+    for x, y in [(150, 180), (330, 175), (240, 95), (245, 270)]:
+        draw_mark(frame, x, y, PLUS, 11, YELLOW, 1)
+    marked, bare = tmp_path / "marked.png", tmp_path / "bare.png"
+    cv2.imwrite(str(marked), frame)
+    cv2.imwrite(str(bare), speckle(seed=12))
+    bundle = str(data_path(DEMO_BUNDLE))
+    expected = CaliperFinder().find(frame).box
+
+    result = CliRunner().invoke(cli, ["classify", bundle, str(marked), str(bare), "--roi", "calipers", "--json",
+                                      "--backend", "onnxruntime"])
+    # One image without calipers fails the run (edge-thyroid exits 2) after the other's answer is printed.
+    assert isinstance(result.exception, InputError) and "1 of 2 images" in str(result.exception), result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["image"] for r in records] == [str(marked)]
+    record = records[0]
+    assert tuple(record["calipers"]["box"]) == expected and len(record["calipers"]["marks"]) == 4
+    context = json.loads((data_path(DEMO_BUNDLE) / "manifest.json").read_text())["nodule_box"]["context"]
+    assert tuple(record["panes"][0]["roi"]) == widen_box(expected, context, (0, 0, 480, 360))
+    assert "skipped" in result.output and "bare.png: 0 caliper mark(s) found" in result.output
+
+    # The same box given by hand: the same answer.
+    by_hand = CliRunner().invoke(cli, ["classify", bundle, str(marked), "--roi", ",".join(map(str, expected)),
+                                       "--json", "--backend", "onnxruntime"])
+    assert by_hand.exit_code == 0, by_hand.output
+    assert json.loads(by_hand.stdout.splitlines()[-1])["p_malignant"] == pytest.approx(record["p_malignant"], abs=1e-7)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -12,6 +13,7 @@ from .runtime_options import backend_settings, print_auto_choice, runtime_option
 from .trust_options import trust_option
 
 
+CALIPERS = "calipers"
 NO_CAM = ("this model has no class activation map (its classifier is not linear over globally pooled "
           "features); no heatmap rather than a wrong one")
 
@@ -25,7 +27,10 @@ def _cam_path(cam: str, image: Path, many: bool) -> Path:
 @click.argument("bundle", type=click.Path())
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--modality", default="bmode", show_default=True, help="Modality of the pane in each image.")
-@click.option("--roi", default=None, help="Pane ROI x,y,w,h in image pixels (default: the whole image).")
+@click.option("--roi", default=None,
+              help="The nodule box x,y,w,h in image pixels, or 'calipers': each image's box from the measurement "
+                   "calipers on it ('+'/'x' marks at the nodule's ends; an image without them is skipped). "
+                   "Default: the whole image.")
 @click.option("--list", "image_list", default=None, type=click.Path(dir_okay=False),
               help="A CSV of images with a nodule box each, instead of IMAGES: image[,roi][,modality] columns "
                    "(roi x,y,w,h; empty: the whole image; paths relative to the CSV).")
@@ -43,13 +48,18 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
     """Classify IMAGES (PNG/JPEG/..., read as BGR; grayscale is replicated) with BUNDLE.
 
     Prints p(malignant), the decision at the bundle's threshold and the per-modality logits. The
-    model was trained on nodule-centred crops: give a full frame's nodule box with --roi, or one box
-    per image with --list images.csv (image[,roi][,modality]). An image
-    that cannot be used (unreadable, truncated, a pane under 32x32 pixels, blank or uniform) gets one
-    'skipped' line on stderr instead; after the others are printed the exit status is then 2.
+    model was trained on nodule-centred crops: give a full frame's nodule box with --roi, let --roi
+    calipers find it from the sonographer's measurement marks on each image, or give one box per image
+    with --list images.csv (image[,roi][,modality]). An image that cannot be used (unreadable, truncated,
+    a pane under 32x32 pixels, blank or uniform, no calipers with --roi calipers) gets one 'skipped' line
+    on stderr instead; after the others are printed the exit status is then 2.
+
+    \b
+    edge-thyroid classify BUNDLE frame.png --roi calipers --json
     """
     import cv2
 
+    from ..calipers import CaliperFinder
     from ..dataset import Sample, read_image_list
     from ..engine import Engine
     from ..frames import Pane, read_image
@@ -66,8 +76,9 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
         except (ValueError, FileNotFoundError) as exc:
             raise InputError(str(exc)) from None
     else:
-        box = Pane.parse(modality, roi).roi if roi else None
+        box = Pane.parse(modality, roi).roi if roi and roi != CALIPERS else None
         rows = [Sample(Path(name), None, "", modality, roi=box) for name in images]
+    finder = CaliperFinder() if roi == CALIPERS else None
     unusable: list[str] = []
     with Engine(bundle, model=model_key, threads=threads, **backend_settings(backend_kwargs)) as engine:
         print_auto_choice(engine)
@@ -75,6 +86,10 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
             path = row.image
             try:
                 frame = read_image(path)
+                calipers = None
+                if finder is not None:
+                    calipers = calipers_box(finder, frame, path)
+                    row = replace(row, roi=calipers.box)
                 marked = row.pane(frame)                     # the box as given: what a report points at
                 pane = row.pane(frame, engine.box_context)   # the box the model sees (grown by the bundle's context)
                 problem = pane_problem(frame, pane.roi)
@@ -87,6 +102,8 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
                 click.echo(f"skipped: {exc}", err=True)
                 continue
             record = {"image": str(path), **prediction.to_dict()}
+            if calipers is not None:
+                record["calipers"] = {"box": list(calipers.box), "marks": [m.to_dict() for m in calipers.marks]}
             if cam_out and not engine.head.has_cam:
                 record["cam"] = None
                 record["cam_note"] = NO_CAM
@@ -104,10 +121,24 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
             else:
                 logits = ", ".join(f"{m}={v:+.3f}" for m, v in prediction.contributions.items())
                 click.echo(f"{path}: p(malignant)={prediction.probability:.4f} -> {prediction.decision} "
-                           f"(threshold {prediction.threshold:.3f}; logits {logits})")
+                           f"(threshold {prediction.threshold:.3f}; logits {logits})"
+                           + (f"; nodule box {list(calipers.box)} from {len(calipers.marks)} calipers" if calipers else ""))
     if unusable:
         raise InputError(f"{len(unusable)} of {len(rows)} images could not be used (each named above); "
                          f"the first: {unusable[0]}")
+
+
+def calipers_box(finder, frame, path: Path):
+    """The caliper finding of a still image; InputError (the image is skipped) when it gives no box.
+
+    A still has no live history to learn the screen's fixed furniture from (the stream has), so the
+    whole image is searched; marks touching the image's edge are never taken for calipers.
+    """
+    finding = finder.find(frame)
+    if finding.box is None:
+        raise InputError(f"image {path}: {len(finding.marks)} caliper mark(s) found; expected 2-4 '+' or 'x' marks at "
+                         "the nodule's ends (or give the box with --roi x,y,w,h)")
+    return finding
 
 
 def _write_report(directory: Path, image: Path, frame, pane, prediction, engine) -> Path:
