@@ -124,10 +124,12 @@ def resolve_layers(model: onnx.ModelProto, layers: Sequence[str]) -> list[str]:
     additions: keeping only the convolutions in float leaves the residual stream quantized)."""
     nodes = [node.name for node in model.graph.node]
     convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
-    first_stage = next((i for i, name in enumerate(nodes) if name.startswith("/layer")), len(nodes))
+    # Module paths may sit under a wrapper's scope (the mirror-image average exports the backbone as
+    # "/features/layer1/..."), so a module is matched as a path segment anywhere in the name.
+    first_stage = next((i for i, name in enumerate(nodes) if "/layer" in name), None)
     resolved = []
     for layer in layers:
-        prefix = "/" + layer.strip("/") + "/"
+        segment = "/" + layer.strip("/") + "/"
         if layer == "first" and convs:
             resolved.append(convs[0])
         elif layer == "last" and convs:
@@ -136,8 +138,8 @@ def resolve_layers(model: onnx.ModelProto, layers: Sequence[str]) -> list[str]:
             resolved.extend(nodes[:first_stage])
         elif layer in nodes:
             resolved.append(layer)
-        elif any(name.startswith(prefix) for name in nodes):
-            resolved.extend(name for name in nodes if name.startswith(prefix))
+        elif any(segment in name for name in nodes):
+            resolved.extend(name for name in nodes if segment in name)
         else:
             raise InputError(f"layer {layer!r} is not in the backbone; expected {', '.join(LAYER_ALIASES)}, a module "
                              f"such as layer1 or layer2/layer2.0, or a node name such as {convs[:2]}")

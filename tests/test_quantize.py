@@ -341,3 +341,25 @@ def test_export_option_errors(tmp_path, args, message, capsys):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_layer_names_resolve_under_a_wrappers_scope():
+    """The mirror-image average exports the backbone as "/features/...": "stem" must still stop at the
+    first residual stage (it once took every node, so nothing was quantized) and modules must resolve."""
+    from onnx import helper
+
+    from edge_thyroid.export.quantize import resolve_layers
+
+    names = [("/features/conv1/Conv", "Conv"), ("/features/relu/Relu", "Relu"), ("/features/maxpool/MaxPool", "MaxPool"),
+             ("/features/layer1/layer1.0/conv1/Conv", "Conv"), ("/features/layer1/layer1.0/Add", "Add"),
+             ("/features/layer4/layer4.2/conv3/Conv", "Conv"), ("/features/layer4/layer4.2/Add", "Add")]
+    nodes = [helper.make_node(op, [f"x{i}"], [f"x{i + 1}"], name=name) for i, (name, op) in enumerate(names)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x0", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info(f"x{len(names)}", onnx.TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    assert resolve_layers(model, ["stem"]) == [n for n, _ in names[:3]]
+    assert resolve_layers(model, ["layer4"]) == [n for n, _ in names[5:]]
+    assert resolve_layers(model, ["layer1/layer1.0"]) == [n for n, _ in names[3:5]]
+    assert resolve_layers(model, ["last"]) == ["/features/layer4/layer4.2/conv3/Conv"]
+    with pytest.raises(InputError, match="not in the backbone"):
+        resolve_layers(model, ["layer2"])
