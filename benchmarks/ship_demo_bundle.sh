@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # From a cross-validated recipe to the shipped demo bundle, in one command:
 #   stamp the CV figures + threshold into the all-data checkpoint -> FP32 reference bundle ->
-#   full-INT8 demo bundle with the ONNX Runtime gate -> OpenVINO f32 and bf16 gates -> demo signature.
+#   INT8 demo bundle with the ONNX Runtime gate (full INT8, else the stem in float) -> OpenVINO f32 and bf16 gates -> demo signature.
 #   bash benchmarks/ship_demo_bundle.sh CV_JSON ALL_DATA_CHECKPOINT
 #   (RUNS=runs DATA=../shared/data; the FP32 reference lands in $RUNS/bundles/shipped_fp32;
 #    BUNDLE=elsewhere builds a trial copy, which is left unsigned; BOX_CONTEXT=1.25 grows every nodule box
@@ -28,9 +28,16 @@ $PY benchmarks/stamp_checkpoint.py "$CV_JSON" "$CKPT" -o "$RUNS/shipped.pt"
 FP32_FLIP=() INT8_FLIP=()   # both line the mirrored view up on the same seeded training-side images
 if [ "$TEST_TIME_FLIP" = 1 ]; then FP32_FLIP=(--test-time-flip --calib "$LABELS"); INT8_FLIP=(--test-time-flip); fi
 $ET export "$RUNS/shipped.pt" -o "$RUNS/bundles/shipped_fp32" --force --box-context "$BOX_CONTEXT" "${FP32_FLIP[@]}"
-$ET export "$RUNS/shipped.pt" -o "$BUNDLE" --force --box-context "$BOX_CONTEXT" --precision int8 --calib "$LABELS" \
-    "${INT8_FLIP[@]}" \
-    --verify-data "$LABELS" --no-keep-fp32
+# Full INT8 first (the fastest); if its gate refuses it, the stem (the first convolution and its pool) stays
+# in float, the smallest change that brought the cyst-trained model's INT8 decisions back within budget.
+int8_export() {
+    $ET export "$RUNS/shipped.pt" -o "$BUNDLE" --force --box-context "$BOX_CONTEXT" --precision int8 --calib "$LABELS" \
+        "${INT8_FLIP[@]}" --verify-data "$LABELS" --no-keep-fp32 "$@"
+}
+if ! int8_export; then
+    echo "note: full INT8 failed its gate; exporting again with the stem in float (--fp32-layers stem)" >&2
+    int8_export --fp32-layers stem
+fi
 for precision in f32 bf16; do
     $ET verify "$BUNDLE" --reference "$RUNS/bundles/shipped_fp32" --data "$LABELS" \
         --backend openvino --execution-precision "$precision"

@@ -3,9 +3,9 @@
   "version": 1,
   "algorithm": "ed25519",
   "signed_file": "manifest.json",
-  "manifest_sha256": "b6556af9a667e380f86bbc40382803892d1e67c2f0d7317771ed50515496dee5",
+  "manifest_sha256": "a8be914a387f4f8ee97b44aea8540314337a95d4a28fc0e75273d06a9effeddb",
   "signer": "edge-thyroid demo key (public; not a release key)",
   "key_id": "b19aa87aa33b6f3f7c2cd91d6e10a008232ec5d284822b67c42e036b638fb843",
   "public_key": "KACuOzojlmggG9dnfUhQGb81QH3SIeHrUNLL39KOEBM=",
-  "signature": "PhO7uN0MoGOs0nEwLE4ZZsafWCL4LvIEif2iSFBslD4Y64PwFaBP/CzdejH4d/MUc+FKUh+mqn2P3Wxu9bEiDQ=="
+  "signature": "OamjMQY6y74qmVEx+OQQlG7laYh5iQHxqS+B43/lmI3WpL+OsN4jFH6hw/ZJEoBoXlvF+hO1TBYz3T/WYuOhCA=="
 }
