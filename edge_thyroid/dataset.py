@@ -18,6 +18,8 @@ import numpy as np
 from .frames import Pane, check_roi, widen_box
 
 LABELS = {"benign": 0, "malignant": 1, "0": 0, "1": 1}
+# A roi of "calipers": the nodule box comes from the measurement calipers on the image (edge_thyroid.calipers).
+CALIPERS = "calipers"
 
 
 class Split(str, Enum):
@@ -35,7 +37,8 @@ class Sample:
     case_id: str
     modality: str = "bmode"
     mask: Path | None = None
-    roi: tuple[int, int, int, int] | None = None   # the nodule box in the image (None: the whole image)
+    # the nodule box in the image (None: the whole image; CALIPERS: the box the image's calipers give)
+    roi: tuple[int, int, int, int] | str | None = None
     label_source: str | None = None                # what the label is: "tirads", "pathology", ... (None: unknown)
 
     @property
@@ -48,8 +51,9 @@ class Sample:
         height, width = frame.shape[:2]
         if self.roi is None:
             return Pane(self.modality, (0, 0, width, height))
-        check_roi(self.roi, width, height, f"{self.image.name}: roi")
-        return Pane(self.modality, widen_box(self.roi, context, (0, 0, width, height)))
+        roi = caliper_finding(frame, self.image).box if self.roi == CALIPERS else self.roi
+        check_roi(roi, width, height, f"{self.image.name}: roi")
+        return Pane(self.modality, widen_box(roi, context, (0, 0, width, height)))
 
 
 def read_samples(csv_path: str | Path, *, labelled_only: bool = True) -> list[Sample]:
@@ -111,16 +115,35 @@ def read_image_list(csv_path: str | Path) -> list[Sample]:
     return samples
 
 
-def _parse_roi(text: str | None, where: str) -> tuple[int, int, int, int] | None:
-    """The optional ``roi`` column: "x,y,w,h" in image pixels, or empty for the whole image."""
+def caliper_finding(frame: np.ndarray, image: Path):
+    """The caliper finding of a still image (edge_thyroid.calipers); InputError when it gives no box.
+
+    A still has no live history to learn the screen's fixed furniture from (the stream has), so the
+    whole image is searched; marks touching the image's edge are never taken for calipers.
+    """
+    from .calipers import CaliperFinder
+    from .errors import InputError
+
+    finding = CaliperFinder().find(frame)
+    if finding.box is None:
+        raise InputError(f"image {image}: {len(finding.marks)} caliper mark(s) found; expected 2-4 '+' or 'x' marks "
+                         "at the nodule's ends (or give the box as x,y,w,h)")
+    return finding
+
+
+def _parse_roi(text: str | None, where: str) -> tuple[int, int, int, int] | str | None:
+    """The optional ``roi`` column: "x,y,w,h" in image pixels, "calipers" (the box the image's
+    measurement calipers give), or empty for the whole image."""
     text = (text or "").strip()
     if not text:
         return None
+    if text.lower() == CALIPERS:
+        return CALIPERS
     try:
         x, y, w, h = (int(part) for part in text.replace(" ", "").split(","))
     except ValueError:
-        raise ValueError(f"{where}: roi {text[:40]!r} is not x,y,w,h (four integers); leave it empty for the "
-                         "whole image") from None
+        raise ValueError(f"{where}: roi {text[:40]!r} is not x,y,w,h (four integers) or 'calipers'; leave it empty "
+                         "for the whole image") from None
     if x < 0 or y < 0 or w < 1 or h < 1:
         raise ValueError(f"{where}: roi {text!r} is not a box; expected x, y >= 0 and w, h >= 1")
     return x, y, w, h

@@ -200,3 +200,29 @@ def test_classify_roi_calipers_classifies_the_box_the_marks_give_and_skips_an_im
                                        "--json", "--backend", "onnxruntime"])
     assert by_hand.exit_code == 0, by_hand.output
     assert json.loads(by_hand.stdout.splitlines()[-1])["p_malignant"] == pytest.approx(record["p_malignant"], abs=1e-7)
+
+
+def test_a_roi_of_calipers_in_a_csv_is_the_box_the_marks_give_for_evaluate_and_classify_list(tmp_path):
+    from click.testing import CliRunner
+
+    from edge_thyroid.cli import cli
+    from edge_thyroid.commands.stream import DEMO_BUNDLE, data_path
+    from edge_thyroid.dataset import CALIPERS, Sample, read_image_list
+
+    frame = speckle(seed=13)
+    for x, y in [(160, 170), (320, 180)]:
+        draw_mark(frame, x, y, CROSS, 11, GREEN, 1)
+    cv2.imwrite(str(tmp_path / "marked.png"), frame)
+    (tmp_path / "list.csv").write_text("image,roi\nmarked.png,Calipers\n")
+    [row] = read_image_list(tmp_path / "list.csv")
+    assert row.roi == CALIPERS
+    box = CaliperFinder().find(frame).box
+    assert row.pane(frame, 1.25) == Sample(row.image, None, "", roi=box).pane(frame, 1.25)   # what evaluate scores
+    with pytest.raises(InputError, match="0 caliper mark"):
+        Sample(row.image, None, "", roi=CALIPERS).pane(speckle(seed=14))
+
+    result = CliRunner().invoke(cli, ["classify", str(data_path(DEMO_BUNDLE)), "--list", str(tmp_path / "list.csv"),
+                                      "--json", "--backend", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[-1])
+    assert tuple(record["calipers"]["box"]) == box and len(record["calipers"]["marks"]) == 2

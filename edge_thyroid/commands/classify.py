@@ -13,7 +13,6 @@ from .runtime_options import backend_settings, print_auto_choice, runtime_option
 from .trust_options import trust_option
 
 
-CALIPERS = "calipers"
 NO_CAM = ("this model has no class activation map (its classifier is not linear over globally pooled "
           "features); no heatmap rather than a wrong one")
 
@@ -33,7 +32,7 @@ def _cam_path(cam: str, image: Path, many: bool) -> Path:
                    "Default: the whole image.")
 @click.option("--list", "image_list", default=None, type=click.Path(dir_okay=False),
               help="A CSV of images with a nodule box each, instead of IMAGES: image[,roi][,modality] columns "
-                   "(roi x,y,w,h; empty: the whole image; paths relative to the CSV).")
+                   "(roi x,y,w,h, or calipers; empty: the whole image; paths relative to the CSV).")
 @click.option("--model", "model_key", default=None, help="Which model of the bundle: fp32, int8, fp16 (default: int8 if present, else fp32).")
 @click.option("--threads", type=int, default=None, help="Inference threads (default: ONNX Runtime's choice).")
 @click.option("--cam", "cam_out", default=None, help="Write the CAM heatmap overlay PNG here (with several images: one per image, suffixed).")
@@ -59,8 +58,7 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
     """
     import cv2
 
-    from ..calipers import CaliperFinder
-    from ..dataset import Sample, read_image_list
+    from ..dataset import CALIPERS, Sample, caliper_finding, read_image_list
     from ..engine import Engine
     from ..frames import Pane, read_image
     from ..inputs import pane_problem
@@ -76,9 +74,8 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
         except (ValueError, FileNotFoundError) as exc:
             raise InputError(str(exc)) from None
     else:
-        box = Pane.parse(modality, roi).roi if roi and roi != CALIPERS else None
+        box = CALIPERS if roi == CALIPERS else Pane.parse(modality, roi).roi if roi else None
         rows = [Sample(Path(name), None, "", modality, roi=box) for name in images]
-    finder = CaliperFinder() if roi == CALIPERS else None
     unusable: list[str] = []
     with Engine(bundle, model=model_key, threads=threads, **backend_settings(backend_kwargs)) as engine:
         print_auto_choice(engine)
@@ -87,8 +84,8 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
             try:
                 frame = read_image(path)
                 calipers = None
-                if finder is not None:
-                    calipers = calipers_box(finder, frame, path)
+                if row.roi == CALIPERS:   # found here rather than in row.pane, so the record can show the marks
+                    calipers = caliper_finding(frame, path)
                     row = replace(row, roi=calipers.box)
                 marked = row.pane(frame)                     # the box as given: what a report points at
                 pane = row.pane(frame, engine.box_context)   # the box the model sees (grown by the bundle's context)
@@ -126,19 +123,6 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
     if unusable:
         raise InputError(f"{len(unusable)} of {len(rows)} images could not be used (each named above); "
                          f"the first: {unusable[0]}")
-
-
-def calipers_box(finder, frame, path: Path):
-    """The caliper finding of a still image; InputError (the image is skipped) when it gives no box.
-
-    A still has no live history to learn the screen's fixed furniture from (the stream has), so the
-    whole image is searched; marks touching the image's edge are never taken for calipers.
-    """
-    finding = finder.find(frame)
-    if finding.box is None:
-        raise InputError(f"image {path}: {len(finding.marks)} caliper mark(s) found; expected 2-4 '+' or 'x' marks at "
-                         "the nodule's ends (or give the box with --roi x,y,w,h)")
-    return finding
 
 
 def _write_report(directory: Path, image: Path, frame, pane, prediction, engine) -> Path:

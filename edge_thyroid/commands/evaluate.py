@@ -18,7 +18,9 @@ def split_options(function):
     options = [
         click.option("--data", required=True, type=click.Path(dir_okay=False),
                      help="Labelled sample CSV (image,label,case_id[,modality,roi,label_source]); roi = x,y,w,h of "
-                          "the nodule box in the image (empty: the whole image); e.g. ../shared/data/ddti/labels.csv."),
+                          "the nodule box in the image, or calipers (the box the image's measurement calipers give; "
+                          "an image without them stops the run, naming it); empty: the whole image; e.g. "
+                          "../shared/data/ddti/labels.csv."),
         click.option("--split", type=click.Choice(["auto", *(s.value for s in Split)]), default="auto",
                      show_default=True,
                      help="Which rows: a side of the case-level split (val: never seen in training) or all. auto: "
