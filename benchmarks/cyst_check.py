@@ -48,6 +48,24 @@ def cyst_crops(images, masks, fold: int, index) -> tuple[list[np.ndarray], list[
     return cysts, kept
 
 
+def cyst_grid(originals, cysts, p_orig, p_cyst, threshold: float, count: int = 6, side: int = 160) -> np.ndarray:
+    """Crops (top) above their cysts (bottom), each labelled with its p and the decision at ``threshold``."""
+    import cv2
+
+    picks = np.linspace(0, len(cysts) - 1, count).round().astype(int)
+    rows = []
+    for images, scores in ((originals, p_orig), (cysts, p_cyst)):
+        tiles = []
+        for k in picks:
+            tile = cv2.cvtColor(cv2.resize(images[k], (side, side), interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
+            malignant = scores[k] >= threshold
+            cv2.putText(tile, f"p {scores[k]:.2f} {'malignant' if malignant else 'benign'}", (4, side - 8),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.42, (60, 60, 235) if malignant else (80, 200, 80), 1, cv2.LINE_AA)
+            tiles.append(tile)
+        rows.append(np.hstack(tiles))
+    return np.vstack(rows)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Data pack (.npz) or labelled CSV.")
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
@@ -56,7 +74,9 @@ def cyst_crops(images, masks, fold: int, index) -> tuple[list[np.ndarray], list[
 @click.option("--folds", type=int, default=4, show_default=True)
 @click.option("--threads", type=int, default=0, help="torch threads (0: torch's default).")
 @click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False))
-def main(data, run_dir, seeds, folds, threads, json_out) -> None:
+@click.option("--grid", "grid_out", default=None, type=click.Path(dir_okay=False),
+              help="Also draw 6 of fold 0's held-out crops above their cysts, with p from the first seed's model (PNG).")
+def main(data, run_dir, seeds, folds, threads, json_out, grid_out) -> None:
     """Share of held-out crops, their nodule made an anechoic cyst, that each fold model calls benign."""
     import torch
 
@@ -91,6 +111,8 @@ def main(data, run_dir, seeds, folds, threads, json_out) -> None:
             with torch.no_grad():
                 p_cyst = score(model, cysts, [None] * len(cysts), info.image_size, **flip)[0]
                 p_orig = score(model, originals, [None] * len(originals), info.image_size, **flip)[0]
+            if grid_out and fold == 0 and seed == seed_list[0]:
+                grid = cyst_grid(originals, cysts, p_orig, p_cyst, float(result["threshold"]))
             benign_rates.append(float(np.mean(p_cyst < result["threshold"])))
             cyst_p.append(p_cyst)
             original_p.append(p_orig)
@@ -120,6 +142,12 @@ def main(data, run_dir, seeds, folds, threads, json_out) -> None:
                "per_fold": per_fold}
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps(payload, indent=1))
+    if grid_out:
+        import cv2
+
+        if not cv2.imwrite(str(grid_out), grid):
+            raise click.ClickException(f"cannot write {grid_out}; expected a writable path ending in .png")
+        click.echo(f"wrote {grid_out}", err=True)
     click.echo(f"synthetic cysts called benign: {rates.mean():.2f} +- {rates.std(ddof=1):.2f} over {folds} folds; "
                f"DDTI's real TI-RADS 2 cyst: " + (", ".join(f"p {r['p']:.2f}" for r in real) or "not held out"))
 
