@@ -140,6 +140,22 @@ def summarise(results: list[dict]) -> dict:
     return summary
 
 
+def out_of_fold_by_crop(cv_json: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """From a results JSON, per crop (file stem): its p averaged over seeds, and the share of its fold
+    models that call it malignant at their own train-side threshold."""
+    record = json.loads(Path(cv_json).read_text())
+    threshold = {(r["fold"], r["seed"]): r["threshold"] for r in record["per_fold"]}
+    p: dict[str, list[float]] = {}
+    called: dict[str, list[bool]] = {}
+    for block in record["scores"]:
+        cut = threshold[(block["fold"], block["seed"])]
+        for row in block["scores"]:
+            key = Path(row["image"]).stem
+            p.setdefault(key, []).append(row["p"])
+            called.setdefault(key, []).append(row["p"] >= cut)
+    return {k: float(np.mean(v)) for k, v in p.items()}, {k: float(np.mean(v)) for k, v in called.items()}
+
+
 def pooled_out_of_fold(results: list[dict]) -> dict:
     """Every labelled crop's out-of-fold score (averaged over seeds when there are several), pooled: the
     AUC with its DeLong CI and the Youden threshold given to the model trained on all data."""
@@ -182,7 +198,7 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--level-targets", is_flag=True, default=False,
               help="Binary head targets graded by TI-RADS level (2: 0, 3: 0.25, 4a: 0.75, 4b: 0.85, 4c: 0.95, 5: 1) "
                    "instead of 0/1 (default: the recipe's 0/1).")
-@click.option("--p-cyst", type=float, default=None,
+@click.option("--p-cyst", type=click.FloatRange(0, 1), default=None,
               help="Share of training draws whose nodule becomes a synthetic anechoic cyst labelled benign "
                    "(TI-RADS 2; export/augment.py synthetic_cyst; default: the recipe's 0, off).")
 @click.option("--test-time-flip", is_flag=True,
@@ -239,8 +255,6 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             recipe.descriptor_weight = descriptor_weight
         recipe.level_targets = level_targets
         if p_cyst is not None:
-            if not 0 <= p_cyst <= 1:
-                raise click.BadParameter(f"must be a share in [0, 1], got {p_cyst}", param_hint="--p-cyst")
             recipe.p_cyst = p_cyst
         return recipe
 

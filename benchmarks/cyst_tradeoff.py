@@ -22,22 +22,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cross_validate import out_of_fold_by_crop  # noqa: E402
+
 ANECHOIC_SHARE = 0.3
-
-
-def out_of_fold(cv_json: Path) -> tuple[dict[str, float], dict[str, float]]:
-    """Per crop (file stem): mean p over its seeds, and the share of its fold models that call it malignant."""
-    record = json.loads(cv_json.read_text())
-    threshold = {(r["fold"], r["seed"]): r["threshold"] for r in record["per_fold"]}
-    p: dict[str, list[float]] = {}
-    called: dict[str, list[bool]] = {}
-    for block in record["scores"]:
-        cut = threshold[(block["fold"], block["seed"])]
-        for row in block["scores"]:
-            key = Path(row["image"]).stem
-            p.setdefault(key, []).append(row["p"])
-            called.setdefault(key, []).append(row["p"] >= cut)
-    return {k: float(np.mean(v)) for k, v in p.items()}, {k: float(np.mean(v)) for k, v in called.items()}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,20 +36,19 @@ def out_of_fold(cv_json: Path) -> tuple[dict[str, float], dict[str, float]]:
 def main(data, before, after, json_out) -> None:
     """Mean p and share called malignant, before and after, for dark and partly cystic malignant crops."""
     from edge_thyroid.export.datapack import pack_for
-    from edge_thyroid.export.descriptors import DESCRIPTOR_NAMES, nodule_descriptors
+    from edge_thyroid.export.descriptors import DESCRIPTOR_NAMES, descriptor_table
 
     pack = pack_for(data)
     echo, anechoic = DESCRIPTOR_NAMES.index("log_echogenicity"), DESCRIPTOR_NAMES.index("anechoic_fraction")
-    crops = []
-    for i in np.flatnonzero(pack.labels == 1):
-        values = nodule_descriptors(pack.images[i], pack.masks[i])
-        if values is not None:
-            crops.append((Path(str(pack.names[i])).stem, float(values[echo]), float(values[anechoic])))
+    malignant = np.flatnonzero(pack.labels == 1)
+    table = descriptor_table(pack.images[malignant], pack.masks[malignant])
+    crops = [(Path(str(pack.names[i])).stem, float(values[echo]), float(values[anechoic]))
+             for i, values in zip(malignant, table) if np.isfinite(values).all()]
     crops.sort(key=lambda c: c[1])
     quarter = len(crops) // 4
     groups = {"darkest quarter (echogenicity)": crops[:quarter], "other malignant": crops[quarter:],
               f"more than {ANECHOIC_SHARE:.0%} anechoic": [c for c in crops if c[2] > ANECHOIC_SHARE]}
-    runs = {"before": out_of_fold(Path(before)), "after": out_of_fold(Path(after))}
+    runs = {"before": out_of_fold_by_crop(Path(before)), "after": out_of_fold_by_crop(Path(after))}
     table = {}
     for name, members in groups.items():
         keys = [c[0] for c in members]

@@ -28,6 +28,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cross_validate import out_of_fold_by_crop  # noqa: E402
+
 PENALTIES = (0.1, 1.0, 10.0)
 
 
@@ -63,16 +66,6 @@ def cross_validated_auc(x: np.ndarray, y: np.ndarray, folds: np.ndarray, penalty
     return aucs
 
 
-def out_of_fold_logits(cv_json: Path, names: np.ndarray) -> np.ndarray:
-    """Each crop's out-of-fold logit from a cross_validate.py result (its seeds' p averaged), NaN if absent."""
-    scores: dict[str, list[float]] = {}
-    for block in json.loads(cv_json.read_text())["scores"]:
-        for row in block["scores"]:
-            scores.setdefault(Path(row["image"]).stem, []).append(row["p"])
-    p = np.array([np.mean(scores[Path(str(n)).stem]) if Path(str(n)).stem in scores else np.nan for n in names])
-    return np.log(p / (1 - p))
-
-
 def summary(aucs: list[float]) -> dict:
     return {"mean": float(np.mean(aucs)), "sd": float(np.std(aucs, ddof=1)), "per_fold": [round(a, 4) for a in aucs]}
 
@@ -86,20 +79,16 @@ def summary(aucs: list[float]) -> dict:
 def main(data, cv_json, folds, json_out) -> None:
     """Cross-validated AUC of the TI-RADS feature proxies measured on the annotated masks."""
     from edge_thyroid.export.datapack import pack_for
-    from edge_thyroid.export.descriptors import DESCRIPTOR_NAMES, nodule_descriptors
+    from edge_thyroid.export.descriptors import DESCRIPTOR_NAMES, descriptor_table
     from edge_thyroid.export.nodule_training import fold_assignment
     from edge_thyroid.metrics import roc_auc
 
     pack = pack_for(data)
-    assignment = fold_assignment(pack, folds)
-    table = np.full((len(pack), len(DESCRIPTOR_NAMES)), np.nan)
-    for i in np.flatnonzero(pack.labels >= 0):
-        values = nodule_descriptors(pack.images[i], pack.masks[i])
-        if values is not None:
-            table[i] = values
-    usable = (pack.labels >= 0) & np.isfinite(table).all(1)
-    y, fold_of = pack.labels[usable].astype(float), assignment[usable]
-    x = table[usable]
+    labelled = np.flatnonzero(pack.labels >= 0)
+    table = descriptor_table(pack.images[labelled], pack.masks[labelled])
+    usable = np.isfinite(table).all(1)
+    rows = labelled[usable]
+    y, fold_of, x = pack.labels[rows].astype(float), fold_assignment(pack, folds)[rows], table[usable]
     result: dict = {
         "what": "TI-RADS feature proxies (export/descriptors.py) on the annotated masks, case-level CV",
         "label_source": "TI-RADS category (2-3 benign, 4a-5 malignant), not pathology",
@@ -110,10 +99,14 @@ def main(data, cv_json, folds, json_out) -> None:
         "descriptors_logistic": {str(c): summary(cross_validated_auc(x, y, fold_of, c)) for c in PENALTIES},
     }
     if cv_json:
-        logit = out_of_fold_logits(Path(cv_json), pack.names)[usable]
-        if not np.isfinite(logit).all():
-            raise click.ClickException(f"{cv_json} lacks out-of-fold scores for {int((~np.isfinite(logit)).sum())} "
-                                       "labelled crops; expected a run over every fold of this data")
+        scores, _ = out_of_fold_by_crop(Path(cv_json))
+        stems = [Path(str(pack.names[i])).stem for i in rows]
+        missing = sum(stem not in scores for stem in stems)
+        if missing:
+            raise click.ClickException(f"{cv_json} lacks out-of-fold scores for {missing} labelled crops; expected "
+                                       "a run over every fold of this data")
+        p = np.array([scores[stem] for stem in stems])
+        logit = np.log(p / (1 - p))
         result["network"] = summary([roc_auc(y[fold_of == f], logit[fold_of == f]) for f in range(folds)])
         result["network_plus_descriptors"] = {str(c): summary(cross_validated_auc(np.c_[logit, x], y, fold_of, c))
                                               for c in PENALTIES}

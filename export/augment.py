@@ -281,15 +281,14 @@ def synthetic_cyst(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
         return None
     pixels = image.astype(np.float32)
     h, w = image.shape
-    ys, xs = np.nonzero(outline)
-    top, bottom = int(ys.min()), int(ys.max())
+    rows_hit = np.flatnonzero(outline.any(axis=1))
+    columns = outline.any(axis=0)
     # Posterior enhancement: each column under the cyst, from the cyst's lower edge down, with a gain that
     # fades with depth; the column profile follows the cyst's width so the band's sides are soft.
-    width_profile = cv2.GaussianBlur(outline.any(axis=0).astype(np.float32)[None, :], (0, 0), 4.0)[0]
-    lower_edge = np.where(outline.any(axis=0), h - 1 - np.argmax(outline[::-1], axis=0), h).astype(np.float32)
-    rows = np.arange(h, dtype=np.float32)[:, None]
-    depth = rows - lower_edge[None, :]
-    fade = max(4.0, (bottom - top) * rng.uniform(0.6, 1.2))
+    width_profile = cv2.GaussianBlur(columns.astype(np.float32)[None, :], (0, 0), 4.0)[0]
+    lower_edge = np.where(columns, h - 1 - np.argmax(outline[::-1], axis=0), h).astype(np.float32)
+    depth = np.arange(h, dtype=np.float32)[:, None] - lower_edge[None, :]
+    fade = max(4.0, int(rows_hit[-1] - rows_hit[0]) * rng.uniform(0.6, 1.2))  # a Python float keeps float32 math
     gain = rng.uniform(0.2, 0.6) * np.exp(-np.clip(depth, 0, None) / fade) * (depth > 0) * width_profile[None, :]
     pixels = pixels * (1.0 + gain)
     # Wall and fluid, blended through a feathered outline.

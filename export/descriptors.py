@@ -72,13 +72,24 @@ def nodule_descriptors(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None
     ])
 
 
+def descriptor_table(images, masks) -> np.ndarray:
+    """The descriptors of every crop (N x len(DESCRIPTOR_NAMES), float64); a NaN row where the mask is not
+    usable (see :func:`nodule_descriptors`)."""
+    table = np.full((len(images), len(DESCRIPTOR_NAMES)), np.nan)
+    for row, (image, mask) in enumerate(zip(images, masks)):
+        values = nodule_descriptors(image, mask)
+        if values is not None:
+            table[row] = values
+    return table
+
+
 def descriptor_scale(images, masks) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of each descriptor over crops with a usable mask (the targets are
     standardised with these, so every descriptor weighs alike in the loss)."""
-    values = [d for d in (nodule_descriptors(im, m) for im, m in zip(images, masks)) if d is not None]
-    if len(values) < 2:
-        raise ValueError(f"need at least 2 crops with a usable mask to scale the descriptors, got {len(values)}")
-    table = np.stack(values)
+    table = descriptor_table(images, masks)
+    table = table[np.isfinite(table).all(1)]
+    if len(table) < 2:
+        raise ValueError(f"need at least 2 crops with a usable mask to scale the descriptors, got {len(table)}")
     return table.mean(0), table.std(0) + 1e-6
 
 

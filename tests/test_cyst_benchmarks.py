@@ -1,5 +1,6 @@
 """The two cyst benchmarks' own logic on small inputs: which crops become cysts (benchmarks/cyst_check.py)
-and how out-of-fold scores are pooled per crop (benchmarks/cyst_tradeoff.py)."""
+and how out-of-fold scores are pooled per crop (benchmarks/cross_validate.py, read by cyst_tradeoff.py and
+descriptor_ceiling.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import cyst_check, cyst_tradeoff
+from benchmarks import cross_validate, cyst_check
 
 from .conftest import needs_torch, ultrasound_like
 
@@ -36,6 +37,6 @@ def test_out_of_fold_pools_each_crops_seeds_at_each_models_own_threshold(tmp_pat
                                                              {"image": "images/b_1.png", "p": 0.2}]}]}
     path = tmp_path / "cv.json"
     path.write_text(json.dumps(record))
-    p, called = cyst_tradeoff.out_of_fold(path)
+    p, called = cross_validate.out_of_fold_by_crop(path)
     assert p == pytest.approx({"a_1": 0.375, "b_1": 0.55}, abs=1e-12)
     assert called == {"a_1": 0.5, "b_1": 0.5}   # a: 0.4 < 0.5, 0.35 >= 0.3; b: 0.9 >= 0.5, 0.2 < 0.3

@@ -74,7 +74,11 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
         except (ValueError, FileNotFoundError) as exc:
             raise InputError(str(exc)) from None
     else:
-        box = CALIPERS if roi == CALIPERS else Pane.parse(modality, roi).roi if roi else None
+        box = None
+        if roi == CALIPERS:
+            box = CALIPERS
+        elif roi:
+            box = Pane.parse(modality, roi).roi
         rows = [Sample(Path(name), None, "", modality, roi=box) for name in images]
     unusable: list[str] = []
     with Engine(bundle, model=model_key, threads=threads, **backend_settings(backend_kwargs)) as engine:
