@@ -40,3 +40,38 @@ def test_out_of_fold_pools_each_crops_seeds_at_each_models_own_threshold(tmp_pat
     p, called = cross_validate.out_of_fold_by_crop(path)
     assert p == pytest.approx({"a_1": 0.375, "b_1": 0.55}, abs=1e-12)
     assert called == {"a_1": 0.5, "b_1": 0.5}   # a: 0.4 < 0.5, 0.35 >= 0.3; b: 0.9 >= 0.5, 0.2 < 0.3
+
+
+def test_prediction_average_is_the_auc_of_each_crops_mean_over_seeds():
+    from benchmarks import seed_average
+
+    # Seed 0 ranks b above a wrongly; seed 1 ranks them right by more: their mean ranks them right.
+    rows = lambda pa, pb, pc: [{"image": "a", "label": 1, "p": pa}, {"image": "b", "label": 0, "p": pb},
+                               {"image": "c", "label": 1, "p": pc}]
+    record = {"scores": [{"fold": 0, "seed": 0, "scores": rows(0.4, 0.5, 0.9)},
+                         {"fold": 0, "seed": 1, "scores": rows(0.9, 0.2, 0.8)}]}
+    fold = seed_average.prediction_average_by_fold(record)[0]
+    assert fold["seeds"] == 2
+    assert fold["auc_by_seed"] == pytest.approx([0.5, 1.0])
+    assert fold["auc_seed_mean"] == pytest.approx(0.75)
+    assert fold["auc_prediction_average"] == pytest.approx(1.0)   # a 0.65, c 0.85 against b 0.35
+
+
+@needs_torch
+def test_weight_average_is_the_float64_mean_and_keeps_integer_buffers():
+    import torch
+
+    from benchmarks import seed_average
+
+    models = [torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)) for _ in range(3)]
+    for i, model in enumerate(models):
+        model[1].num_batches_tracked.fill_(10 + i)
+    states = [m.state_dict() for m in models]
+    soup = seed_average.weight_average(states)
+    for key in ("0.weight", "0.bias", "1.running_mean", "1.running_var"):
+        expected = np.mean([s[key].double().numpy() for s in states], axis=0)
+        np.testing.assert_allclose(soup[key].double().numpy(), expected, rtol=0, atol=1e-7)
+        assert soup[key].dtype == torch.float32
+    assert int(soup["1.num_batches_tracked"]) == 10
+    with pytest.raises(ValueError, match="state_dict keys differ"):
+        seed_average.weight_average([states[0], torch.nn.Linear(3, 2).state_dict()])
