@@ -201,6 +201,10 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--p-cyst", type=click.FloatRange(0, 1), default=None,
               help="Share of training draws whose nodule becomes a synthetic anechoic cyst labelled benign "
                    "(TI-RADS 2; export/augment.py synthetic_cyst; default: the recipe's 0, off).")
+@click.option("--p-spongiform", type=click.FloatRange(0, 1), default=None,
+              help="Share of the other draws whose nodule becomes a synthetic spongiform one (small cystic spaces "
+                   "in an isoechoic oval) labelled benign (TI-RADS 2; export/augment.py synthetic_spongiform; "
+                   "default: the recipe's 0, off).")
 @click.option("--test-time-flip", is_flag=True,
               help="Score every fold as a bundle exported with --test-time-flip does (each input's maps averaged "
                    "with its mirror image's); training is unchanged, so existing fold models are re-scored.")
@@ -211,7 +215,7 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
-         descriptor_weight, level_targets, p_cyst, test_time_flip, threads, device, workers, also_all, all_first_after) -> None:
+         descriptor_weight, level_targets, p_cyst, p_spongiform, test_time_flip, threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
@@ -256,6 +260,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
         recipe.level_targets = level_targets
         if p_cyst is not None:
             recipe.p_cyst = p_cyst
+        if p_spongiform is not None:
+            recipe.p_spongiform = p_spongiform
         return recipe
 
     def write() -> None:

@@ -301,3 +301,48 @@ def synthetic_cyst(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     fluid = rng.uniform(2, 18) + grain * rng.uniform(1.0, 4.0)
     pixels = pixels * (1.0 - soft) + fluid * soft
     return _to_uint8(pixels), outline
+
+
+def synthetic_spongiform(image: np.ndarray, mask: np.ndarray,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    """The crop with its nodule replaced by a spongiform one (many small cystic spaces in an isoechoic,
+    smoothly outlined nodule: benign, TI-RADS 2, whatever else it shows), and its mask; None when the mask
+    is too small to fit an outline (see :func:`cyst_outline`).
+
+    Outline: the ellipse fitted to the mask (a smooth oval margin). Tissue inside: the crop's own texture
+    shifted to the mean of a ring of tissue around it (isoechoic), plus 0-15 levels of brighter septa.
+    Cystic spaces: small ellipses (radius 2.5-6% of the nodule's mean diameter, at least 1.2 px) placed at
+    random inside until they cover 50-70% of it, the tissue between them left as thin septa; filled with
+    fluid at level 8-30 with a grain, edges feathered (0.6-1.2 px); then speckle (gamma, sd 35%) and a
+    0.7 px blur over the whole nodule, so at the model's resolution it reads as a honeycomb, not as holes. Outside the outline the crop is left alone but for the outline's 1 px
+    feathering.
+    """
+    outline = cyst_outline(mask)
+    if outline is None:
+        return None
+    pixels = image.astype(np.float32)
+    h, w = image.shape
+    area = int(outline.sum())
+    ys, xs = np.nonzero(outline)
+    diameter = float(np.sqrt(4.0 * area / np.pi))
+    ring = (cv2.dilate(outline.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0) & ~outline
+    level = float(pixels[ring].mean()) if ring.any() else float(pixels.mean())
+    tissue = pixels - float(pixels[outline].mean()) + level + rng.uniform(0.0, 15.0)
+    spaces = np.zeros((h, w), np.uint8)
+    target = rng.uniform(0.5, 0.7)
+    for _ in range(3000):   # bounded: a nodule reaches its cover in tens to hundreds of spaces
+        if (spaces[outline] > 0).mean() >= target:
+            break
+        k = int(rng.integers(len(ys)))
+        radius = max(1.2, diameter * rng.uniform(0.025, 0.06))
+        axes = (radius * rng.uniform(0.7, 1.3), radius * rng.uniform(0.7, 1.3))
+        cv2.ellipse(spaces, ((float(xs[k]), float(ys[k])), (2 * axes[0], 2 * axes[1]), float(rng.uniform(0, 180))),
+                    1, thickness=-1)
+    spaces = spaces.astype(bool) & outline
+    fluid = rng.uniform(8, 30) + cv2.GaussianBlur(rng.normal(0.0, 1.0, (h, w)).astype(np.float32), (0, 0), 1.0) * 4.0
+    soft_spaces = cv2.GaussianBlur(spaces.astype(np.float32), (0, 0), rng.uniform(0.6, 1.2))
+    nodule = tissue * (1.0 - soft_spaces) + fluid * soft_spaces
+    # The scanner's speckle and point spread over the whole nodule, fluid included, as over real tissue.
+    nodule = cv2.GaussianBlur(nodule * rng.gamma(8.0, 1.0 / 8.0, (h, w)).astype(np.float32), (0, 0), 0.7)
+    soft = cv2.GaussianBlur(outline.astype(np.float32), (0, 0), 1.0)
+    return _to_uint8(pixels * (1.0 - soft) + nodule * soft), outline

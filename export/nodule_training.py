@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
 
 from .augment import (box_at_margin, burn_in_marks, crop, mask_bbox, sample_box, scanner_look,
-                      small_affine, synthetic_cyst)
+                      small_affine, synthetic_cyst, synthetic_spongiform)
 from .checkpoint import CheckpointInfo, save_checkpoint
 from .datapack import TIRADS_LEVELS, DataPack, pack_for
 from .descriptors import DESCRIPTOR_NAMES, descriptor_scale, nodule_descriptors, standardised
@@ -81,6 +81,9 @@ class NoduleRecipe:
     # Share of drawn crops whose nodule becomes a synthetic anechoic cyst (augment.synthetic_cyst), labelled
     # benign at TI-RADS 2: guideline knowledge that DDTI (one labelled cyst) cannot teach. 0: off.
     p_cyst: float = 0.0
+    # Share of drawn crops (not made cysts) whose nodule becomes a synthetic spongiform one
+    # (augment.synthetic_spongiform), labelled benign at TI-RADS 2. 0: off.
+    p_spongiform: float = 0.0
     seed: int = 0
     init: str | None = None       # a pre-trained checkpoint whose backbone starts the run
     label_source: str = LABEL_SOURCE
@@ -178,12 +181,20 @@ class NoduleBatches(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.recipe.seed, self.epoch, k))
         image, mask = self.pack.images[i], self.pack.masks[i]
         label, level = float(self.pack.labels[i]), int(self.pack.tirads[i])
+        made_cyst = False
         if self.recipe.p_cyst > 0:
             # Its own generator, so the recipe without cysts draws exactly the augmentations it always drew.
             cyst_rng = np.random.default_rng((self.recipe.seed, self.epoch, k, 11))
             cyst = synthetic_cyst(image, mask, cyst_rng) if cyst_rng.random() < self.recipe.p_cyst else None
             if cyst is not None:
-                (image, mask), label, level = cyst, 0.0, CYST_LEVEL
+                (image, mask), label, level, made_cyst = cyst, 0.0, CYST_LEVEL, True
+        if self.recipe.p_spongiform > 0 and not made_cyst:
+            # Its own generator too: the cysts and every other augmentation are drawn as without it.
+            sponge_rng = np.random.default_rng((self.recipe.seed, self.epoch, k, 13))
+            if sponge_rng.random() < self.recipe.p_spongiform:
+                sponge = synthetic_spongiform(image, mask, sponge_rng)
+                if sponge is not None:
+                    (image, mask), label, level = sponge, 0.0, CYST_LEVEL
         # The view itself, not training_crop: the descriptor targets are measured on it.
         image, mask = augmented_view(image, mask, self.recipe, rng)
         pixels, coverage, has_mask = view_inputs(image, mask, self.recipe, self.spec, self.grid)
@@ -427,16 +438,19 @@ def fold_assignment(pack: DataPack, folds: int, seed: int = 0) -> np.ndarray:
 @click.option("--lr", type=float, default=NoduleRecipe.lr, show_default=True)
 @click.option("--p-cyst", type=click.FloatRange(0, 1), default=NoduleRecipe.p_cyst, show_default=True,
               help="Share of draws whose nodule becomes a synthetic anechoic cyst labelled benign (TI-RADS 2).")
+@click.option("--p-spongiform", type=click.FloatRange(0, 1), default=NoduleRecipe.p_spongiform, show_default=True,
+              help="Share of the other draws whose nodule becomes a synthetic spongiform one labelled benign (TI-RADS 2).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loader worker processes.")
 @click.option("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
 @click.option("--resume/--no-resume", default=True, show_default=True)
-def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, device, workers, threads, resume) -> None:
+def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, p_spongiform, device, workers, threads, resume) -> None:
     """Train the nodule-guided classifier on one case-level fold's training side, or on all data."""
     if (fold is None) == (not use_all):
         raise click.UsageError("give exactly one of --fold K or --all")
     pack = pack_for(data)
-    recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init, lr=lr, p_cyst=p_cyst)
+    recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init, lr=lr, p_cyst=p_cyst,
+                          p_spongiform=p_spongiform)
     if use_all:
         index = np.arange(len(pack))
     else:

@@ -228,3 +228,51 @@ def test_training_draws_with_cysts_are_benign_at_tirads_2_and_leave_the_other_dr
         for x, y in zip(plain[k][:5], never[k][:5]):
             assert torch.equal(x, y)
     assert not torch.equal(plain[0][0], always[0][0])
+
+
+def test_synthetic_spongiform_is_an_isoechoic_honeycomb_inside_its_oval_and_leaves_the_rest_alone():
+    from edge_thyroid.export.augment import synthetic_spongiform
+
+    rng = np.random.default_rng(0)
+    image = np.clip(100 + rng.normal(0, 8, (120, 160)), 0, 255).astype(np.uint8)
+    image[mask := disc_mask()] = 40                          # a dark (hypoechoic) nodule
+    out, outline = synthetic_spongiform(image, mask, np.random.default_rng(5))
+    assert out.dtype == np.uint8 and out.shape == image.shape and outline.shape == mask.shape
+    core = cv2.erode(outline.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    inside = out[core].astype(float)
+    dark = (inside < 50).mean()                              # fluid 8-30 under speckle; tissue ~100-115
+    assert 0.3 < dark < 0.85                                 # spaces cover 50-70%, septa between them
+    bright = image.copy()
+    bright[mask] = 160                                       # the same nodule, bright (hyperechoic)
+    from_bright, _ = synthetic_spongiform(bright, mask, np.random.default_rng(5))
+    # Isoechoic either way: the tissue is moved to the ring's level, so the nodule's own level is gone.
+    assert np.abs(from_bright[core].astype(float) - inside).mean() < 1.0
+    assert np.percentile(inside, 90) > 65                    # septa well above the dark nodule's 40
+    ring = cv2.dilate(outline.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    assert np.array_equal(out[~ring], image[~ring])          # beyond the feathered outline: untouched
+    again, _ = synthetic_spongiform(image, mask, np.random.default_rng(5))
+    assert np.array_equal(out, again)                        # only the generator decides
+    assert synthetic_spongiform(image, np.zeros_like(mask), np.random.default_rng(5)) is None
+
+
+def test_training_draws_with_spongiform_nodules_are_benign_and_leave_the_cyst_draws_alone():
+    import torch
+
+    from edge_thyroid.export.datapack import TIRADS_LEVELS
+    from edge_thyroid.export.nodule_training import NoduleBatches, NoduleRecipe
+
+    class Pack:
+        images = [ultrasound_like(96, 96, seed=1)] * 8
+        masks = [disc_mask(96, 96, 48, 48, 20, 15)] * 8
+        labels = np.ones(8, int)
+        tirads = np.full(8, 4)
+
+    always = NoduleBatches(Pack(), range(8), NoduleRecipe(image_size=64, p_spongiform=1.0), 2, epoch=0)
+    assert all(float(always[k][3]) == 0.0 and int(always[k][4]) == TIRADS_LEVELS.index("2") for k in range(8))
+    cysts = NoduleBatches(Pack(), range(8), NoduleRecipe(image_size=64, p_cyst=0.5), 2, epoch=0)
+    both = NoduleBatches(Pack(), range(8), NoduleRecipe(image_size=64, p_cyst=0.5, p_spongiform=0.5), 2, epoch=0)
+    made_cyst = [k for k in range(8) if float(cysts[k][3]) == 0.0]
+    assert made_cyst and len(made_cyst) < 8
+    for k in made_cyst:                                      # a cyst draw stays exactly that cyst
+        assert torch.equal(cysts[k][0], both[k][0])
+    assert any(float(both[k][3]) == 0.0 for k in range(8) if k not in made_cyst)
