@@ -18,6 +18,8 @@ with the mirror-image average scores it. Reported per fold (seeds averaged) and 
 The cysts are drawn by the same function that ``--p-cyst`` training uses, so for a model trained with it
 this measures what it learned about that picture of a cyst on tissue it has not seen, not how it meets
 a real one; real cysts of another hospital are the project's held-out test, not measured here.
+``--kind spongiform`` makes each nodule a spongiform one instead (export/augment.py
+``synthetic_spongiform``: small cystic spaces in an isoechoic oval), also benign at TI-RADS 2.
 """
 
 from __future__ import annotations
@@ -34,14 +36,20 @@ import numpy as np
 REAL_CYST = "329_1"  # DDTI's one labelled TI-RADS 2 crop whose nodule is mostly anechoic (descriptors: 0.72)
 
 
-def cyst_crops(images, masks, fold: int, index) -> tuple[list[np.ndarray], list[int]]:
-    """Each crop with its nodule made a synthetic cyst (generator seeded by fold and pack index), and the
-    positions that had a usable mask."""
-    from edge_thyroid.export.augment import synthetic_cyst
+# What a held-out nodule can be made into (export/augment.py), and the stream its generator is seeded on.
+KINDS = {"cyst": ("synthetic_cyst", 29), "spongiform": ("synthetic_spongiform", 31)}
 
+
+def cyst_crops(images, masks, fold: int, index, kind: str = "cyst") -> tuple[list[np.ndarray], list[int]]:
+    """Each crop with its nodule made a synthetic cyst (or another benign ``kind``; generator seeded by
+    fold and pack index), and the positions that had a usable mask."""
+    from edge_thyroid.export import augment
+
+    name, stream = KINDS[kind]
+    make = getattr(augment, name)
     cysts, kept = [], []
     for k, (image, mask, i) in enumerate(zip(images, masks, index)):
-        made = synthetic_cyst(image, mask, np.random.default_rng((fold, int(i), 29)))
+        made = make(image, mask, np.random.default_rng((fold, int(i), stream)))
         if made is not None:
             cysts.append(made[0])
             kept.append(k)
@@ -72,11 +80,14 @@ def cyst_grid(originals, cysts, p_orig, p_cyst, threshold: float, count: int = 6
               help="A cross_validate.py --test-time-flip run folder (foldK_seedS/final.pt, result_test_time_flip.json).")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds whose fold models to average.")
 @click.option("--folds", type=int, default=4, show_default=True)
+@click.option("--kind", type=click.Choice(sorted(KINDS)), default="cyst", show_default=True,
+              help="What each held-out nodule is made into: an anechoic cyst (synthetic_cyst) or a spongiform "
+                   "nodule (synthetic_spongiform); both benign, TI-RADS 2.")
 @click.option("--threads", type=int, default=0, help="torch threads (0: torch's default).")
 @click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False))
 @click.option("--grid", "grid_out", default=None, type=click.Path(dir_okay=False),
               help="Also draw 6 of fold 0's held-out crops above their cysts, with p from the first seed's model (PNG).")
-def main(data, run_dir, seeds, folds, threads, json_out, grid_out) -> None:
+def main(data, run_dir, seeds, folds, kind, threads, json_out, grid_out) -> None:
     """Share of held-out crops, their nodule made an anechoic cyst, that each fold model calls benign."""
     import torch
 
@@ -94,7 +105,7 @@ def main(data, run_dir, seeds, folds, threads, json_out, grid_out) -> None:
     for fold in range(folds):
         index = np.flatnonzero((assignment == fold) & (pack.labels >= 0))
         images, masks = [pack.images[i] for i in index], [pack.masks[i] for i in index]
-        cysts, kept = cyst_crops(images, masks, fold, index)
+        cysts, kept = cyst_crops(images, masks, fold, index, kind)
         originals = [images[k] for k in kept]
         names = [str(pack.names[i]) for i in index[kept]]
         benign_rates, cyst_p, original_p = [], [], []
@@ -125,12 +136,13 @@ def main(data, run_dir, seeds, folds, threads, json_out, grid_out) -> None:
                "median_p_cyst": float(np.median(np.mean(cyst_p, axis=0))),
                "median_p_original": float(np.median(np.mean(original_p, axis=0)))}
         per_fold.append(row)
-        click.echo(f"fold {fold}: {row['crops']} cysts, benign {row['benign_rate']:.2f} "
+        click.echo(f"fold {fold}: {row['crops']} {kind} crops, benign {row['benign_rate']:.2f} "
                    f"(by seed {', '.join(f'{r:.2f}' for r in benign_rates)}), median p {row['median_p_cyst']:.2f} "
                    f"(the crops as they were: {row['median_p_original']:.2f})", err=True)
     rates = np.array([r["benign_rate"] for r in per_fold])
-    payload = {"what": "held-out crops with the nodule replaced by a synthetic anechoic cyst (export/augment.py "
-                       "synthetic_cyst), scored with the mirror-image average at each fold model's train-side threshold",
+    payload = {"what": f"held-out crops with the nodule replaced by a synthetic {kind} (export/augment.py "
+                       f"{KINDS[kind][0]}), scored with the mirror-image average at each fold model's train-side threshold",
+               "kind": kind,
                "run": str(run_dir), "seeds": seed_list, "folds": folds,
                "machine": {"platform": platform.platform(), "python": sys.version.split()[0]},
                "command": " ".join(sys.argv), "seconds": round(time.time() - started, 1),

@@ -27,6 +27,9 @@ def test_cyst_crops_are_fixed_per_fold_and_crop_and_skip_crops_without_a_mask():
     other_fold, _ = cyst_check.cyst_crops(images, masks, fold=1, index=[10, 11, 12])
     assert not np.array_equal(cysts[0], other_fold[0])
     assert cysts[0][mask].mean() < images[0][mask].mean() - 20       # the nodule became fluid
+    sponges, kept = cyst_check.cyst_crops(images, masks, fold=2, index=[10, 11, 12], kind="spongiform")
+    assert kept == [0, 2] and not np.array_equal(sponges[0], cysts[0])
+    assert cysts[0][mask].mean() < sponges[0][mask].mean() < images[0][mask].mean() + 30  # part fluid, part tissue
 
 
 def test_out_of_fold_pools_each_crops_seeds_at_each_models_own_threshold(tmp_path):
