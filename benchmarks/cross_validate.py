@@ -215,7 +215,8 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
-         descriptor_weight, level_targets, p_cyst, p_spongiform, test_time_flip, threads, device, workers, also_all, all_first_after) -> None:
+         descriptor_weight, level_targets, p_cyst, p_spongiform, test_time_flip, threads, device, workers, also_all,
+         all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment

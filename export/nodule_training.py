@@ -444,7 +444,8 @@ def fold_assignment(pack: DataPack, folds: int, seed: int = 0) -> np.ndarray:
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loader worker processes.")
 @click.option("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
 @click.option("--resume/--no-resume", default=True, show_default=True)
-def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, p_spongiform, device, workers, threads, resume) -> None:
+def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, p_spongiform, device, workers,
+         threads, resume) -> None:
     """Train the nodule-guided classifier on one case-level fold's training side, or on all data."""
     if (fold is None) == (not use_all):
         raise click.UsageError("give exactly one of --fold K or --all")
