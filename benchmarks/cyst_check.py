@@ -160,7 +160,7 @@ def main(data, run_dir, seeds, folds, kind, threads, json_out, grid_out) -> None
         if not cv2.imwrite(str(grid_out), grid):
             raise click.ClickException(f"cannot write {grid_out}; expected a writable path ending in .png")
         click.echo(f"wrote {grid_out}", err=True)
-    click.echo(f"synthetic cysts called benign: {rates.mean():.2f} +- {rates.std(ddof=1):.2f} over {folds} folds; "
+    click.echo(f"synthetic {kind} crops called benign: {rates.mean():.2f} +- {rates.std(ddof=1):.2f} over {folds} folds; "
                f"DDTI's real TI-RADS 2 cyst: " + (", ".join(f"p {r['p']:.2f}" for r in real) or "not held out"))
 
 
