@@ -48,16 +48,16 @@ def test_out_of_fold_pools_each_crops_seeds_at_each_models_own_threshold(tmp_pat
 def test_prediction_average_is_the_auc_of_each_crops_mean_over_seeds():
     from benchmarks import seed_average
 
-    # Seed 0 ranks b above a wrongly; seed 1 ranks them right by more: their mean ranks them right.
-    rows = lambda pa, pb, pc: [{"image": "a", "label": 1, "p": pa}, {"image": "b", "label": 0, "p": pb},
-                               {"image": "c", "label": 1, "p": pc}]
-    record = {"scores": [{"fold": 0, "seed": 0, "scores": rows(0.4, 0.5, 0.9)},
-                         {"fold": 0, "seed": 1, "scores": rows(0.9, 0.2, 0.8)}]}
+    # Seed 0 ranks b above a wrongly; seed 1 ranks every pair right by more: their mean ranks all right.
+    rows = lambda pa, pb, pc, pd: [{"image": "a", "label": 1, "p": pa}, {"image": "b", "label": 0, "p": pb},
+                                   {"image": "c", "label": 1, "p": pc}, {"image": "d", "label": 0, "p": pd}]
+    record = {"scores": [{"fold": 0, "seed": 0, "scores": rows(0.4, 0.5, 0.9, 0.1)},
+                         {"fold": 0, "seed": 1, "scores": rows(0.9, 0.2, 0.8, 0.3)}]}
     fold = seed_average.prediction_average_by_fold(record)[0]
     assert fold["seeds"] == 2
-    assert fold["auc_by_seed"] == pytest.approx([0.5, 1.0])
-    assert fold["auc_seed_mean"] == pytest.approx(0.75)
-    assert fold["auc_prediction_average"] == pytest.approx(1.0)   # a 0.65, c 0.85 against b 0.35
+    assert fold["auc_by_seed"] == pytest.approx([0.75, 1.0])
+    assert fold["auc_seed_mean"] == pytest.approx(0.875)
+    assert fold["auc_prediction_average"] == pytest.approx(1.0)   # a 0.65, c 0.85 against b 0.35, d 0.2
 
 
 @needs_torch
