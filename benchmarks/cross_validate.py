@@ -158,21 +158,29 @@ def out_of_fold_by_crop(cv_json: Path) -> tuple[dict[str, float], dict[str, floa
 
 def pooled_out_of_fold(results: list[dict]) -> dict:
     """Every labelled crop's out-of-fold score (averaged over seeds when there are several), pooled: the
-    AUC with its DeLong CI and the Youden threshold given to the model trained on all data."""
+    AUC with its DeLong CI, the Youden threshold given to the model trained on all data, and the share of
+    TI-RADS 2 crops below that threshold (the issue's "benign at the shipped threshold"; optimistic, as the
+    threshold is chosen on these same scores)."""
+    from edge_thyroid.export.datapack import TIRADS_LEVELS
     from edge_thyroid.metrics import delong_auc_ci, youden_threshold
 
-    by_crop: dict[str, tuple[int, list[float]]] = {}
+    by_crop: dict[str, tuple[int, int | None, list[float]]] = {}
     for r in results:
         for s in r["scores"]:
-            by_crop.setdefault(s["image"], (s["label"], []))[1].append(float(s["p"]))
-    labels = np.array([label for label, _ in by_crop.values()])
-    scores = np.array([np.mean(ps) for _, ps in by_crop.values()])
+            by_crop.setdefault(s["image"], (s["label"], s.get("tirads"), []))[2].append(float(s["p"]))
+    labels = np.array([label for label, _, _ in by_crop.values()])
+    scores = np.array([np.mean(ps) for _, _, ps in by_crop.values()])
+    tirads2 = np.array([level == TIRADS_LEVELS.index("2") for _, level, _ in by_crop.values()])
     ci = delong_auc_ci(labels, scores)
+    threshold = youden_threshold(labels, scores)
     seeds = len({r["seed"] for r in results})
     note = "scores of different fold models pooled: the threshold for the model trained on all data"
-    return {"crops": int(len(labels)), "auc": ci.auc, "auc_ci95": [ci.low, ci.high],
-            "youden_threshold": youden_threshold(labels, scores),
-            "note": note + (f"; each crop's score is the mean of its {seeds} seeds' fold models" if seeds > 1 else "")}
+    pooled = {"crops": int(len(labels)), "auc": ci.auc, "auc_ci95": [ci.low, ci.high], "youden_threshold": threshold,
+              "note": note + (f"; each crop's score is the mean of its {seeds} seeds' fold models" if seeds > 1 else "")}
+    if tirads2.any():
+        pooled["tirads2_crops"] = int(tirads2.sum())
+        pooled["tirads2_benign_at_threshold"] = float(np.mean(scores[tirads2] < threshold))
+    return pooled
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

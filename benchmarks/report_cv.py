@@ -82,7 +82,9 @@ def main(cv_json, names, markdown_out, reliability_out) -> None:
         models = f"{first['folds']} different fold models" + (f", each crop's {seeds} seeds averaged" if seeds > 1 else "")
         lines += [f"Pooled out-of-fold ({o['crops']} crops, scores of {models}): AUC "
                   f"{o['auc']:.3f} [{o['auc_ci95'][0]:.3f}, {o['auc_ci95'][1]:.3f}]; Youden threshold "
-                  f"{o['youden_threshold']:.3f}" + (" (the shipped model's)." if seeds == 1 else "."), ""]
+                  f"{o['youden_threshold']:.3f}" + (" (the shipped model's)" if seeds == 1 else "")
+                  + (f"; TI-RADS 2 crops below it {o['tirads2_benign_at_threshold']:.2f} of {o['tirads2_crops']} "
+                     "(optimistic: the threshold is chosen on these scores)" if "tirads2_crops" in o else "") + ".", ""]
     if len(runs) > 1:
         lines += comparison_table(runs) + [""]
     text = "\n".join(lines)

@@ -41,3 +41,21 @@ def test_pooled_out_of_fold_averages_each_crop_over_seeds():
     assert pooled["crops"] == 3
     assert pooled["auc"] == pytest.approx((1.0 + 0.5) / 2)   # m1 beats b1, m2 ties b1
     assert "2 seeds" in pooled["note"]
+
+
+def test_pooled_out_of_fold_counts_tirads_2_crops_below_the_pooled_threshold():
+    from edge_thyroid.export.datapack import TIRADS_LEVELS
+
+    two, five = TIRADS_LEVELS.index("2"), TIRADS_LEVELS.index("5")
+    crops = {"b1": (0, two, 0.1), "b2": (0, two, 0.7), "b3": (0, TIRADS_LEVELS.index("3"), 0.2),
+             "m1": (1, five, 0.6), "m2": (1, five, 0.8), "m3": (1, five, 0.9)}
+    run = {"fold": 0, "seed": 0, "scores": [{"image": k, "label": lab, "tirads": level, "p": p}
+                                             for k, (lab, level, p) in crops.items()]}
+    pooled = cv.pooled_out_of_fold([run])
+    # Youden: cutting between m1 (0.6) and b2 (0.7) keeps every malignant crop above and 2 of 3 benign
+    # below (J = 2/3), the best cut; metrics.youden_threshold takes the midpoint.
+    assert pooled["youden_threshold"] == pytest.approx(0.65)
+    assert pooled["tirads2_crops"] == 2
+    assert pooled["tirads2_benign_at_threshold"] == pytest.approx(0.5)   # b1 below, b2 above
+    no_levels = cv.pooled_out_of_fold([_run(0, 0, 0.5, {"b1": (0, 0.2), "b2": (0, 0.7), "m1": (1, 0.6), "m2": (1, 0.8)})])
+    assert "tirads2_crops" not in no_levels
