@@ -118,7 +118,8 @@ def _per_fold(results: list[dict], key: str) -> list[float]:
     return [float(np.mean(by_fold[f])) for f in sorted(by_fold)]
 
 
-def _mean_sd(values: list[float]) -> dict:
+def mean_sd(values: list[float]) -> dict:
+    """Mean, sd (ddof 1; None for one value) and the values themselves, rounded, as the results JSONs hold them."""
     array = np.asarray(values, dtype=np.float64)
     return {"mean": float(array.mean()), "sd": float(array.std(ddof=1)) if len(array) > 1 else None,
             "folds": [round(float(v), 4) for v in array]}
@@ -127,7 +128,7 @@ def _mean_sd(values: list[float]) -> dict:
 def summarise(results: list[dict]) -> dict:
     """Mean +- sd over folds of every held-out figure (seeds averaged within a fold first); with more than
     one seed also each seed's mean AUC over folds and the sd of those means (the seed-to-seed spread)."""
-    summary = {key: _mean_sd(values) for key in SUMMARY_KEYS if (values := _per_fold(results, key))}
+    summary = {key: mean_sd(values) for key in SUMMARY_KEYS if (values := _per_fold(results, key))}
     if all("auc_margin_2.0" in r and "auc_margin_1.2" in r for r in results):
         gaps = np.subtract(_per_fold(results, "auc_margin_2.0"), _per_fold(results, "auc_margin_1.2"))
         summary["auc_margin_2_minus_1.2"] = {"mean": float(gaps.mean()), "folds": [round(float(g), 4) for g in gaps]}

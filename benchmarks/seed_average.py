@@ -29,29 +29,24 @@ import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cross_validate import MARGINS, evaluate_fold  # noqa: E402
+from cross_validate import MARGINS, evaluate_fold, mean_sd, pooled_out_of_fold  # noqa: E402
 
 
 def prediction_average_by_fold(record: dict) -> dict[int, dict]:
-    """Per fold: each seed's AUC and the AUC of the crops' p averaged over the fold's seeds."""
+    """Per fold: each seed's AUC and the AUC of the crops' p averaged over the fold's seeds (the
+    cross-validation's own out-of-fold pooling, applied to one fold)."""
     from edge_thyroid.metrics import delong_auc_ci
 
-    blocks: dict[int, list[list[dict]]] = {}
+    blocks: dict[int, list[dict]] = {}
     for block in record["scores"]:
-        blocks.setdefault(block["fold"], []).append(block["scores"])
+        blocks.setdefault(block["fold"], []).append(block)
     out = {}
     for fold, runs in sorted(blocks.items()):
-        singles = [delong_auc_ci(np.array([r["label"] for r in rows]), np.array([r["p"] for r in rows])).auc
-                   for rows in runs]
-        by_crop: dict[str, tuple[int, list[float]]] = {}
-        for rows in runs:
-            for row in rows:
-                by_crop.setdefault(row["image"], (row["label"], []))[1].append(row["p"])
-        labels = np.array([label for label, _ in by_crop.values()])
-        scores = np.array([np.mean(ps) for _, ps in by_crop.values()])
-        ci = delong_auc_ci(labels, scores)
+        singles = [delong_auc_ci(np.array([r["label"] for r in run["scores"]]),
+                                 np.array([r["p"] for r in run["scores"]])).auc for run in runs]
+        averaged = pooled_out_of_fold(runs)
         out[fold] = {"seeds": len(runs), "auc_by_seed": singles, "auc_seed_mean": float(np.mean(singles)),
-                     "auc_prediction_average": ci.auc, "auc_prediction_average_ci95": [ci.low, ci.high]}
+                     "auc_prediction_average": averaged["auc"], "auc_prediction_average_ci95": averaged["auc_ci95"]}
     return out
 
 
@@ -109,9 +104,6 @@ def main(data, cv_json, run_dir, threads, json_out) -> None:
             click.echo(f"[fold {fold}] seeds {np.round(by_fold[fold]['auc_by_seed'], 3).tolist()}  prediction average "
                        f"{by_fold[fold]['auc_prediction_average']:.3f}  weight average {result['auc']:.3f} "
                        f"({time.time() - started:.0f} s)", err=True)
-
-    def mean_sd(values: list[float]) -> dict:
-        return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)), "folds": [round(v, 4) for v in values]}
 
     summary = {"auc_seed_mean": mean_sd([f["auc_seed_mean"] for f in by_fold.values()]),
                "auc_prediction_average": mean_sd([f["auc_prediction_average"] for f in by_fold.values()])}

@@ -206,18 +206,19 @@ def test_synthetic_cyst_is_dark_inside_brighter_below_and_leaves_the_tissue_abov
     assert synthetic_cyst(image, np.zeros_like(mask), np.random.default_rng(3)) is None
 
 
+def malignant_pack(masks):
+    """A pack-like class for NoduleBatches: one 96x96 crop per mask, each labelled malignant at TI-RADS 4a."""
+    return type("Pack", (), {"images": [ultrasound_like(96, 96, seed=1)] * len(masks), "masks": masks,
+                             "labels": np.ones(len(masks), int), "tirads": np.full(len(masks), 4)})
+
+
 def test_training_draws_with_cysts_are_benign_at_tirads_2_and_leave_the_other_draws_alone():
     import torch
 
     from edge_thyroid.export.datapack import TIRADS_LEVELS
     from edge_thyroid.export.nodule_training import NoduleBatches, NoduleRecipe
 
-    class Pack:
-        images = [ultrasound_like(96, 96, seed=1)] * 2
-        masks = [disc_mask(96, 96, 48, 48, 20, 15), np.zeros((96, 96), bool)]
-        labels = np.array([1, 1])
-        tirads = np.array([4, 4])
-
+    Pack = malignant_pack([disc_mask(96, 96, 48, 48, 20, 15), np.zeros((96, 96), bool)])
     always = NoduleBatches(Pack(), [0, 1], NoduleRecipe(image_size=64, p_cyst=1.0), 2, epoch=0)
     label, level = always[0][3:5]
     assert float(label) == 0.0 and int(level) == TIRADS_LEVELS.index("2")
@@ -261,12 +262,7 @@ def test_training_draws_with_spongiform_nodules_are_benign_and_leave_the_cyst_dr
     from edge_thyroid.export.datapack import TIRADS_LEVELS
     from edge_thyroid.export.nodule_training import NoduleBatches, NoduleRecipe
 
-    class Pack:
-        images = [ultrasound_like(96, 96, seed=1)] * 8
-        masks = [disc_mask(96, 96, 48, 48, 20, 15)] * 8
-        labels = np.ones(8, int)
-        tirads = np.full(8, 4)
-
+    Pack = malignant_pack([disc_mask(96, 96, 48, 48, 20, 15)] * 8)
     always = NoduleBatches(Pack(), range(8), NoduleRecipe(image_size=64, p_spongiform=1.0), 2, epoch=0)
     assert all(float(always[k][3]) == 0.0 and int(always[k][4]) == TIRADS_LEVELS.index("2") for k in range(8))
     cysts = NoduleBatches(Pack(), range(8), NoduleRecipe(image_size=64, p_cyst=0.5), 2, epoch=0)
