@@ -214,6 +214,9 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
               help="Share of the other draws whose nodule becomes a synthetic spongiform one (small cystic spaces "
                    "in an isoechoic oval) labelled benign (TI-RADS 2; export/augment.py synthetic_spongiform; "
                    "default: the recipe's 0, off).")
+@click.option("--mixup", "mixup_alpha", type=click.FloatRange(0, None), default=None,
+              help="Mixup of the labelled crops with Beta(alpha, alpha) weights (export/mixup.py; default: the "
+                   "recipe's 0, off).")
 @click.option("--test-time-flip", is_flag=True,
               help="Score every fold as a bundle exported with --test-time-flip does (each input's maps averaged "
                    "with its mirror image's); training is unchanged, so existing fold models are re-scored.")
@@ -224,7 +227,7 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
-         descriptor_weight, level_targets, p_cyst, p_spongiform, test_time_flip, threads, device, workers, also_all,
+         descriptor_weight, level_targets, p_cyst, p_spongiform, mixup_alpha, test_time_flip, threads, device, workers, also_all,
          all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
@@ -272,6 +275,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             recipe.p_cyst = p_cyst
         if p_spongiform is not None:
             recipe.p_spongiform = p_spongiform
+        if mixup_alpha is not None:
+            recipe.mixup_alpha = mixup_alpha
         return recipe
 
     def write() -> None:

@@ -129,6 +129,14 @@ def ordinal_loss(ordinal_logits: torch.Tensor, levels: torch.Tensor) -> torch.Te
     return F.binary_cross_entropy_with_logits(ordinal_logits[known], targets)
 
 
+def soft_ordinal_loss(ordinal_logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """CORAL loss against given cumulative targets in [0, 1] (e.g. two crops' blended by mixup), over ``valid``
+    crops; equal to :func:`ordinal_loss` when the targets are :func:`ordinal_targets` of the levels."""
+    if not bool(valid.any()):
+        return ordinal_logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(ordinal_logits[valid], targets[valid])
+
+
 def descriptor_loss(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Smooth-L1 between predicted and standardised descriptors (B x D), over the crops whose targets are
     finite (NaN rows: no usable mask)."""

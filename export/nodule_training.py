@@ -46,7 +46,9 @@ from .augment import (box_at_margin, burn_in_marks, crop, mask_bbox, sample_box,
 from .checkpoint import CheckpointInfo, save_checkpoint
 from .datapack import TIRADS_LEVELS, DataPack, pack_for
 from .descriptors import DESCRIPTOR_NAMES, descriptor_scale, nodule_descriptors, standardised
-from .guidance import GuidedClassifier, cam_outside_loss, descriptor_loss, level_targets, ordinal_loss, seg_loss
+from .guidance import (GuidedClassifier, cam_outside_loss, descriptor_loss, level_targets, ordinal_loss, seg_loss,
+                       soft_ordinal_loss)
+from .mixup import mix_batch, mixup_partners
 from .models import BACKBONE_CHANNELS, MODALITIES, MultimodalClassifier
 from .train import Ema, lr_lambda, smooth_targets
 
@@ -84,6 +86,9 @@ class NoduleRecipe:
     # Share of drawn crops (not made cysts) whose nodule becomes a synthetic spongiform one
     # (augment.synthetic_spongiform), labelled benign at TI-RADS 2. 0: off.
     p_spongiform: float = 0.0
+    # Mixup (export/mixup.py): each labelled crop blended with another of its batch, weight from
+    # Beta(alpha, alpha) folded to >= 0.5, targets blended alike. 0: off.
+    mixup_alpha: float = 0.0
     seed: int = 0
     init: str | None = None       # a pre-trained checkpoint whose backbone starts the run
     label_source: str = LABEL_SOURCE
@@ -282,6 +287,8 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         head = {k: v.clone() for k, v in base.head.state_dict().items()}
         log(f"initialised {init_from(base, recipe.init)} tensors from {recipe.init}")
         base.head.load_state_dict(head)
+    if recipe.mixup_alpha > 0 and recipe.descriptor_weight > 0:
+        raise ValueError("mixup and the descriptor head cannot be combined: a blend of two crops has no descriptors")
     scale = None
     if recipe.descriptor_weight > 0:
         # Scaled on the training side's own crops (labelled or not), never on the held-out fold.
@@ -318,21 +325,36 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
                                              persistent_workers=False, pin_memory=dev.type == "cuda")
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, file=sys.stderr)
-        for pixels, coverage, has_mask, label, level, targets in bar:
+        for step, (pixels, coverage, has_mask, label, level, targets) in enumerate(bar):
             pixels = pixels.to(dev, non_blocking=True).to(memory_format=torch.channels_last)
             coverage, has_mask = coverage.to(dev), has_mask.to(dev)
             label, level = label.to(dev), level.to(dev)
             known = label >= 0
+            target = smooth_targets(level_targets(label, level) if recipe.level_targets else label, recipe.label_smoothing)
+            mixed = None
+            if recipe.mixup_alpha > 0:
+                # Its own generator, so nothing else the recipe draws changes with mixup on.
+                partner, lam = mixup_partners(int(known.sum()), recipe.mixup_alpha,
+                                              np.random.default_rng((recipe.seed, epoch, step, 17)))
+                mixed = mix_batch(pixels, target, coverage, has_mask, level, len(TIRADS_LEVELS), known, partner, lam)
+                pixels = mixed.pixels
             with autocast:
                 outputs = model(pixels)
             logit, cam = outputs["logit"].float(), outputs["cam"].float()
-            target = level_targets(label, level) if recipe.level_targets else label
-            losses = {
-                "cls": F.binary_cross_entropy_with_logits(logit[known], smooth_targets(target[known], recipe.label_smoothing)),
-                "cam": cam_outside_loss(cam, coverage, has_mask),
-                "seg": seg_loss(outputs["seg"].float(), coverage, has_mask),
-                "ord": ordinal_loss(outputs["ordinal"].float(), level),
-            }
+            if mixed is None:
+                losses = {
+                    "cls": F.binary_cross_entropy_with_logits(logit[known], target[known]),
+                    "cam": cam_outside_loss(cam, coverage, has_mask),
+                    "seg": seg_loss(outputs["seg"].float(), coverage, has_mask),
+                    "ord": ordinal_loss(outputs["ordinal"].float(), level),
+                }
+            else:
+                losses = {
+                    "cls": F.binary_cross_entropy_with_logits(logit[known], mixed.cls_target[known]),
+                    "cam": cam_outside_loss(cam, mixed.cam_inside, mixed.cam_valid),
+                    "seg": seg_loss(outputs["seg"].float(), mixed.seg_target, mixed.seg_valid),
+                    "ord": soft_ordinal_loss(outputs["ordinal"].float(), mixed.ordinal_target, mixed.ordinal_valid),
+                }
             loss = (losses["cls"] + recipe.cam_weight * losses["cam"] + recipe.seg_weight * losses["seg"]
                     + recipe.ordinal_weight * losses["ord"])
             if "descriptors" in outputs:
@@ -440,18 +462,20 @@ def fold_assignment(pack: DataPack, folds: int, seed: int = 0) -> np.ndarray:
               help="Share of draws whose nodule becomes a synthetic anechoic cyst labelled benign (TI-RADS 2).")
 @click.option("--p-spongiform", type=click.FloatRange(0, 1), default=NoduleRecipe.p_spongiform, show_default=True,
               help="Share of the other draws whose nodule becomes a synthetic spongiform one labelled benign (TI-RADS 2).")
+@click.option("--mixup", "mixup_alpha", type=click.FloatRange(0, None), default=NoduleRecipe.mixup_alpha,
+              show_default=True, help="Mixup's Beta(alpha, alpha) for the labelled crops (export/mixup.py); 0: off.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loader worker processes.")
 @click.option("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
 @click.option("--resume/--no-resume", default=True, show_default=True)
-def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, p_spongiform, device, workers,
-         threads, resume) -> None:
+def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, p_spongiform, mixup_alpha, device,
+         workers, threads, resume) -> None:
     """Train the nodule-guided classifier on one case-level fold's training side, or on all data."""
     if (fold is None) == (not use_all):
         raise click.UsageError("give exactly one of --fold K or --all")
     pack = pack_for(data)
     recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init, lr=lr, p_cyst=p_cyst,
-                          p_spongiform=p_spongiform)
+                          p_spongiform=p_spongiform, mixup_alpha=mixup_alpha)
     if use_all:
         index = np.arange(len(pack))
     else:
