@@ -12,8 +12,8 @@ What differs from the plain recipe (export/train.py):
 * losses: the product's BCE (label smoothing, class-balanced sampler) + CAM guidance (evidence outside the
   dilated mask) + a segmentation head on the last feature maps + an ordinal TI-RADS head
   (export/guidance.py), optionally a head regressing the nodule's sonographic descriptors
-  (export/descriptors.py, ``descriptor_weight``); crops without a label (DDTI has 166) still teach the segmentation head and the CAM
-  guidance, never the classifier;
+  (export/descriptors.py, ``descriptor_weight``) or mixup of the labelled crops (export/mixup.py, ``mixup_alpha``);
+  crops without a label (DDTI has 166) still teach the segmentation head and the CAM guidance, never the classifier;
 * a fixed schedule: no epoch is picked on validation data; the saved model is the weight EMA at the end;
 * a data pack (export/datapack.py) and a device switch: on CUDA it trains in bf16 autocast,
   channels-last, with loader workers; the CPU run is the reference recipe.
