@@ -217,6 +217,11 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--mixup", "mixup_alpha", type=click.FloatRange(0, None), default=None,
               help="Mixup of the labelled crops with Beta(alpha, alpha) weights (export/mixup.py; default: the "
                    "recipe's 0, off).")
+@click.option("--replay", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Data pack whose labelled crops are replayed during fine-tuning with a head of their own, dropped "
+                   "at export (e.g. runs/pretrain_pack.npz: BUSI); needs --replay-per-batch.")
+@click.option("--replay-per-batch", type=click.IntRange(0, None), default=None,
+              help="Replayed crops per training step (default: the recipe's 0, off).")
 @click.option("--test-time-flip", is_flag=True,
               help="Score every fold as a bundle exported with --test-time-flip does (each input's maps averaged "
                    "with its mirror image's); training is unchanged, so existing fold models are re-scored.")
@@ -227,13 +232,15 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
-         descriptor_weight, level_targets, p_cyst, p_spongiform, mixup_alpha, test_time_flip, threads, device, workers, also_all,
-         all_first_after) -> None:
+         descriptor_weight, level_targets, p_cyst, p_spongiform, mixup_alpha, replay, replay_per_batch, test_time_flip,
+         threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
     from edge_thyroid.export.checkpoint import load_checkpoint
 
+    if replay_per_batch and not replay:
+        raise click.UsageError("--replay-per-batch needs --replay PACK (e.g. runs/pretrain_pack.npz)")
     pack = pack_for(data)
     assignment = fold_assignment(pack, folds)
     out = Path(out_dir)
@@ -277,6 +284,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             recipe.p_spongiform = p_spongiform
         if mixup_alpha is not None:
             recipe.mixup_alpha = mixup_alpha
+        if replay_per_batch:
+            recipe.replay, recipe.replay_per_batch = replay, replay_per_batch
         return recipe
 
     def write() -> None:

@@ -8,7 +8,9 @@ The product is still :class:`MultimodalClassifier` (shared backbone + linear fus
 * an **ordinal TI-RADS head** (CORAL: one shared score, K-1 ordered thresholds) on the pooled features:
   the risk level is richer than the binarised label;
 * optionally a **descriptor head** (linear, on the pooled features) regressing the nodule's sonographic
-  descriptors (export/descriptors.py: composition, echogenicity, foci, shape, margin).
+  descriptors (export/descriptors.py: composition, echogenicity, foci, shape, margin);
+* optionally a **replay head** (linear, on the pooled features) for pre-training images replayed during
+  fine-tuning (BUSI's malignant vs not), so the features that pre-training taught are kept in use.
 
 and the **CAM guidance loss**: the share of the CAM's evidence (positive and negative parts taken
 separately) that falls outside the dilated nodule mask.
@@ -30,7 +32,7 @@ class GuidedClassifier(nn.Module):
     """A :class:`MultimodalClassifier` plus the auxiliary heads, for single-modality training batches."""
 
     def __init__(self, base: MultimodalClassifier, modality: str = "bmode", tirads_levels: int = 6,
-                 descriptors: int = 0) -> None:
+                 descriptors: int = 0, replay: bool = False) -> None:
         super().__init__()
         if modality not in base.modalities:
             raise ValueError(f"modality {modality!r} is not one of the model's {base.modalities}")
@@ -43,6 +45,9 @@ class GuidedClassifier(nn.Module):
         self.aux_ordinal_bias = nn.Parameter(torch.linspace(1.0, -1.0, tirads_levels - 1))
         # Only built when asked for, so the recipe without it keeps its parameters (and its seeded start).
         self.aux_descriptors = nn.Linear(channels, descriptors) if descriptors else None
+        # A head for the pre-training task's own images (BUSI: malignant vs not) replayed during fine-tuning;
+        # also only built when asked for.
+        self.aux_replay = nn.Linear(channels, 1) if replay else None
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """pixels: B x 3 x S x S of one modality -> logit (B), cam (B x h x w), seg (B x h x w), ordinal (B x K-1).
@@ -66,6 +71,8 @@ class GuidedClassifier(nn.Module):
         outputs = {"logit": logit, "cam": cam, "seg": seg, "ordinal": ordinal, "maps": maps}
         if self.aux_descriptors is not None:
             outputs["descriptors"] = self.aux_descriptors(pooled)
+        if self.aux_replay is not None:
+            outputs["replay"] = self.aux_replay(pooled).squeeze(1)
         return outputs
 
 

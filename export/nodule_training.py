@@ -12,7 +12,8 @@ What differs from the plain recipe (export/train.py):
 * losses: the product's BCE (label smoothing, class-balanced sampler) + CAM guidance (evidence outside the
   dilated mask) + a segmentation head on the last feature maps + an ordinal TI-RADS head
   (export/guidance.py), optionally a head regressing the nodule's sonographic descriptors
-  (export/descriptors.py, ``descriptor_weight``) or mixup of the labelled crops (export/mixup.py, ``mixup_alpha``);
+  (export/descriptors.py, ``descriptor_weight``), mixup of the labelled crops (export/mixup.py, ``mixup_alpha``)
+  or the pre-training images replayed with a head of their own (``replay``, ``replay_per_batch``);
   crops without a label (DDTI has 166) still teach the segmentation head and the CAM guidance, never the classifier;
 * a fixed schedule: no epoch is picked on validation data; the saved model is the weight EMA at the end;
 * a data pack (export/datapack.py) and a device switch: on CUDA it trains in bf16 autocast,
@@ -89,6 +90,12 @@ class NoduleRecipe:
     # Mixup (export/mixup.py): each labelled crop blended with another of its batch, weight from
     # Beta(alpha, alpha) folded to >= 0.5, targets blended alike. 0: off.
     mixup_alpha: float = 0.0
+    # Replay of the pre-training images during fine-tuning: ``replay_per_batch`` labelled crops of the pack
+    # at ``replay`` (e.g. runs/pretrain_pack.npz: BUSI, malignant vs not) join every step, scored by a head
+    # of their own (weight ``replay_weight``, dropped at export), never by the thyroid head. 0: off.
+    replay: str | None = None
+    replay_per_batch: int = 0
+    replay_weight: float = 0.5
     seed: int = 0
     init: str | None = None       # a pre-trained checkpoint whose backbone starts the run
     label_source: str = LABEL_SOURCE
@@ -173,10 +180,11 @@ class NoduleBatches(torch.utils.data.Dataset):
     batches are the same whatever the number of loader workers."""
 
     def __init__(self, pack: DataPack, draws: Sequence[int], recipe: NoduleRecipe, grid: int, epoch: int,
-                 descriptor_scale: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 descriptor_scale: tuple[np.ndarray, np.ndarray] | None = None, replay: DataPack | None = None) -> None:
         self.pack, self.draws, self.recipe, self.grid, self.epoch = pack, list(draws), recipe, grid, epoch
         self.spec = PreprocessSpec(image_size=recipe.image_size)
         self.descriptor_scale = descriptor_scale
+        self.replay = replay
 
     def __len__(self) -> int:
         return len(self.draws)
@@ -184,6 +192,8 @@ class NoduleBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int):
         i = self.draws[k]
         rng = np.random.default_rng((self.recipe.seed, self.epoch, k))
+        if i >= len(self.pack.labels):
+            return self.replay_item(i - len(self.pack.labels), rng)
         image, mask = self.pack.images[i], self.pack.masks[i]
         label, level = float(self.pack.labels[i]), int(self.pack.tirads[i])
         made_cyst = False
@@ -208,13 +218,28 @@ class NoduleBatches(torch.utils.data.Dataset):
             targets = standardised(nodule_descriptors(image, mask), *self.descriptor_scale)
         return (torch.from_numpy(pixels), torch.from_numpy(coverage), torch.tensor(has_mask),
                 torch.tensor(label), torch.tensor(level),
-                torch.from_numpy(targets))
+                torch.from_numpy(targets), torch.tensor(-1.0))
+
+    def replay_item(self, i: int, rng: np.random.Generator):
+        """A pre-training image, augmented like the others: no thyroid label or level (-1), its own label
+        last (the replay head's target); its mask, if it has one, guides the CAM as a nodule's does."""
+        if self.replay is None:
+            count = len(self.pack.labels)
+            raise IndexError(f"draw {i + count} is past the pack's {count} crops and no replay pack was given")
+        image, mask = augmented_view(self.replay.images[i], self.replay.masks[i], self.recipe, rng)
+        pixels, coverage, has_mask = view_inputs(image, mask, self.recipe, self.spec, self.grid)
+        width = len(self.descriptor_scale[0]) if self.descriptor_scale is not None else 0
+        return (torch.from_numpy(pixels), torch.from_numpy(coverage), torch.tensor(has_mask),
+                torch.tensor(-1.0), torch.tensor(-1), torch.full((width,), float("nan")),
+                torch.tensor(float(self.replay.labels[i])))
 
 
 def epoch_draws(labels: np.ndarray, labelled: np.ndarray, unlabelled: np.ndarray, recipe: NoduleRecipe,
-                epoch: int) -> list[int]:
+                epoch: int, replay_count: int = 0) -> list[int]:
     """Pack indices for one epoch, batch by batch: ``batch_size`` labelled crops drawn class-balanced
-    (with replacement) followed by ``unlabelled_per_batch`` unlabelled ones."""
+    (with replacement) followed by ``unlabelled_per_batch`` unlabelled ones and, with a replay pack of
+    ``replay_count`` crops, ``replay_per_batch`` of those (as ``len(labels) + index``)."""
+    replay_rng = np.random.default_rng((recipe.seed, epoch, 19))  # its own: the other draws stay as they were
     rng = np.random.default_rng((recipe.seed, epoch, 7))
     classes = [labelled[labels[labelled] == c] for c in (0, 1)]
     if any(len(c) == 0 for c in classes):
@@ -226,6 +251,8 @@ def epoch_draws(labels: np.ndarray, labelled: np.ndarray, unlabelled: np.ndarray
         draws += [int(rng.choice(classes[c])) for c in chosen]
         if len(unlabelled) and recipe.unlabelled_per_batch:
             draws += [int(i) for i in rng.choice(unlabelled, recipe.unlabelled_per_batch)]
+        if replay_count and recipe.replay_per_batch:
+            draws += [len(labels) + int(i) for i in replay_rng.integers(0, replay_count, recipe.replay_per_batch)]
     return draws
 
 
@@ -240,6 +267,20 @@ def parameter_groups(model: GuidedClassifier, recipe: NoduleRecipe) -> list[dict
     inside = {id(p) for p in backbone}
     heads = [p for p in model.parameters() if id(p) not in inside]
     return [{"params": backbone, "lr": recipe.lr * recipe.backbone_lr_scale}, {"params": heads}]
+
+
+def load_replay(recipe: NoduleRecipe) -> DataPack | None:
+    """The labelled crops of the recipe's replay pack, or None when replay is off."""
+    if recipe.replay_per_batch <= 0:
+        return None
+    if not recipe.replay:
+        raise ValueError(f"replay_per_batch is {recipe.replay_per_batch} but no replay pack was given; "
+                         "expected a data pack such as runs/pretrain_pack.npz")
+    pack = pack_for(recipe.replay)
+    labelled = np.flatnonzero(pack.labelled)
+    if len(labelled) == 0:
+        raise ValueError(f"{recipe.replay}: no labelled crops to replay; expected a pack with labels (e.g. BUSI's)")
+    return pack.subset(labelled)
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -289,12 +330,13 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         base.head.load_state_dict(head)
     if recipe.mixup_alpha > 0 and recipe.descriptor_weight > 0:
         raise ValueError("mixup and the descriptor head cannot be combined: a blend of two crops has no descriptors")
+    replay = load_replay(recipe)
     scale = None
     if recipe.descriptor_weight > 0:
         # Scaled on the training side's own crops (labelled or not), never on the held-out fold.
         scale = descriptor_scale(pack.images[train_index], pack.masks[train_index])
     model = GuidedClassifier(base, "bmode", len(TIRADS_LEVELS),
-                             len(DESCRIPTOR_NAMES) if scale is not None else 0)
+                             len(DESCRIPTOR_NAMES) if scale is not None else 0, replay=replay is not None)
     model = model.to(dev).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(parameter_groups(model, recipe), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = len(labelled) // recipe.batch_size
@@ -316,16 +358,17 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     started = time.monotonic() - state["elapsed_s"]
-    batch = recipe.batch_size + (recipe.unlabelled_per_batch if len(unlabelled) else 0)
+    batch = (recipe.batch_size + (recipe.unlabelled_per_batch if len(unlabelled) else 0)
+             + (recipe.replay_per_batch if replay is not None else 0))
     for epoch in range(state["epoch"], recipe.epochs):
         model.train()
-        draws = epoch_draws(labels, labelled, unlabelled, recipe, epoch)
-        loader = torch.utils.data.DataLoader(NoduleBatches(pack, draws, recipe, grid, epoch, scale), batch_size=batch,
+        draws = epoch_draws(labels, labelled, unlabelled, recipe, epoch, len(replay) if replay is not None else 0)
+        loader = torch.utils.data.DataLoader(NoduleBatches(pack, draws, recipe, grid, epoch, scale, replay), batch_size=batch,
                                              shuffle=False, num_workers=workers, drop_last=True,
                                              persistent_workers=False, pin_memory=dev.type == "cuda")
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, file=sys.stderr)
-        for step, (pixels, coverage, has_mask, label, level, targets) in enumerate(bar):
+        for step, (pixels, coverage, has_mask, label, level, targets, replay_label) in enumerate(bar):
             pixels = pixels.to(dev, non_blocking=True).to(memory_format=torch.channels_last)
             coverage, has_mask = coverage.to(dev), has_mask.to(dev)
             label, level = label.to(dev), level.to(dev)
@@ -360,6 +403,12 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
             if "descriptors" in outputs:
                 losses["desc"] = descriptor_loss(outputs["descriptors"].float(), targets.to(dev))
                 loss = loss + recipe.descriptor_weight * losses["desc"]
+            if "replay" in outputs:
+                replay_label = replay_label.to(dev)
+                replayed = replay_label >= 0
+                losses["replay"] = F.binary_cross_entropy_with_logits(
+                    outputs["replay"].float()[replayed], smooth_targets(replay_label[replayed], recipe.label_smoothing))
+                loss = loss + recipe.replay_weight * losses["replay"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -464,18 +513,26 @@ def fold_assignment(pack: DataPack, folds: int, seed: int = 0) -> np.ndarray:
               help="Share of the other draws whose nodule becomes a synthetic spongiform one labelled benign (TI-RADS 2).")
 @click.option("--mixup", "mixup_alpha", type=click.FloatRange(0, None), default=NoduleRecipe.mixup_alpha,
               show_default=True, help="Mixup's Beta(alpha, alpha) for the labelled crops (export/mixup.py); 0: off.")
+@click.option("--replay", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Data pack whose labelled crops are replayed during fine-tuning with a head of their own "
+                   "(e.g. runs/pretrain_pack.npz: BUSI); needs --replay-per-batch.")
+@click.option("--replay-per-batch", type=click.IntRange(0, None), default=NoduleRecipe.replay_per_batch,
+              show_default=True, help="Replayed crops per step; 0: off.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loader worker processes.")
 @click.option("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
 @click.option("--resume/--no-resume", default=True, show_default=True)
-def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, p_spongiform, mixup_alpha, device,
-         workers, threads, resume) -> None:
+def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, p_spongiform, mixup_alpha, replay,
+         replay_per_batch, device, workers, threads, resume) -> None:
     """Train the nodule-guided classifier on one case-level fold's training side, or on all data."""
     if (fold is None) == (not use_all):
         raise click.UsageError("give exactly one of --fold K or --all")
     pack = pack_for(data)
     recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init, lr=lr, p_cyst=p_cyst,
-                          p_spongiform=p_spongiform, mixup_alpha=mixup_alpha)
+                          p_spongiform=p_spongiform, mixup_alpha=mixup_alpha, replay=replay,
+                          replay_per_batch=replay_per_batch)
+    if replay_per_batch and not replay:
+        raise click.UsageError("--replay-per-batch needs --replay PACK (e.g. runs/pretrain_pack.npz)")
     if use_all:
         index = np.arange(len(pack))
     else:
