@@ -21,6 +21,8 @@ against direct computations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -142,6 +144,34 @@ def soft_ordinal_loss(ordinal_logits: torch.Tensor, targets: torch.Tensor, valid
     if not bool(valid.any()):
         return ordinal_logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(ordinal_logits[valid], targets[valid])
+
+
+@dataclass
+class TrainingBatch:
+    """A training batch as the losses read it: the pixels and every loss's targets with the crops it counts.
+    Built as drawn by :func:`training_batch`; mixup (export/mixup.py) blends one into another of the same form."""
+
+    pixels: torch.Tensor          # B x 3 x S x S
+    cls_target: torch.Tensor      # B: binary targets (rows without a label are not read)
+    cam_inside: torch.Tensor      # B x h x w: the mask's cell coverage the CAM guidance counts as inside
+    cam_valid: torch.Tensor       # B bool
+    seg_target: torch.Tensor      # B x h x w: the segmentation head's targets
+    seg_valid: torch.Tensor       # B bool
+    ordinal_target: torch.Tensor  # B x (K-1): cumulative TI-RADS targets
+    ordinal_valid: torch.Tensor   # B bool
+
+
+def training_batch(pixels: torch.Tensor, cls_target: torch.Tensor, coverage: torch.Tensor, has_mask: torch.Tensor,
+                   levels: torch.Tensor, num_levels: int) -> TrainingBatch:
+    """A batch's loss targets as drawn: the mask's coverage for the CAM and the segmentation head (crops with a
+    mask), the cumulative targets of each known TI-RADS level (crops with a level)."""
+    known_level = levels >= 0
+    cumulative = torch.zeros(len(levels), num_levels - 1, device=levels.device)
+    if bool(known_level.any()):
+        cumulative[known_level] = ordinal_targets(levels[known_level], num_levels)
+    return TrainingBatch(pixels=pixels, cls_target=cls_target.to(torch.float32), cam_inside=coverage,
+                         cam_valid=has_mask, seg_target=coverage, seg_valid=has_mask,
+                         ordinal_target=cumulative, ordinal_valid=known_level)
 
 
 def descriptor_loss(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

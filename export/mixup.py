@@ -16,12 +16,12 @@ Pure functions on tensors, checked in tests/test_mixup.py against NumPy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from .guidance import ordinal_targets
+from .guidance import TrainingBatch, training_batch
 
 
 def mixup_partners(count: int, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -42,24 +42,10 @@ def blend(values: torch.Tensor, rows: torch.Tensor, partner: torch.Tensor, lam: 
     return out
 
 
-@dataclass
-class MixedBatch:
-    """A training batch after mixup: the blended pixels and the targets each loss reads."""
-
-    pixels: torch.Tensor         # B x 3 x S x S
-    cls_target: torch.Tensor     # B: soft binary targets (rows without a label unchanged, ignored by the loss)
-    cam_inside: torch.Tensor     # B x h x w: the union of the two masks' coverage
-    cam_valid: torch.Tensor      # B bool: either crop has a mask
-    seg_target: torch.Tensor     # B x h x w: blended coverage
-    seg_valid: torch.Tensor      # B bool: both crops have a mask
-    ordinal_target: torch.Tensor  # B x (K-1): blended cumulative targets
-    ordinal_valid: torch.Tensor  # B bool: both crops have a level
-
-
 def mix_batch(pixels: torch.Tensor, cls_target: torch.Tensor, coverage: torch.Tensor, has_mask: torch.Tensor,
               levels: torch.Tensor, num_levels: int, labelled: torch.Tensor,
-              partner: np.ndarray, lam: np.ndarray) -> MixedBatch:
-    """Blend the labelled rows of a batch with partners among them.
+              partner: np.ndarray, lam: np.ndarray) -> TrainingBatch:
+    """The batch (guidance.training_batch) with its labelled rows blended with partners among them.
 
     ``labelled``: B bool; ``partner``/``lam``: from :func:`mixup_partners` for ``labelled.sum()`` crops
     (partner k means the k-th labelled row).
@@ -67,23 +53,20 @@ def mix_batch(pixels: torch.Tensor, cls_target: torch.Tensor, coverage: torch.Te
     rows = torch.nonzero(labelled, as_tuple=False).squeeze(1)
     if len(partner) != len(rows) or len(lam) != len(rows):
         raise ValueError(f"mixup: {len(rows)} labelled crops, but {len(partner)} partners and {len(lam)} weights")
-    device = pixels.device
-    mates = rows[torch.as_tensor(partner, dtype=torch.long, device=device)]
-    weight = torch.as_tensor(lam, dtype=torch.float32, device=device)
-    known_level = levels >= 0
-    cumulative = torch.zeros(len(levels), num_levels - 1, device=device)
-    if bool(known_level.any()):
-        cumulative[known_level] = ordinal_targets(levels[known_level], num_levels)
+    drawn = training_batch(pixels, cls_target, coverage, has_mask, levels, num_levels)
+    mates = rows[torch.as_tensor(partner, dtype=torch.long, device=pixels.device)]
+    weight = torch.as_tensor(lam, dtype=torch.float32, device=pixels.device)
     cam_inside, cam_valid = coverage.clone(), has_mask.clone()
     cam_inside[rows] = torch.maximum(coverage[rows], coverage[mates])
     cam_valid[rows] = has_mask[rows] | has_mask[mates]
-    seg_valid, ordinal_valid = has_mask.clone(), known_level.clone()
+    seg_valid, ordinal_valid = has_mask.clone(), drawn.ordinal_valid.clone()
     seg_valid[rows] = has_mask[rows] & has_mask[mates]
-    ordinal_valid[rows] = known_level[rows] & known_level[mates]
-    return MixedBatch(
+    ordinal_valid[rows] = drawn.ordinal_valid[rows] & drawn.ordinal_valid[mates]
+    return replace(
+        drawn,
         pixels=blend(pixels, rows, mates, weight),
-        cls_target=blend(cls_target.to(torch.float32), rows, mates, weight),
+        cls_target=blend(drawn.cls_target, rows, mates, weight),
         cam_inside=cam_inside, cam_valid=cam_valid,
         seg_target=blend(coverage, rows, mates, weight), seg_valid=seg_valid,
-        ordinal_target=blend(cumulative, rows, mates, weight), ordinal_valid=ordinal_valid,
+        ordinal_target=blend(drawn.ordinal_target, rows, mates, weight), ordinal_valid=ordinal_valid,
     )

@@ -47,8 +47,8 @@ from .augment import (box_at_margin, burn_in_marks, crop, mask_bbox, sample_box,
 from .checkpoint import CheckpointInfo, save_checkpoint
 from .datapack import TIRADS_LEVELS, DataPack, pack_for
 from .descriptors import DESCRIPTOR_NAMES, descriptor_scale, nodule_descriptors, standardised
-from .guidance import (GuidedClassifier, cam_outside_loss, descriptor_loss, level_targets, ordinal_loss, seg_loss,
-                       soft_ordinal_loss)
+from .guidance import (GuidedClassifier, cam_outside_loss, descriptor_loss, level_targets, seg_loss, soft_ordinal_loss,
+                       training_batch)
 from .mixup import mix_batch, mixup_partners
 from .models import BACKBONE_CHANNELS, MODALITIES, MultimodalClassifier
 from .train import Ema, lr_lambda, smooth_targets
@@ -320,6 +320,9 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     labels = pack.labels
     labelled = train_index[labels[train_index] >= 0]
     unlabelled = train_index[labels[train_index] < 0]
+    if recipe.mixup_alpha > 0 and recipe.descriptor_weight > 0:
+        raise ValueError("mixup and the descriptor head cannot be combined: a blend of two crops has no descriptors")
+    replay = load_replay(recipe)
     base = MultimodalClassifier(recipe.backbone, MODALITIES)
     if recipe.init:
         # Only the backbone: the head and the auxiliary heads start fresh for the new task.
@@ -328,9 +331,6 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         head = {k: v.clone() for k, v in base.head.state_dict().items()}
         log(f"initialised {init_from(base, recipe.init)} tensors from {recipe.init}")
         base.head.load_state_dict(head)
-    if recipe.mixup_alpha > 0 and recipe.descriptor_weight > 0:
-        raise ValueError("mixup and the descriptor head cannot be combined: a blend of two crops has no descriptors")
-    replay = load_replay(recipe)
     scale = None
     if recipe.descriptor_weight > 0:
         # Scaled on the training side's own crops (labelled or not), never on the held-out fold.
@@ -374,30 +374,22 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
             label, level = label.to(dev), level.to(dev)
             known = label >= 0
             target = smooth_targets(level_targets(label, level) if recipe.level_targets else label, recipe.label_smoothing)
-            mixed = None
             if recipe.mixup_alpha > 0:
                 # Its own generator, so nothing else the recipe draws changes with mixup on.
                 partner, lam = mixup_partners(int(known.sum()), recipe.mixup_alpha,
                                               np.random.default_rng((recipe.seed, epoch, step, 17)))
-                mixed = mix_batch(pixels, target, coverage, has_mask, level, len(TIRADS_LEVELS), known, partner, lam)
-                pixels = mixed.pixels
-            with autocast:
-                outputs = model(pixels)
-            logit, cam = outputs["logit"].float(), outputs["cam"].float()
-            if mixed is None:
-                losses = {
-                    "cls": F.binary_cross_entropy_with_logits(logit[known], target[known]),
-                    "cam": cam_outside_loss(cam, coverage, has_mask),
-                    "seg": seg_loss(outputs["seg"].float(), coverage, has_mask),
-                    "ord": ordinal_loss(outputs["ordinal"].float(), level),
-                }
+                inputs = mix_batch(pixels, target, coverage, has_mask, level, len(TIRADS_LEVELS), known, partner, lam)
             else:
-                losses = {
-                    "cls": F.binary_cross_entropy_with_logits(logit[known], mixed.cls_target[known]),
-                    "cam": cam_outside_loss(cam, mixed.cam_inside, mixed.cam_valid),
-                    "seg": seg_loss(outputs["seg"].float(), mixed.seg_target, mixed.seg_valid),
-                    "ord": soft_ordinal_loss(outputs["ordinal"].float(), mixed.ordinal_target, mixed.ordinal_valid),
-                }
+                inputs = training_batch(pixels, target, coverage, has_mask, level, len(TIRADS_LEVELS))
+            with autocast:
+                outputs = model(inputs.pixels)
+            logit, cam = outputs["logit"].float(), outputs["cam"].float()
+            losses = {
+                "cls": F.binary_cross_entropy_with_logits(logit[known], inputs.cls_target[known]),
+                "cam": cam_outside_loss(cam, inputs.cam_inside, inputs.cam_valid),
+                "seg": seg_loss(outputs["seg"].float(), inputs.seg_target, inputs.seg_valid),
+                "ord": soft_ordinal_loss(outputs["ordinal"].float(), inputs.ordinal_target, inputs.ordinal_valid),
+            }
             loss = (losses["cls"] + recipe.cam_weight * losses["cam"] + recipe.seg_weight * losses["seg"]
                     + recipe.ordinal_weight * losses["ord"])
             if "descriptors" in outputs:
