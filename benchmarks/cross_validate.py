@@ -222,6 +222,11 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
                    "at export (e.g. runs/pretrain_pack.npz: BUSI); needs --replay-per-batch.")
 @click.option("--replay-per-batch", type=click.IntRange(0, None), default=None,
               help="Replayed crops per training step (default: the recipe's 0, off).")
+@click.option("--pseudo-labels-from", "pseudo_run", default=None, type=click.Path(exists=True, file_okay=False),
+              help="An earlier cross-validation run whose models of each fold (every seed; 'all' for the all-data "
+                   "model) give the unlabelled crops soft labels (export/pseudo_labels.py; default: off).")
+@click.option("--unlabelled-per-batch", type=click.IntRange(0, None), default=None,
+              help="Unlabelled crops per training step (default: the recipe's 2).")
 @click.option("--test-time-flip", is_flag=True,
               help="Score every fold as a bundle exported with --test-time-flip does (each input's maps averaged "
                    "with its mirror image's); training is unchanged, so existing fold models are re-scored.")
@@ -232,8 +237,8 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
-         descriptor_weight, level_targets, p_cyst, p_spongiform, mixup_alpha, replay, replay_per_batch, test_time_flip,
-         threads, device, workers, also_all, all_first_after) -> None:
+         descriptor_weight, level_targets, p_cyst, p_spongiform, mixup_alpha, replay, replay_per_batch, pseudo_run,
+         unlabelled_per_batch, test_time_flip, threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
@@ -258,8 +263,18 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                                      (" for every fold and 'all'" if "{fold}" in init else ""), param_hint="--init")
         return path
 
-    for fold in fold_list:   # every per-fold start exists before hours of training begin
+    def teachers_for(fold: int | str) -> tuple[str, ...]:
+        from edge_thyroid.export.pseudo_labels import fold_teachers
+
+        try:
+            return tuple(fold_teachers(pseudo_run, fold))
+        except FileNotFoundError as error:
+            raise click.BadParameter(str(error), param_hint="--pseudo-labels-from") from None
+
+    for fold in fold_list + (["all"] if also_all else []):   # every start and teacher exists before hours of training
         init_for(fold)
+        if pseudo_run:
+            teachers_for(fold)
 
     def make_recipe(seed: int, fold: int | str = 0) -> NoduleRecipe:
         recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init_for(fold))
@@ -286,6 +301,10 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             recipe.mixup_alpha = mixup_alpha
         if replay_per_batch:
             recipe.replay, recipe.replay_per_batch = replay, replay_per_batch
+        if unlabelled_per_batch is not None:
+            recipe.unlabelled_per_batch = unlabelled_per_batch
+        if pseudo_run:
+            recipe.pseudo_label_teachers = teachers_for(fold)
         return recipe
 
     def write() -> None:

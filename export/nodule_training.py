@@ -62,7 +62,7 @@ class NoduleRecipe:
     image_size: int = 128
     epochs: int = 30
     batch_size: int = 16          # labelled crops per step
-    unlabelled_per_batch: int = 2  # extra crops per step that only teach the mask heads
+    unlabelled_per_batch: int = 2  # extra crops per step for the mask heads (and, pseudo-labelled, the classifier)
     lr: float = 5e-4
     # The pre-trained backbone's learning rate as a share of ``lr`` (the heads keep ``lr``): below 1 the
     # fine-tuning moves the pre-trained features less, the classic small-data fine-tuning choice.
@@ -96,6 +96,10 @@ class NoduleRecipe:
     replay: str | None = None
     replay_per_batch: int = 0
     replay_weight: float = 0.5
+    # Soft pseudo-labels (export/pseudo_labels.py): the unlabelled crops get the mean p of these teacher
+    # checkpoints (mirror-image average) as their label, so they teach the classifier, not only the mask
+    # heads. The teachers must not have seen the held-out cases. Empty: off.
+    pseudo_label_teachers: tuple[str, ...] = ()
     seed: int = 0
     init: str | None = None       # a pre-trained checkpoint whose backbone starts the run
     label_source: str = LABEL_SOURCE
@@ -180,11 +184,13 @@ class NoduleBatches(torch.utils.data.Dataset):
     batches are the same whatever the number of loader workers."""
 
     def __init__(self, pack: DataPack, draws: Sequence[int], recipe: NoduleRecipe, grid: int, epoch: int,
-                 descriptor_scale: tuple[np.ndarray, np.ndarray] | None = None, replay: DataPack | None = None) -> None:
+                 descriptor_scale: tuple[np.ndarray, np.ndarray] | None = None, replay: DataPack | None = None,
+                 soft_labels: np.ndarray | None = None) -> None:
         self.pack, self.draws, self.recipe, self.grid, self.epoch = pack, list(draws), recipe, grid, epoch
         self.spec = PreprocessSpec(image_size=recipe.image_size)
         self.descriptor_scale = descriptor_scale
         self.replay = replay
+        self.soft_labels = soft_labels   # pack-long; a finite value labels an unlabelled crop (pseudo-label)
 
     def __len__(self) -> int:
         return len(self.draws)
@@ -196,6 +202,8 @@ class NoduleBatches(torch.utils.data.Dataset):
             return self.replay_item(i - len(self.pack.labels), rng)
         image, mask = self.pack.images[i], self.pack.masks[i]
         label, level = float(self.pack.labels[i]), int(self.pack.tirads[i])
+        if label < 0 and self.soft_labels is not None and np.isfinite(self.soft_labels[i]):
+            label = float(self.soft_labels[i])   # no level: the ordinal head still learns from graded crops only
         made_cyst = False
         if self.recipe.p_cyst > 0:
             # Its own generator, so the recipe without cysts draws exactly the augmentations it always drew.
@@ -323,6 +331,14 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     if recipe.mixup_alpha > 0 and recipe.descriptor_weight > 0:
         raise ValueError("mixup and the descriptor head cannot be combined: a blend of two crops has no descriptors")
     replay = load_replay(recipe)
+    soft_labels = None
+    if recipe.pseudo_label_teachers:
+        from .pseudo_labels import teacher_probabilities
+
+        soft_labels = teacher_probabilities(recipe.pseudo_label_teachers, pack, unlabelled)
+        given = soft_labels[unlabelled]
+        log(f"pseudo-labels for {len(unlabelled)} unlabelled crops from {len(recipe.pseudo_label_teachers)} "
+            f"teachers: median p {np.median(given) if len(given) else float('nan'):.3f}")
     base = MultimodalClassifier(recipe.backbone, MODALITIES)
     if recipe.init:
         # Only the backbone: the head and the auxiliary heads start fresh for the new task.
@@ -363,7 +379,8 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     for epoch in range(state["epoch"], recipe.epochs):
         model.train()
         draws = epoch_draws(labels, labelled, unlabelled, recipe, epoch, len(replay) if replay is not None else 0)
-        loader = torch.utils.data.DataLoader(NoduleBatches(pack, draws, recipe, grid, epoch, scale, replay), batch_size=batch,
+        loader = torch.utils.data.DataLoader(NoduleBatches(pack, draws, recipe, grid, epoch, scale, replay, soft_labels),
+                                             batch_size=batch,
                                              shuffle=False, num_workers=workers, drop_last=True,
                                              persistent_workers=False, pin_memory=dev.type == "cuda")
         sums: dict[str, float] = {}
@@ -431,6 +448,7 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
                           image_size=recipe.image_size,
                           training={"recipe": recipe.to_dict(), "data": pack.meta, "epochs": recipe.epochs,
                                     "train_crops": int(len(labelled)), "unlabelled_crops": int(len(unlabelled)),
+                                    "pseudo_labelled_crops": int(len(unlabelled)) if soft_labels is not None else 0,
                                     "label_source": recipe.label_source, "history": state["history"]})
     save_checkpoint(out / "final.pt", final, info)
     return final
@@ -510,19 +528,31 @@ def fold_assignment(pack: DataPack, folds: int, seed: int = 0) -> np.ndarray:
                    "(e.g. runs/pretrain_pack.npz: BUSI); needs --replay-per-batch.")
 @click.option("--replay-per-batch", type=click.IntRange(0, None), default=NoduleRecipe.replay_per_batch,
               show_default=True, help="Replayed crops per step; 0: off.")
+@click.option("--pseudo-labels-from", "pseudo_run", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Cross-validation run (benchmarks/cross_validate.py --out) whose models of this fold (with --all: "
+                   "its all-data model) give the unlabelled crops soft labels (export/pseudo_labels.py).")
+@click.option("--unlabelled-per-batch", type=click.IntRange(0, None), default=NoduleRecipe.unlabelled_per_batch,
+              show_default=True, help="Unlabelled crops per step (mask heads; with pseudo-labels, the classifier too).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loader worker processes.")
 @click.option("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
 @click.option("--resume/--no-resume", default=True, show_default=True)
 def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, p_spongiform, mixup_alpha, replay,
-         replay_per_batch, device, workers, threads, resume) -> None:
+         replay_per_batch, pseudo_run, unlabelled_per_batch, device, workers, threads, resume) -> None:
     """Train the nodule-guided classifier on one case-level fold's training side, or on all data."""
     if (fold is None) == (not use_all):
         raise click.UsageError("give exactly one of --fold K or --all")
     pack = pack_for(data)
     recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init, lr=lr, p_cyst=p_cyst,
                           p_spongiform=p_spongiform, mixup_alpha=mixup_alpha, replay=replay,
-                          replay_per_batch=replay_per_batch)
+                          replay_per_batch=replay_per_batch, unlabelled_per_batch=unlabelled_per_batch)
+    if pseudo_run:
+        from .pseudo_labels import fold_teachers
+
+        try:
+            recipe.pseudo_label_teachers = tuple(fold_teachers(pseudo_run, "all" if use_all else fold))
+        except FileNotFoundError as error:
+            raise click.BadParameter(str(error), param_hint="--pseudo-labels-from") from None
     if replay_per_batch and not replay:
         raise click.UsageError("--replay-per-batch needs --replay PACK (e.g. runs/pretrain_pack.npz)")
     if use_all:
