@@ -335,7 +335,10 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     if recipe.pseudo_label_teachers:
         from .pseudo_labels import teacher_probabilities
 
-        soft_labels = teacher_probabilities(recipe.pseudo_label_teachers, pack, unlabelled)
+        # Building the teachers draws from torch's generator: restored after, so the model starts exactly as
+        # it would without pseudo-labels.
+        with torch.random.fork_rng(devices=[]):
+            soft_labels = teacher_probabilities(recipe.pseudo_label_teachers, pack, unlabelled)
         given = soft_labels[unlabelled]
         log(f"pseudo-labels for {len(unlabelled)} unlabelled crops from {len(recipe.pseudo_label_teachers)} "
             f"teachers: median p {np.median(given) if len(given) else float('nan'):.3f}")
