@@ -9,6 +9,12 @@ nodule is not at the pane's centre). The screen has fixed furniture: text and a 
 pane; depth ticks, an orientation '+' and a text label inside it. As the stream does, the furniture is
 learnt from live frames (other crops under the same furniture) with :class:`FixedPixels`.
 
+``--still`` measures what ``edge-thyroid classify --roi calipers`` does with screenshots instead: the whole
+screen is searched, and the furniture is learnt (:class:`StillFurniture`) from ``--other-stills N`` other
+measured screenshots of the same screen plus the image itself (0: a lone screenshot, nothing learnt).
+
+    python benchmarks/caliper_bench.py --still --other-stills 8 --out benchmarks/results/calipers_still_8.json
+
 * Positive frame: calipers at the mask's extreme points: four (left, right, top, bottom) or two (the
   ends of the longer axis), in a random style: '+' or 'x', 7-15 px, white/yellow/green/cyan, solid or
   hollow, 1 or 2 px strokes. Truth = the mask's bounding box. Reported: found a box, IoU of the marks'
@@ -23,6 +29,7 @@ Goals (issue 13): IoU >= 0.6 on >= 90% of positives, no box on >= 98% of negativ
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import platform
@@ -36,7 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_thyroid.calipers import CROSS, PLUS, CaliperFinder, FixedPixels, box_from_marks, draw_mark  # noqa: E402
+from edge_thyroid.calipers import (CROSS, PLUS, CaliperFinder, FixedPixels, StillFurniture, box_from_marks,  # noqa: E402
+                                   draw_mark)
 
 DATA = REPO.parent / "shared" / "data" / "ddti"
 OUT = REPO / "benchmarks" / "results" / "calipers.json"
@@ -160,20 +168,36 @@ def learn_furniture(crops: list, screen: np.ndarray, rng: np.random.Generator) -
     return fixed.mask
 
 
-def run(data: Path, limit: int | None, seed: int) -> dict:
+def learn_still_furniture(crops: list, screen: np.ndarray, rng: np.random.Generator, count: int) -> StillFurniture:
+    """What `classify --roi calipers` learns from a folder of screenshots: other measured stills of the
+    same screen (calipers on each, other patients)."""
+    furniture = StillFurniture()
+    for index in rng.choice(len(crops), size=min(count, len(crops)), replace=False):
+        furniture.add(compose(crops[index][1], crops[index][2], screen, rng, calipers=True)[0])
+    return furniture
+
+
+def run(data: Path, limit: int | None, seed: int, still: bool = False, other_stills: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     crops = load_crops(data, limit)
     if not crops:
         raise SystemExit(f"no crops with masks under {data}")
     screen = screen_with_furniture()
     fixed = learn_furniture(crops, screen, rng)
+    stills = learn_still_furniture(crops, screen, rng, other_stills) if still and other_stills else None
     finder = CaliperFinder()
     positives, negatives, times = [], [], []
     for name, crop, mask in crops:
         for with_calipers in (True, False):
             frame, info = compose(crop, mask, screen, rng, with_calipers)
             start = time.perf_counter()
-            found = finder.find(frame, PANE, fixed)
+            if still:   # `classify --roi calipers` on a screenshot: the whole frame, and the run's stills
+                seen = copy.deepcopy(stills) if stills is not None else None
+                if seen is not None:
+                    seen.add(frame)          # the image itself is one of the run's stills
+                found = finder.find(frame, None, seen.mask(frame) if seen is not None else None)
+            else:
+                found = finder.find(frame, PANE, fixed)
             times.append((time.perf_counter() - start) * 1e3)
             if not with_calipers:
                 negatives.append({"image": name, "box": found.box is not None, "marks": len(found.marks)})
@@ -186,7 +210,10 @@ def run(data: Path, limit: int | None, seed: int) -> dict:
                               "found": len(found.marks), "box": found.box is not None,
                               "iou_extent": iou(found.extent, truth),
                               "iou_box": iou(found.box, grown[0]) if grown else 0.0})
-    return summarise(positives, negatives, times, seed)
+    return {**summarise(positives, negatives, times, seed),
+            "mode": ((f"still: whole frame, furniture learnt from {other_stills} other measured stills and itself"
+                      if other_stills else "still: whole frame, no furniture mask (a lone screenshot)")
+                     if still else "frozen stream: pane, furniture learnt live")}
 
 
 def summarise(positives: list[dict], negatives: list[dict], times: list[float], seed: int) -> dict:
@@ -227,11 +254,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="use the first N crops (default all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--still", action="store_true",
+                        help="search the whole screen without a furniture mask, as `classify --roi calipers` does "
+                             "with a screenshot (default: the stream's frozen-frame search)")
+    parser.add_argument("--other-stills", type=int, default=0,
+                        help="with --still: measured screenshots of the same screen in the run, from which the "
+                             "screen's furniture is learnt (0: a lone screenshot, nothing learnt)")
     args = parser.parse_args(argv)
     if not (args.data / "labels.csv").is_file():
         print(f"error: no DDTI labels.csv under {args.data}; expected ../shared/data/ddti", file=sys.stderr)
         return 2
-    report = run(args.data, args.limit, args.seed)
+    if args.other_stills and not args.still:
+        parser.error("--other-stills needs --still")
+    report = run(args.data, args.limit, args.seed, args.still, args.other_stills)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     brief = {k: report[k] for k in ("positives", "negatives", "detected", "iou_extent_ge_0.6", "iou_box_ge_0.6",

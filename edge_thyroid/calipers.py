@@ -14,7 +14,8 @@ derives the box the model should see (it was trained on nodule-centred crops):
 * **Furniture.** Fixed screen content inside the pane (depth ticks, an orientation '+', text) is
   ignored when the caller passes the pixels that never changed while the image was live
   (:class:`FixedPixels`, which the stream keeps up to date), and marks touching the pane's edge are
-  not calipers.
+  not calipers. Still images have no live history; several screenshots of one workstation stand in for
+  it (:class:`StillFurniture`: what is the same on all of them is the screen, not the patient).
 * **Box.** Two marks measure one diameter: a square of that diameter around their midpoint. Three or
   more give both axes: their bounding box. Then a margin on every side, because the training crops
   show the nodule at about two thirds of the crop's side (DDTI: median extent 0.67 of the side), and
@@ -154,6 +155,35 @@ class FixedPixels:
         # and their neighbours: anti-aliased text blends into the moving image at its edges, so only
         # its core stays fixed
         return cv2.dilate(fixed, np.ones((3, 3), np.uint8)).view(bool)
+
+
+class StillFurniture:
+    """The fixed furniture of screenshots taken on one workstation, learnt from the stills themselves.
+
+    A still has no live frames before it, but a set of screenshots of the same screen does the same job:
+    the text, depth scale and orientation mark sit on the same pixels in every one, while the anatomy and
+    the calipers move from patient to patient. So each image size gets a :class:`FixedPixels` fed with
+    every still of that size; with fewer than ``min_stills`` of a size there is nothing to learn and
+    ``mask`` is None (the finder then searches the whole image, as before).
+    """
+
+    def __init__(self, min_stills: int = 5) -> None:
+        self.min_stills = int(min_stills)
+        self._by_size: dict[tuple[int, int], FixedPixels] = {}
+
+    def add(self, frame: np.ndarray) -> None:
+        key = frame.shape[:2]
+        self._by_size.setdefault(key, FixedPixels(min_frames=self.min_stills)).update(frame)
+
+    def stills(self, frame: np.ndarray) -> int:
+        """How many stills of this frame's size were seen."""
+        fixed = self._by_size.get(frame.shape[:2])
+        return fixed.frames if fixed is not None else 0
+
+    def mask(self, frame: np.ndarray) -> np.ndarray | None:
+        """Bool mask of the furniture for a frame of this size, or None when too few stills of it were seen."""
+        fixed = self._by_size.get(frame.shape[:2])
+        return fixed.mask if fixed is not None else None
 
 
 class CaliperFinder:

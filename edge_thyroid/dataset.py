@@ -12,10 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .frames import Pane, check_roi, widen_box
+
+if TYPE_CHECKING:
+    from .calipers import StillFurniture
 
 LABELS = {"benign": 0, "malignant": 1, "0": 0, "1": 1}
 # A roi of "calipers": the nodule box comes from the measurement calipers on the image (edge_thyroid.calipers).
@@ -45,13 +49,14 @@ class Sample:
     def labelled(self) -> bool:
         return self.label is not None
 
-    def pane(self, frame: np.ndarray, context: float = 1.0) -> Pane:
+    def pane(self, frame: np.ndarray, context: float = 1.0, furniture: StillFurniture | None = None) -> Pane:
         """The pane the model sees for this row: its ``roi`` (checked to lie in the image) grown ``context``
-        times within the image (the bundle's ``box_context``), or the whole image."""
+        times within the image (the bundle's ``box_context``), or the whole image. ``furniture``: the screen
+        furniture of the run's stills (:func:`still_furniture`), for a roi of calipers."""
         height, width = frame.shape[:2]
         if self.roi is None:
             return Pane(self.modality, (0, 0, width, height))
-        roi = caliper_finding(frame, self.image).box if self.roi == CALIPERS else self.roi
+        roi = caliper_finding(frame, self.image, furniture).box if self.roi == CALIPERS else self.roi
         check_roi(roi, width, height, f"{self.image.name}: roi")
         return Pane(self.modality, widen_box(roi, context, (0, 0, width, height)))
 
@@ -115,20 +120,40 @@ def read_image_list(csv_path: str | Path) -> list[Sample]:
     return samples
 
 
-def caliper_finding(frame: np.ndarray, image: Path):
+def caliper_finding(frame: np.ndarray, image: Path, furniture: StillFurniture | None = None):
     """The caliper finding of a still image (edge_thyroid.calipers); InputError when it gives no box.
 
-    A still has no live history to learn the screen's fixed furniture from (the stream has), so the
-    whole image is searched; marks touching the image's edge are never taken for calipers.
+    A still has no live history to learn the screen's fixed furniture from (the stream has); the other
+    screenshots of the run stand in for it (``furniture``, :func:`still_furniture`) when there are enough
+    of its size, else the whole image is searched. Marks touching the image's edge are never calipers.
     """
     from .calipers import CaliperFinder
     from .errors import InputError
 
-    finding = CaliperFinder().find(frame)
+    finding = CaliperFinder().find(frame, None, furniture.mask(frame) if furniture is not None else None)
     if finding.box is None:
         raise InputError(f"image {image}: {len(finding.marks)} caliper mark(s) found; expected 2-4 '+' or 'x' marks "
                          "at the nodule's ends (or give the box as x,y,w,h)")
     return finding
+
+
+def still_furniture(samples: Sequence[Sample]) -> StillFurniture | None:
+    """The screen furniture learnt from the stills whose roi is calipers (None when there are none): every
+    such image is read once more beforehand; one that cannot be read is left for its own turn to report."""
+    from .calipers import StillFurniture
+    from .errors import InputError
+    from .frames import read_image
+
+    images = [s.image for s in samples if s.roi == CALIPERS]
+    if not images:
+        return None
+    furniture = StillFurniture()
+    for image in images:
+        try:
+            furniture.add(read_image(image))
+        except InputError:
+            continue
+    return furniture
 
 
 def _parse_roi(text: str | None, where: str) -> tuple[int, int, int, int] | str | None:

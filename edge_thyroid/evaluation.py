@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import sha256_file
-from .dataset import Sample, Split, read_samples, split_by_case
+from .dataset import Sample, Split, read_samples, split_by_case, still_furniture
 from .errors import InputError, MissingDependencyError
 from .frames import read_image
 from .metrics import (bootstrap_auc_ci, delong_auc_ci, delong_test, operating_point, paired_bootstrap_test,
@@ -146,9 +146,10 @@ class BundleScorer(Scorer):
         from tqdm import tqdm
 
         out = np.zeros(len(samples), dtype=np.float64)
+        furniture = still_furniture(samples)
         for i, sample in enumerate(tqdm(samples, desc="scoring", unit="image", file=sys.stderr, disable=not progress)):
             frame = read_image(sample.image)
-            out[i] = self.engine.classify(frame, [sample.pane(frame, self.engine.box_context)]).probability
+            out[i] = self.engine.classify(frame, [sample.pane(frame, self.engine.box_context, furniture)]).probability
         return out
 
     def close(self) -> None:

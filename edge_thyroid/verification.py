@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
-from .dataset import Sample, Split
+from .dataset import Sample, Split, still_furniture
 from .errors import EdgeThyroidError, InputError
 from .evaluation import SplitSpec, select_samples
 from .frames import Pane, read_image
@@ -86,10 +86,11 @@ def score_engines(engines: Sequence[Any], samples: Sequence[Sample], *, progress
     from tqdm import tqdm
 
     scores = np.zeros((len(engines), len(samples)), dtype=np.float64)
+    furniture = still_furniture(samples)
     for j, sample in enumerate(tqdm(samples, desc="gate", unit="image", file=sys.stderr, disable=not progress)):
         frame = read_image(sample.image)
         for i, engine in enumerate(engines):
-            pane = sample.pane(frame, engine.box_context)   # each engine grows a nodule box as its bundle says
+            pane = sample.pane(frame, engine.box_context, furniture)   # each engine grows a nodule box as its bundle says
             panes = [Pane(m, pane.roi) for m in engine.modalities] if getattr(engine, "branched", False) else [pane]
             scores[i, j] = engine.classify(frame, panes).probability
     return scores

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge_thyroid.dataset import Sample
+from edge_thyroid.dataset import Sample, still_furniture
 from edge_thyroid.errors import InputError
 from edge_thyroid.frames import read_image
 from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
@@ -44,6 +44,7 @@ class CheckpointScorer:
         size = self.spec.image_size
         out = np.zeros(len(samples), dtype=np.float64)
         starts = range(0, len(samples), self.batch_size)
+        furniture = still_furniture(samples)
         for start in tqdm(starts, desc="scoring", unit="batch", file=sys.stderr, disable=not progress):
             chunk = samples[start : start + self.batch_size]
             panes = np.zeros((len(chunk), len(modalities), 3, size, size), dtype=np.float32)
@@ -53,7 +54,7 @@ class CheckpointScorer:
                     raise InputError(f"{sample.image}: modality {sample.modality!r} is not one of the model's {modalities}")
                 frame = read_image(sample.image)
                 slot = modalities.index(sample.modality)
-                panes[j, slot] = preprocess_reference(frame, [sample.pane(frame).roi], self.spec)[0]
+                panes[j, slot] = preprocess_reference(frame, [sample.pane(frame, furniture=furniture).roi], self.spec)[0]
                 present[j, slot] = 1.0
             with torch.no_grad():
                 logits = self.model(torch.from_numpy(panes), torch.from_numpy(present))

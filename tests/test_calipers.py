@@ -226,3 +226,76 @@ def test_a_roi_of_calipers_in_a_csv_is_the_box_the_marks_give_for_evaluate_and_c
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.splitlines()[-1])
     assert tuple(record["calipers"]["box"]) == box and len(record["calipers"]["marks"]) == 2
+
+
+# --- screenshots: the screen's own marks learnt from several stills of it --------------------------------
+
+
+def screenshot(seed: int, calipers: list[tuple[int, int]]) -> np.ndarray:
+    """A workstation screenshot: one patient's speckle, the screen's fixed orientation '+' and label, and
+    yellow calipers where this patient's nodule was measured."""
+    frame = speckle(seed=seed)
+    draw_mark(frame, 60, 60, PLUS, 11, WHITE, 2)
+    cv2.putText(frame, "R LOBE x", (330, 330), cv2.FONT_HERSHEY_SIMPLEX, 0.6, WHITE, 1)
+    for x, y in calipers:
+        draw_mark(frame, x, y, PLUS, 11, YELLOW, 1)
+    return frame
+
+
+CALIPER_SETS = [[(150 + 9 * k, 180), (320 + 5 * k, 170 + 4 * k)] for k in range(6)]
+
+
+def test_still_furniture_learns_the_screen_from_five_screenshots_and_not_their_calipers():
+    from edge_thyroid.calipers import StillFurniture
+
+    furniture = StillFurniture()
+    shots = [screenshot(40 + k, marks) for k, marks in enumerate(CALIPER_SETS[:5])]
+    for k, shot in enumerate(shots):
+        assert furniture.mask(shot) is None and furniture.stills(shot) == k     # too few to tell screen from patient
+        furniture.add(shot)
+    mask = furniture.mask(shots[0])
+    assert mask.shape == shots[0].shape[:2] and mask[60, 64] and mask[56, 60]        # the orientation mark's arms
+    assert not any(mask[y, x] for marks in CALIPER_SETS[:5] for x, y in marks)        # calipers move: not screen
+    assert furniture.mask(np.zeros((100, 120, 3), np.uint8)) is None                  # another size: nothing learnt
+    finder = CaliperFinder()
+    assert (60, 60) in finder.find(shots[0]).positions                               # alone, the '+' is taken
+    assert sorted(finder.find(shots[0], fixed=mask).positions) == sorted(CALIPER_SETS[0])
+
+
+def test_classify_roi_calipers_learns_the_screen_from_the_screenshots_of_one_run(tmp_path):
+    from click.testing import CliRunner
+
+    from edge_thyroid.cli import cli
+    from edge_thyroid.commands.stream import DEMO_BUNDLE, data_path
+
+    paths = []
+    for k, marks in enumerate(CALIPER_SETS):
+        paths.append(tmp_path / f"shot{k}.png")
+        cv2.imwrite(str(paths[-1]), screenshot(50 + k, marks))
+    bundle = str(data_path(DEMO_BUNDLE))
+    result = CliRunner().invoke(cli, ["classify", bundle, *map(str, paths), "--roi", "calipers", "--json",
+                                      "--backend", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    for record, marks in zip(records, CALIPER_SETS):
+        assert sorted((m["x"], m["y"]) for m in record["calipers"]["marks"]) == sorted(marks)
+        assert tuple(record["calipers"]["box"]) == box_from_marks(marks, CaliperFinder().margin, (0, 0, 480, 360))[0]
+    assert "note:" not in result.stderr
+
+    lone = CliRunner().invoke(cli, ["classify", bundle, str(paths[0]), "--roi", "calipers", "--json",
+                                    "--backend", "onnxruntime"])
+    assert lone.exit_code == 0, lone.output
+    assert "note: 1 image(s) of 480x360" in lone.stderr and "5 or more screenshots" in lone.stderr
+    marks = json.loads(lone.stdout.splitlines()[-1])["calipers"]["marks"]
+    assert (60, 60) in [(m["x"], m["y"]) for m in marks]          # the limit the note names
+
+
+@needs_data
+def test_screenshots_composed_from_ddti_meet_the_goals_once_the_screen_is_learnt():
+    import importlib
+
+    caliper_bench = importlib.import_module("benchmarks.caliper_bench")
+    report = caliper_bench.run(DATA_DIR / "ddti", limit=40, seed=2, still=True, other_stills=8)
+    assert report["mode"].startswith("still: whole frame, furniture learnt from 8")
+    assert report["iou_extent_ge_0.6"] >= 0.9
+    assert report["negatives_without_box"] >= 0.95

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,9 +13,24 @@ from ..errors import InputError
 from .runtime_options import backend_settings, print_auto_choice, runtime_options
 from .trust_options import trust_option
 
+if TYPE_CHECKING:   # the finder (OpenCV) is imported only when --roi calipers is used
+    from ..calipers import StillFurniture
+
 
 NO_CAM = ("this model has no class activation map (its classifier is not linear over globally pooled "
           "features); no heatmap rather than a wrong one")
+
+
+def _note_lone_screenshots(furniture: StillFurniture | None, frame, noted: set[tuple[int, int]]) -> None:
+    """Say once per image size when too few screenshots of it were given to learn the screen's furniture."""
+    size = frame.shape[:2]
+    if furniture is None or furniture.mask(frame) is not None or size in noted:
+        return
+    noted.add(size)
+    click.echo(f"note: {furniture.stills(frame)} image(s) of {size[1]}x{size[0]} with --roi calipers, fewer than "
+               f"{furniture.min_stills}: the screen's fixed marks (an orientation '+', depth ticks, text) cannot be "
+               "told from calipers, so the whole image is searched; give 5 or more screenshots of the same screen "
+               "in one run to learn them", err=True)
 
 
 def _cam_path(cam: str, image: Path, many: bool) -> Path:
@@ -28,7 +44,8 @@ def _cam_path(cam: str, image: Path, many: bool) -> Path:
 @click.option("--modality", default="bmode", show_default=True, help="Modality of the pane in each image.")
 @click.option("--roi", default=None,
               help="The nodule box x,y,w,h in image pixels, or 'calipers': each image's box from the measurement "
-                   "calipers on it ('+'/'x' marks at the nodule's ends; an image without them is skipped). "
+                   "calipers on it ('+'/'x' marks at the nodule's ends; an image without them is skipped; with 5 "
+                   "or more screenshots of one screen, its fixed marks are learnt from them and ignored). "
                    "Default: the whole image.")
 @click.option("--list", "image_list", default=None, type=click.Path(dir_okay=False),
               help="A CSV of images with a nodule box each, instead of IMAGES: image[,roi][,modality] columns "
@@ -55,10 +72,15 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
 
     \b
     edge-thyroid classify BUNDLE frame.png --roi calipers --json
+    edge-thyroid classify BUNDLE screenshots/*.png --roi calipers --json
+
+    Screenshots of a workstation carry fixed marks of their own (an orientation '+', depth ticks, text)
+    that look like calipers; given 5 or more screenshots of the same screen in one run, what is the
+    same on all of them is learnt as the screen and ignored (a lone screenshot is searched whole).
     """
     import cv2
 
-    from ..dataset import CALIPERS, Sample, caliper_finding, read_image_list
+    from ..dataset import CALIPERS, Sample, caliper_finding, read_image_list, still_furniture
     from ..engine import Engine
     from ..frames import Pane, read_image
     from ..inputs import pane_problem
@@ -81,6 +103,8 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
             box = Pane.parse(modality, roi).roi
         rows = [Sample(Path(name), None, "", modality, roi=box) for name in images]
     unusable: list[str] = []
+    furniture = still_furniture(rows)   # the screen's fixed text and marks, learnt from the screenshots themselves
+    noted: set[tuple[int, int]] = set()
     with Engine(bundle, model=model_key, threads=threads, **backend_settings(backend_kwargs)) as engine:
         print_auto_choice(engine)
         for row in rows:
@@ -89,7 +113,8 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
                 frame = read_image(path)
                 calipers = None
                 if row.roi == CALIPERS:   # found here rather than in row.pane, so the record can show the marks
-                    calipers = caliper_finding(frame, path)
+                    _note_lone_screenshots(furniture, frame, noted)
+                    calipers = caliper_finding(frame, path, furniture)
                     row = replace(row, roi=calipers.box)
                 marked = row.pane(frame)                     # the box as given: what a report points at
                 pane = row.pane(frame, engine.box_context)   # the box the model sees (grown by the bundle's context)
