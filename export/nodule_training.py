@@ -333,8 +333,6 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     replay = load_replay(recipe)
     soft_labels = None
     if recipe.pseudo_label_teachers:
-        from .pseudo_labels import teacher_probabilities
-
         # Building the teachers draws from torch's generator: restored after, so the model starts exactly as
         # it would without pseudo-labels.
         with torch.random.fork_rng(devices=[]):
@@ -490,6 +488,27 @@ def score(model: MultimodalClassifier, images: Sequence[np.ndarray], boxes: Sequ
         probabilities.append(torch.sigmoid(logit).numpy())
         cams.append(cam.numpy())
     return np.concatenate(probabilities).astype(np.float64), np.concatenate(cams).astype(np.float64)
+
+
+def teacher_probabilities(teachers: Sequence[str | Path], pack: DataPack, index: np.ndarray,
+                          test_time_flip: bool = True) -> np.ndarray:
+    """Soft pseudo-labels (export/pseudo_labels.py): a pack-long float32 array, at ``index`` the mean over
+    ``teachers`` of p(malignant) on each stock crop (with ``test_time_flip``, each teacher's mirror-image
+    average, as its bundle scores), NaN elsewhere."""
+    from .checkpoint import load_checkpoint
+
+    if not teachers:
+        raise ValueError("pseudo-labels need at least one teacher checkpoint; got none")
+    index = np.asarray(index, dtype=np.int64)
+    images = [pack.images[i] for i in index]
+    total = np.zeros(len(index), np.float64)
+    for path in teachers:
+        model, info, _ = load_checkpoint(path)
+        p, _ = score(model, images, [None] * len(images), info.image_size, test_time_flip=test_time_flip)
+        total += p
+    soft = np.full(len(pack), np.nan, np.float32)
+    soft[index] = (total / len(teachers)).astype(np.float32)
+    return soft
 
 
 # -- folds ----------------------------------------------------------------------------------------------

@@ -6,17 +6,13 @@ probabilities becomes each crop's soft label, so they teach the classifier too (
 
 Only unlabelled crops are given one: on its own training crops a teacher's score is close to the label
 it memorised, so it would add nothing there. The teachers of a cross-validation fold must be that fold's
-models (trained without its held-out cases); ``fold_teachers`` finds them in a run folder.
+models (trained without its held-out cases); ``fold_teachers`` finds them in a run folder, and
+``nodule_training.teacher_probabilities`` scores the crops with them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
-
-import numpy as np
-
-from .datapack import DataPack
 
 
 def fold_teachers(run: str | Path, fold: int | str) -> list[str]:
@@ -30,24 +26,3 @@ def fold_teachers(run: str | Path, fold: int | str) -> list[str]:
         raise FileNotFoundError(f"no teacher checkpoint at {where}; expected a finished cross-validation run "
                                 "(benchmarks/cross_validate.py --out RUN) with that fold trained")
     return [str(path) for path in found]
-
-
-def teacher_probabilities(teachers: Sequence[str | Path], pack: DataPack, index: np.ndarray,
-                          test_time_flip: bool = True) -> np.ndarray:
-    """A pack-long float32 array: at ``index`` the mean over ``teachers`` of p(malignant) on each stock crop
-    (with ``test_time_flip``, each teacher's mirror-image average, as its bundle scores), NaN elsewhere."""
-    from .checkpoint import load_checkpoint
-    from .nodule_training import score
-
-    if not teachers:
-        raise ValueError("pseudo-labels need at least one teacher checkpoint; got none")
-    index = np.asarray(index, dtype=np.int64)
-    images = [pack.images[i] for i in index]
-    total = np.zeros(len(index), np.float64)
-    for path in teachers:
-        model, info, _ = load_checkpoint(path)
-        p, _ = score(model, images, [None] * len(images), info.image_size, test_time_flip=test_time_flip)
-        total += p
-    soft = np.full(len(pack), np.nan, np.float32)
-    soft[index] = (total / len(teachers)).astype(np.float32)
-    return soft

@@ -1,5 +1,5 @@
-"""Soft pseudo-labels for the unlabelled crops (export/pseudo_labels.py): finding a fold's teachers, their
-averaged scores, the labels the training crops carry, and a short run with them."""
+"""Soft pseudo-labels for the unlabelled crops (export/pseudo_labels.py, nodule_training.teacher_probabilities):
+a fold's teachers, their averaged scores, the labels the training crops carry, and a short run with them."""
 
 import json
 
@@ -44,8 +44,7 @@ def test_fold_teachers_are_every_seed_of_that_fold_or_the_all_data_model(tmp_pat
 
 def test_teacher_probabilities_are_the_teachers_mean_mirror_averaged_score_at_the_index_only(tmp_path):
     from edge_thyroid.export.checkpoint import load_checkpoint
-    from edge_thyroid.export.nodule_training import score
-    from edge_thyroid.export.pseudo_labels import teacher_probabilities
+    from edge_thyroid.export.nodule_training import score, teacher_probabilities
 
     pack = tiny_pack()
     paths = [teacher(tmp_path / f"t{k}.pt", seed=k) for k in range(2)]
