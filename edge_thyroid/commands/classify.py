@@ -14,6 +14,8 @@ from .runtime_options import backend_settings, print_auto_choice, runtime_option
 from .trust_options import trust_option
 
 if TYPE_CHECKING:   # the finder (OpenCV) is imported only when --roi calipers is used
+    import numpy as np
+
     from ..calipers import StillFurniture
 
 
@@ -21,7 +23,7 @@ NO_CAM = ("this model has no class activation map (its classifier is not linear 
           "features); no heatmap rather than a wrong one")
 
 
-def _note_lone_screenshots(furniture: StillFurniture | None, frame, noted: set[tuple[int, int]]) -> None:
+def _note_lone_screenshots(furniture: StillFurniture | None, frame: np.ndarray, noted: set[tuple[int, int]]) -> None:
     """Say once per image size when too few screenshots of it were given to learn the screen's furniture."""
     size = frame.shape[:2]
     if furniture is None or furniture.mask(frame) is not None or size in noted:
@@ -29,8 +31,8 @@ def _note_lone_screenshots(furniture: StillFurniture | None, frame, noted: set[t
     noted.add(size)
     click.echo(f"note: {furniture.stills(frame)} image(s) of {size[1]}x{size[0]} with --roi calipers, fewer than "
                f"{furniture.min_stills}: the screen's fixed marks (an orientation '+', depth ticks, text) cannot be "
-               "told from calipers, so the whole image is searched; give 5 or more screenshots of the same screen "
-               "in one run to learn them", err=True)
+               f"told from calipers, so the whole image is searched; give {furniture.min_stills} or more screenshots "
+               "of the same screen in one run to learn them", err=True)
 
 
 def _cam_path(cam: str, image: Path, many: bool) -> Path:
