@@ -158,23 +158,37 @@ def compose(crop: np.ndarray, mask: np.ndarray, screen: np.ndarray, rng: np.rand
     return frame, info
 
 
+def other_frames(crops: list, screen: np.ndarray, rng: np.random.Generator, count: int, calipers: bool):
+    """``count`` frames of other crops under the same screen (live ones without calipers, screenshots with)."""
+    for index in rng.choice(len(crops), size=min(count, len(crops)), replace=False):
+        yield compose(crops[index][1], crops[index][2], screen, rng, calipers)[0]
+
+
 def learn_furniture(crops: list, screen: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     """What the stream knows at the freeze: pixels that stayed fixed over the live frames."""
     fixed = FixedPixels()
     x, y, w, h = PANE
-    for index in rng.choice(len(crops), size=min(LIVE_FRAMES, len(crops)), replace=False):
-        frame, _ = compose(crops[index][1], crops[index][2], screen, rng, calipers=False)
+    for frame in other_frames(crops, screen, rng, LIVE_FRAMES, calipers=False):
         fixed.update(frame[y:y + h, x:x + w])
     return fixed.mask
 
 
 def learn_still_furniture(crops: list, screen: np.ndarray, rng: np.random.Generator, count: int) -> StillFurniture:
     """What `classify --roi calipers` learns from a folder of screenshots: other measured stills of the
-    same screen (calipers on each, other patients)."""
+    same screen (calipers on each, other patients); none for a lone screenshot."""
     furniture = StillFurniture()
-    for index in rng.choice(len(crops), size=min(count, len(crops)), replace=False):
-        furniture.add(compose(crops[index][1], crops[index][2], screen, rng, calipers=True)[0])
+    if count:   # no draw at all for none, so the frames measured are the same for every count
+        for frame in other_frames(crops, screen, rng, count, calipers=True):
+            furniture.add(frame)
     return furniture
+
+
+def mode_name(still: bool, other_stills: int) -> str:
+    if not still:
+        return "frozen stream: pane, furniture learnt live"
+    if not other_stills:
+        return "still: whole frame, no furniture mask (a lone screenshot)"
+    return f"still: whole frame, furniture learnt from {other_stills} other measured stills and itself"
 
 
 def run(data: Path, limit: int | None, seed: int, still: bool = False, other_stills: int = 0) -> dict:
@@ -184,20 +198,20 @@ def run(data: Path, limit: int | None, seed: int, still: bool = False, other_sti
         raise SystemExit(f"no crops with masks under {data}")
     screen = screen_with_furniture()
     fixed = learn_furniture(crops, screen, rng)
-    stills = learn_still_furniture(crops, screen, rng, other_stills) if still and other_stills else None
+    stills = learn_still_furniture(crops, screen, rng, other_stills) if still else None
     finder = CaliperFinder()
     positives, negatives, times = [], [], []
     for name, crop, mask in crops:
         for with_calipers in (True, False):
             frame, info = compose(crop, mask, screen, rng, with_calipers)
-            start = time.perf_counter()
             if still:   # `classify --roi calipers` on a screenshot: the whole frame, and the run's stills
-                seen = copy.deepcopy(stills) if stills is not None else None
-                if seen is not None:
-                    seen.add(frame)          # the image itself is one of the run's stills
-                found = finder.find(frame, None, seen.mask(frame) if seen is not None else None)
+                seen = copy.deepcopy(stills)
+                seen.add(frame)              # the image itself is one of the run's stills
+                pane, furniture = None, seen.mask(frame)   # learnt once per run, as classify does: not timed
             else:
-                found = finder.find(frame, PANE, fixed)
+                pane, furniture = PANE, fixed
+            start = time.perf_counter()
+            found = finder.find(frame, pane, furniture)
             times.append((time.perf_counter() - start) * 1e3)
             if not with_calipers:
                 negatives.append({"image": name, "box": found.box is not None, "marks": len(found.marks)})
@@ -210,10 +224,7 @@ def run(data: Path, limit: int | None, seed: int, still: bool = False, other_sti
                               "found": len(found.marks), "box": found.box is not None,
                               "iou_extent": iou(found.extent, truth),
                               "iou_box": iou(found.box, grown[0]) if grown else 0.0})
-    return {**summarise(positives, negatives, times, seed),
-            "mode": ((f"still: whole frame, furniture learnt from {other_stills} other measured stills and itself"
-                      if other_stills else "still: whole frame, no furniture mask (a lone screenshot)")
-                     if still else "frozen stream: pane, furniture learnt live")}
+    return {**summarise(positives, negatives, times, seed), "mode": mode_name(still, other_stills)}
 
 
 def summarise(positives: list[dict], negatives: list[dict], times: list[float], seed: int) -> dict:

@@ -170,10 +170,13 @@ class StillFurniture:
     def __init__(self, min_stills: int = 5) -> None:
         self.min_stills = int(min_stills)
         self._by_size: dict[tuple[int, int], FixedPixels] = {}
+        # Each size's mask, made once: every still of a run asks for it, and it only changes with ``add``.
+        self._masks: dict[tuple[int, int], np.ndarray | None] = {}
 
     def add(self, frame: np.ndarray) -> None:
         key = frame.shape[:2]
         self._by_size.setdefault(key, FixedPixels(min_frames=self.min_stills)).update(frame)
+        self._masks.pop(key, None)
 
     def stills(self, frame: np.ndarray) -> int:
         """How many stills of this frame's size were seen."""
@@ -182,8 +185,11 @@ class StillFurniture:
 
     def mask(self, frame: np.ndarray) -> np.ndarray | None:
         """Bool mask of the furniture for a frame of this size, or None when too few stills of it were seen."""
-        fixed = self._by_size.get(frame.shape[:2])
-        return fixed.mask if fixed is not None else None
+        key = frame.shape[:2]
+        if key not in self._masks:
+            fixed = self._by_size.get(key)
+            self._masks[key] = fixed.mask if fixed is not None else None
+        return self._masks[key]
 
 
 class CaliperFinder:

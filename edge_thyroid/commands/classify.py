@@ -26,7 +26,7 @@ NO_CAM = ("this model has no class activation map (its classifier is not linear 
 def _note_lone_screenshots(furniture: StillFurniture | None, frame: np.ndarray, noted: set[tuple[int, int]]) -> None:
     """Say once per image size when too few screenshots of it were given to learn the screen's furniture."""
     size = frame.shape[:2]
-    if furniture is None or furniture.mask(frame) is not None or size in noted:
+    if furniture is None or furniture.stills(frame) >= furniture.min_stills or size in noted:
         return
     noted.add(size)
     click.echo(f"note: {furniture.stills(frame)} image(s) of {size[1]}x{size[0]} with --roi calipers, fewer than "
