@@ -271,10 +271,11 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
         except FileNotFoundError as error:
             raise click.BadParameter(str(error), param_hint="--pseudo-labels-from") from None
 
+    teachers: dict[int | str, tuple[str, ...]] = {}
     for fold in fold_list + (["all"] if also_all else []):   # every start and teacher exists before hours of training
         init_for(fold)
         if pseudo_run:
-            teachers_for(fold)
+            teachers[fold] = teachers_for(fold)
 
     def make_recipe(seed: int, fold: int | str = 0) -> NoduleRecipe:
         recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init_for(fold))
@@ -304,7 +305,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
         if unlabelled_per_batch is not None:
             recipe.unlabelled_per_batch = unlabelled_per_batch
         if pseudo_run:
-            recipe.pseudo_label_teachers = teachers_for(fold)
+            recipe.pseudo_label_teachers = teachers[fold]
         return recipe
 
     def write() -> None:
