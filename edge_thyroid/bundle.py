@@ -22,10 +22,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .manifest_fields import file_name, mapping, strings
 from .kernels.reference import PreprocessSpec
 from .signing import SIGNATURE, SignatureStatus, TrustPolicy, check_signature
 
@@ -170,46 +171,46 @@ class Manifest:
             raise BundleError(f"{source}: format_version {version!r} is not supported; this edge-thyroid reads "
                               f"versions {list(READABLE_VERSIONS)}")
         try:
-            modalities = tuple(_strings(data["modalities"], "modalities"))
+            modalities = tuple(strings(data["modalities"], "modalities"))
             if not modalities or len(set(modalities)) != len(modalities):
                 raise BundleError(f"{source}: modalities must be distinct names, got {list(modalities)}")
             models = {str(key): _model_entry(key, entry, modalities, version, source)
-                      for key, entry in _mapping(data["models"], "models").items()}
+                      for key, entry in mapping(data["models"], "models").items()}
             if not models:
                 raise BundleError(f"{source}: models is empty; expected at least one model file")
             if len({bool(entry.branches) for entry in models.values()}) > 1:
                 raise BundleError(f"{source}: some models have a backbone per modality and some one backbone; "
                                   "expected one kind for every model of a bundle")
-            threshold = _mapping(data.get("threshold", {}), "threshold")
+            threshold = mapping(data.get("threshold", {}), "threshold")
             value = float(threshold.get("value", 0.5))
             if not 0.0 <= value <= 1.0:
                 raise BundleError(f"{source}: threshold.value {value} is outside [0, 1]")
-            head = _mapping(data["head"], "head")
-            box_context = float(_mapping(data.get("nodule_box", {}), "nodule_box").get("context", 1.0))
+            head = mapping(data["head"], "head")
+            box_context = float(mapping(data.get("nodule_box", {}), "nodule_box").get("context", 1.0))
             if not MIN_BOX_CONTEXT <= box_context <= MAX_BOX_CONTEXT:
                 raise BundleError(f"{source}: nodule_box.context {box_context} is outside [{MIN_BOX_CONTEXT}, "
                                   f"{MAX_BOX_CONTEXT}]; expected how many times a nodule box is grown (1: as given)")
-            test_time = dict(_mapping(data.get("test_time", {}), "test_time"))
+            test_time = dict(mapping(data.get("test_time", {}), "test_time"))
             test_time.pop("note", None)
             if not isinstance(test_time.get("flip", False), bool):
                 raise BundleError(f"{source}: test_time.flip is {test_time['flip']!r}; expected true or false")
-            files = {_relative(name, "files"): str(digest) for name, digest in _mapping(data["files"], "files").items()}
+            files = {file_name(name, "files"): str(digest) for name, digest in mapping(data["files"], "files").items()}
             return cls(
                 backbone=str(data["backbone"]),
                 modalities=modalities,
-                trained_modalities=tuple(_strings(data.get("trained_modalities", []), "trained_modalities")),
-                preprocessing=PreprocessSpec.from_dict(_mapping(data["preprocessing"], "preprocessing")),
+                trained_modalities=tuple(strings(data.get("trained_modalities", []), "trained_modalities")),
+                preprocessing=PreprocessSpec.from_dict(mapping(data["preprocessing"], "preprocessing")),
                 models=models,
-                head_file=_relative(head["file"], "head.file"),
+                head_file=file_name(head["file"], "head.file"),
                 feature_channels=int(head["channels"]),
                 threshold=Threshold(value, str(threshold.get("method", "default")), str(threshold.get("chosen_on", "none")),
                                     {k: v for k, v in threshold.items() if k not in ("value", "method", "chosen_on")}),
-                metrics=dict(_mapping(data.get("metrics", {}), "metrics")),
-                calibration=dict(_mapping(data.get("calibration", {}), "calibration")),
-                provenance=dict(_mapping(data.get("provenance", {}), "provenance")),
+                metrics=dict(mapping(data.get("metrics", {}), "metrics")),
+                calibration=dict(mapping(data.get("calibration", {}), "calibration")),
+                provenance=dict(mapping(data.get("provenance", {}), "provenance")),
                 files=files,
                 format_version=version,
-                model_card=dict(_mapping(data.get("model_card", {}), "model_card")),
+                model_card=dict(mapping(data.get("model_card", {}), "model_card")),
                 box_context=box_context,
                 test_time=test_time,
             )
@@ -223,46 +224,24 @@ class Manifest:
 
 def _model_entry(key: Any, data: Any, modalities: tuple[str, ...], version: int, source: str) -> ModelEntry:
     """One ``models`` entry: a file, or (format version 2) one branch per modality."""
-    data = _mapping(data, f"models.{key}")
+    data = mapping(data, f"models.{key}")
     precision, target = Precision(data["precision"]), Target(data.get("target", "onnxruntime"))
     if "branches" not in data:
         details = {k: v for k, v in data.items() if k not in ("file", "precision", "target")}
-        return ModelEntry(_relative(data["file"], f"models.{key}.file"), precision, target, details)
+        return ModelEntry(file_name(data["file"], f"models.{key}.file"), precision, target, details)
     if version != BRANCHED_FORMAT_VERSION:
         raise BundleError(f"{source}: models.{key} has branches, which need format_version {BRANCHED_FORMAT_VERSION}; "
                           f"the manifest says {version}")
-    raw = _mapping(data["branches"], f"models.{key}.branches")
+    raw = mapping(data["branches"], f"models.{key}.branches")
     if sorted(raw) != sorted(modalities):
         raise BundleError(f"{source}: models.{key}.branches are {sorted(raw)}; expected one per modality {list(modalities)}")
     branches = {}
     for modality in modalities:
-        branch = _mapping(raw[modality], f"models.{key}.branches.{modality}")
-        branches[modality] = ModelEntry(_relative(branch["file"], f"models.{key}.branches.{modality}.file"),
+        branch = mapping(raw[modality], f"models.{key}.branches.{modality}")
+        branches[modality] = ModelEntry(file_name(branch["file"], f"models.{key}.branches.{modality}.file"),
                                         precision, target, {k: v for k, v in branch.items() if k != "file"})
     details = {k: v for k, v in data.items() if k not in ("branches", "precision", "target", "file")}
     return ModelEntry("", precision, target, details, branches)
-
-
-def _mapping(value: Any, name: str) -> Mapping:
-    if not isinstance(value, Mapping):
-        raise BundleError(f"manifest field {name!r} must be an object, got {type(value).__name__}")
-    return value
-
-
-def _strings(value: Any, name: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BundleError(f"manifest field {name!r} must be a list of strings, got {value!r}"[:200])
-    return value
-
-
-def _relative(name: Any, field_name: str) -> str:
-    """A file name inside the bundle: relative, no '..', no absolute path, no drive."""
-    if not isinstance(name, str) or not name:
-        raise BundleError(f"manifest field {field_name!r} must name a file, got {name!r}")
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if posix.is_absolute() or ".." in posix.parts or ":" in name or "\x00" in name:
-        raise BundleError(f"manifest field {field_name!r} names {name!r}, which escapes the bundle directory")
-    return str(posix)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -380,7 +359,7 @@ def _extract_zip(path: Path) -> Path:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
             for member in members:
-                _relative(member.filename, f"zip member of {path.name}")
+                file_name(member.filename, f"zip member of {path.name}")
             total = sum(member.file_size for member in members)
             if total > MAX_ZIP_BYTES:
                 raise BundleError(f"{path} unpacks to {total} bytes; a bundle .zip is at most {MAX_ZIP_BYTES}")
