@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .familiarity import manifest_entry
 from .manifest_fields import file_name, mapping, strings
 from .kernels.reference import PreprocessSpec
 from .signing import SIGNATURE, SignatureStatus, TrustPolicy, check_signature
@@ -124,6 +125,8 @@ class Manifest:
     # {"flip": true, "roll": ..., ...} when the model graph averages each pane's feature maps with its
     # mirror image's (export/test_time.py); informational (the graph does it), for info and reports.
     test_time: dict[str, Any] = field(default_factory=dict)
+    # {"file", "modality", "neighbours", "threshold", ...}: its training crops' features (familiarity.py)
+    familiarity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def test_time_flip(self) -> bool:
@@ -156,6 +159,7 @@ class Manifest:
             **({"model_card": self.model_card} if self.model_card else {}),
             **({"nodule_box": {"context": self.box_context, "note": BOX_CONTEXT_NOTE}} if self.box_context != 1.0 else {}),
             **({"test_time": {**self.test_time, "note": TEST_TIME_NOTE}} if self.test_time_flip else {}),
+            **({"familiarity": self.familiarity} if self.familiarity else {}),
             "files": dict(sorted(self.files.items())),
         }
 
@@ -195,6 +199,7 @@ class Manifest:
             if not isinstance(test_time.get("flip", False), bool):
                 raise BundleError(f"{source}: test_time.flip is {test_time['flip']!r}; expected true or false")
             files = {file_name(name, "files"): str(digest) for name, digest in mapping(data["files"], "files").items()}
+            familiarity = manifest_entry(mapping(data.get("familiarity", {}), "familiarity"), modalities, source)
             return cls(
                 backbone=str(data["backbone"]),
                 modalities=modalities,
@@ -213,6 +218,7 @@ class Manifest:
                 model_card=dict(mapping(data.get("model_card", {}), "model_card")),
                 box_context=box_context,
                 test_time=test_time,
+                familiarity=familiarity,
             )
         except BundleError:
             raise
@@ -327,7 +333,8 @@ def _load_directory(root: Path, path: str | Path, verify: bool, trust: TrustPoli
         raise BundleError(f"{manifest_path} is nested too deeply to be a manifest") from None
     manifest = Manifest.from_dict(data, str(manifest_path))
     # Every backbone file, a branched bundle's included, must be hashed, so the signature covers it.
-    needed = {manifest.head_file, *(name for entry in manifest.models.values() for name in entry.files)}
+    needed = {manifest.head_file, *(name for entry in manifest.models.values() for name in entry.files),
+              *filter(None, [manifest.familiarity.get("file")])}
     unlisted = sorted(needed - set(manifest.files))
     if unlisted:
         raise BundleError(f"{manifest_path}: {unlisted} are used but have no sha256 in 'files'")

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("edge_thyroid.commands.bench:bench", "Latency of our engine vs PyTorch, ONNX Runtime, OpenVINO, interleaved."),
     "evaluate": ("edge_thyroid.commands.evaluate:evaluate", "Evaluate a bundle or checkpoint on labelled images: AUC [95% CI], operating point, plots."),
     "compare": ("edge_thyroid.commands.compare:compare", "DeLong's paired test of two models' ROC AUCs on the same images."),
+    "familiarize": ("edge_thyroid.commands.familiarize:familiarize", "Give a bundle its training crops' features: results then say when an image is unlike them."),
     "verify": ("edge_thyroid.commands.verify:verify", "Accuracy gate: a quantized/compiled model vs its FP32 reference on labelled images."),
     "stream": ("edge_thyroid.commands.stream:stream", "Classify a live screen in real time: device, file, URL, DICOM, folder; JSONL/overlay."),
     "export-triton": ("edge_thyroid.commands.serve:export_triton", "Write a bundle's backbone as a Triton model repository (CPU here, stock GPU containers)."),

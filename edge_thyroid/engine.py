@@ -25,6 +25,7 @@ from .backends import Backend, backend_class, backend_for_target
 from .backends.base import EXECUTION_PRECISION
 from .bundle import MANIFEST, Bundle, ModelEntry, load_bundle, sha256_file
 from .errors import BackendError, BundleError, InputError
+from .familiarity import Familiarity, FamiliarityReference
 from .frames import Pane, Roi, as_frame, check_rois, pane_modalities, stack_maps
 from .head import FusionHead, pool
 from .kernels.graph_io import FRAME, ROIS
@@ -46,6 +47,9 @@ class Prediction:
     contributions: dict[str, float]
     panes: list[PaneResult] = field(default_factory=list)
     head: FusionHead | None = field(default=None, repr=False)
+    # How like the training crops the checked pane looks (None: the bundle has no reference, or its pane
+    # was not given); a flag beside p, which it does not change.
+    familiarity: Familiarity | None = None
 
     @property
     def malignant(self) -> bool:
@@ -72,6 +76,7 @@ class Prediction:
             "threshold": self.threshold,
             "modality_logits": self.contributions,
             "panes": [{"modality": p.modality, "roi": list(p.roi)} for p in self.panes],
+            **({"familiarity": self.familiarity.to_dict()} if self.familiarity is not None else {}),
         }
 
 
@@ -89,12 +94,14 @@ def place_maps(run: Sequence[bool], maps: Iterable[np.ndarray]) -> list[np.ndarr
 
 
 def fuse(head: FusionHead, panes: Sequence[Pane], maps: Sequence[np.ndarray | None],
-         threshold: float = 0.5, unread: Collection[str] | None = None) -> Prediction:
+         threshold: float = 0.5, unread: Collection[str] | None = None,
+         familiarity: FamiliarityReference | None = None) -> Prediction:
     """Pool each pane's feature maps and apply the fusion head (for runners that have a head but no Engine).
 
     A None in ``maps`` is a pane of a modality the head does not read (``FusionHead.unread_modalities``,
     or ``unread`` when the caller has it already) that was not run: its maps are zeros, so its
-    contribution (0) and its CAM (zeros) are exactly what running it would have given."""
+    contribution (0) and its CAM (zeros) are exactly what running it would have given. ``familiarity``:
+    the bundle's reference, checked on the pooled features of its modality's pane when that pane ran."""
     if any(m is None for m in maps) and unread is None:
         unread = head.unread_modalities()
     shape = next((np.shape(m) for m in maps if m is not None), None)
@@ -111,7 +118,28 @@ def fuse(head: FusionHead, panes: Sequence[Pane], maps: Sequence[np.ndarray | No
         else:
             results.append(PaneResult(pane.modality, pane.roi, pane_maps, pool(pane_maps)))
     out = head.predict({r.modality: r.pooled for r in results})
-    return Prediction(out.probability, out.logit, threshold, out.contributions, results, head)
+    checked = None
+    if familiarity is not None:
+        checked = next((familiarity.check(r.pooled) for r in results if r.modality == familiarity.modality and r.ran),
+                       None)
+    return Prediction(out.probability, out.logit, threshold, out.contributions, results, head, checked)
+
+
+FAMILIARITY_HEADER = ("modality", "neighbours", "threshold", "crops")   # what a stream's header says of it
+
+
+def load_familiarity(bundle: Bundle, head: FusionHead) -> FamiliarityReference | None:
+    """The bundle's familiarity reference (None when it has none), checked against the head's width."""
+    entry = bundle.manifest.familiarity
+    if not entry:
+        return None
+    reference = FamiliarityReference.load(bundle.path(entry["file"]), entry["modality"], entry["neighbours"],
+                                          float(entry["threshold"]))
+    width = head.channels_of(head.modality_index(reference.modality))
+    if reference.channels != width:
+        raise BundleError(f"familiarity reference {entry['file']} holds {reference.channels}-channel features; "
+                          f"the model's {reference.modality} features have {width}")
+    return reference
 
 
 class Engine:
@@ -144,6 +172,7 @@ class Engine:
                                f"--backend {backend_for_target(target)} for this one")
         self.head = FusionHead.load(self.bundle.path(manifest.head_file), manifest.modalities)
         self.threshold = manifest.threshold.value
+        self.familiarity = load_familiarity(self.bundle, self.head)
         # A B-mode-only model's SMI and SWE panes would cost two of three backbone passes for a
         # contribution that is exactly 0: they are not run.
         self.unread_modalities: frozenset[str] = frozenset() if every_pane else frozenset(self.head.unread_modalities())
@@ -205,7 +234,9 @@ class Engine:
                 "model": {"key": self.model_key, "precision": entry.precision.value,
                           "trained_modalities": list(self.trained_modalities), "box_context": self.box_context,
                           "test_time_flip": self.bundle.manifest.test_time_flip,
-                          "panes_not_run": sorted(self.unread_modalities)},
+                          "panes_not_run": sorted(self.unread_modalities),
+                          "familiarity": ({k: self.bundle.manifest.familiarity.get(k) for k in FAMILIARITY_HEADER}
+                                          if self.familiarity is not None else None)},
                 "backend": self.backend.name, "threads": self.threads,
                 "backend_auto": self.auto_choice.to_dict() if self.auto_choice is not None else None}
 
@@ -251,7 +282,7 @@ class Engine:
         """The head over the panes' feature maps [C, h, w] (one per pane, in order; None for a pane of an
         unread modality that was not run): p(malignant), per-modality logits and exact CAMs. Every
         caller fuses here: classify, the stream, the bench."""
-        return fuse(self.head, panes, maps, self.threshold, self.unread_modalities)
+        return fuse(self.head, panes, maps, self.threshold, self.unread_modalities, self.familiarity)
 
     def close(self) -> None:
         for backend in {id(b): b for b in [*self.branches.values(), getattr(self, "backend", None)] if b}.values():

@@ -194,6 +194,8 @@ def _annotate(result: "StreamResult", band: bool = True) -> Any:
     else:
         label = f"{result.decision.value.upper()}  p={result.p_smoothed:.2f}"
         color = (60, 60, 255) if result.decision.value == "malignant" else (60, 220, 60)
+        if result.familiarity is not None and not result.familiarity.familiar:
+            label += "  (unfamiliar image)"
     return with_decision_band(canvas, label, color)
 
 

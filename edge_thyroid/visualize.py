@@ -37,6 +37,8 @@ def overlay_prediction(frame: np.ndarray, prediction: Prediction, alpha: float =
         color = (0, 0, 255) if prediction.malignant else (0, 200, 0)
         if not has_cam:
             text += " (no CAM for this model)"
+        if prediction.familiarity is not None and not prediction.familiarity.familiar:
+            text += " UNFAMILIAR IMAGE"
         cv2.putText(canvas, text, (8, canvas.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, color, 2, cv2.LINE_AA)
     return canvas
 

@@ -45,6 +45,7 @@ class FakeEngine:
     fuse = Engine.fuse  # the real head step, on these fake features
     trained_modalities = MODALITIES
     unread_modalities: frozenset[str] = frozenset()
+    familiarity = None   # no familiarity reference (Engine.familiarity)
 
     def identity(self) -> dict:
         return {"version": "test", "bundle": {"path": "fake", "manifest_sha256": "0" * 64},

@@ -150,7 +150,10 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
                 logits = ", ".join(f"{m}={v:+.3f}" for m, v in prediction.contributions.items())
                 click.echo(f"{path}: p(malignant)={prediction.probability:.4f} -> {prediction.decision} "
                            f"(threshold {prediction.threshold:.3f}; logits {logits})"
-                           + (f"; nodule box {list(calipers.box)} from {len(calipers.marks)} calipers" if calipers else ""))
+                           + (f"; nodule box {list(calipers.box)} from {len(calipers.marks)} calipers" if calipers else "")
+                           + (f"; UNFAMILIAR: unlike the model's training crops (distance "
+                              f"{prediction.familiarity.distance:.3f} > {prediction.familiarity.threshold:.3f}), "
+                              "read p with care" if prediction.familiarity and not prediction.familiarity.familiar else ""))
     if unusable:
         raise InputError(f"{len(unusable)} of {len(rows)} images could not be used (each named above); "
                          f"the first: {unusable[0]}")

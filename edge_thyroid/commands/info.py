@@ -38,6 +38,11 @@ def info(bundle, as_json) -> None:
     if test_time.get("flip"):
         click.echo(f"test time   each pane's feature maps averaged with its mirror image's, rolled {test_time.get('roll', 0)} "
                    "cell(s) onto its grid (in the graph: 2 backbone passes per pane)")
+    familiarity = manifest.get("familiarity", {})
+    if familiarity:
+        click.echo(f"familiarity {familiarity.get('crops', '?')} training {familiarity['modality']} crops "
+                   f"({familiarity['file']}); a pane is marked unfamiliar when the {familiarity['neighbours']} nearest "
+                   f"are not all within {familiarity['threshold']:.4f} (1 - cosine similarity)")
     from ..gates import recorded_gates
 
     for key, entry in manifest["models"].items():

@@ -151,6 +151,7 @@ class FrameClassifier:
         panes: list[PaneRecord] = []
         prediction = None
         p = logit = None
+        familiarity = None
         choice = BoxChoice(None, None)   # what the records say of the box when the frame fails early
         model_roi: Roi | None = None
         asked_backend = False  # some pane went to the backend (not all from the pane cache)
@@ -204,7 +205,7 @@ class FrameClassifier:
                 changed = not all(c.unchanged for _, c in live)
                 lap("infer")
                 fused = self._fused([pane for pane, _ in live], maps, changed)
-                p, logit = fused.probability, fused.logit
+                p, logit, familiarity = fused.probability, fused.logit, fused.familiarity
                 for pane_record in panes:
                     if pane_record.modality in fused.contributions:
                         pane_record.logit = fused.contributions[pane_record.modality]
@@ -221,11 +222,11 @@ class FrameClassifier:
         except InputError as exc:
             # A frame of another size, a non-finite output, ...: abstain with the reason, keep streaming.
             verdict = self.temporal.abstain(Reason.INVALID, str(exc))
-            p = logit = prediction = None
+            p = logit = prediction = familiarity = None
         except ServerUnavailableError as exc:
             # A remote backend retries on its own schedule; each frame meanwhile is an abstention.
             verdict = self.temporal.abstain(Reason.SERVER_UNAVAILABLE, str(exc))
-            p = logit = prediction = None
+            p = logit = prediction = familiarity = None
             self._note_outage(str(exc))
         else:
             if asked_backend:  # frames served from the pane cache say nothing about the server
@@ -241,7 +242,7 @@ class FrameClassifier:
             p_smoothed=verdict.p_smoothed, decision=verdict.decision, reason=verdict.reason, detail=verdict.detail,
             threshold=self.engine.threshold, processed=0, dropped=0, cache_hits=0, gaps=0, result_time=done,
             roi=choice.roi, roi_source=choice.source, model_roi=model_roi, frozen=choice.frozen,
-            calipers=[m.to_dict() for m in choice.marks], media_ts=item.media_ts,
+            calipers=[m.to_dict() for m in choice.marks], media_ts=item.media_ts, familiarity=familiarity,
             image=frame if self.keep_frames else None, prediction=prediction)
 
     def _note_outage(self, error: str) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..frames import Roi
+from ..familiarity import Familiarity
 from ..temporal import Decision, Reason
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class StreamResult:
     frozen: bool = False               # the B-mode pane did not change since the previous frame
     calipers: list[dict[str, Any]] = field(default_factory=list)   # the marks behind a calipers box
     media_ts: float | None = None      # seconds into the recording (file/DICOM sources); None when live
+    familiarity: Familiarity | None = None   # the B-mode pane against the bundle's training crops (None: not checked)
     image: np.ndarray | None = field(default=None, repr=False)
     prediction: Prediction | None = field(default=None, repr=False)
 
@@ -95,7 +97,8 @@ class StreamResult:
                 "roi": list(self.roi) if self.roi is not None else None, "roi_source": self.roi_source,
                 "model_roi": list(self.model_roi) if self.model_roi is not None else None,
                 "frozen": self.frozen, "calipers": self.calipers,
-                "media_ts": round(self.media_ts, 6) if self.media_ts is not None else None}
+                "media_ts": round(self.media_ts, 6) if self.media_ts is not None else None,
+                "familiarity": self.familiarity.to_dict() if self.familiarity is not None else None}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,239 @@
+"""The familiarity check: k-nearest-neighbour cosine distances against a float64 brute force, the
+leave-case-out threshold, the bundle entry (written, hashed, validated, refused when wrong) and the
+field every result carries (classify, stream records), on a copy of the shipped demo bundle."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_thyroid.bundle import MANIFEST, load_bundle
+from edge_thyroid.cli import cli, main
+from edge_thyroid.commands.stream import DEMO_BUNDLE, data_path
+from edge_thyroid.engine import Engine
+from edge_thyroid.errors import BundleError, InputError
+from edge_thyroid.familiarity import (Familiarity, FamiliarityReference, leave_group_out_distance,
+                                      neighbour_distance, normalise)
+from edge_thyroid.frames import Pane
+
+from .conftest import ultrasound_like
+from .test_stream_records import STREAM_RECORDS, run_stream
+
+
+def brute_force(queries: np.ndarray, bank: np.ndarray, k: int, exclude=None) -> np.ndarray:
+    """1 - the k-th largest cosine similarity, by sorting every pair in float64."""
+    out = []
+    for i, q in enumerate(queries):
+        sims = [float(q @ b / (np.linalg.norm(q) * np.linalg.norm(b))) for j, b in enumerate(bank)
+                if exclude is None or not exclude(i, j)]
+        out.append(1.0 - sorted(sims, reverse=True)[k - 1])
+    return np.array(out)
+
+
+def test_normalise_gives_unit_rows_and_keeps_a_zero_row_zero():
+    rows = normalise(np.array([[3.0, 4.0], [0.0, 0.0], [-1.0, 0.0]]))
+    np.testing.assert_allclose(rows, [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]], atol=1e-15)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_neighbour_distance_matches_a_float64_brute_force(k):
+    rng = np.random.default_rng(k)
+    bank, queries = rng.random((20, 16)), rng.normal(size=(6, 16))
+    np.testing.assert_allclose(neighbour_distance(queries, bank, k), brute_force(queries, bank, k), atol=1e-12)
+
+
+def test_neighbour_distance_refuses_a_k_the_bank_cannot_give():
+    with pytest.raises(InputError, match="neighbours is 4; expected 1..3"):
+        neighbour_distance(np.ones((1, 2)), np.ones((3, 2)), 4)
+
+
+def test_leave_group_out_ignores_every_row_of_the_same_case():
+    rng = np.random.default_rng(0)
+    features = rng.random((15, 8))
+    groups = [str(i // 3) for i in range(15)]       # five cases of three crops
+    expected = brute_force(features, features, 2, exclude=lambda i, j: groups[i] == groups[j])
+    np.testing.assert_allclose(leave_group_out_distance(features, groups, 2), expected, atol=1e-12)
+    # a crop's own copy in its case does not make it look familiar
+    duplicated = np.vstack([features, features[:1]])
+    assert leave_group_out_distance(duplicated, [*groups, "0"], 1)[0] > 1e-6
+
+
+def test_leave_group_out_says_what_was_wrong():
+    with pytest.raises(InputError, match="2 groups for 3 feature rows"):
+        leave_group_out_distance(np.ones((3, 2)), ["a", "b"], 1)
+    with pytest.raises(InputError, match=r"neighbours is 2; expected 1..1 \(rows outside the largest group\)"):
+        leave_group_out_distance(np.eye(3), ["a", "a", "b"], 2)
+
+
+def test_the_threshold_is_the_quantile_of_the_leave_case_out_distances_and_check_matches_float64():
+    rng = np.random.default_rng(1)
+    features = np.abs(rng.normal(size=(40, 32)))
+    groups = [str(i // 2) for i in range(40)]
+    reference = FamiliarityReference.build("bmode", features, groups, neighbours=3, quantile=0.9)
+    expected = np.quantile(brute_force(features, features, 3, exclude=lambda i, j: groups[i] == groups[j]), 0.9)
+    assert reference.threshold == pytest.approx(expected, abs=1e-12)
+    queries = np.abs(rng.normal(size=(5, 32)))
+    for query, distance in zip(queries, brute_force(queries, features, 3)):
+        # the bank is kept in float16: distances agree to its precision
+        assert reference.check(query).distance == pytest.approx(distance, abs=2e-3)
+    with pytest.raises(InputError, match="bmode features have 31 channels; the familiarity reference has 32"):
+        reference.check(queries[0, :31])
+
+
+def test_familiar_up_to_and_including_the_threshold():
+    assert Familiarity(0.25, 0.25).familiar and not Familiarity(0.2501, 0.25).familiar
+    assert Familiarity(0.3, 0.25).to_dict() == {"distance": 0.3, "threshold": 0.25, "familiar": False}
+
+
+def test_a_reference_refuses_a_bank_too_small_or_not_finite():
+    with pytest.raises(BundleError, match=r"shape \(2, 4\) for k=3"):
+        FamiliarityReference("bmode", np.ones((2, 4)), 3, 0.1)
+    with pytest.raises(BundleError, match="non-finite"):
+        FamiliarityReference("bmode", np.full((4, 4), np.nan), 1, 0.1)
+
+
+# --- a bundle with a reference: the demo bundle's model on a few synthetic cases -------------------------
+
+
+@pytest.fixture(scope="module")
+def training_csv(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("familiar-data")
+    rows = []
+    for i in range(10):
+        image = np.repeat(ultrasound_like(160, 160, seed=i)[:, :, None], 3, axis=2)
+        cv2.imwrite(str(folder / f"{i}.png"), image)
+        rows.append({"image": f"{i}.png", "label": ["benign", "malignant", ""][i % 3], "case_id": str(i // 2)})
+    with open(folder / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "label", "case_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def familiar_bundle(tmp_path_factory, training_csv):
+    bundle = tmp_path_factory.mktemp("familiar") / "bundle"
+    shutil.copytree(data_path(DEMO_BUNDLE), bundle)
+    result = CliRunner().invoke(cli, ["familiarize", str(bundle), "--data", str(training_csv), "--neighbours", "2",
+                                       "--threads", "1", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert recorded["signature_removed"] is True   # the demo bundle is signed; its signature covered the old manifest
+    return bundle
+
+
+def features_of(bundle, paths) -> np.ndarray:
+    with Engine(bundle, threads=1) as engine:
+        rows = []
+        for path in paths:
+            frame = cv2.imread(str(path))
+            rows.append(engine.classify(frame, [Pane("bmode", (0, 0, frame.shape[1], frame.shape[0]))]).panes[0].pooled)
+    return np.array(rows, dtype=np.float64)
+
+
+def test_familiarize_records_the_reference_in_the_manifest_with_its_hash(familiar_bundle, training_csv):
+    bundle = load_bundle(familiar_bundle)
+    entry = bundle.manifest.familiarity
+    assert entry["file"] == "familiarity.npz" and entry["file"] in bundle.manifest.files
+    assert (entry["modality"], entry["neighbours"], entry["crops"], entry["cases"]) == ("bmode", 2, 10, 5)
+    assert not (familiar_bundle / "manifest.sig").exists()
+    # the threshold is what the reference built from the same features (computed here separately) gives
+    images = [training_csv.parent / f"{i}.png" for i in range(10)]
+    expected = FamiliarityReference.build("bmode", features_of(familiar_bundle, images),
+                                          [str(i // 2) for i in range(10)], neighbours=2)
+    assert entry["threshold"] == pytest.approx(expected.threshold, abs=1e-9)
+
+
+def test_classify_reports_the_distance_the_reference_gives(familiar_bundle, training_csv, tmp_path):
+    image = tmp_path / "inverted.png"
+    cv2.imwrite(str(image), 255 - cv2.imread(str(training_csv.parent / "0.png")))
+    result = CliRunner().invoke(cli, ["classify", str(familiar_bundle), str(training_csv.parent / "0.png"), str(image),
+                                       "--json", "--backend", "onnxruntime"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    entry = load_bundle(familiar_bundle).manifest.familiarity
+    bank = features_of(familiar_bundle, [training_csv.parent / f"{i}.png" for i in range(10)])
+    queries = features_of(familiar_bundle, [training_csv.parent / "0.png", image])
+    for record, distance in zip(records, brute_force(queries, bank, 2)):
+        assert record["familiarity"]["distance"] == pytest.approx(distance, abs=2e-3)
+        assert record["familiarity"]["familiar"] == (record["familiarity"]["distance"] <= entry["threshold"])
+    # a training image is at distance ~0 from itself, so its second neighbour is its case's other crop
+    assert records[0]["familiarity"]["familiar"]
+
+
+def test_stream_records_carry_the_familiarity_and_follow_the_schema(familiar_bundle, tmp_path):
+    out = tmp_path / "s.jsonl"
+    code = run_stream(str(familiar_bundle), "--source", "synthetic:single?size=480x270&frames=4", "--as-fast-as-possible",
+                      "--quiet", "--json-out", str(out), "--whole-pane", "--backend", "onnxruntime")
+    assert code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    STREAM_RECORDS.validate(records[0])
+    assert records[0]["model"]["familiarity"]["neighbours"] == 2 and records[0]["model"]["familiarity"]["crops"] == 10
+    frames = [r for r in records if r["type"] == "frame"]
+    assert frames and all(r["familiarity"] is not None for r in frames)
+    for record in frames:
+        STREAM_RECORDS.validate(record)
+        assert record["familiarity"]["familiar"] == (record["familiarity"]["distance"] <= record["familiarity"]["threshold"])
+
+
+def test_a_bundle_without_a_reference_reports_none(tmp_path):
+    with Engine(data_path(DEMO_BUNDLE), threads=1) as engine:
+        prediction = engine.classify(np.full((100, 100, 3), 90, np.uint8), [Pane("bmode", (0, 0, 100, 100))])
+    assert engine.familiarity is None and prediction.familiarity is None
+    assert "familiarity" not in prediction.to_dict()
+
+
+def edited(familiar_bundle, tmp_path, edit):
+    copy = tmp_path / "edited"
+    shutil.copytree(familiar_bundle, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    edit(manifest, copy)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m, _: m["familiarity"].update(neighbours=0), "familiarity.neighbours is 0; expected an integer >= 1"),
+    (lambda m, _: m["familiarity"].update(threshold=3.0), "familiarity.threshold is 3.0; expected a cosine distance"),
+    (lambda m, _: m["familiarity"].update(modality="ct"), "familiarity.modality is 'ct'; expected one of"),
+    (lambda m, _: m["familiarity"].update(file="../x.npz"), "escapes the bundle directory"),
+    (lambda m, _: m["files"].pop("familiarity.npz"), r"\['familiarity.npz'\] are used but have no sha256"),
+])
+def test_a_wrong_familiarity_entry_is_refused_naming_the_field(familiar_bundle, tmp_path, edit, message):
+    with pytest.raises(BundleError, match=message):
+        load_bundle(edited(familiar_bundle, tmp_path, edit))
+
+
+def test_a_modified_reference_file_or_one_of_another_width_is_refused(familiar_bundle, tmp_path):
+    def swap_bank(manifest, copy):
+        from edge_thyroid.bundle import sha256_file
+
+        np.savez(copy / "familiarity.npz", bank=np.ones((4, 7), np.float16))
+        manifest["files"]["familiarity.npz"] = sha256_file(copy / "familiarity.npz")
+
+    with pytest.raises(BundleError, match="holds 7-channel features; the model's bmode features have 2048"):
+        Engine(edited(familiar_bundle, tmp_path, swap_bank), threads=1)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(familiar_bundle, tampered)
+    np.savez(tampered / "familiarity.npz", bank=np.ones((4, 2048), np.float16))
+    with pytest.raises(BundleError, match="'familiarity.npz' has sha256 .* the file was modified"):
+        load_bundle(tampered)
+
+
+def test_familiarize_says_what_was_wrong(tmp_path, training_csv, capsys):
+    bundle = tmp_path / "b"
+    shutil.copytree(data_path(DEMO_BUNDLE), bundle)
+    lonely = tmp_path / "one_case.csv"
+    lonely.write_text("image,label,case_id\n" + f"{training_csv.parent / '0.png'},benign,1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["familiarize", str(bundle), "--data", str(lonely)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code != 0 and "of 1 case; the threshold leaves each case out" in error
+    assert "Traceback" not in error
+    assert (bundle / "manifest.sig").exists() and not (bundle / "familiarity.npz").exists()   # nothing changed
