@@ -237,3 +237,25 @@ def test_familiarize_says_what_was_wrong(tmp_path, training_csv, capsys):
     assert exit_info.value.code != 0 and "of 1 case; the threshold leaves each case out" in error
     assert "Traceback" not in error
     assert (bundle / "manifest.sig").exists() and not (bundle / "familiarity.npz").exists()   # nothing changed
+
+
+# --- the benchmark's changed copies (benchmarks/familiarity_check.py) -----------------------------------
+
+
+def test_the_benchmarks_changed_copies_are_what_they_say():
+    from benchmarks import familiarity_check as bench
+
+    image = np.repeat(ultrasound_like(60, 80, seed=3)[:, :, None], 3, axis=2)
+    copies = bench.variants(image, np.random.default_rng(0))
+    assert set(bench.LABELLED_KINDS) <= set(copies)
+    expected = np.round(255.0 * (image / 255.0) ** 1.6).astype(np.uint8)       # float64 reference
+    np.testing.assert_array_equal(copies["gamma 1.6"], expected)
+    zoomed = copies["zoomed out 3x"]
+    assert zoomed.shape == (180, 240, 3)
+    np.testing.assert_array_equal(zoomed[60:120, 80:160], image)                  # the crop, a third of the pane
+    np.testing.assert_array_equal(copies["upside down"], image[::-1])
+    np.testing.assert_array_equal(copies["inverted"], 255 - image)
+    assert np.unique(copies["blank"]).size == 1
+    noise = copies["speckle noise"]
+    assert abs(float(noise.mean()) - float(image.mean())) < 3 and noise.std() > 10   # grain of the crop's level
+    assert np.array_equal(noise[..., 0], noise[..., 2])
