@@ -86,6 +86,14 @@ def test_the_threshold_is_the_quantile_of_the_leave_case_out_distances_and_check
         reference.check(queries[0, :31])
 
 
+def test_a_pane_identical_to_a_training_crop_is_at_distance_zero_not_below():
+    rng = np.random.default_rng(4)
+    features = np.abs(rng.normal(size=(12, 64)))
+    reference = FamiliarityReference.build("bmode", features, [str(i // 2) for i in range(12)], neighbours=1)
+    distances = [reference.check(row).distance for row in features]
+    assert all(0.0 <= d <= 2e-3 for d in distances)
+
+
 def test_familiar_up_to_and_including_the_threshold():
     assert Familiarity(0.25, 0.25).familiar and not Familiarity(0.2501, 0.25).familiar
     assert Familiarity(0.3, 0.25).to_dict() == {"distance": 0.3, "threshold": 0.25, "familiar": False}
