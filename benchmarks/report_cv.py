@@ -52,7 +52,7 @@ def comparison_table(runs: list[tuple[str, dict]]) -> list[str]:
 
 
 def reliability_png(cv: dict, path: str | Path) -> Path:
-    from edge_thyroid.evaluation import plot_reliability
+    from edge_thyroid.evaluation_plots import plot_reliability
 
     labels = np.array([s["label"] for r in cv["scores"] for s in r["scores"]])
     scores = np.array([s["p"] for r in cv["scores"] for s in r["scores"]])

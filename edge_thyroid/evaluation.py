@@ -25,8 +25,9 @@ from .bundle import sha256_file
 from .dataset import Sample, Split, read_samples, split_by_case, still_furniture
 from .errors import InputError, MissingDependencyError
 from .frames import read_image
-from .metrics import (bootstrap_auc_ci, delong_auc_ci, delong_test, operating_point, paired_bootstrap_test,
-                      roc_curve, sensitivity_threshold, youden_threshold)
+from .evaluation_plots import plot_calibration, plot_roc
+from .metrics import (bootstrap_auc_ci, calibration, delong_auc_ci, delong_test, operating_point,
+                      paired_bootstrap_test, sensitivity_threshold, youden_threshold)
 
 
 class ThresholdRule(str, Enum):
@@ -197,25 +198,6 @@ class Scored:
                 for s, p in zip(self.samples, self.scores)]
 
 
-def calibration(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict[str, Any]:
-    """Brier score, expected calibration error and equal-width reliability bins."""
-    labels = np.asarray(labels, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
-    table, ece = [], 0.0
-    for b in range(bins):
-        member = index == b
-        n = int(member.sum())
-        if n == 0:
-            continue
-        mean_p, frac = float(scores[member].mean()), float(labels[member].mean())
-        ece += n / labels.size * abs(mean_p - frac)
-        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n,
-                      "mean_predicted": mean_p, "fraction_malignant": frac})
-    return {"brier": float(np.mean((scores - labels) ** 2)), "ece": float(ece), "bins": table}
-
-
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: ThresholdRule,
                      sensitivity_target: float | None = None) -> float:
     if rule is ThresholdRule.SENSITIVITY:
@@ -290,60 +272,6 @@ def evaluate_scores(scored: Scored, *, data: str, validation: Scored | None = No
         calibration=calibration(labels, scores),
         label_note=label_note(scored.samples),
     )
-
-
-def require_pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingDependencyError("matplotlib", "export", "ROC and calibration plots") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_roc(curves: Sequence[tuple[str, Scored]], path: str | Path, title: str = "ROC") -> Path:
-    """One ROC curve per model (label: AUC [DeLong CI]), with each model's operating point."""
-    plt = require_pyplot()
-    fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=120)
-    for name, scored in curves:
-        fpr, tpr, _ = roc_curve(scored.labels, scored.scores)
-        ci = delong_auc_ci(scored.labels, scored.scores)
-        ax.plot(fpr, tpr, lw=1.6, label=f"{name}: AUC {ci.auc:.3f} [{ci.low:.3f}, {ci.high:.3f}]")
-        op = operating_point(scored.labels, scored.scores, scored.threshold)
-        ax.plot(1 - op.specificity, op.sensitivity, "o", ms=5, color=ax.lines[-1].get_color())
-    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title=title)
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_calibration(scored: Scored, path: str | Path, title: str = "Calibration") -> Path:
-    return plot_reliability(scored.labels, scored.scores, path, title)
-
-
-def plot_reliability(labels: np.ndarray, scores: np.ndarray, path: str | Path, title: str = "Calibration",
-                     ylabel: str = "fraction malignant") -> Path:
-    """Reliability diagram of scores against labels (10 bins, crops per bin annotated, Brier and ECE)."""
-    plt = require_pyplot()
-    table = calibration(labels, scores)
-    fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=120)
-    xs = [b["mean_predicted"] for b in table["bins"]]
-    ys = [b["fraction_malignant"] for b in table["bins"]]
-    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
-    ax.plot(xs, ys, "o-", lw=1.6)
-    for x, y, b in zip(xs, ys, table["bins"]):
-        ax.annotate(str(b["n"]), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
-    ax.set(xlabel="mean predicted p(malignant)", ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.01),
-           title=f"{title} (Brier {table['brier']:.3f}, ECE {table['ece']:.3f})")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
 
 
 def score_model(path: str | Path, samples: list[Sample], *, model: str | None = None, threads: int | None = None,

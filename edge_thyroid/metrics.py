@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -258,3 +259,22 @@ def paired_bootstrap_test(labels, scores_a, scores_b, *, groups=None, resamples:
     else:
         p = math.erfc(abs(observed / se) / math.sqrt(2))
     return PairedBootstrap(observed, se, float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha)), p, len(d))
+
+
+def calibration(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Brier score, expected calibration error and equal-width reliability bins."""
+    labels = np.asarray(labels, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        member = index == b
+        n = int(member.sum())
+        if n == 0:
+            continue
+        mean_p, frac = float(scores[member].mean()), float(labels[member].mean())
+        ece += n / labels.size * abs(mean_p - frac)
+        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n,
+                      "mean_predicted": mean_p, "fraction_malignant": frac})
+    return {"brier": float(np.mean((scores - labels) ** 2)), "ece": float(ece), "bins": table}
