@@ -24,6 +24,7 @@ import numpy as np
 from .bundle import sha256_file
 from .dataset import Sample, Split, read_samples, split_by_case, still_furniture
 from .errors import InputError, MissingDependencyError
+from .familiarity import Familiarity
 from .frames import read_image
 from .evaluation_plots import plot_calibration, plot_roc
 from .metrics import (bootstrap_auc_ci, calibration, delong_auc_ci, delong_test, operating_point,
@@ -117,6 +118,8 @@ class Scorer:
     threshold: float = 0.5
     name: str = ""
     trained_on: str | None = None   # sha256 of the CSV the model was trained on, when it records one
+    # each row of the last score() against the bundle's familiarity reference; None: the model has none
+    last_familiarity: list[Familiarity] | None = None
 
     def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
         raise TypeError(f"{type(self).__name__} does not score")
@@ -148,9 +151,13 @@ class BundleScorer(Scorer):
 
         out = np.zeros(len(samples), dtype=np.float64)
         furniture = still_furniture(samples)
+        checked = []
         for i, sample in enumerate(tqdm(samples, desc="scoring", unit="image", file=sys.stderr, disable=not progress)):
             frame = read_image(sample.image)
-            out[i] = self.engine.classify(frame, [sample.pane(frame, self.engine.box_context, furniture)]).probability
+            prediction = self.engine.classify(frame, [sample.pane(frame, self.engine.box_context, furniture)])
+            out[i] = prediction.probability
+            checked.append(prediction.familiarity)
+        self.last_familiarity = checked if self.engine.familiarity is not None else None
         return out
 
     def close(self) -> None:
@@ -184,6 +191,7 @@ class Scored:
     scores: np.ndarray
     threshold: float
     model: str
+    familiarity: list[Familiarity] | None = None   # per row, when the model has a familiarity reference
 
     @property
     def labels(self) -> np.ndarray:
@@ -194,8 +202,21 @@ class Scored:
         return [s.case_id for s in self.samples]
 
     def rows(self) -> list[dict[str, Any]]:
-        return [{"image": str(s.image), "case_id": s.case_id, "label": s.label, "score": float(p)}
-                for s, p in zip(self.samples, self.scores)]
+        checked = self.familiarity or [None] * len(self.samples)
+        return [{"image": str(s.image), "case_id": s.case_id, "label": s.label, "score": float(p),
+                 **({"familiar": f.familiar, "distance": f.distance} if f is not None else {})}
+                for s, p, f in zip(self.samples, self.scores, checked)]
+
+    def familiarity_summary(self) -> dict[str, Any] | None:
+        """How many rows the model finds unlike its training crops, and the AUC on the others (None when the
+        model has no familiarity reference; the AUC None when the familiar rows hold one class only)."""
+        if self.familiarity is None:
+            return None
+        familiar = np.array([f.familiar for f in self.familiarity], dtype=bool)
+        labels = self.labels[familiar]
+        return {"unfamiliar": int((~familiar).sum()), "rows": len(familiar), "threshold": self.familiarity[0].threshold,
+                "auc_familiar": (delong_auc_ci(labels, self.scores[familiar]).auc if len(set(labels.tolist())) == 2
+                                 else None)}
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: ThresholdRule,
@@ -223,6 +244,7 @@ class EvaluationReport:
     label_note: str | None = LABEL_NOTE
     plots: list[str] = field(default_factory=list)
     rows: str | None = None          # how many rows were used and why
+    familiarity: dict[str, Any] | None = None   # Scored.familiarity_summary() of the evaluated rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -246,9 +268,17 @@ class EvaluationReport:
             f"{ch['operating_point']['sensitivity']:.3f}  specificity {ch['operating_point']['specificity']:.3f}  "
             f"accuracy {ch['operating_point']['accuracy']:.3f}",
             f"calibration: Brier {self.calibration['brier']:.4f}  ECE {self.calibration['ece']:.4f}",
+            *([familiarity_line(self.familiarity)] if self.familiarity else []),
             *([f"note: {self.label_note}"] if self.label_note else []),
             *[f"plot: {p}" for p in self.plots],
         ]
+
+
+def familiarity_line(summary: dict[str, Any]) -> str:
+    auc = summary["auc_familiar"]
+    return (f"familiarity: {summary['unfamiliar']} of {summary['rows']} rows unlike the model's training crops "
+            f"(distance > {summary['threshold']:.4f}); AUC on the {summary['rows'] - summary['unfamiliar']} others "
+            + (f"{auc:.3f}" if auc is not None else "n/a (one class)"))
 
 
 def evaluate_scores(scored: Scored, *, data: str, validation: Scored | None = None,
@@ -295,7 +325,8 @@ def evaluate_model(path: str | Path, csv_path: str | Path, spec: SplitSpec, *, m
         split, why = decide_split(csv_path, spec.split, [scorer.trained_on])
         spec = replace(spec, split=split)
         samples, val = select_samples(csv_path, spec, label_source=label_source)
-        scored = Scored(samples, scorer.score(samples, progress=progress), scorer.threshold, scorer.name)
+        scored = Scored(samples, scorer.score(samples, progress=progress), scorer.threshold, scorer.name,
+                        scorer.last_familiarity)
         if split is Split.TRAIN:   # the threshold is re-chosen on the rows never trained on
             val_scored, chosen_on = Scored(val, scorer.score(val, progress=progress), scorer.threshold,
                                            scorer.name), "validation side"
@@ -306,6 +337,7 @@ def evaluate_model(path: str | Path, csv_path: str | Path, spec: SplitSpec, *, m
     report = evaluate_scores(scored, data=f"{csv_path} ({spec.describe()})", validation=val_scored, rule=rule,
                              sensitivity_target=sensitivity_target, resamples=resamples, chosen_on=chosen_on)
     report.rows = rows_used(csv_path, len(samples), why)
+    report.familiarity = scored.familiarity_summary()
     if plots_dir is not None:
         folder = Path(plots_dir)
         folder.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ class CheckpointScorer:
     """The torch model of a training checkpoint, fed the engine's reference preprocessing."""
 
     kind = "checkpoint"
+    last_familiarity = None   # a checkpoint carries no familiarity reference (a bundle can: familiarize)
 
     def __init__(self, path: str | Path, *, threads: int | None = None, batch_size: int = 32) -> None:
         if threads:

@@ -267,3 +267,40 @@ def test_the_benchmarks_changed_copies_are_what_they_say():
     noise = copies["speckle noise"]
     assert abs(float(noise.mean()) - float(image.mean())) < 3 and noise.std() > 10   # grain of the crop's level
     assert np.array_equal(noise[..., 0], noise[..., 2])
+
+
+def test_evaluate_counts_the_unfamiliar_rows_and_scores_the_others(familiar_bundle, training_csv, tmp_path, capsys):
+    from edge_thyroid.metrics import roc_auc
+
+    folder = training_csv.parent
+    rows = [(f"{i}.png", ["benign", "malignant"][i % 3], str(i // 2)) for i in range(10) if i % 3 != 2]
+    for i in (0, 1):   # inverted copies, new cases: the kind of row the reference exists to notice
+        cv2.imwrite(str(tmp_path / f"inv{i}.png"), 255 - cv2.imread(str(folder / f"{i}.png")))
+        rows.append((str(tmp_path / f"inv{i}.png"), ["benign", "malignant"][i], f"x{i}"))
+    data = tmp_path / "eval.csv"
+    data.write_text("image,label,case_id\n" + "".join(f"{folder / image if not image.startswith('/') else image},"
+                                                      f"{label},{case}\n" for image, label, case in rows))
+    scores = tmp_path / "scores.csv"
+    main_code = 0
+    try:
+        main(["evaluate", str(familiar_bundle), "--data", str(data), "--split", "all", "--json", "--scores",
+              str(scores), "--resamples", "50", "--backend", "onnxruntime"])
+    except SystemExit as exc:
+        main_code = exc.code or 0
+    assert main_code == 0
+    report = json.loads(capsys.readouterr().out)
+    table = list(csv.DictReader(open(scores)))
+    familiar = np.array([row["familiar"] == "True" for row in table])
+    # the count and the AUC follow from the per-row flags the scores CSV carries
+    entry = load_bundle(familiar_bundle).manifest.familiarity
+    assert all((float(r["distance"]) <= entry["threshold"]) == f for r, f in zip(table, familiar))
+    assert report["familiarity"]["unfamiliar"] == int((~familiar).sum()) and report["familiarity"]["rows"] == 9
+    labels = np.array([int(r["label"]) for r in table])
+    p = np.array([float(r["score"]) for r in table])
+    if len(set(labels[familiar])) == 2:
+        assert report["familiarity"]["auc_familiar"] == pytest.approx(roc_auc(labels[familiar], p[familiar]), abs=1e-12)
+    # the distances are the reference's (float64 brute force over the bank's features)
+    bank = features_of(familiar_bundle, [folder / f"{i}.png" for i in range(10)])
+    queries = features_of(familiar_bundle, [folder / image if not image.startswith("/") else image
+                                             for image, _, _ in rows])
+    np.testing.assert_allclose([float(r["distance"]) for r in table], brute_force(queries, bank, 2), atol=2e-3)

@@ -70,7 +70,9 @@ def evaluate(model_path, data, split, folds, fold, seed, threads, resamples, as_
 
     A bundle runs through the engine (no torch); a checkpoint (.pt) needs the export extra. Each row
     is a whole image, or with a roi column the nodule box in a full frame; its modality from the CSV.
-    The DDTI labels are TI-RADS categories, not pathology.
+    The DDTI labels are TI-RADS categories, not pathology. A bundle with a familiarity reference
+    ('edge-thyroid familiarize') also reports how many rows are unlike its training crops and the AUC
+    on the others; --scores then adds familiar and distance columns.
 
     \b
     Examples:
@@ -80,7 +82,7 @@ def evaluate(model_path, data, split, folds, fold, seed, threads, resamples, as_
     """
     import csv
 
-    from ..evaluation import SplitSpec, ThresholdRule, evaluate_model
+    from ..evaluation import ThresholdRule, evaluate_model
 
     if plots_dir:
         make_output_folder(plots_dir, "--plots")
@@ -93,7 +95,8 @@ def evaluate(model_path, data, split, folds, fold, seed, threads, resamples, as_
                                     backend_options=backend_settings(backend_kwargs))
     if scores_csv:
         with open(scores_csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["image", "case_id", "label", "score"])
+            columns = ["image", "case_id", "label", "score"] + (["familiar", "distance"] if scored.familiarity else [])
+            writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(scored.rows())
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
