@@ -214,6 +214,9 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
               help="Share of the other draws whose nodule becomes a synthetic spongiform one (small cystic spaces "
                    "in an isoechoic oval) labelled benign (TI-RADS 2; export/augment.py synthetic_spongiform; "
                    "default: the recipe's 0, off).")
+@click.option("--gamma-range", "gamma_log_range", type=click.FloatRange(0, 1.5), default=None,
+              help="Scanner gamma drawn as exp(U(-R, R)) (export/augment.py scanner_look; default: the recipe's 0.3, "
+                   "i.e. 0.74-1.35; 0.6 reaches 0.55-1.82).")
 @click.option("--mixup", "mixup_alpha", type=click.FloatRange(0, None), default=None,
               help="Mixup of the labelled crops with Beta(alpha, alpha) weights (export/mixup.py; default: the "
                    "recipe's 0, off).")
@@ -237,7 +240,7 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
-         descriptor_weight, level_targets, p_cyst, p_spongiform, mixup_alpha, replay, replay_per_batch, pseudo_run,
+         descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, pseudo_run,
          unlabelled_per_batch, test_time_flip, threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
@@ -298,6 +301,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             recipe.p_cyst = p_cyst
         if p_spongiform is not None:
             recipe.p_spongiform = p_spongiform
+        if gamma_log_range is not None:
+            recipe.gamma_log_range = gamma_log_range
         if mixup_alpha is not None:
             recipe.mixup_alpha = mixup_alpha
         if replay_per_batch:

@@ -126,8 +126,10 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
 
 
-def scanner_look(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
-    """A random draw of the scanner-look perturbations, each applied with its own probability."""
+def scanner_look(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
+                 gamma_log_range: float = 0.3) -> np.ndarray:
+    """A random draw of the scanner-look perturbations, each applied with its own probability; gamma is
+    drawn as exp(U(-r, r) * strength), r = ``gamma_log_range`` (0.3: 0.74-1.35)."""
     out = image
     if rng.random() < 0.5:
         top = 1.0 + rng.uniform(-0.3, 0.3) * strength
@@ -135,7 +137,7 @@ def scanner_look(image: np.ndarray, rng: np.random.Generator, strength: float = 
     if rng.random() < 0.8:
         out = _to_uint8(out.astype(np.float32) * (1.0 + rng.uniform(-0.25, 0.25) * strength))
     if rng.random() < 0.8:
-        out = gamma(out, math.exp(rng.uniform(-0.3, 0.3) * strength))
+        out = gamma(out, math.exp(rng.uniform(-gamma_log_range, gamma_log_range) * strength))
     if rng.random() < 0.3:
         out = resample(out, 1.0 - rng.uniform(0.2, 0.6) * strength)
     if rng.random() < 0.3:

@@ -109,6 +109,30 @@ def test_scanner_look_is_seeded_and_keeps_the_skin_line_on_top():
         assert out[:15].mean() > 1.5 * out[-15:].mean()
 
 
+def test_scanner_look_gamma_range_widens_only_the_gamma_draw(monkeypatch):
+    import math
+
+    from edge_thyroid.export import augment
+
+    image = ultrasound_like(64, 64, seed=2)
+    drawn: list[float] = []
+    real_gamma = augment.gamma
+    monkeypatch.setattr(augment, "gamma", lambda out, g: drawn.append(g) or real_gamma(out, g))
+    by_range = {}
+    for log_range in (0.3, 0.6):
+        drawn.clear()
+        rngs = [np.random.default_rng(seed) for seed in range(200)]
+        outs = [augment.scanner_look(image, rng, 1.0, log_range) for rng in rngs]
+        by_range[log_range] = (list(drawn), [rng.random() for rng in rngs], outs)
+        assert all(math.exp(-log_range) - 1e-12 <= g <= math.exp(log_range) + 1e-12 for g in drawn)
+    narrow, wide = by_range[0.3][0], by_range[0.6][0]
+    assert len(narrow) == len(wide) > 100 and max(wide) > 1.5 and min(wide) < 0.65
+    # the same generator state afterwards: every other augmentation is drawn as before
+    assert by_range[0.3][1] == by_range[0.6][1]
+    # the default is the recipe's 0.3, draw for draw
+    np.testing.assert_array_equal(augment.scanner_look(image, np.random.default_rng(7)), by_range[0.3][2][7])
+
+
 @pytest.mark.parametrize("shape", ["+", "x"])
 @pytest.mark.parametrize("hollow", [False, True])
 def test_draw_caliper_draws_the_right_shape(shape, hollow):
