@@ -64,6 +64,16 @@ def test_leave_group_out_ignores_every_row_of_the_same_case():
     assert leave_group_out_distance(duplicated, [*groups, "0"], 1)[0] > 1e-6
 
 
+def test_leave_group_out_in_blocks_gives_what_one_block_gives(monkeypatch):
+    import edge_thyroid.familiarity as familiarity
+
+    rng = np.random.default_rng(5)
+    features, groups = rng.random((23, 6)), [str(i // 4) for i in range(23)]
+    whole = leave_group_out_distance(features, groups, 3)
+    monkeypatch.setattr(familiarity, "ROWS_PER_BLOCK", 5)
+    np.testing.assert_allclose(leave_group_out_distance(features, groups, 3), whole, rtol=0, atol=1e-12)
+
+
 def test_leave_group_out_says_what_was_wrong():
     with pytest.raises(InputError, match="2 groups for 3 feature rows"):
         leave_group_out_distance(np.ones((3, 2)), ["a", "b"], 1)
