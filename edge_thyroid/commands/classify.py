@@ -70,7 +70,9 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
     calipers find it from the sonographer's measurement marks on each image, or give one box per image
     with --list images.csv (image[,roi][,modality]). An image that cannot be used (unreadable, truncated,
     a pane under 32x32 pixels, blank or uniform, no calipers with --roi calipers) gets one 'skipped' line
-    on stderr instead; after the others are printed the exit status is then 2.
+    on stderr instead; after the others are printed the exit status is then 2. With a bundle that has a
+    familiarity reference ('edge-thyroid familiarize'), an image unlike the model's training crops is
+    marked UNFAMILIAR (JSON: "familiarity"); its p is printed as it is.
 
     \b
     edge-thyroid classify BUNDLE frame.png --roi calipers --json
