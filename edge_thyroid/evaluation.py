@@ -210,13 +210,14 @@ class Scored:
     def familiarity_summary(self) -> dict[str, Any] | None:
         """How many rows the model finds unlike its training crops, and the AUC on the others (None when the
         model has no familiarity reference; the AUC None when the familiar rows hold one class only)."""
-        if self.familiarity is None:
+        checked = [i for i, f in enumerate(self.familiarity or []) if f is not None]   # other modalities: unchecked
+        if not checked:
             return None
-        familiar = np.array([f.familiar for f in self.familiarity], dtype=bool)
-        labels = self.labels[familiar]
-        return {"unfamiliar": int((~familiar).sum()), "rows": len(familiar), "threshold": self.familiarity[0].threshold,
-                "auc_familiar": (delong_auc_ci(labels, self.scores[familiar]).auc if len(set(labels.tolist())) == 2
-                                 else None)}
+        familiar = np.array([self.familiarity[i].familiar for i in checked], dtype=bool)
+        labels, scores = self.labels[checked][familiar], self.scores[checked][familiar]
+        return {"unfamiliar": int((~familiar).sum()), "rows": len(checked),
+                "threshold": self.familiarity[checked[0]].threshold,
+                "auc_familiar": delong_auc_ci(labels, scores).auc if len(set(labels.tolist())) == 2 else None}
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: ThresholdRule,

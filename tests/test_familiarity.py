@@ -314,3 +314,22 @@ def test_evaluate_counts_the_unfamiliar_rows_and_scores_the_others(familiar_bund
     queries = features_of(familiar_bundle, [folder / image if not image.startswith("/") else image
                                              for image, _, _ in rows])
     np.testing.assert_allclose([float(r["distance"]) for r in table], brute_force(queries, bank, 2), atol=2e-3)
+
+
+def test_the_summary_counts_only_the_rows_that_were_checked(tmp_path):
+    from edge_thyroid.dataset import Sample
+    from edge_thyroid.evaluation import Scored
+    from edge_thyroid.metrics import roc_auc
+
+    labels = [0, 1, 0, 1, 1, 0]
+    samples = [Sample(tmp_path / f"{i}.png", label, str(i)) for i, label in enumerate(labels)]
+    scores = np.array([0.2, 0.9, 0.4, 0.3, 0.8, 0.6])
+    checks = [Familiarity(0.01, 0.05), Familiarity(0.02, 0.05), None, Familiarity(0.09, 0.05),
+              Familiarity(0.03, 0.05), Familiarity(0.04, 0.05)]   # row 2: an SMI pane, say: not checked
+    summary = Scored(samples, scores, 0.5, "m", checks).familiarity_summary()
+    keep = [0, 1, 4, 5]
+    assert summary == {"unfamiliar": 1, "rows": 5, "threshold": 0.05,
+                       "auc_familiar": pytest.approx(roc_auc(np.array(labels)[keep], scores[keep]), abs=1e-12)}
+    assert Scored(samples, scores, 0.5, "m", None).familiarity_summary() is None
+    rows = Scored(samples, scores, 0.5, "m", checks).rows()
+    assert rows[2].keys() == {"image", "case_id", "label", "score"} and rows[3]["familiar"] is False
