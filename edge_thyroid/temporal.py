@@ -45,6 +45,7 @@ class Reason(str, Enum):
     NO_ROI = "no_roi"      # no nodule box (layout, control channel or calipers): no answer on a whole pane
     ROI_LOST = "roi_lost"  # the operator's box could not be followed: the view changed too much
     SERVER_UNAVAILABLE = "server_unavailable"  # the remote inference server did not answer in time
+    UNFAMILIAR = "unfamiliar"  # the B-mode pane is unlike the model's training crops (--abstain-unfamiliar)
 
 
 @dataclass(frozen=True)

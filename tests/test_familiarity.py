@@ -200,6 +200,32 @@ def test_stream_records_carry_the_familiarity_and_follow_the_schema(familiar_bun
         assert record["familiarity"]["familiar"] == (record["familiarity"]["distance"] <= record["familiarity"]["threshold"])
 
 
+@pytest.mark.parametrize("threshold, abstains", [(0.0, True), (2.0, False)])
+def test_abstain_unfamiliar_withholds_the_decision_but_keeps_p(familiar_bundle, tmp_path, threshold, abstains):
+    copy = edited(familiar_bundle, tmp_path, lambda m, _: m["familiarity"].update(threshold=threshold))
+    out = tmp_path / "s.jsonl"
+    code = run_stream(str(copy), "--source", "synthetic:single?size=480x270&frames=4", "--as-fast-as-possible",
+                      "--quiet", "--json-out", str(out), "--whole-pane", "--backend", "onnxruntime",
+                      "--abstain-unfamiliar")
+    assert code == 0
+    frames = [r for r in map(json.loads, out.read_text().splitlines()) if r["type"] == "frame"]
+    assert frames and all(r["p"] is not None for r in frames)
+    for record in frames:
+        STREAM_RECORDS.validate(record)
+        assert (record["reason"] == "unfamiliar") == abstains
+        assert (record["decision"] == "abstain") == abstains
+        if abstains:
+            assert "unlike the model's training crops" in record["detail"]
+
+
+def test_abstain_unfamiliar_needs_a_reference(capsys):
+    code = run_stream(str(data_path(DEMO_BUNDLE)), "--source", "synthetic:single?size=480x270&frames=2",
+                      "--quiet", "--abstain-unfamiliar")
+    error = capsys.readouterr().err
+    assert code == 2 and "--abstain-unfamiliar needs a bundle with a familiarity reference" in error
+    assert "Traceback" not in error
+
+
 def test_a_bundle_without_a_reference_reports_none(tmp_path):
     with Engine(data_path(DEMO_BUNDLE), threads=1) as engine:
         prediction = engine.classify(np.full((100, 100, 3), 90, np.uint8), [Pane("bmode", (0, 0, 100, 100))])

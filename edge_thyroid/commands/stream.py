@@ -57,6 +57,7 @@ class StreamOptions:
     whole_pane: bool = False
     control: str | None = None
     calipers: bool = True
+    abstain_unfamiliar: bool = False
     backend_settings: dict[str, Any] = field(default_factory=dict)   # Engine keywords: backend and its options
     view: tuple[str, int] | None = None     # serve the live view here (host, port)
     view_fps: float = 10.0
@@ -91,6 +92,10 @@ def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--whole-pane", is_flag=True,
                      help="Without a nodule box, classify the whole B-mode pane (default: abstain with no_roi; the "
                           "model was trained on nodule-centred crops)."),
+        click.option("--abstain-unfamiliar", is_flag=True,
+                     help="Abstain (reason unfamiliar) on a frame whose B-mode pane the bundle's familiarity reference "
+                          "finds unlike the model's training crops; p stays in the record (default: only flag it). "
+                          "Needs a bundle given one by 'edge-thyroid familiarize'."),
         click.option("--quiet", is_flag=True, help="No live status line on stderr."),
         click.option("--dicom-sr", default=None, metavar="OUT.dcm",
                      help="DICOM source only: write a DICOM Structured Report of the last frame's decision (p, "
@@ -159,7 +164,8 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
     config = PipelineConfig(layout=layout, lossless=options.as_fast_as_possible, max_frames=options.max_frames,
                             cache=options.cache, change_threshold=options.change_threshold, temporal=temporal,
                             reconnect=ReconnectPolicy(attempts=options.reconnect_attempts),
-                            whole_pane=options.whole_pane, calipers=options.calipers, control=options.control)
+                            whole_pane=options.whole_pane, calipers=options.calipers, control=options.control,
+                            abstain_unfamiliar=options.abstain_unfamiliar)
     source = create_source(source_spec, SourceOptions(
         realtime=not options.as_fast_as_possible, fps=options.fps, size=parse_size(options.capture_size) if options.capture_size else None,
         fourcc=options.fourcc, loop=options.loop, layout=layout))
@@ -174,6 +180,9 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
                                "is not one. For still images use 'edge-thyroid classify --dicom-sr DIR'")
     with Engine(bundle, model=options.model, threads=options.threads,
                 **options.backend_settings) as engine:
+        if options.abstain_unfamiliar and engine.familiarity is None:
+            raise click.UsageError(f"--abstain-unfamiliar needs a bundle with a familiarity reference; {bundle} has "
+                                   "none (give it one: edge-thyroid familiarize BUNDLE --data TRAINING_CSV)")
         if not options.quiet:
             print_auto_choice(engine)
         source.open()

@@ -65,7 +65,8 @@ class FrameClassifier:
     the nodule box, the last fused prediction, when the screen last changed)."""
 
     def __init__(self, engine: EngineLike, layout: Layout, cache: PaneCache, temporal: TemporalFilter, *,
-                 media_fps: float, lossless: bool, keep_frames: bool, nodule: NoduleBox | None = None) -> None:
+                 media_fps: float, lossless: bool, keep_frames: bool, nodule: NoduleBox | None = None,
+                 abstain_unfamiliar: bool = False) -> None:
         self.engine = engine
         self.layout = layout
         self.cache = cache
@@ -73,6 +74,7 @@ class FrameClassifier:
         self.media_fps = media_fps
         self.lossless = lossless
         self.keep_frames = keep_frames
+        self.abstain_unfamiliar = abstain_unfamiliar
         self.nodule = nodule or NoduleBox()
         self.last_change_ts: float | None = None
         self.last_fused: Prediction | None = None
@@ -218,7 +220,13 @@ class FrameClassifier:
                 now = item.index / self.media_fps if self.lossless else item.timestamp
                 if changed or self.last_change_ts is None:
                     self.last_change_ts = now
-                verdict = self.temporal.update(now, p, frozen_for_s=now - self.last_change_ts)
+                if self.abstain_unfamiliar and familiarity is not None and not familiarity.familiar:
+                    # p stays in the record for the audit; no decision is shown on it
+                    verdict = self.temporal.abstain(Reason.UNFAMILIAR, (
+                        f"the B-mode pane is unlike the model's training crops (distance {familiarity.distance:.4f} "
+                        f"> {familiarity.threshold:.4f})"))
+                else:
+                    verdict = self.temporal.update(now, p, frozen_for_s=now - self.last_change_ts)
         except InputError as exc:
             # A frame of another size, a non-finite output, ...: abstain with the reason, keep streaming.
             verdict = self.temporal.abstain(Reason.INVALID, str(exc))

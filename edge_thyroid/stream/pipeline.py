@@ -53,6 +53,7 @@ class PipelineConfig:
     whole_pane: bool = False           # without a nodule box, classify the whole B-mode pane (else: no_roi)
     calipers: bool = True              # on a frozen B-mode pane, take the box from measurement calipers
     control: str | None = None         # control channel address: a Unix socket path or tcp://127.0.0.1:PORT
+    abstain_unfamiliar: bool = False   # abstain on a frame whose B-mode pane the bundle's reference finds unfamiliar
 
 
 class Pipeline:
@@ -126,7 +127,7 @@ class Pipeline:
         self.layout = choose_layout(self.engine, self.config.layout, self.source.layout_hint)
         classifier = FrameClassifier(self.engine, self.layout, self.cache, self.temporal,
                                      media_fps=self.source.fps or 30.0, lossless=self.config.lossless,
-                                     keep_frames=self.fanout.keep_frames,
+                                     keep_frames=self.fanout.keep_frames, abstain_unfamiliar=self.config.abstain_unfamiliar,
                                      nodule=NoduleBox(whole_pane=self.config.whole_pane, calipers=self.config.calipers))
         self.classifier = classifier
         self.fanout.open()
