@@ -13,7 +13,7 @@ in a larger frame; modality from the CSV. Which rows: see :func:`decide_split`.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -147,21 +147,24 @@ class BundleScorer(Scorer):
         self.trained_on = (self.engine.bundle.manifest.provenance.get("training_data") or {}).get("sha256")
 
     def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
-        from tqdm import tqdm
-
-        out = np.zeros(len(samples), dtype=np.float64)
-        furniture = still_furniture(samples)
-        checked = []
-        for i, sample in enumerate(tqdm(samples, desc="scoring", unit="image", file=sys.stderr, disable=not progress)):
-            frame = read_image(sample.image)
-            prediction = self.engine.classify(frame, [sample.pane(frame, self.engine.box_context, furniture)])
-            out[i] = prediction.probability
-            checked.append(prediction.familiarity)
-        self.last_familiarity = checked if self.engine.familiarity is not None else None
-        return out
+        predictions = list(row_predictions(self.engine, samples, progress=progress))
+        self.last_familiarity = [p.familiarity for p in predictions] if self.engine.familiarity is not None else None
+        return np.array([p.probability for p in predictions], dtype=np.float64)
 
     def close(self) -> None:
         self.engine.close()
+
+
+def row_predictions(engine: Any, samples: Sequence[Sample], *, progress: bool = False,
+                    desc: str = "scoring") -> Iterator[Any]:
+    """Each row's Prediction from ``engine``, on the pane scoring uses: its box grown by the bundle's
+    context, a calipers box found with the furniture the run's screenshots give (one pane per row)."""
+    from tqdm import tqdm
+
+    furniture = still_furniture(samples)
+    for sample in tqdm(samples, desc=desc, unit="image", file=sys.stderr, disable=not progress):
+        frame = read_image(sample.image)
+        yield engine.classify(frame, [sample.pane(frame, engine.box_context, furniture)])
 
 
 def open_scorer(path: str | Path, *, model: str | None = None, threads: int | None = None,

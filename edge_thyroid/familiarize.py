@@ -9,18 +9,18 @@ its sha256, and the old signature, which no longer matches the manifest, is remo
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bundle import load_bundle, sha256_file, write_manifest
-from .dataset import Sample, read_samples, split_by_case, still_furniture
+from .bundle import Bundle, load_bundle, sha256_file, write_manifest
+from .dataset import Sample, read_samples, split_by_case
 from .errors import BundleError, InputError
+from .evaluation import row_predictions
 from .familiarity import DEFAULT_NEIGHBOURS, DEFAULT_QUANTILE, NOTE, FamiliarityReference
-from .frames import read_image
 from .signing import SIGNATURE
 
 FILE = "familiarity.npz"
@@ -44,28 +44,21 @@ def training_rows(csv_path: str | Path, *, folds: int | None = None, fold: int =
 
 
 def pooled_features(engine: Any, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
-    """[N, C] pooled features of each row's pane (its box grown by the bundle's context, as scoring does)
+    """[N, C] pooled features of each row's pane (as scoring makes it: ``evaluation.row_predictions``)
     from the engine's model; the rows' modality must be the reference's."""
-    from tqdm import tqdm
-
-    furniture = still_furniture(samples)
-    rows = []
-    for sample in tqdm(samples, desc="features", unit="image", file=sys.stderr, disable=not progress):
-        frame = read_image(sample.image)
-        prediction = engine.classify(frame, [sample.pane(frame, engine.box_context, furniture)])
-        rows.append(prediction.panes[0].pooled)
-    return np.stack(rows).astype(np.float64)
+    predictions = row_predictions(engine, samples, progress=progress, desc="features")
+    return np.stack([prediction.panes[0].pooled for prediction in predictions]).astype(np.float64)
 
 
-def attach_reference(bundle_path: str | Path, reference: FamiliarityReference, details: dict[str, Any]) -> bool:
-    """Write ``reference`` into the bundle folder and record it in the manifest; returns True when a
-    signature was removed (it signed the manifest before this change)."""
-    root = Path(bundle_path)
+def attach_reference(bundle: Bundle, reference: FamiliarityReference, details: dict[str, Any]) -> bool:
+    """Write ``reference`` into the folder of ``bundle`` (loaded, so its files and signature were checked)
+    and record it in the manifest; returns True when a signature was removed (it signed the manifest
+    before this change)."""
+    root = bundle.root
     if not root.is_dir():
-        raise BundleError(f"{bundle_path} is not a bundle folder; a familiarity reference is written into a "
+        raise BundleError(f"{root} is not a bundle folder; a familiarity reference is written into a "
                           "folder (unzip the bundle first)")
-    bundle = load_bundle(root)   # files verified, signature checked as for any use, before anything changes
-    manifest = bundle.manifest
+    manifest = replace(bundle.manifest)   # the loaded bundle's own manifest stays as it was read
     if reference.modality not in manifest.modalities:
         raise InputError(f"the reference is of modality {reference.modality!r}; this bundle's are "
                          f"{list(manifest.modalities)}")
@@ -90,6 +83,9 @@ def familiarize(bundle_path: str | Path, csv_path: str | Path, *, folds: int | N
     manifest records, whether a signature was removed)."""
     from .engine import Engine
 
+    if not Path(bundle_path).is_dir():   # before minutes of feature extraction, not after
+        raise BundleError(f"{bundle_path} is not a bundle folder; a familiarity reference is written into a "
+                          "folder (unzip the bundle first)")
     samples = training_rows(csv_path, folds=folds, fold=fold, seed=seed)
     modalities = {s.modality for s in samples}
     with Engine(bundle_path, threads=threads) as engine:
@@ -102,10 +98,11 @@ def familiarize(bundle_path: str | Path, csv_path: str | Path, *, folds: int | N
             raise InputError(f"{csv_path} holds {len(samples)} rows of {len(cases)} case; the threshold leaves each "
                              "case out, so at least two cases are needed")
         features = pooled_features(engine, samples, progress=progress)
+        bundle = engine.bundle
     reference = FamiliarityReference.build(modality, features, [s.case_id for s in samples],
                                            neighbours=neighbours, quantile=quantile)
     details = {"quantile": quantile, "crops": len(samples), "cases": len(cases),
                "data": {"csv": os.path.basename(str(csv_path)), "sha256": sha256_file(csv_path),
                         "rows": "all" if folds is None else f"training side of case split fold {fold}/{folds}, seed {seed}"}}
-    signed = attach_reference(bundle_path, reference, details)
+    signed = attach_reference(bundle, reference, details)
     return reference, details, signed
