@@ -233,6 +233,10 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 @click.option("--test-time-flip", is_flag=True,
               help="Score every fold as a bundle exported with --test-time-flip does (each input's maps averaged "
                    "with its mirror image's); training is unchanged, so existing fold models are re-scored.")
+@click.option("--train-cases", "train_cases", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Share of each fold's labelled training cases kept (export/subsample.py: whole cases, benign and other "
+                   "cases drawn apart, nested across shares, one draw per fold), trained for as many optimizer steps as "
+                   "the whole training side (more epochs); for a learning curve. The held-out fold is unchanged.")
 @click.option("--threads", type=int, default=0)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)
@@ -241,14 +245,17 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
          descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, pseudo_run,
-         unlabelled_per_batch, test_time_flip, threads, device, workers, also_all, all_first_after) -> None:
+         unlabelled_per_batch, test_time_flip, train_cases, threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
     from edge_thyroid.export.checkpoint import load_checkpoint
+    from edge_thyroid.export.subsample import case_subsample
 
     if replay_per_batch and not replay:
         raise click.UsageError("--replay-per-batch needs --replay PACK (e.g. runs/pretrain_pack.npz)")
+    if also_all and train_cases < 1:
+        raise click.UsageError(f"--also-all trains on every crop; it cannot be combined with --train-cases {train_cases}")
     pack = pack_for(data)
     assignment = fold_assignment(pack, folds)
     out = Path(out_dir)
@@ -319,6 +326,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             "label_source": "TI-RADS category (2-3 benign, 4a-5 malignant), not pathology",
             "data": {"path": str(data), **pack.meta}, "backbone": backbone, "folds": folds, "seeds": seed_list,
             "recipe": {**make_recipe(seed_list[0], fold_list[0]).to_dict(), "init": init}, "test_time_flip": test_time_flip,
+            "train_cases": train_cases,
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0]},
             "command": " ".join(sys.argv),
             "summary": summarise(results) if results else {},
@@ -347,13 +355,25 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             else:
                 recipe = make_recipe(seed, fold)
                 train_index = np.flatnonzero(assignment != fold)
+                if train_cases < 1:   # one draw per fold, whatever the seed: seeds differ in training only
+                    full_steps = int((pack.labels[train_index] >= 0).sum()) // recipe.batch_size
+                    train_index = case_subsample(pack.case_ids, pack.labels, train_index, train_cases, seed=fold)
+                    # As many optimizer steps as the full training side gets (more epochs over fewer crops), so
+                    # a smaller set is not also a shorter training; warm-up and the cosine follow in steps.
+                    steps = max(1, int((pack.labels[train_index] >= 0).sum()) // recipe.batch_size)
+                    recipe.epochs = round(recipe.epochs * full_steps / steps)
+                    recipe.warmup_epochs = recipe.warmup_epochs * full_steps / steps
                 val_index = np.flatnonzero(assignment == fold)
                 click.echo(f"[fold {fold} seed {seed}] train {len(train_index)} crops, validate {len(val_index)}", err=True)
                 model = fit_nodule(recipe, pack, train_index, fold_dir, device=device, workers=workers, threads=threads)
                 if not (fold_dir / "final.pt").exists():
                     raise click.ClickException(f"{fold_dir}: training ended without final.pt")
                 model, _, _ = load_checkpoint(fold_dir / "final.pt")
-                result = {"fold": fold, "seed": seed, **evaluate_fold(model, pack, train_index, val_index, recipe.image_size,
+                labelled_train = train_index[pack.labels[train_index] >= 0]
+                result = {"fold": fold, "seed": seed, "train_cases": train_cases, "epochs": recipe.epochs,
+                          "train_labelled_crops": int(len(labelled_train)),
+                          "train_labelled_cases": int(len(set(pack.case_ids[labelled_train].tolist()))),
+                          **evaluate_fold(model, pack, train_index, val_index, recipe.image_size,
                                                                            test_time_flip)}
                 result_file.write_text(json.dumps(result, indent=1))
                 results.append(result)

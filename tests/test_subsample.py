@@ -1,0 +1,96 @@
+"""export/subsample.py: the learning curve's smaller training sides are whole cases, stratified, nested."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_thyroid.export.subsample import case_subsample
+
+
+def _pack(cases: int = 40, benign_every: int = 5, unlabelled_cases: int = 6):
+    """Two crops per labelled case (case k benign when k % benign_every == 0), one unlabelled crop per
+    unlabelled case."""
+    case_ids, labels = [], []
+    for k in range(cases):
+        for _ in range(2):
+            case_ids.append(f"c{k}")
+            labels.append(0 if k % benign_every == 0 else 1)
+    for k in range(unlabelled_cases):
+        case_ids.append(f"u{k}")
+        labels.append(-1)
+    return np.array(case_ids), np.array(labels)
+
+
+def test_whole_cases_are_kept_or_dropped():
+    case_ids, labels = _pack()
+    kept = case_subsample(case_ids, labels, np.arange(len(labels)), 0.3, seed=1)
+    dropped = np.setdiff1d(np.arange(len(labels)), kept)
+    assert not set(case_ids[kept]) & set(case_ids[dropped])
+
+
+def test_the_share_of_cases_holds_in_each_stratum():
+    case_ids, labels = _pack(cases=40, benign_every=5)   # 8 benign cases, 32 others
+    kept = case_subsample(case_ids, labels, np.arange(len(labels)), 0.25, seed=0)
+    labelled = kept[labels[kept] >= 0]
+    benign_cases = {c for c in case_ids[labelled[labels[labelled] == 0]]}
+    other_cases = {c for c in case_ids[labelled[labels[labelled] == 1]]}
+    assert (len(benign_cases), len(other_cases)) == (2, 8)
+
+
+def test_a_tiny_share_still_keeps_a_benign_case():
+    case_ids, labels = _pack(cases=40, benign_every=20)   # 2 benign cases
+    kept = case_subsample(case_ids, labels, np.arange(len(labels)), 0.05, seed=3)
+    assert (labels[kept] == 0).any() and (labels[kept] == 1).any()
+
+
+def test_smaller_shares_are_nested_in_larger_ones():
+    case_ids, labels = _pack()
+    index = np.arange(len(labels))
+    sets = [set(case_subsample(case_ids, labels, index, f, seed=2).tolist()) for f in (0.25, 0.5, 0.75, 1.0)]
+    assert all(a < b for a, b in zip(sets, sets[1:]))
+
+
+def test_unlabelled_crops_stay_whatever_the_share():
+    case_ids, labels = _pack(unlabelled_cases=6)
+    kept = case_subsample(case_ids, labels, np.arange(len(labels)), 0.25, seed=0)
+    assert int((labels[kept] < 0).sum()) == 6
+
+
+def test_only_the_training_side_is_drawn_from():
+    case_ids, labels = _pack()
+    train = np.flatnonzero(np.char.startswith(case_ids, "c1") | (labels < 0))
+    kept = case_subsample(case_ids, labels, train[::-1], 0.5, seed=0)
+    assert set(kept.tolist()) <= set(train.tolist()) and np.all(np.diff(kept) > 0)
+
+
+def test_the_draw_depends_on_the_seed_and_only_on_it():
+    case_ids, labels = _pack()
+    index = np.arange(len(labels))
+    a, b = (case_subsample(case_ids, labels, index, 0.5, seed=s) for s in (0, 0))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, case_subsample(case_ids, labels, index, 0.5, seed=1))
+
+
+def test_the_whole_share_is_the_training_side_itself():
+    case_ids, labels = _pack()
+    index = np.array([5, 1, 3])
+    assert np.array_equal(case_subsample(case_ids, labels, index, 1.0), [1, 3, 5])
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_a_share_outside_0_1_is_refused(fraction):
+    case_ids, labels = _pack()
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        case_subsample(case_ids, labels, np.arange(len(labels)), fraction)
+
+
+def test_cross_validation_refuses_a_share_with_the_all_data_model(tmp_path):
+    from benchmarks.cross_validate import main
+
+    data = tmp_path / "pack.npz"
+    data.write_bytes(b"")
+    result = CliRunner().invoke(main, ["--data", str(data), "--out", str(tmp_path / "cv"), "--json",
+                                       str(tmp_path / "cv.json"), "--train-cases", "0.5", "--also-all"])
+    assert result.exit_code == 2 and "cannot be combined with --train-cases" in result.output
