@@ -1,0 +1,95 @@
+"""benchmarks/learning_curve.py: the slope per doubling of cases, the rule written before the runs, and its
+extension, checked against NumPy on small made-up curves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from benchmarks import learning_curve as lc
+
+
+def test_the_slope_is_numpys_least_squares_line_on_log2_cases():
+    cases, aucs = np.array([44, 87, 130, 173]), np.array([0.61, 0.66, 0.64, 0.70])
+    intercept, slope = lc.fold_slope(cases, aucs)
+    reference = np.polyfit(np.log2(cases.astype(np.float64)), aucs, 1)
+    assert slope == pytest.approx(reference[0], abs=1e-12) and intercept == pytest.approx(reference[1], abs=1e-12)
+
+
+def test_a_slope_needs_two_case_counts():
+    with pytest.raises(ValueError, match="two or more case counts"):
+        lc.fold_slope(np.array([50, 50]), np.array([0.6, 0.7]))
+
+
+def test_the_line_reaches_the_target_where_log2_says():
+    assert lc.cases_to_reach(0.0, 0.1, 0.8) == pytest.approx(2 ** 8)
+    assert lc.cases_to_reach(0.7, 0.0, 0.85) is None and lc.cases_to_reach(0.7, -0.01, 0.85) is None
+
+
+@pytest.mark.parametrize("slopes, verdict", [([0.02, 0.01, 0.03, -0.01], True), ([0.02, 0.01, -0.03, -0.01], False),
+                                             ([0.05, 0.05, 0.05, -0.16], False), ([0.01] * 4, True)])
+def test_the_rule_needs_a_positive_mean_and_three_of_four_folds(slopes, verdict):
+    assert lc.more_cases_help(slopes) is verdict
+
+
+def _points(slopes: list[float]) -> list[dict]:
+    points = []
+    for fold, slope in enumerate(slopes):
+        for share, cases in ((0.25, 44), (0.5, 87), (1.0, 173)):
+            points.append({"share": share, "fold": fold, "cases": cases, "auc": 0.5 + slope * np.log2(cases / 44),
+                           "auc_train_side": 0.9, "tirads2_benign_rate": None, "cam_in_mask": 0.7})
+    return points
+
+
+def test_summary_reports_mean_and_spread_over_folds_and_extends_only_when_the_rule_holds():
+    summary = lc.summarise(_points([0.04, 0.05, 0.06, 0.05]), target=0.85)
+    assert summary["slope_per_doubling"]["mean"] == pytest.approx(0.05, abs=1e-9)
+    assert summary["slope_per_doubling"]["sd"] == pytest.approx(np.std([0.04, 0.05, 0.06, 0.05], ddof=1), abs=1e-9)
+    assert [s["auc"]["mean"] for s in summary["shares"]] == pytest.approx(
+        [0.5, 0.5 + 0.05 * np.log2(87 / 44), 0.5 + 0.05 * np.log2(173 / 44)])
+    assert summary["more_cases_help"] and summary["extension"]["cases_at_target"] == pytest.approx(44 * 2 ** 7, rel=1e-9)
+    flat = lc.summarise(_points([0.01, -0.02, 0.0, -0.01]), target=0.85)
+    assert not flat["more_cases_help"] and "extension" not in flat
+
+
+def _rows(*rows: tuple[int, int, float]) -> dict:
+    return {"per_fold": [{"fold": f, "seed": s, "auc": a, "auc_train_side": 0.9} for f, s, a in rows]}
+
+
+def test_read_points_averages_the_seeds_asked_for_and_fills_whole_side_case_counts(tmp_path):
+    run = tmp_path / "cv.json"
+    run.write_text(json.dumps(_rows((0, 0, 0.7), (0, 1, 0.6), (0, 2, 0.1))))
+    points = lc.read_points([(1.0, run)], seeds=[0], full_cases={0: 173})
+    assert [(p["fold"], p["cases"], p["auc"]) for p in points] == [(0, 173, 0.7)]
+    points = lc.read_points([(1.0, run)], seeds=[0, 1], full_cases={0: 173})
+    assert points[0]["auc"] == pytest.approx(0.65, abs=1e-12)
+
+
+def test_a_fold_without_every_seed_is_refused(tmp_path):
+    import click
+
+    run = tmp_path / "cv.json"
+    run.write_text(json.dumps(_rows((0, 0, 0.7), (0, 1, 0.6), (1, 0, 0.7))))
+    with pytest.raises(click.BadParameter, match=r"fold 1 lacks seeds \[1\]"):
+        lc.read_points([(1.0, run)], seeds=[0, 1], full_cases={0: 173, 1: 170})
+
+
+def test_a_run_of_another_share_is_refused(tmp_path):
+    import click
+
+    run = tmp_path / "cv.json"
+    run.write_text(json.dumps({"per_fold": [{"fold": 0, "seed": 0, "train_cases": 0.5, "auc": 0.7,
+                                             "auc_train_side": 0.9, "train_labelled_cases": 87}]}))
+    with pytest.raises(click.BadParameter, match="trained on share 0.5, not 0.25"):
+        lc.read_points([(0.25, run)], seeds=[0], full_cases={0: 173})
+
+
+@pytest.mark.parametrize("bad", ["0.5", "x=a.json", "1.5=a.json", "0=a.json"])
+def test_a_malformed_run_is_a_one_line_usage_error(tmp_path, bad):
+    data = tmp_path / "pack.npz"
+    data.write_bytes(b"")
+    result = CliRunner().invoke(lc.main, ["--data", str(data), "--run", bad])
+    assert result.exit_code == 2 and "expected SHARE=JSON" in result.output
