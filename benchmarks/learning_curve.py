@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import click
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cross_validate import mean_sd  # noqa: E402
 
 
 def fold_slope(cases: np.ndarray, aucs: np.ndarray) -> tuple[float, float]:
@@ -32,7 +36,8 @@ def fold_slope(cases: np.ndarray, aucs: np.ndarray) -> tuple[float, float]:
     x = np.log2(np.asarray(cases, dtype=np.float64))
     y = np.asarray(aucs, dtype=np.float64)
     if len(x) < 2 or np.ptp(x) == 0:
-        raise ValueError(f"a slope needs points at two or more case counts, got {len(x)} at {sorted(set(cases))}")
+        raise ValueError(f"a slope needs points at two or more case counts, got {len(x)} at "
+                         f"{sorted({int(c) for c in cases})}")
     slope = float(np.sum((x - x.mean()) * (y - y.mean())) / np.sum((x - x.mean()) ** 2))
     return float(y.mean() - slope * x.mean()), slope
 
@@ -95,15 +100,20 @@ def read_points(runs: list[tuple[float, Path]], seeds: list[int], full_cases: di
     return points
 
 
-def _mean_sd(values) -> dict:
-    array = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    return {"mean": float(array.mean()), "sd": float(array.std(ddof=1)) if len(array) > 1 else None}
+def _mean_sd(values) -> dict | None:
+    """cross_validate's mean +- sd over folds of the values present (None: a fold without that figure)."""
+    present = [v for v in values if v is not None]
+    return mean_sd(present) if present else None
 
 
 def summarise(points: list[dict], target: float) -> dict:
     """Per share: mean +- sd over folds; per fold: the slope; the rule's verdict and, if met, the extension."""
     shares = sorted({p["share"] for p in points})
     folds = sorted({p["fold"] for p in points})
+    for share in shares:
+        if missing := sorted(set(folds) - {p["fold"] for p in points if p["share"] == share}):
+            raise ValueError(f"share {share} has no result for folds {missing}; expected every fold at every share "
+                             "(merge the runs' parts first)")
     by_share = []
     for share in shares:
         at = [p for p in points if p["share"] == share]
@@ -189,7 +199,10 @@ def main(data, runs, seeds, folds, target, json_out, plot_out) -> None:
     except ValueError:
         raise click.BadParameter(f"got {seeds!r}; expected comma-separated integers, e.g. 0,1", param_hint="--seeds") from None
     points = read_points(parsed, seed_list, labelled_cases_per_fold(data, folds))
-    summary = summarise(points, target)
+    try:
+        summary = summarise(points, target)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
     record = {"what": "held-out AUC against labelled training cases (case-level CV, shares of each fold's training side)",
               "label_source": "TI-RADS category (2-3 benign, 4a-5 malignant), not pathology", "seeds": seed_list,
               "runs": {str(s): str(p) for s, p in parsed}, "summary": summary, "points": points}

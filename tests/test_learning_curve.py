@@ -93,3 +93,9 @@ def test_a_malformed_run_is_a_one_line_usage_error(tmp_path, bad):
     data.write_bytes(b"")
     result = CliRunner().invoke(lc.main, ["--data", str(data), "--run", bad])
     assert result.exit_code == 2 and "expected SHARE=JSON" in result.output
+
+
+def test_a_share_missing_a_fold_is_refused():
+    points = [p for p in _points([0.04, 0.05]) if not (p["share"] == 0.5 and p["fold"] == 1)]
+    with pytest.raises(ValueError, match=r"share 0.5 has no result for folds \[1\]"):
+        lc.summarise(points, target=0.85)
