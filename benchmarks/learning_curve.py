@@ -158,12 +158,25 @@ def plot(points: list[dict], summary: dict, path: str) -> None:
             label="training side (fit)")
     ax.axhline(summary["target_auc"], color="tab:red", ls=":", label=f"goal {summary['target_auc']}")
     ax.axhline(0.5, color="0.5", ls=":", lw=0.8)
+    ticks = list(cases)
+    if (extension := summary.get("extension")) and extension["cases_at_target"]:
+        # The mean line, not the last point, carried on: the same fit the slope comes from.
+        far = extension["cases_at_target"]
+        xs = np.array([cases[-1], far])
+        ax.plot(xs, extension["intercept"] + summary["slope_per_doubling"]["mean"] * np.log2(xs), ":",
+                color="tab:blue", label="mean line carried on (a lower bound: curves flatten)")
+        ticks.append(far)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [f"{c:.0f}" for c in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("labelled training cases (log scale)")
     ax.set_ylabel("held-out AUC (TI-RADS labels)")
     slope = summary["slope_per_doubling"]
-    ax.set_title(f"AUC per doubling of cases: {slope['mean']:+.3f} ± {slope['sd']:.3f} (4 folds)", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"AUC per doubling of cases: {slope['mean']:+.3f} ± {slope['sd']:.3f} ({len(slope['folds'])} folds)",
+                 fontsize=10)
+    ax.set_ylim(0.45, 1.12)   # room for the legend above AUC 1
+    ax.set_yticks(np.arange(0.5, 1.01, 0.1))
+    ax.legend(fontsize=7.5, loc="upper right")   # above the goal line, clear of every fold's points
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
