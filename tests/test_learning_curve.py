@@ -99,3 +99,11 @@ def test_a_share_missing_a_fold_is_refused():
     points = [p for p in _points([0.04, 0.05]) if not (p["share"] == 0.5 and p["fold"] == 1)]
     with pytest.raises(ValueError, match=r"share 0.5 has no result for folds \[1\]"):
         lc.summarise(points, target=0.85)
+
+
+@pytest.mark.parametrize("slopes", [[0.04, 0.05, 0.06, 0.05], [0.01, -0.02, 0.0, -0.01]])
+def test_the_plot_is_a_png_with_or_without_the_extension(tmp_path, slopes):
+    points = _points(slopes)
+    path = tmp_path / "curve.png"
+    lc.plot(points, lc.summarise(points, target=0.85), str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
