@@ -118,11 +118,14 @@ class Scorer:
     threshold: float = 0.5
     name: str = ""
     trained_on: str | None = None   # sha256 of the CSV the model was trained on, when it records one
-    # each row of the last score() against the bundle's familiarity reference; None: the model has none
-    last_familiarity: list[Familiarity] | None = None
 
     def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
         raise TypeError(f"{type(self).__name__} does not score")
+
+    def score_rows(self, samples: Sequence[Sample], *,
+                   progress: bool = False) -> tuple[np.ndarray, list[Familiarity] | None]:
+        """p per row and each row against the model's familiarity reference (None: the model has none)."""
+        return self.score(samples, progress=progress), None
 
     def close(self) -> None:
         pass
@@ -147,9 +150,13 @@ class BundleScorer(Scorer):
         self.trained_on = (self.engine.bundle.manifest.provenance.get("training_data") or {}).get("sha256")
 
     def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
+        return self.score_rows(samples, progress=progress)[0]
+
+    def score_rows(self, samples: Sequence[Sample], *,
+                   progress: bool = False) -> tuple[np.ndarray, list[Familiarity] | None]:
         predictions = list(row_predictions(self.engine, samples, progress=progress))
-        self.last_familiarity = [p.familiarity for p in predictions] if self.engine.familiarity is not None else None
-        return np.array([p.probability for p in predictions], dtype=np.float64)
+        familiarity = [p.familiarity for p in predictions] if self.engine.familiarity is not None else None
+        return np.array([p.probability for p in predictions], dtype=np.float64), familiarity
 
     def close(self) -> None:
         self.engine.close()
@@ -329,8 +336,8 @@ def evaluate_model(path: str | Path, csv_path: str | Path, spec: SplitSpec, *, m
         split, why = decide_split(csv_path, spec.split, [scorer.trained_on])
         spec = replace(spec, split=split)
         samples, val = select_samples(csv_path, spec, label_source=label_source)
-        scored = Scored(samples, scorer.score(samples, progress=progress), scorer.threshold, scorer.name,
-                        scorer.last_familiarity)
+        probabilities, familiarity = scorer.score_rows(samples, progress=progress)
+        scored = Scored(samples, probabilities, scorer.threshold, scorer.name, familiarity)
         if split is Split.TRAIN:   # the threshold is re-chosen on the rows never trained on
             val_scored, chosen_on = Scored(val, scorer.score(val, progress=progress), scorer.threshold,
                                            scorer.name), "validation side"

@@ -14,17 +14,18 @@ from tqdm import tqdm
 
 from edge_thyroid.dataset import Sample, still_furniture
 from edge_thyroid.errors import InputError
+from edge_thyroid.evaluation import Scorer
 from edge_thyroid.frames import read_image
 from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
 
 from .checkpoint import load_checkpoint
 
 
-class CheckpointScorer:
-    """The torch model of a training checkpoint, fed the engine's reference preprocessing."""
+class CheckpointScorer(Scorer):
+    """The torch model of a training checkpoint, fed the engine's reference preprocessing. It carries no
+    familiarity reference (a bundle can: familiarize), so ``score_rows`` gives None for it."""
 
     kind = "checkpoint"
-    last_familiarity = None   # a checkpoint carries no familiarity reference (a bundle can: familiarize)
 
     def __init__(self, path: str | Path, *, threads: int | None = None, batch_size: int = 32) -> None:
         if threads:
@@ -64,9 +65,3 @@ class CheckpointScorer:
 
     def close(self) -> None:
         """Nothing to release: the model is garbage-collected with the scorer."""
-
-    def __enter__(self) -> "CheckpointScorer":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
