@@ -351,7 +351,11 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             # Scored with the mirror-image average, a fold model gets results of its own.
             result_file = fold_dir / ("result_test_time_flip.json" if test_time_flip else "result.json")
             if result_file.exists():
-                results.append(json.loads(result_file.read_text()))
+                saved = json.loads(result_file.read_text())
+                if saved.get("train_cases", 1.0) != train_cases:   # a run folder of another share: not this curve's point
+                    raise click.ClickException(f"{result_file} was trained on --train-cases {saved.get('train_cases', 1.0)}, "
+                                               f"not {train_cases}; expected a run folder of its own per share")
+                results.append(saved)
             else:
                 recipe = make_recipe(seed, fold)
                 train_index = np.flatnonzero(assignment != fold)

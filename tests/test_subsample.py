@@ -94,3 +94,22 @@ def test_cross_validation_refuses_a_share_with_the_all_data_model(tmp_path):
     result = CliRunner().invoke(main, ["--data", str(data), "--out", str(tmp_path / "cv"), "--json",
                                        str(tmp_path / "cv.json"), "--train-cases", "0.5", "--also-all"])
     assert result.exit_code == 2 and "cannot be combined with --train-cases" in result.output
+
+
+def test_cross_validation_refuses_a_run_folder_of_another_share(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from benchmarks.cross_validate import main
+    from edge_thyroid.export.datapack import PACK_FORMAT, save_pack
+
+    from .test_mixup import tiny_pack
+
+    data = save_pack(replace(tiny_pack(), meta={"format": PACK_FORMAT}), tmp_path / "tiny.npz")
+    fold_dir = tmp_path / "cv" / "fold0_seed0"
+    fold_dir.mkdir(parents=True)
+    (fold_dir / "result.json").write_text(json.dumps({"fold": 0, "seed": 0, "train_cases": 0.5, "auc": 0.7}))
+    result = CliRunner().invoke(main, ["--data", str(data), "--out", str(tmp_path / "cv"), "--json",
+                                       str(tmp_path / "cv.json"), "--only-folds", "0", "--train-cases", "0.25"])
+    assert result.exit_code == 1 and "trained on --train-cases 0.5, not 0.25" in result.output
+    assert not (tmp_path / "cv.json").exists()
