@@ -184,6 +184,25 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
     return pooled
 
 
+def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int, recipe) -> np.ndarray:
+    """``share`` of the fold's labelled training cases (export/subsample.py; one draw per fold, whatever the
+    seed: seeds differ in training only), and ``recipe`` set to as many optimizer steps as the whole side
+    gets (more epochs over fewer crops), so a smaller set is not also a shorter training; warm-up and the
+    cosine follow in steps. ``share`` 1: the side and the recipe unchanged."""
+    from edge_thyroid.export.subsample import case_subsample
+
+    if share >= 1:
+        return train_index
+
+    def steps(index: np.ndarray) -> int:
+        return max(1, int((pack.labels[index] >= 0).sum()) // recipe.batch_size)
+
+    kept = case_subsample(pack.case_ids, pack.labels, train_index, share, seed=fold)
+    scale = steps(train_index) / steps(kept)
+    recipe.epochs, recipe.warmup_epochs = round(recipe.epochs * scale), recipe.warmup_epochs * scale
+    return kept
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Labelled CSV or data pack (.npz).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder (one sub-folder per fold).")
@@ -250,7 +269,6 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
     from edge_thyroid.export.checkpoint import load_checkpoint
-    from edge_thyroid.export.subsample import case_subsample
 
     if replay_per_batch and not replay:
         raise click.UsageError("--replay-per-batch needs --replay PACK (e.g. runs/pretrain_pack.npz)")
@@ -358,15 +376,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                 results.append(saved)
             else:
                 recipe = make_recipe(seed, fold)
-                train_index = np.flatnonzero(assignment != fold)
-                if train_cases < 1:   # one draw per fold, whatever the seed: seeds differ in training only
-                    full_steps = int((pack.labels[train_index] >= 0).sum()) // recipe.batch_size
-                    train_index = case_subsample(pack.case_ids, pack.labels, train_index, train_cases, seed=fold)
-                    # As many optimizer steps as the full training side gets (more epochs over fewer crops), so
-                    # a smaller set is not also a shorter training; warm-up and the cosine follow in steps.
-                    steps = max(1, int((pack.labels[train_index] >= 0).sum()) // recipe.batch_size)
-                    recipe.epochs = round(recipe.epochs * full_steps / steps)
-                    recipe.warmup_epochs = recipe.warmup_epochs * full_steps / steps
+                train_index = shrink_training_side(pack, np.flatnonzero(assignment != fold), train_cases, fold, recipe)
                 val_index = np.flatnonzero(assignment == fold)
                 click.echo(f"[fold {fold} seed {seed}] train {len(train_index)} crops, validate {len(val_index)}", err=True)
                 model = fit_nodule(recipe, pack, train_index, fold_dir, device=device, workers=workers, threads=threads)

@@ -26,6 +26,7 @@ from .dataset import Sample, Split, read_samples, split_by_case, still_furniture
 from .errors import InputError, MissingDependencyError
 from .familiarity import Familiarity
 from .frames import read_image
+from .scorer import Scorer
 from .evaluation_plots import plot_calibration, plot_roc
 from .metrics import (bootstrap_auc_ci, calibration, delong_auc_ci, delong_test, operating_point,
                       paired_bootstrap_test, sensitivity_threshold, youden_threshold)
@@ -109,32 +110,6 @@ def label_note(samples: Sequence[Sample]) -> str | None:
     if sources == {"pathology"}:
         return "labels are pathology (biopsy or surgery) results"
     return None
-
-
-class Scorer:
-    """p(malignant) per sample from a bundle (engine) or a checkpoint (torch)."""
-
-    kind: str = ""
-    threshold: float = 0.5
-    name: str = ""
-    trained_on: str | None = None   # sha256 of the CSV the model was trained on, when it records one
-
-    def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
-        raise TypeError(f"{type(self).__name__} does not score")
-
-    def score_rows(self, samples: Sequence[Sample], *,
-                   progress: bool = False) -> tuple[np.ndarray, list[Familiarity] | None]:
-        """p per row and each row against the model's familiarity reference (None: the model has none)."""
-        return self.score(samples, progress=progress), None
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "Scorer":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class BundleScorer(Scorer):

@@ -50,14 +50,19 @@ def pooled_features(engine: Any, samples: Sequence[Sample], *, progress: bool = 
     return np.stack([prediction.panes[0].pooled for prediction in predictions]).astype(np.float64)
 
 
+def require_folder(path: str | Path) -> Path:
+    """``path`` as a Path, when it is a bundle folder: a reference is written into one, never into a zip."""
+    if not Path(path).is_dir():
+        raise BundleError(f"{path} is not a bundle folder; a familiarity reference is written into a "
+                          "folder (unzip the bundle first)")
+    return Path(path)
+
+
 def attach_reference(bundle: Bundle, reference: FamiliarityReference, details: dict[str, Any]) -> bool:
     """Write ``reference`` into the folder of ``bundle`` (loaded, so its files and signature were checked)
     and record it in the manifest; returns True when a signature was removed (it signed the manifest
     before this change)."""
-    root = bundle.root
-    if not root.is_dir():
-        raise BundleError(f"{root} is not a bundle folder; a familiarity reference is written into a "
-                          "folder (unzip the bundle first)")
+    root = require_folder(bundle.root)
     manifest = replace(bundle.manifest)   # the loaded bundle's own manifest stays as it was read
     if reference.modality not in manifest.modalities:
         raise InputError(f"the reference is of modality {reference.modality!r}; this bundle's are "
@@ -83,9 +88,7 @@ def familiarize(bundle_path: str | Path, csv_path: str | Path, *, folds: int | N
     manifest records, whether a signature was removed)."""
     from .engine import Engine
 
-    if not Path(bundle_path).is_dir():   # before minutes of feature extraction, not after
-        raise BundleError(f"{bundle_path} is not a bundle folder; a familiarity reference is written into a "
-                          "folder (unzip the bundle first)")
+    require_folder(bundle_path)   # before minutes of feature extraction, not after
     samples = training_rows(csv_path, folds=folds, fold=fold, seed=seed)
     modalities = {s.modality for s in samples}
     with Engine(bundle_path, threads=threads) as engine:

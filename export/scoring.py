@@ -15,14 +15,15 @@ from tqdm import tqdm
 from edge_thyroid.dataset import Sample, still_furniture
 from edge_thyroid.errors import InputError
 from edge_thyroid.frames import read_image
+from edge_thyroid.scorer import Scorer
 from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
 
 from .checkpoint import load_checkpoint
 
 
-class CheckpointScorer:
-    """The torch model of a training checkpoint, fed the engine's reference preprocessing: the interface of
-    edge_thyroid.evaluation.Scorer, without importing it (evaluation opens this module, so no cycle)."""
+class CheckpointScorer(Scorer):
+    """The torch model of a training checkpoint, fed the engine's reference preprocessing. It carries no
+    familiarity reference (a bundle can: familiarize), so ``score_rows`` gives None for it."""
 
     kind = "checkpoint"
 
@@ -62,15 +63,5 @@ class CheckpointScorer:
             out[start : start + len(chunk)] = torch.sigmoid(logits.double()).numpy()
         return out
 
-    def score_rows(self, samples: Sequence[Sample], *, progress: bool = False) -> tuple[np.ndarray, None]:
-        """p per row; no familiarity: a checkpoint carries no reference (a bundle can: familiarize)."""
-        return self.score(samples, progress=progress), None
-
     def close(self) -> None:
         """Nothing to release: the model is garbage-collected with the scorer."""
-
-    def __enter__(self) -> "CheckpointScorer":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
