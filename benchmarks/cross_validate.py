@@ -184,13 +184,20 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
     return pooled
 
 
-def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int, recipe) -> np.ndarray:
+SCHEDULES = ("steps", "epochs")
+
+
+def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int, recipe,
+                         schedule: str = "steps") -> np.ndarray:
     """``share`` of the fold's labelled training cases (export/subsample.py; one draw per fold, whatever the
-    seed: seeds differ in training only), and ``recipe`` set to as many optimizer steps as the whole side
-    gets (more epochs over fewer crops), so a smaller set is not also a shorter training; warm-up and the
-    cosine follow in steps. ``share`` 1: the side and the recipe unchanged."""
+    seed: seeds differ in training only). ``schedule`` "steps": ``recipe`` set to as many optimizer steps as
+    the whole side gets (more epochs over fewer crops), so a smaller set is not also a shorter training;
+    warm-up and the cosine follow in steps. "epochs": the recipe's epochs unchanged (fewer steps), the other
+    reading of "the same training". ``share`` 1: the side and the recipe unchanged."""
     from edge_thyroid.export.subsample import case_subsample
 
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if share >= 1:
         return train_index
 
@@ -198,6 +205,8 @@ def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int,
         return max(1, int((pack.labels[index] >= 0).sum()) // recipe.batch_size)
 
     kept = case_subsample(pack.case_ids, pack.labels, train_index, share, seed=fold)
+    if schedule == "epochs":
+        return kept
     scale = steps(train_index) / steps(kept)
     recipe.epochs, recipe.warmup_epochs = round(recipe.epochs * scale), recipe.warmup_epochs * scale
     return kept
@@ -256,6 +265,9 @@ def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int,
               help="Share of each fold's labelled training cases kept (export/subsample.py: whole cases, benign and other "
                    "cases drawn apart, nested across shares, one draw per fold), trained for as many optimizer steps as "
                    "the whole training side (more epochs); for a learning curve. The held-out fold is unchanged.")
+@click.option("--train-schedule", "train_schedule", type=click.Choice(SCHEDULES), default="steps", show_default=True,
+              help="With --train-cases below 1: keep the whole side's optimizer steps (more epochs over fewer crops) "
+                   "or its epochs (fewer steps).")
 @click.option("--threads", type=int, default=0)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)
@@ -264,7 +276,7 @@ def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
          descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, pseudo_run,
-         unlabelled_per_batch, test_time_flip, train_cases, threads, device, workers, also_all, all_first_after) -> None:
+         unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
@@ -345,6 +357,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             "data": {"path": str(data), **pack.meta}, "backbone": backbone, "folds": folds, "seeds": seed_list,
             "recipe": {**make_recipe(seed_list[0], fold_list[0]).to_dict(), "init": init}, "test_time_flip": test_time_flip,
             "train_cases": train_cases,
+            "train_schedule": train_schedule,
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0]},
             "command": " ".join(sys.argv),
             "summary": summarise(results) if results else {},
@@ -373,10 +386,15 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                 if saved.get("train_cases", 1.0) != train_cases:   # a run folder of another share: not this curve's point
                     raise click.ClickException(f"{result_file} was trained on --train-cases {saved.get('train_cases', 1.0)}, "
                                                f"not {train_cases}; expected a run folder of its own per share")
+                if train_cases < 1 and saved.get("train_schedule", "steps") != train_schedule:
+                    raise click.ClickException(f"{result_file} was trained with --train-schedule "
+                                               f"{saved.get('train_schedule', 'steps')}, not {train_schedule}; expected a "
+                                               "run folder of its own per schedule")
                 results.append(saved)
             else:
                 recipe = make_recipe(seed, fold)
-                train_index = shrink_training_side(pack, np.flatnonzero(assignment != fold), train_cases, fold, recipe)
+                train_index = shrink_training_side(pack, np.flatnonzero(assignment != fold), train_cases, fold, recipe,
+                                                   train_schedule)
                 val_index = np.flatnonzero(assignment == fold)
                 click.echo(f"[fold {fold} seed {seed}] train {len(train_index)} crops, validate {len(val_index)}", err=True)
                 model = fit_nodule(recipe, pack, train_index, fold_dir, device=device, workers=workers, threads=threads)
@@ -384,7 +402,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                     raise click.ClickException(f"{fold_dir}: training ended without final.pt")
                 model, _, _ = load_checkpoint(fold_dir / "final.pt")
                 labelled_train = train_index[pack.labels[train_index] >= 0]
-                result = {"fold": fold, "seed": seed, "train_cases": train_cases, "epochs": recipe.epochs,
+                result = {"fold": fold, "seed": seed, "train_cases": train_cases, "train_schedule": train_schedule,
+                          "epochs": recipe.epochs,
                           "train_labelled_crops": int(len(labelled_train)),
                           "train_labelled_cases": int(len(set(pack.case_ids[labelled_train].tolist()))),
                           **evaluate_fold(model, pack, train_index, val_index, recipe.image_size,

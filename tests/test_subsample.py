@@ -96,7 +96,8 @@ def test_cross_validation_refuses_a_share_with_the_all_data_model(tmp_path):
     assert result.exit_code == 2 and "cannot be combined with --train-cases" in result.output
 
 
-def test_cross_validation_refuses_a_run_folder_of_another_share(tmp_path):
+def _cross_validate_over(tmp_path, saved: dict, *options: str):
+    """cross_validate.py on a tiny pack whose run folder already holds fold 0's result ``saved``."""
     import json
     from dataclasses import replace
 
@@ -108,8 +109,47 @@ def test_cross_validation_refuses_a_run_folder_of_another_share(tmp_path):
     data = save_pack(replace(tiny_pack(), meta={"format": PACK_FORMAT}), tmp_path / "tiny.npz")
     fold_dir = tmp_path / "cv" / "fold0_seed0"
     fold_dir.mkdir(parents=True)
-    (fold_dir / "result.json").write_text(json.dumps({"fold": 0, "seed": 0, "train_cases": 0.5, "auc": 0.7}))
-    result = CliRunner().invoke(main, ["--data", str(data), "--out", str(tmp_path / "cv"), "--json",
-                                       str(tmp_path / "cv.json"), "--only-folds", "0", "--train-cases", "0.25"])
+    (fold_dir / "result.json").write_text(json.dumps({"fold": 0, "seed": 0, "auc": 0.7, **saved}))
+    return CliRunner().invoke(main, ["--data", str(data), "--out", str(tmp_path / "cv"), "--json",
+                                     str(tmp_path / "cv.json"), "--only-folds", "0", *options])
+
+
+def test_cross_validation_refuses_a_run_folder_of_another_share(tmp_path):
+    result = _cross_validate_over(tmp_path, {"train_cases": 0.5}, "--train-cases", "0.25")
     assert result.exit_code == 1 and "trained on --train-cases 0.5, not 0.25" in result.output
+    assert not (tmp_path / "cv.json").exists()
+
+
+@pytest.mark.parametrize("schedule", ["steps", "epochs"])
+def test_a_shrunk_training_side_keeps_the_steps_or_the_epochs(schedule):
+    """"steps": the recipe's epochs scale by the whole side's steps over the kept side's (the learning curve
+    as run first); "epochs": the recipe is left as it is (fewer steps). Share 1 changes neither."""
+    from benchmarks.cross_validate import shrink_training_side
+    from edge_thyroid.export.nodule_training import NoduleRecipe
+
+    from .test_mixup import tiny_pack
+
+    pack = tiny_pack(count=96, unlabelled=8)
+    side = np.arange(len(pack))
+    recipe = NoduleRecipe(epochs=30, warmup_epochs=2.0, batch_size=4)
+    kept = shrink_training_side(pack, side, 0.25, fold=0, recipe=recipe, schedule=schedule)
+    labelled_whole, labelled_kept = (pack.labels[side] >= 0).sum(), (pack.labels[kept] >= 0).sum()
+    assert labelled_kept < labelled_whole / 2 and set(kept[pack.labels[kept] < 0].tolist()) == set(range(88, 96))
+    if schedule == "steps":
+        scale = (labelled_whole // 4) / (labelled_kept // 4)
+        assert recipe.epochs == round(30 * scale) and recipe.warmup_epochs == pytest.approx(2.0 * scale)
+        assert recipe.epochs > 30
+    else:
+        assert (recipe.epochs, recipe.warmup_epochs) == (30, 2.0)
+    untouched = NoduleRecipe(epochs=30, warmup_epochs=2.0, batch_size=4)
+    assert np.array_equal(shrink_training_side(pack, side, 1.0, 0, untouched, schedule), side)
+    assert (untouched.epochs, untouched.warmup_epochs) == (30, 2.0)
+    with pytest.raises(ValueError, match="expected one of steps, epochs"):
+        shrink_training_side(pack, side, 0.5, 0, untouched, "minutes")
+
+
+def test_cross_validation_refuses_a_run_folder_of_another_schedule(tmp_path):
+    # a result from before --train-schedule existed was trained with equal steps
+    result = _cross_validate_over(tmp_path, {"train_cases": 0.5}, "--train-cases", "0.5", "--train-schedule", "epochs")
+    assert result.exit_code == 1 and "trained with --train-schedule steps, not epochs" in result.output
     assert not (tmp_path / "cv.json").exists()
