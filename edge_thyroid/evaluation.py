@@ -227,6 +227,9 @@ class EvaluationReport:
     at_model_threshold: dict[str, Any]
     chosen_threshold: dict[str, Any]
     calibration: dict[str, Any]
+    # The same with the classes weighted equally (metrics.prior_weights): the mix a class-balanced model's
+    # p assumes, so a data set's own mix (DDTI: 85% malignant-labelled) does not read as miscalibration.
+    calibration_equal_classes: dict[str, Any] | None = None
     label_note: str | None = LABEL_NOTE
     plots: list[str] = field(default_factory=list)
     rows: str | None = None          # how many rows were used and why
@@ -253,7 +256,10 @@ class EvaluationReport:
             f"threshold chosen on {ch['chosen_on']} ({ch['rule']}): {ch['threshold']:.4f} -> sensitivity "
             f"{ch['operating_point']['sensitivity']:.3f}  specificity {ch['operating_point']['specificity']:.3f}  "
             f"accuracy {ch['operating_point']['accuracy']:.3f}",
-            f"calibration: Brier {self.calibration['brier']:.4f}  ECE {self.calibration['ece']:.4f}",
+            f"calibration at this data's mix ({self.positives / self.n:.0%} malignant): Brier "
+            f"{self.calibration['brier']:.4f}  ECE {self.calibration['ece']:.4f}"
+            + (f"; with the classes weighted equally: Brier {self.calibration_equal_classes['brier']:.4f}  "
+               f"ECE {self.calibration_equal_classes['ece']:.4f}" if self.calibration_equal_classes else ""),
             *([familiarity_line(self.familiarity)] if self.familiarity else []),
             *([f"note: {self.label_note}"] if self.label_note else []),
             *[f"plot: {p}" for p in self.plots],
@@ -286,6 +292,7 @@ def evaluate_scores(scored: Scored, *, data: str, validation: Scored | None = No
         chosen_threshold={"rule": rule.value, "sensitivity_target": sensitivity_target, "threshold": chosen,
                           "chosen_on": chosen_on, "operating_point": chosen_point.to_dict()},
         calibration=calibration(labels, scores),
+        calibration_equal_classes=calibration(labels, scores, prior=0.5),   # both classes: the AUC needs them too
         label_note=label_note(scored.samples),
     )
 

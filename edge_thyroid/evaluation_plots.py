@@ -51,18 +51,25 @@ def plot_calibration(scored: Any, path: str | Path, title: str = "Calibration") 
 
 def plot_reliability(labels: np.ndarray, scores: np.ndarray, path: str | Path, title: str = "Calibration",
                      ylabel: str = "fraction malignant") -> Path:
-    """Reliability diagram of scores against labels (10 bins, crops per bin annotated, Brier and ECE)."""
+    """Reliability diagram of scores against labels (10 bins, crops per bin annotated, Brier and ECE), at
+    the data's own mix and, when both classes are present, with the classes weighted equally (the mix a
+    class-balanced model's p assumes)."""
     plt = require_pyplot()
-    table = calibration(labels, scores)
+    labels = np.asarray(labels)
+    curves = [("this data's mix", calibration(labels, scores))]
+    if 0 < labels.sum() < labels.size:
+        curves.append(("classes weighted equally", calibration(labels, scores, prior=0.5)))
     fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=120)
-    xs = [b["mean_predicted"] for b in table["bins"]]
-    ys = [b["fraction_malignant"] for b in table["bins"]]
     ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
-    ax.plot(xs, ys, "o-", lw=1.6)
-    for x, y, b in zip(xs, ys, table["bins"]):
-        ax.annotate(str(b["n"]), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
-    ax.set(xlabel="mean predicted p(malignant)", ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.01),
-           title=f"{title} (Brier {table['brier']:.3f}, ECE {table['ece']:.3f})")
+    for (name, table), style in zip(curves, ("o-", "s--")):
+        xs = [b["mean_predicted"] for b in table["bins"]]
+        ys = [b["fraction_malignant"] for b in table["bins"]]
+        ax.plot(xs, ys, style, lw=1.6, label=f"{name}: Brier {table['brier']:.3f}, ECE {table['ece']:.3f}")
+        if style == "o-":   # the crop counts are the same for both curves
+            for x, y, b in zip(xs, ys, table["bins"]):
+                ax.annotate(str(b["n"]), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
+    ax.set(xlabel="mean predicted p(malignant)", ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -261,10 +261,28 @@ def paired_bootstrap_test(labels, scores_a, scores_b, *, groups=None, resamples:
     return PairedBootstrap(observed, se, float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha)), p, len(d))
 
 
-def calibration(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict[str, Any]:
-    """Brier score, expected calibration error and equal-width reliability bins."""
+def prior_weights(labels: np.ndarray, prior: float | None) -> np.ndarray:
+    """Per-row weights under which the malignant rows carry ``prior`` of the total weight (None: every row
+    weighs 1, the data's own mix). Equal weights (``prior`` 0.5) ask how a class-balanced model's p reads
+    when benign and malignant nodules are equally common, whatever the data's mix."""
+    labels = np.asarray(labels, dtype=np.float64)
+    if prior is None:
+        return np.ones_like(labels)
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"prior {prior}: expected a share of malignant rows in (0, 1)")
+    positives = labels.sum()
+    if positives == 0 or positives == labels.size:
+        raise ValueError(f"a prior needs both classes; the labels hold {int(positives)} malignant of {labels.size}")
+    return np.where(labels == 1, prior / positives, (1.0 - prior) / (labels.size - positives)) * labels.size
+
+
+def calibration(labels: np.ndarray, scores: np.ndarray, bins: int = 10, prior: float | None = None) -> dict[str, Any]:
+    """Brier score, expected calibration error and equal-width reliability bins; with ``prior``, the rows
+    weighted so that the malignant ones carry that share (prior_weights), as if the data had that mix."""
     labels = np.asarray(labels, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
+    weights = prior_weights(labels, prior)
+    total = weights.sum()
     edges = np.linspace(0.0, 1.0, bins + 1)
     index = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
     table, ece = [], 0.0
@@ -273,8 +291,21 @@ def calibration(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict[
         n = int(member.sum())
         if n == 0:
             continue
-        mean_p, frac = float(scores[member].mean()), float(labels[member].mean())
-        ece += n / labels.size * abs(mean_p - frac)
+        w = weights[member]
+        mean_p, frac = float(np.average(scores[member], weights=w)), float(np.average(labels[member], weights=w))
+        ece += w.sum() / total * abs(mean_p - frac)
         table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n,
                       "mean_predicted": mean_p, "fraction_malignant": frac})
-    return {"brier": float(np.mean((scores - labels) ** 2)), "ece": float(ece), "bins": table}
+    return {"brier": float(np.average((scores - labels) ** 2, weights=weights)), "ece": float(ece),
+            "prior": prior, "bins": table}
+
+
+def shift_prior(p, to_prior: float, from_prior: float = 0.5) -> np.ndarray:
+    """p under another share of malignant nodules (Bayes: the odds scale by the ratio of the priors'
+    odds): a model calibrated where ``from_prior`` of the nodules are malignant, read where ``to_prior`` are."""
+    for name, value in (("to_prior", to_prior), ("from_prior", from_prior)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} {value}: expected a share of malignant nodules in (0, 1)")
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    logit = np.log(p / (1 - p)) + math.log(to_prior / (1 - to_prior)) - math.log(from_prior / (1 - from_prior))
+    return 1.0 / (1.0 + np.exp(-logit))

@@ -67,6 +67,11 @@ def test_report_from_known_scores():
                              resamples=100)
     assert target.chosen_threshold["operating_point"]["sensitivity"] >= 0.9
     assert any("TI-RADS" in line for line in report.lines())
+    # calibration read twice: at the data's 60% malignant and with the classes weighted equally
+    assert report.calibration_equal_classes == metrics.calibration(y, s, prior=0.5)
+    assert report.calibration_equal_classes["ece"] != pytest.approx(report.calibration["ece"])
+    line = next(line for line in report.lines() if line.startswith("calibration"))
+    assert "(60% malignant)" in line and f"weighted equally: Brier {report.calibration_equal_classes['brier']:.4f}" in line
 
 
 def test_threshold_is_chosen_on_the_validation_side():
