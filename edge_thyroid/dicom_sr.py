@@ -51,13 +51,18 @@ class ModelIdentity:
     version: str               # model key + precision, e.g. int8
     manifest_sha256: str
     signer: str                # "unsigned" or the signer and whether it was verified
+    # What the model's "malignant" was in training (manifest metrics.label_source), e.g. TI-RADS 4a-5 rather
+    # than pathology: a reader of the report must know what the probability is a probability of.
+    label_source: str | None = None
 
     @classmethod
     def of(cls, engine: Any) -> "ModelIdentity":
         bundle = engine.bundle
         status = bundle.signature
+        label_source = bundle.manifest.metrics.get("label_source")
         return cls(bundle.manifest.backbone, f"{engine.model_key} (edge-thyroid {__version__})",
-                   status.manifest_sha256 if status else "unknown", status.describe() if status else "unknown")
+                   status.manifest_sha256 if status else "unknown", status.describe() if status else "unknown",
+                   str(label_source) if label_source else None)
 
 
 def _hd() -> Any:
@@ -171,6 +176,9 @@ def structured_report(finding: Finding, model: ModelIdentity, image: Any) -> Any
                                   f"manifest sha256 {model.manifest_sha256}; signer {model.signer}")):
         items.append(hd.sr.TextContentItem(name=hd.sr.CodedConcept(code, "DCM", meaning), value=value[:1024],
                                            relationship_type=rel.CONTAINS))
+    if model.label_source:
+        items.append(hd.sr.TextContentItem(name=_concept("training_labels", "Reference standard of the training labels"),
+                                           value=model.label_source[:1024], relationship_type=rel.CONTAINS))
     region = hd.sr.ScoordContentItem(name=hd.sr.CodedConcept("111030", "DCM", "Image Region"),
                                      graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
                                      graphic_data=_rectangle(finding.roi), relationship_type=rel.CONTAINS)

@@ -77,6 +77,9 @@ def test_stream_report_of_a_real_cine_reads_back_field_by_field(tmp_path):
     assert "resnet50" in items["Algorithm Name"].TextValue
     assert f"manifest sha256 {DEMO_SHA}" in items["Algorithm Parameters"].TextValue
     assert "int8" in items["Algorithm Version"].TextValue
+    # what "malignant" meant in training travels with the probability
+    assert items["Reference standard of the training labels"].TextValue == \
+        "TI-RADS category (2-3 benign, 4a-5 malignant), not pathology"
 
     region = items["Image Region"]
     bmode = next(p for p in last["panes"] if p["modality"] == "bmode")
@@ -117,6 +120,7 @@ def test_an_abstention_is_reported_with_its_reason_and_no_probability(tmp_path):
     assert items["Finding"].ConceptCodeSequence[0].CodeValue == "abstain"
     assert items["Reason for abstaining"].TextValue == "blank: the B-mode pane is blank"
     assert "Probability of malignancy" not in items
+    assert "Reference standard of the training labels" not in items   # an identity without one: no item
 
 
 def test_stream_refuses_a_report_without_a_dicom_source(tmp_path):
