@@ -253,6 +253,9 @@ def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int,
                    "at export (e.g. runs/pretrain_pack.npz: BUSI); needs --replay-per-batch.")
 @click.option("--replay-per-batch", type=click.IntRange(0, None), default=None,
               help="Replayed crops per training step (default: the recipe's 0, off).")
+@click.option("--replay-shared-head", is_flag=True, default=False,
+              help="Score the replayed crops with the thyroid head itself (more labelled cases of 'malignant or "
+                   "not' from another organ) instead of a head of their own; needs --replay.")
 @click.option("--pseudo-labels-from", "pseudo_run", default=None, type=click.Path(exists=True, file_okay=False),
               help="An earlier cross-validation run whose models of each fold (every seed; 'all' for the all-data "
                    "model) give the unlabelled crops soft labels (export/pseudo_labels.py; default: off).")
@@ -275,7 +278,7 @@ def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int,
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
-         descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, pseudo_run,
+         descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, replay_shared_head, pseudo_run,
          unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
@@ -284,6 +287,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
 
     if replay_per_batch and not replay:
         raise click.UsageError("--replay-per-batch needs --replay PACK (e.g. runs/pretrain_pack.npz)")
+    if replay_shared_head and not replay_per_batch:
+        raise click.UsageError("--replay-shared-head needs --replay PACK and --replay-per-batch N")
     if also_all and train_cases < 1:
         raise click.UsageError(f"--also-all trains on every crop; it cannot be combined with --train-cases {train_cases}")
     pack = pack_for(data)
@@ -344,6 +349,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             recipe.mixup_alpha = mixup_alpha
         if replay_per_batch:
             recipe.replay, recipe.replay_per_batch = replay, replay_per_batch
+            recipe.replay_shared_head = replay_shared_head
         if unlabelled_per_batch is not None:
             recipe.unlabelled_per_batch = unlabelled_per_batch
         if pseudo_run:

@@ -96,9 +96,12 @@ class NoduleRecipe:
     # Replay of the pre-training images during fine-tuning: ``replay_per_batch`` labelled crops of the pack
     # at ``replay`` (e.g. runs/pretrain_pack.npz: BUSI, malignant vs not) join every step, scored by a head
     # of their own (weight ``replay_weight``, dropped at export), never by the thyroid head. 0: off.
+    # ``replay_shared_head``: scored by the thyroid head itself instead, as more labelled cases of the same
+    # question (malignant or not) from another organ.
     replay: str | None = None
     replay_per_batch: int = 0
     replay_weight: float = 0.5
+    replay_shared_head: bool = False
     # Soft pseudo-labels (export/pseudo_labels.py): the unlabelled crops get the mean p of these teacher
     # checkpoints (mirror-image average) as their label, so they teach the classifier, not only the mask
     # heads. The teachers must not have seen the held-out cases. Empty: off.
@@ -356,7 +359,8 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         # Scaled on the training side's own crops (labelled or not), never on the held-out fold.
         scale = descriptor_scale(pack.images[train_index], pack.masks[train_index])
     model = GuidedClassifier(base, "bmode", len(TIRADS_LEVELS),
-                             len(DESCRIPTOR_NAMES) if scale is not None else 0, replay=replay is not None)
+                             len(DESCRIPTOR_NAMES) if scale is not None else 0,
+                             replay=replay is not None and not recipe.replay_shared_head)
     model = model.to(dev).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(parameter_groups(model, recipe), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = len(labelled) // recipe.batch_size
@@ -416,11 +420,12 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
             if "descriptors" in outputs:
                 losses["desc"] = descriptor_loss(outputs["descriptors"].float(), targets.to(dev))
                 loss = loss + recipe.descriptor_weight * losses["desc"]
-            if "replay" in outputs:
+            if replay is not None:
                 replay_label = replay_label.to(dev)
                 replayed = replay_label >= 0
+                replay_logit = logit if recipe.replay_shared_head else outputs["replay"].float()
                 losses["replay"] = F.binary_cross_entropy_with_logits(
-                    outputs["replay"].float()[replayed], smooth_targets(replay_label[replayed], recipe.label_smoothing))
+                    replay_logit[replayed], smooth_targets(replay_label[replayed], recipe.label_smoothing))
                 loss = loss + recipe.replay_weight * losses["replay"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,5 +1,5 @@
 """Replay of the pre-training images during fine-tuning (export/nodule_training.py ``replay``): the draws,
-the replayed crops' targets, the head of their own, and a short run with it on."""
+the replayed crops' targets, the head of their own or the thyroid head shared, and short runs with each."""
 
 import json
 
@@ -96,3 +96,38 @@ def test_a_short_run_with_replay_trains_its_head_and_exports_without_it(tmp_path
     model, info, _ = load_checkpoint(tmp_path / "run" / "final.pt")
     assert info.training["recipe"]["replay_per_batch"] == 2
     assert not any("aux" in key for key in model.state_dict())         # the product is the plain classifier
+
+
+def test_a_shared_head_scores_the_replayed_crops_with_the_thyroid_head(tmp_path):
+    """--replay-shared-head: no head of their own is built, the replay loss is the thyroid head's BCE on the
+    replayed crops, and the run differs from the one whose replayed crops train a head of their own."""
+    import torch
+
+    from edge_thyroid.export.checkpoint import load_checkpoint
+    from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule
+
+    busi, pack = str(busi_like_pack(tmp_path)), tiny_pack()
+    heads = {}
+    for shared in (False, True):
+        recipe = NoduleRecipe(image_size=64, epochs=1, warmup_epochs=0.5, replay=busi, replay_per_batch=2,
+                              replay_shared_head=shared)
+        out = tmp_path / f"shared{shared}"
+        fit_nodule(recipe, pack, np.arange(len(pack)), out, threads=1, log=lambda msg: None)
+        history = json.loads((out / "history.json").read_text())
+        assert np.isfinite(history[0]["replay"]) and history[0]["replay"] > 0
+        saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+        assert any(k.startswith("aux_replay") for k in saved["model"]) is not shared
+        model, info, _ = load_checkpoint(out / "final.pt")
+        assert info.training["recipe"]["replay_shared_head"] is shared
+        heads[shared] = model.state_dict()["head.weight"].clone()
+    assert not torch.equal(heads[False], heads[True])
+
+
+def test_cross_validation_refuses_a_shared_head_without_replay(tmp_path):
+    from click.testing import CliRunner
+
+    from benchmarks.cross_validate import main
+
+    result = CliRunner().invoke(main, ["--data", str(busi_like_pack(tmp_path)), "--out", str(tmp_path / "cv"),
+                                       "--json", str(tmp_path / "cv.json"), "--replay-shared-head"])
+    assert result.exit_code == 2 and "--replay-shared-head needs --replay PACK" in result.output
