@@ -92,7 +92,9 @@ def read_points(runs: list[tuple[float, Path]], seeds: list[int], full_cases: di
                 raise click.BadParameter(f"{path}: fold {fold} lacks seeds {missing}", param_hint="--run")
             first = rows[seeds[0]]
             point = {"share": share, "fold": fold, "seeds": list(seeds),
-                     "cases": int(first.get("train_labelled_cases") or full_cases[fold])}
+                     "cases": int(first.get("train_labelled_cases") or full_cases[fold]),
+                     # results from before --train-schedule were all trained with the whole side's steps
+                     "schedule": None if share >= 1 else first.get("train_schedule", "steps")}
             for key in ("auc", "auc_train_side", "tirads2_benign_rate", "cam_in_mask"):
                 values = [rows[s].get(key) for s in seeds]
                 point[key] = None if None in values else float(np.mean(values))
@@ -110,6 +112,10 @@ def summarise(points: list[dict], target: float) -> dict:
     """Per share: mean +- sd over folds; per fold: the slope; the rule's verdict and, if met, the extension."""
     shares = sorted({p["share"] for p in points})
     folds = sorted({p["fold"] for p in points})
+    schedules = sorted({p["schedule"] for p in points if p.get("schedule")})
+    if len(schedules) > 1:
+        raise ValueError(f"the shares were trained with different schedules ({', '.join(schedules)}); expected one "
+                         "--train-schedule for the whole curve")
     for share in shares:
         if missing := sorted(set(folds) - {p["fold"] for p in points if p["share"] == share}):
             raise ValueError(f"share {share} has no result for folds {missing}; expected every fold at every share "
@@ -129,7 +135,8 @@ def summarise(points: list[dict], target: float) -> dict:
     result = {"shares": by_share,
               "slope_per_doubling": {"mean": float(np.mean(slopes)), "sd": float(np.std(slopes, ddof=1)),
                                      "folds": [round(s, 4) for s in slopes]},
-              "more_cases_help": verdict, "target_auc": target}
+              "more_cases_help": verdict, "target_auc": target,
+              "train_schedule": schedules[0] if schedules else None}
     if verdict:
         intercept = float(np.mean([lines[f][0] for f in folds]))
         needed = cases_to_reach(intercept, float(np.mean(slopes)), target)
@@ -172,8 +179,10 @@ def plot(points: list[dict], summary: dict, path: str) -> None:
     ax.set_xlabel("labelled training cases (log scale)")
     ax.set_ylabel("held-out AUC (TI-RADS labels)")
     slope = summary["slope_per_doubling"]
-    ax.set_title(f"AUC per doubling of cases: {slope['mean']:+.3f} ± {slope['sd']:.3f} ({len(slope['folds'])} folds)",
-                 fontsize=10)
+    same = {"steps": ", each share trained for the whole side's steps",
+            "epochs": ", each share trained for the recipe's epochs"}.get(summary.get("train_schedule"), "")
+    ax.set_title(f"AUC per doubling of cases: {slope['mean']:+.3f} ± {slope['sd']:.3f} ({len(slope['folds'])} folds)"
+                 + same, fontsize=9)
     ax.set_ylim(0.45, 1.12)   # room for the legend above AUC 1
     ax.set_yticks(np.arange(0.5, 1.01, 0.1))
     ax.legend(fontsize=7.5, loc="upper right")   # above the goal line, clear of every fold's points

@@ -107,3 +107,26 @@ def test_the_plot_is_a_png_with_or_without_the_extension(tmp_path, slopes):
     path = tmp_path / "curve.png"
     lc.plot(points, lc.summarise(points, target=0.85), str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_curve_has_one_training_schedule():
+    """Shares trained for the whole side's steps and shares trained for the recipe's epochs are two curves;
+    a result without the field was trained for the steps (the only schedule before the option)."""
+    points = _points([0.04, 0.05, 0.06, 0.05])
+    for p in points:
+        p["schedule"] = None if p["share"] >= 1 else "epochs"
+    assert lc.summarise(points, target=0.85)["train_schedule"] == "epochs"
+    points[0]["schedule"] = "steps"
+    with pytest.raises(ValueError, match=r"different schedules \(epochs, steps\)"):
+        lc.summarise(points, target=0.85)
+    assert lc.summarise(_points([0.04] * 4), target=0.85)["train_schedule"] is None
+
+
+def test_read_points_takes_the_schedule_from_the_results(tmp_path):
+    run = tmp_path / "cv.json"
+    run.write_text(json.dumps({"per_fold": [{"fold": 0, "seed": 0, "auc": 0.6, "train_cases": 0.5,
+                                             "train_schedule": "epochs", "train_labelled_cases": 87},
+                                            {"fold": 1, "seed": 0, "auc": 0.6, "train_cases": 0.5,
+                                             "train_labelled_cases": 86}]}))
+    points = lc.read_points([(0.5, run)], [0], {0: 173, 1: 172})
+    assert [p["schedule"] for p in points] == ["epochs", "steps"]
