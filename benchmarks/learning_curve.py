@@ -179,8 +179,8 @@ def plot(points: list[dict], summary: dict, path: str) -> None:
     ax.set_xlabel("labelled training cases (log scale)")
     ax.set_ylabel("held-out AUC (TI-RADS labels)")
     slope = summary["slope_per_doubling"]
-    same = {"steps": ", each share trained for the whole side's steps",
-            "epochs": ", each share trained for the recipe's epochs"}.get(summary.get("train_schedule"), "")
+    same = {"steps": "\neach share trained for as many optimizer steps as the whole side",
+            "epochs": "\neach share trained for the recipe's epochs (fewer steps)"}.get(summary.get("train_schedule"), "")
     ax.set_title(f"AUC per doubling of cases: {slope['mean']:+.3f} ± {slope['sd']:.3f} ({len(slope['folds'])} folds)"
                  + same, fontsize=9)
     ax.set_ylim(0.45, 1.12)   # room for the legend above AUC 1
