@@ -26,7 +26,7 @@ from .dataset import Sample, Split, read_samples, split_by_case, still_furniture
 from .errors import InputError, MissingDependencyError
 from .familiarity import Familiarity
 from .frames import read_image
-from .scorer import Scorer
+from .scorer import Scorer, TrainingRows, training_rows
 from .evaluation_plots import plot_calibration, plot_roc
 from .metrics import (bootstrap_auc_ci, calibration, delong_auc_ci, delong_test, operating_point,
                       paired_bootstrap_test, sensitivity_threshold, youden_threshold)
@@ -60,21 +60,41 @@ class SplitSpec:
         return f"{self.split.value} side of case split fold {self.fold}/{self.folds}, seed {self.seed}"
 
 
-def decide_split(csv_path: str | Path, requested: Split | None, trained_on: Sequence[str | None]) -> tuple[Split, str]:
-    """(which rows, why). Asked for: as asked. Otherwise the validation side only when the CSV is the one
-    every model was trained on (its sha256 in the model's record), else all rows: an external set is
-    never silently cut to a quarter."""
-    if requested is not None:
-        return requested, f"--split {requested.value} as asked"
+def decide_split(csv_path: str | Path, spec: SplitSpec, seen: Sequence[TrainingRows]) -> tuple[SplitSpec, str]:
+    """(which rows, why), from what each model says it was trained on (``seen``). Asked for (``spec.split``
+    set): as asked. Otherwise the validation side of the model's own split when the CSV is the one every
+    model was trained on a split of, else all rows: an external set is never silently cut to a quarter. A
+    model trained on every row of this CSV has no unseen side: all rows, and the reason says in-sample."""
+    if spec.split is not None and not Path(csv_path).is_file():
+        return spec, f"--split {spec.split.value} as asked"   # select_samples names the missing file
     if not Path(csv_path).is_file():  # hashed before read_samples would name it: one line, not a traceback
         raise InputError(f"data CSV not found: {csv_path}; expected a CSV with image, label and case_id columns")
     digest = sha256_file(csv_path)
-    if trained_on and all(t == digest for t in trained_on):
-        return Split.VAL, (f"this CSV is the one the model was trained on (sha256 {digest[:12]}...), so only its "
-                           "validation side is unseen")
-    if any(t is None for t in trained_on):
-        return Split.ALL, "the model does not record the CSV it was trained on, so every labelled row is used"
-    return Split.ALL, f"this CSV (sha256 {digest[:12]}...) is not the model's training CSV, so every labelled row is used"
+    in_sample = ("the model was trained on every row of this CSV (sha256 " + digest[:12] + "...), so no row is "
+                 "unseen and every figure is in-sample (optimistic); its cross-validated figures are in "
+                 "`edge-thyroid info`")
+    full = any(r.every_row and r.sha256 == digest for r in seen)
+    if spec.split is not None:
+        return spec, f"--split {spec.split.value} as asked" + (f"; {in_sample}" if full else "")
+    if full:
+        return replace(spec, split=Split.ALL), in_sample
+    if seen and all(r.sha256 == digest for r in seen):
+        splits = {(r.folds, r.fold, r.seed) for r in seen}
+        if len(splits) > 1:
+            named = ", ".join(f"fold {fold}/{folds} seed {seed}" for folds, fold, seed in sorted(splits, key=str))
+            raise InputError(f"the models were trained on different splits of {csv_path} ({named}), so no side "
+                             "is unseen by both; expected --split with --fold naming the rows to compare on")
+        folds, fold, seed = splits.pop()
+        chosen = replace(spec, split=Split.VAL, folds=spec.folds if folds is None else folds,
+                         fold=spec.fold if fold is None else fold, seed=spec.seed if seed is None else seed)
+        return chosen, (f"this CSV is the one the model was trained on (sha256 {digest[:12]}...), so only its "
+                        f"validation side (fold {chosen.fold}/{chosen.folds}, seed {chosen.seed}, as the model "
+                        "records) is unseen")
+    if any(r.sha256 is None for r in seen):
+        return replace(spec, split=Split.ALL), ("the model does not record the CSV it was trained on, so every "
+                                                "labelled row is used")
+    return replace(spec, split=Split.ALL), (f"this CSV (sha256 {digest[:12]}...) is not the model's training CSV, "
+                                            "so every labelled row is used")
 
 
 def select_samples(csv_path: str | Path, spec: SplitSpec, *, label_source: str | None = None
@@ -122,7 +142,8 @@ class BundleScorer(Scorer):
         self.engine = Engine(path, model=model, threads=threads, **(backend_options or {}))
         self.threshold = float(self.engine.threshold)
         self.name = f"{path} [{self.engine.model_key}]"
-        self.trained_on = (self.engine.bundle.manifest.provenance.get("training_data") or {}).get("sha256")
+        manifest = self.engine.bundle.manifest
+        self.training_rows = training_rows(manifest.provenance.get("training_data"), manifest.metrics.get("training"))
 
     def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
         return self.score_rows(samples, progress=progress)[0]
@@ -315,8 +336,8 @@ def evaluate_model(path: str | Path, csv_path: str | Path, spec: SplitSpec, *, m
                    progress: bool = False, label_source: str | None = None,
                    backend_options: dict[str, Any] | None = None) -> tuple[EvaluationReport, Scored]:
     with open_scorer(path, model=model, threads=threads, backend_options=backend_options) as scorer:
-        split, why = decide_split(csv_path, spec.split, [scorer.trained_on])
-        spec = replace(spec, split=split)
+        spec, why = decide_split(csv_path, spec, [scorer.training_rows])
+        split = spec.split
         samples, val = select_samples(csv_path, spec, label_source=label_source)
         probabilities, familiarity = scorer.score_rows(samples, progress=progress)
         scored = Scored(samples, probabilities, scorer.threshold, scorer.name, familiarity)
@@ -383,8 +404,7 @@ def compare_models(path_a: str | Path, path_b: str | Path, csv_path: str | Path,
                    threads: int | None = None, resamples: int = 2000, progress: bool = False,
                    plot: str | Path | None = None, label_source: str | None = None) -> ComparisonReport:
     with open_scorer(path_a, threads=threads) as scorer_a, open_scorer(path_b, threads=threads) as scorer_b:
-        split, why = decide_split(csv_path, spec.split, [scorer_a.trained_on, scorer_b.trained_on])
-        spec = replace(spec, split=split)
+        spec, why = decide_split(csv_path, spec, [scorer_a.training_rows, scorer_b.training_rows])
         samples, _ = select_samples(csv_path, spec, label_source=label_source)
         a = Scored(samples, scorer_a.score(samples, progress=progress), scorer_a.threshold, scorer_a.name)
         b = Scored(samples, scorer_b.score(samples, progress=progress), scorer_b.threshold, scorer_b.name)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from edge_thyroid.dataset import Sample, still_furniture
 from edge_thyroid.errors import InputError
 from edge_thyroid.frames import read_image
-from edge_thyroid.scorer import Scorer
+from edge_thyroid.scorer import Scorer, training_rows
 from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
 
 from .checkpoint import load_checkpoint
@@ -38,8 +38,9 @@ class CheckpointScorer(Scorer):
         self.threshold = float(self.info.threshold.get("value", 0.5))
         self.name = f"{path} [{self.info.backbone} checkpoint]"
         self.batch_size = batch_size
-        # sha256 of the CSV it was trained on (train records it), so evaluate knows which rows it saw
-        self.trained_on = (self.info.training.get("split") or {}).get("sha256")
+        # the CSV and split it was trained on (train records it; stamp_checkpoint the all-data model's CSV), so
+        # evaluate knows which rows it saw
+        self.training_rows = training_rows(self.info.training.get("split"), self.info.metrics.get("training"))
 
     def score(self, samples: Sequence[Sample], *, progress: bool = False) -> np.ndarray:
         modalities = self.model.modalities

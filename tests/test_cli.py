@@ -138,3 +138,24 @@ def test_unreadable_image_and_bad_roi(random_bundle, tmp_path, capsys, image):
     with pytest.raises(SystemExit):
         main(["classify", str(random_bundle), str(image), "--roi", "0,0,999,10"])
     assert "outside the 320x240 frame" in capsys.readouterr().err
+
+
+def test_info_says_in_words_what_the_model_learnt_from_and_its_held_out_accuracy():
+    """The demo model: its labels, its cross-validated AUC from the manifest, and that it saw every row of its
+    CSV; a bundle trained on one side of a split names that split instead; a bundle without records says none."""
+    from pathlib import Path
+
+    from edge_thyroid.commands.info import training_lines
+
+    demo = Path(__file__).resolve().parents[1] / "edge_thyroid" / "data" / "demo_bundle"
+    manifest = json.loads((demo / "manifest.json").read_text())
+    cv = manifest["metrics"]["cross_validation"]
+    out = run(["info", str(demo)]).output
+    assert f"labels      {manifest['metrics']['label_source']}" in out
+    assert f"accuracy    AUC {cv['auc']['mean']:.3f} ± {cv['auc']['sd']:.3f} over 4 case-level folds (3 seeds)" in out
+    assert f"every labelled row of a CSV with sha256 {manifest['metrics']['training']['data_csv_sha256'][:12]}" in out
+    split = {**manifest, "provenance": {"training_data": {"data": "crops.csv", "sha256": "ab" * 32, "folds": 4,
+                                                          "fold": 2, "seed": 0}}}
+    assert training_lines(split)[-1] == ("trained on  the training side of fold 2/4 (seed 0) of crops.csv "
+                                         "(sha256 abababababab...)")
+    assert training_lines({"metrics": {}, "provenance": {}}) == []

@@ -16,6 +16,7 @@ from edge_thyroid.bundle import sha256_file
 from edge_thyroid.dataset import Split, read_samples
 from edge_thyroid.errors import InputError
 from edge_thyroid.evaluation import LABEL_NOTE, SplitSpec, decide_split, evaluate_model
+from edge_thyroid.scorer import TrainingRows, training_rows
 
 from .conftest import DDTI_CSV, demo_copy_with_box_context, needs_data, needs_torch, ultrasound_like
 from .test_evaluate import synthetic_csv
@@ -80,7 +81,8 @@ def test_an_external_csv_is_evaluated_on_every_row_and_says_why(tmp_path):
     crops = synthetic_csv(tmp_path, n_cases=12)
     report, scored = evaluate_model(DEMO_BUNDLE, crops, SplitSpec(None), resamples=50)
     assert report.n == 24 and "24 of 24 labelled rows" in report.rows
-    assert "does not record the CSV it was trained on" in report.rows
+    # the demo model records DDTI's CSV (it was trained on every row of it), and this is another one
+    assert "is not the model's training CSV" in report.rows
     lines = "\n".join(report.lines())
     assert "rows: 24 of 24" in lines and "chosen on validation side" not in lines
     assert "in-sample" in report.chosen_threshold["chosen_on"]
@@ -111,10 +113,48 @@ def test_decide_split_rules(tmp_path):
     path = tmp_path / "a.csv"
     path.write_text("image,label,case_id\n")
     digest = sha256_file(path)
-    assert decide_split(path, Split.TRAIN, [None])[0] is Split.TRAIN
-    assert decide_split(path, None, [digest])[0] is Split.VAL
-    assert decide_split(path, None, [digest, None])[0] is Split.ALL        # compare: both models must match
-    assert decide_split(path, None, ["0" * 64])[0] is Split.ALL
+    auto = SplitSpec(None)
+    split_of = lambda *seen: decide_split(path, auto, list(seen))[0]   # noqa: E731
+    assert decide_split(path, SplitSpec(Split.TRAIN), [TrainingRows()])[0].split is Split.TRAIN
+    assert split_of(TrainingRows(digest, folds=4, fold=0, seed=0)).split is Split.VAL
+    # the model's own held-out fold, not the command line's default fold 0
+    assert (split_of(TrainingRows(digest, folds=5, fold=3, seed=2)).folds, split_of(TrainingRows(digest, folds=5,
+            fold=3, seed=2)).fold) == (5, 3)
+    assert split_of(TrainingRows(digest), TrainingRows()).split is Split.ALL   # compare: both models must match
+    assert "does not record the CSV" in decide_split(path, auto, [TrainingRows()])[1]
+    assert split_of(TrainingRows("0" * 64)).split is Split.ALL
+    with pytest.raises(InputError, match="trained on different splits"):
+        split_of(TrainingRows(digest, folds=4, fold=0, seed=0), TrainingRows(digest, folds=4, fold=1, seed=0))
+
+
+def test_a_model_trained_on_every_row_is_evaluated_in_sample_and_says_so(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("image,label,case_id\n")
+    digest = sha256_file(path)
+    spec, why = decide_split(path, SplitSpec(None), [TrainingRows(digest, every_row=True)])
+    assert spec.split is Split.ALL and "trained on every row of this CSV" in why and "in-sample" in why
+    spec, why = decide_split(path, SplitSpec(Split.VAL), [TrainingRows(digest, every_row=True)])
+    assert spec.split is Split.VAL and why.startswith("--split val as asked; the model was trained on every row")
+    assert "in-sample" not in decide_split(path, SplitSpec(None), [TrainingRows("0" * 64, every_row=True)])[1]
+
+
+def test_the_records_that_say_which_rows_a_model_saw():
+    split = {"data": "a.csv", "sha256": "ab" * 32, "folds": 4, "fold": 2, "seed": 0}
+    assert training_rows(split, {"data_csv_sha256": "cd" * 32}) == TrainingRows("ab" * 32, False, 4, 2, 0)
+    assert training_rows(None, {"data_csv_sha256": "cd" * 32}) == TrainingRows("cd" * 32, every_row=True)
+    assert training_rows({}, {}) == TrainingRows() == training_rows(None, None)
+
+
+@needs_data
+def test_the_demo_model_evaluated_on_ddti_says_its_figures_are_in_sample():
+    """The shipped model was trained on every labelled DDTI row: evaluate must not present its AUC there as
+    a held-out figure (it printed 'the model does not record the CSV it was trained on' and an AUC of 0.95)."""
+    from edge_thyroid.evaluation import BundleScorer
+
+    with BundleScorer(DEMO_BUNDLE) as scorer:
+        assert scorer.training_rows == TrainingRows(sha256_file(DDTI_CSV), every_row=True)
+    spec, why = decide_split(DDTI_CSV, SplitSpec(None), [scorer.training_rows])
+    assert spec.split is Split.ALL and "in-sample" in why
 
 
 def test_the_label_note_follows_the_data(tmp_path):
@@ -138,7 +178,7 @@ def test_evaluate_command_prints_the_rows_used(tmp_path):
     crops = synthetic_csv(tmp_path)
     result = CliRunner().invoke(cli, ["evaluate", str(DEMO_BUNDLE), "--data", str(crops), "--resamples", "50"])
     assert result.exit_code == 0, result.output
-    assert "rows: 16 of 16 labelled rows: the model does not record" in result.stdout
+    assert "rows: 16 of 16 labelled rows: this CSV (sha256" in result.stdout
 
 
 @needs_data

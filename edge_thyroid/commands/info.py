@@ -61,11 +61,39 @@ def info(bundle, as_json) -> None:
                        + (f" ({figures})" if figures else ""))
     t = manifest["threshold"]
     click.echo(f"threshold   {t['value']:.4f} ({t['method']}, chosen on {t['chosen_on']})")
+    for line in training_lines(manifest):
+        click.echo(line)
     if manifest["metrics"]:
         click.echo(f"metrics     {json.dumps(manifest['metrics'])}")
     if "model_card" in manifest:
         for line in model_card_lines(manifest["model_card"]):
             click.echo(line)
+
+
+def training_lines(manifest: dict) -> list[str]:
+    """What the model learnt from and how well it did out of fold, in words (the raw record follows them):
+    the labels' meaning, the cross-validated AUC, and which rows of which CSV it saw."""
+    metrics, lines = manifest.get("metrics") or {}, []
+    if metrics.get("label_source"):
+        lines.append(f"labels      {metrics['label_source']}")
+    cv = metrics.get("cross_validation") or {}
+    if isinstance(cv.get("auc"), dict) and "mean" in cv["auc"]:
+        seeds = cv.get("seeds") or []
+        pooled = cv.get("out_of_fold_auc_ci95")
+        lines.append(f"accuracy    AUC {cv['auc']['mean']:.3f} ± {cv['auc'].get('sd') or 0:.3f} over {cv.get('folds', '?')} "
+                     f"case-level folds" + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else "")
+                     + (f", pooled out of fold {cv['out_of_fold_auc']:.3f} [{pooled[0]:.3f}, {pooled[1]:.3f}]"
+                        if isinstance(cv.get("out_of_fold_auc"), float) and pooled else "")
+                     + (f"; CAM in mask {cv['cam_in_mask']['mean']:.2f}" if isinstance(cv.get("cam_in_mask"), dict) else ""))
+    split = (manifest.get("provenance") or {}).get("training_data") or {}
+    every_row = (metrics.get("training") or {}).get("data_csv_sha256")
+    if split.get("sha256"):
+        lines.append(f"trained on  the training side of fold {split.get('fold', '?')}/{split.get('folds', '?')} (seed "
+                     f"{split.get('seed', '?')}) of {split.get('data', 'a CSV')} (sha256 {split['sha256'][:12]}...)")
+    elif every_row:
+        lines.append(f"trained on  every labelled row of a CSV with sha256 {every_row[:12]}...: `evaluate` on it is "
+                     "in-sample; the accuracy line is the held-out figure")
+    return lines
 
 
 def model_card_lines(card: dict) -> list[str]:
