@@ -143,6 +143,7 @@ def test_the_records_that_say_which_rows_a_model_saw():
     assert training_rows(split, {"data_csv_sha256": "cd" * 32}) == TrainingRows("ab" * 32, False, 4, 2, 0)
     assert training_rows(None, {"data_csv_sha256": "cd" * 32}) == TrainingRows("cd" * 32, every_row=True)
     assert training_rows({}, {}) == TrainingRows() == training_rows(None, None)
+    assert training_rows({**split, "fold": "2", "seed": None}, None) == TrainingRows("ab" * 32, False, 4, None, None)
 
 
 @needs_data
