@@ -94,6 +94,8 @@ def training_side_share(folds: dict[int, tuple[np.ndarray, np.ndarray]], fold: i
 
 
 def fold_figures(folds: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+    """Per held-out fold: ECE and Brier at its own mix, with equal classes, after the prior shift, and after
+    a Platt map fitted on the other folds' rows (whose fold models saw this fold: cross-fitted, not nested)."""
     from edge_thyroid.metrics import calibration, prior_weights, shift_prior
 
     out = []
