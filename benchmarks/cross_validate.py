@@ -282,7 +282,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
          unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
-    from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment
+    from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment, split_record
     from edge_thyroid.export.checkpoint import load_checkpoint
 
     if replay_per_batch and not replay:
@@ -403,7 +403,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                                                    train_schedule)
                 val_index = np.flatnonzero(assignment == fold)
                 click.echo(f"[fold {fold} seed {seed}] train {len(train_index)} crops, validate {len(val_index)}", err=True)
-                model = fit_nodule(recipe, pack, train_index, fold_dir, device=device, workers=workers, threads=threads)
+                model = fit_nodule(recipe, pack, train_index, fold_dir, device=device, workers=workers, threads=threads,
+                                   split=split_record(pack, folds, fold))
                 if not (fold_dir / "final.pt").exists():
                     raise click.ClickException(f"{fold_dir}: training ended without final.pt")
                 model, _, _ = load_checkpoint(fold_dir / "final.pt")

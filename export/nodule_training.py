@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import cv2
@@ -313,9 +314,18 @@ def feature_grid(backbone: str, image_size: int) -> int:
         return int(model.feature_maps(torch.zeros(1, 3, image_size, image_size)).shape[-1])
 
 
+def split_record(pack: DataPack, folds: int, fold: int, seed: int = 0) -> dict[str, Any] | None:
+    """What a fold model records of its split (checkpoint training.split, as export/train.py writes it), so
+    that `edge-thyroid evaluate` on its CSV takes the fold it held out; None when the pack names no CSV."""
+    digest = pack.meta.get("csv_sha256")
+    if not digest or "+" in str(digest):   # a pack of several CSVs: no one CSV to name
+        return None
+    return {"data": pack.meta.get("csv"), "sha256": digest, "folds": folds, "fold": fold, "seed": seed}
+
+
 def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, out: Path, *,
                device: str = "auto", workers: int = 0, threads: int = 0, resume: bool = True,
-               log: Callable[[str], None] | None = None) -> MultimodalClassifier:
+               log: Callable[[str], None] | None = None, split: dict[str, Any] | None = None) -> MultimodalClassifier:
     """Train on ``pack[train_index]`` (labelled and unlabelled crops) for the fixed schedule.
 
     Writes OUT/last.pt every epoch and OUT/final.pt (the EMA model, the project's checkpoint format) at
@@ -458,7 +468,8 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
                           training={"recipe": recipe.to_dict(), "data": pack.meta, "epochs": recipe.epochs,
                                     "train_crops": int(len(labelled)), "unlabelled_crops": int(len(unlabelled)),
                                     "pseudo_labelled_crops": int(len(unlabelled)) if soft_labels is not None else 0,
-                                    "label_source": recipe.label_source, "history": state["history"]})
+                                    "label_source": recipe.label_source, "history": state["history"],
+                                    **({"split": split} if split else {})})
     save_checkpoint(out / "final.pt", final, info)
     return final
 
@@ -591,7 +602,8 @@ def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, 
         if not 0 <= fold < folds:
             raise click.BadParameter(f"must be in [0, {folds}), got {fold}", param_hint="--fold")
         index = np.flatnonzero(fold_assignment(pack, folds) != fold)
-    fit_nodule(recipe, pack, index, Path(out_dir), device=device, workers=workers, threads=threads, resume=resume)
+    fit_nodule(recipe, pack, index, Path(out_dir), device=device, workers=workers, threads=threads, resume=resume,
+               split=None if use_all else split_record(pack, folds, fold))
     click.echo(json.dumps({"checkpoint": str(Path(out_dir) / "final.pt")}))
 
 
