@@ -39,7 +39,7 @@ from edge_thyroid.serving.backbone_model import STAGE_LOG  # noqa: E402
 from edge_thyroid.serving.repository import (CLIENT_PARAMETER, ONE_IN_FLIGHT_PARAMETER, OUTPUT,  # noqa: E402
                                              BatchingOptions, cores_available, default_queue_delay_us,
                                              layout_passes, write_model)
-from edge_thyroid.serving.server import ServerOptions, TritonServer, free_port  # noqa: E402
+from edge_thyroid.serving.server import ServerOptions, TritonServer, free_ports  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from serve_bench import DEMO_BUNDLE, frames_and_panes  # noqa: E402
@@ -220,8 +220,9 @@ def main() -> None:
         trace = Path(scratch) / "trace.json"
         extra = ("--trace-config", f"triton,file={trace}", "--trace-config", "level=TIMESTAMPS",
                  "--trace-config", "rate=1") if args.trace else ()
-        options = ServerOptions(Path(scratch) / "models", grpc_port=free_port(), http_port=free_port(),
-                                metrics_port=free_port(), extra_args=extra)
+        grpc_port, http_port, metrics_port = free_ports(3)
+        options = ServerOptions(Path(scratch) / "models", grpc_port=grpc_port, http_port=http_port,
+                                metrics_port=metrics_port, extra_args=extra)
         with TritonServer(options).start(timeout_s=180) as server:
             del os.environ[STAGE_LOG]
             local = Engine(bundle)  # as serve_bench.py: ONNX Runtime with its own thread count

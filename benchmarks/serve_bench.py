@@ -46,7 +46,7 @@ from edge_thyroid.engine import Engine  # noqa: E402
 from edge_thyroid.layout import preset  # noqa: E402
 from edge_thyroid.serving.repository import (CLIENT_PARAMETER, BatchingOptions, cores_available,  # noqa: E402
                                              default_queue_delay_us, layout_passes, write_model)
-from edge_thyroid.serving.server import ServerOptions, TritonServer, free_port  # noqa: E402
+from edge_thyroid.serving.server import ServerOptions, TritonServer, free_ports  # noqa: E402
 from edge_thyroid.sources import SourceOptions, create_source  # noqa: E402
 
 DEMO_BUNDLE = REPO / "edge_thyroid" / "data" / "demo_bundle"
@@ -278,7 +278,8 @@ def serve(bundle: Path, root: Path, config: Config, cores: int, max_batch_size: 
     batching = BatchingOptions(dynamic=config.dynamic, max_batch_size=max_batch_size, max_queue_delay_us=default_queue_delay_us(config.layout, config.flavor),
                                instances=passes, scheduling=config.scheduling, client_queue_limit=0)
     model = write_model(bundle, root, flavor=config.flavor, batching=batching, threads=threads, overwrite=True)
-    options = ServerOptions(root, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    grpc_port, http_port, metrics_port = free_ports(3)
+    options = ServerOptions(root, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
     return TritonServer(options).start(timeout_s=180), model, passes, threads
 
 

@@ -40,7 +40,7 @@ from edge_thyroid.frames import check_rois  # noqa: E402
 from edge_thyroid.kernels.graph_io import FRAME, ROIS  # noqa: E402
 from edge_thyroid.serving.repository import (BatchingOptions, cores_available, default_queue_delay_us,  # noqa: E402
                                              layout_passes, write_model)
-from edge_thyroid.serving.server import ServerOptions, TritonServer, free_port  # noqa: E402
+from edge_thyroid.serving.server import ServerOptions, TritonServer, free_ports  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from remote_breakdown import report  # noqa: E402
@@ -135,8 +135,9 @@ def main() -> None:
                     model = write_model(bundle, repository, batching=batching, threads=threads)
                     if side == "baseline":
                         (model.path / str(model.version) / "model.py").write_text(old_model, encoding="utf-8")
-                    options = ServerOptions(repository, grpc_port=free_port(), http_port=free_port(),
-                                            metrics_port=free_port())
+                    grpc_port, http_port, metrics_port = free_ports(3)
+                    options = ServerOptions(repository, grpc_port=grpc_port, http_port=http_port,
+                                            metrics_port=metrics_port)
                     server = TritonServer(options).start(timeout_s=180)
                     servers.append(server)
                     name = f"{scheduling}, {side}"

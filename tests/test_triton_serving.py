@@ -31,7 +31,8 @@ from edge_thyroid.errors import BackendError, ServerUnavailableError
 from edge_thyroid.serving.backbone_model import STAGE_LOG, FairQueue
 from edge_thyroid.serving.repository import (CLIENT_PARAMETER, ONE_IN_FLIGHT_PARAMETER, ORDER, BatchingOptions,
                                             ServedModel, write_model)
-from edge_thyroid.serving.server import ServerError, ServerOptions, TritonServer, find_installation, free_port
+from edge_thyroid.serving.server import (ServerError, ServerOptions, TritonServer, find_installation, free_port,
+                                         free_ports)
 
 from .conftest import REPO, needs_torch, screen_frame
 from .reliability.helpers import assert_refused, parse_jsonl, run_cli
@@ -65,7 +66,9 @@ class Served:
 
 
 def start_server(repository: Path, **ports: int) -> TritonServer:
-    ports = {name: ports.get(name) or free_port() for name in ("grpc_port", "http_port", "metrics_port")}
+    names = ("grpc_port", "http_port", "metrics_port")
+    chosen = iter(free_ports(sum(not ports.get(n) for n in names), avoid=[p for p in ports.values() if p]))
+    ports = {name: ports.get(name) or next(chosen) for name in names}
     return TritonServer(ServerOptions(repository, **ports)).start(timeout_s=120)
 
 
@@ -576,7 +579,7 @@ def test_four_concurrent_streams_share_the_server(served, tmp_path):
 def test_a_server_killed_and_restarted_mid_stream(random_bundle, tmp_path, flavor):
     repository = tmp_path / "models"
     model = write_model(random_bundle, repository, flavor=flavor, threads=1)
-    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+    ports = dict(zip(("grpc_port", "http_port", "metrics_port"), free_ports(3)))
     server = start_server(repository, **ports)
     out = tmp_path / "stream.jsonl"
     stream = spawn_stream(random_bundle, server.grpc_url, out, "--source", "synthetic:dual?size=640x360",

@@ -109,10 +109,28 @@ def _kill_process_group(pgid: int) -> None:
         pass
 
 
+def free_ports(count: int, host: str = LOOPBACK, avoid: Sequence[int] = ()) -> list[int]:
+    """``count`` distinct free ports, none of them in ``avoid``. The sockets stay bound until all are chosen:
+    asked one at a time, the OS may hand back a port it just released, and a server given the same port
+    for gRPC and metrics refuses to start (it did, once, in CI)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return ports
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 @dataclass
@@ -267,4 +285,4 @@ def _url_host(host: str) -> str:
 
 
 __all__ = ["Installation", "ServerError", "ServerOptions", "TritonServer", "find_installation",
-           "free_port"]
+           "free_port", "free_ports"]
