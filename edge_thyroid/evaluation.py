@@ -84,9 +84,8 @@ def decide_split(csv_path: str | Path, spec: SplitSpec, seen: Sequence[TrainingR
             named = ", ".join(f"fold {fold}/{folds} seed {seed}" for folds, fold, seed in sorted(splits, key=str))
             raise InputError(f"the models were trained on different splits of {csv_path} ({named}), so no side "
                              "is unseen by both; expected --split with --fold naming the rows to compare on")
-        folds, fold, seed = splits.pop()
-        chosen = replace(spec, split=Split.VAL, folds=spec.folds if folds is None else folds,
-                         fold=spec.fold if fold is None else fold, seed=spec.seed if seed is None else seed)
+        recorded = dict(zip(("folds", "fold", "seed"), splits.pop()))
+        chosen = replace(spec, split=Split.VAL, **{k: v for k, v in recorded.items() if v is not None})
         return chosen, (f"this CSV is the one the model was trained on (sha256 {digest[:12]}...), so only its "
                         f"validation side (fold {chosen.fold}/{chosen.folds}, seed {chosen.seed}, as the model "
                         "records) is unseen")
@@ -337,14 +336,13 @@ def evaluate_model(path: str | Path, csv_path: str | Path, spec: SplitSpec, *, m
                    backend_options: dict[str, Any] | None = None) -> tuple[EvaluationReport, Scored]:
     with open_scorer(path, model=model, threads=threads, backend_options=backend_options) as scorer:
         spec, why = decide_split(csv_path, spec, [scorer.training_rows])
-        split = spec.split
         samples, val = select_samples(csv_path, spec, label_source=label_source)
         probabilities, familiarity = scorer.score_rows(samples, progress=progress)
         scored = Scored(samples, probabilities, scorer.threshold, scorer.name, familiarity)
-        if split is Split.TRAIN:   # the threshold is re-chosen on the rows never trained on
+        if spec.split is Split.TRAIN:   # the threshold is re-chosen on the rows never trained on
             val_scored, chosen_on = Scored(val, scorer.score(val, progress=progress), scorer.threshold,
                                            scorer.name), "validation side"
-        elif split is Split.VAL:
+        elif spec.split is Split.VAL:
             val_scored, chosen_on = scored, "validation side"
         else:
             val_scored, chosen_on = scored, "the evaluated rows themselves (in-sample: optimistic)"
@@ -355,8 +353,8 @@ def evaluate_model(path: str | Path, csv_path: str | Path, spec: SplitSpec, *, m
     if plots_dir is not None:
         folder = Path(plots_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        report.plots = [str(plot_roc([(Path(path).name, scored)], folder / "roc.png", f"ROC ({split.value})")),
-                        str(plot_calibration(scored, folder / "calibration.png", f"Calibration ({split.value})"))]
+        report.plots = [str(plot_roc([(Path(path).name, scored)], folder / "roc.png", f"ROC ({spec.split.value})")),
+                        str(plot_calibration(scored, folder / "calibration.png", f"Calibration ({spec.split.value})"))]
     return report, scored
 
 
@@ -411,5 +409,5 @@ def compare_models(path_a: str | Path, path_b: str | Path, csv_path: str | Path,
     report = compare_scores(a, b, data=f"{csv_path} ({spec.describe()})", resamples=resamples)
     report.rows = rows_used(csv_path, len(samples), why)
     if plot is not None:
-        plot_roc([(Path(path_a).name, a), (Path(path_b).name, b)], plot, f"ROC ({split.value})")
+        plot_roc([(Path(path_a).name, a), (Path(path_b).name, b)], plot, f"ROC ({spec.split.value})")
     return report

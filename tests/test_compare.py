@@ -136,3 +136,18 @@ def test_compare_command_on_a_bundle_and_its_checkpoint(random_bundle, random_mo
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", str(random_bundle), str(tmp_path / "missing.pt"), "--data", str(csv_path)])
     assert exit_info.value.code != 0
+
+
+def test_compare_draws_its_roc_plot(tmp_path):
+    """--plot titles the ROC with the rows decided for the comparison (it named a variable that an earlier
+    change of the split decision had removed: a NameError after both models had scored)."""
+    from edge_thyroid.commands.stream import DEMO_BUNDLE, data_path
+    from edge_thyroid.evaluation import SplitSpec, compare_models
+
+    from .test_evaluate import synthetic_csv
+
+    bundle = data_path(DEMO_BUNDLE)
+    plot = tmp_path / "roc.png"
+    report = compare_models(bundle, bundle, synthetic_csv(tmp_path, n_cases=8), SplitSpec(None), resamples=50,
+                            plot=plot)
+    assert report.n == 16 and plot.stat().st_size > 10_000
