@@ -185,6 +185,7 @@ def pooled_out_of_fold(results: list[dict]) -> dict:
 
 
 SCHEDULES = ("steps", "epochs")
+FIRST_SCHEDULE = "steps"   # what a result without train_schedule was trained with (the only one before the option)
 
 
 def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int, recipe,
@@ -392,10 +393,10 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                 if saved.get("train_cases", 1.0) != train_cases:   # a run folder of another share: not this curve's point
                     raise click.ClickException(f"{result_file} was trained on --train-cases {saved.get('train_cases', 1.0)}, "
                                                f"not {train_cases}; expected a run folder of its own per share")
-                if train_cases < 1 and saved.get("train_schedule", "steps") != train_schedule:
-                    raise click.ClickException(f"{result_file} was trained with --train-schedule "
-                                               f"{saved.get('train_schedule', 'steps')}, not {train_schedule}; expected a "
-                                               "run folder of its own per schedule")
+                saved_schedule = saved.get("train_schedule", FIRST_SCHEDULE)
+                if train_cases < 1 and saved_schedule != train_schedule:
+                    raise click.ClickException(f"{result_file} was trained with --train-schedule {saved_schedule}, not "
+                                               f"{train_schedule}; expected a run folder of its own per schedule")
                 results.append(saved)
             else:
                 recipe = make_recipe(seed, fold)

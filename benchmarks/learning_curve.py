@@ -28,7 +28,7 @@ import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cross_validate import mean_sd  # noqa: E402
+from cross_validate import FIRST_SCHEDULE, mean_sd  # noqa: E402
 
 
 def fold_slope(cases: np.ndarray, aucs: np.ndarray) -> tuple[float, float]:
@@ -93,8 +93,7 @@ def read_points(runs: list[tuple[float, Path]], seeds: list[int], full_cases: di
             first = rows[seeds[0]]
             point = {"share": share, "fold": fold, "seeds": list(seeds),
                      "cases": int(first.get("train_labelled_cases") or full_cases[fold]),
-                     # results from before --train-schedule were all trained with the whole side's steps
-                     "schedule": None if share >= 1 else first.get("train_schedule", "steps")}
+                     "schedule": None if share >= 1 else first.get("train_schedule", FIRST_SCHEDULE)}
             for key in ("auc", "auc_train_side", "tirads2_benign_rate", "cam_in_mask"):
                 values = [rows[s].get(key) for s in seeds]
                 point[key] = None if None in values else float(np.mean(values))

@@ -45,8 +45,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+    from edge_thyroid.metrics import logit
+
+    return logit(p, eps=1e-6)   # a p of 0 or 1 would otherwise dominate the fit
 
 
 def fit_platt(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None,
@@ -86,11 +87,17 @@ def rows_by_fold(cv: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     return {k: (np.array(v[0]), np.array(v[1])) for k, v in sorted(folds.items())}
 
 
+def pooled_rows(folds: dict[int, tuple[np.ndarray, np.ndarray]],
+                skip: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, p) of every fold's rows but ``skip``'s."""
+    kept = [rows for fold, rows in folds.items() if fold != skip]
+    return np.concatenate([r[0] for r in kept]), np.concatenate([r[1] for r in kept])
+
+
 def training_side_share(folds: dict[int, tuple[np.ndarray, np.ndarray]], fold: int) -> float:
     """Malignant share of the other folds' held-out rows: the fold model's training side (crops repeat once
     per seed in every fold alike, so the share is the crops')."""
-    labels = np.concatenate([folds[k][0] for k in folds if k != fold])
-    return float(labels.mean())
+    return float(pooled_rows(folds, skip=fold)[0].mean())
 
 
 def fold_figures(folds: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
@@ -100,11 +107,9 @@ def fold_figures(folds: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
 
     out = []
     for fold, (labels, scores) in folds.items():
-        others = [k for k in folds if k != fold]
-        fit_labels = np.concatenate([folds[k][0] for k in others])
-        fit_scores = np.concatenate([folds[k][1] for k in others])
+        fit_labels, fit_scores = pooled_rows(folds, skip=fold)
         a, b = fit_platt(fit_labels, fit_scores, prior_weights(fit_labels, 0.5))
-        share = training_side_share(folds, fold)
+        share = float(fit_labels.mean())   # training_side_share, from the rows already at hand
         own, equal = calibration(labels, scores), calibration(labels, scores, prior=0.5)
         shifted = calibration(labels, shift_prior(scores, share))
         platt = calibration(labels, apply_platt(scores, a, b), prior=0.5)
@@ -139,8 +144,7 @@ def plot(folds: dict[int, tuple[np.ndarray, np.ndarray]], path: str | Path) -> P
     from edge_thyroid.metrics import calibration, shift_prior
 
     plt = require_pyplot()
-    labels = np.concatenate([v[0] for v in folds.values()])
-    scores = np.concatenate([v[1] for v in folds.values()])
+    labels, scores = pooled_rows(folds)
     shifted = np.concatenate([shift_prior(v[1], training_side_share(folds, k)) for k, v in folds.items()])
     fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.6), dpi=120)
     panels = ((axes[0], f"at DDTI's mix ({labels.mean():.0%} malignant-labelled)",
@@ -181,8 +185,7 @@ def main(cv_json: str, json_out: str | None, plot_out: str | None) -> None:
     if len(folds) < 2:
         raise click.ClickException(f"{cv_json}: {len(folds)} fold(s) scored; a cross-fitted map needs two or more")
     per_fold = fold_figures(folds)
-    labels = np.concatenate([v[0] for v in folds.values()])
-    scores = np.concatenate([v[1] for v in folds.values()])
+    labels, scores = pooled_rows(folds)
     pooled = {"own_mix": calibration(labels, scores), "equal_classes": calibration(labels, scores, prior=0.5)}
     keys = ("ece_own_mix", "ece_equal_classes", "ece_own_mix_prior_shifted", "ece_equal_classes_platt",
             "brier_own_mix", "brier_equal_classes", "brier_own_mix_prior_shifted", "brier_equal_classes_platt")

@@ -300,12 +300,17 @@ def calibration(labels: np.ndarray, scores: np.ndarray, bins: int = 10, prior: f
             "prior": prior, "bins": table}
 
 
+def logit(p, eps: float = 1e-12) -> np.ndarray:
+    """log(p / (1 - p)) in float64, p clipped to [eps, 1 - eps] so 0 and 1 stay finite."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(p / (1 - p))
+
+
 def shift_prior(p, to_prior: float, from_prior: float = 0.5) -> np.ndarray:
     """p under another share of malignant nodules (Bayes: the odds scale by the ratio of the priors'
     odds): a model calibrated where ``from_prior`` of the nodules are malignant, read where ``to_prior`` are."""
     for name, value in (("to_prior", to_prior), ("from_prior", from_prior)):
         if not 0.0 < value < 1.0:
             raise ValueError(f"{name} {value}: expected a share of malignant nodules in (0, 1)")
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
-    logit = np.log(p / (1 - p)) + math.log(to_prior / (1 - to_prior)) - math.log(from_prior / (1 - from_prior))
-    return 1.0 / (1.0 + np.exp(-logit))
+    shifted = logit(p) + math.log(to_prior / (1 - to_prior)) - math.log(from_prior / (1 - from_prior))
+    return 1.0 / (1.0 + np.exp(-shifted))

@@ -63,6 +63,3 @@ class CheckpointScorer(Scorer):
                 logits = self.model(torch.from_numpy(panes), torch.from_numpy(present))
             out[start : start + len(chunk)] = torch.sigmoid(logits.double()).numpy()
         return out
-
-    def close(self) -> None:
-        """Nothing to release: the model is garbage-collected with the scorer."""

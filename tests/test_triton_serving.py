@@ -31,8 +31,8 @@ from edge_thyroid.errors import BackendError, ServerUnavailableError
 from edge_thyroid.serving.backbone_model import STAGE_LOG, FairQueue
 from edge_thyroid.serving.repository import (CLIENT_PARAMETER, ONE_IN_FLIGHT_PARAMETER, ORDER, BatchingOptions,
                                             ServedModel, write_model)
-from edge_thyroid.serving.server import (ServerError, ServerOptions, TritonServer, find_installation, free_port,
-                                         free_ports)
+from edge_thyroid.serving.server import (ServerError, ServerOptions, TritonServer, fill_free_ports, find_installation,
+                                         free_port, free_ports)
 
 from .conftest import REPO, needs_torch, screen_frame
 from .reliability.helpers import assert_refused, parse_jsonl, run_cli
@@ -67,8 +67,7 @@ class Served:
 
 def start_server(repository: Path, **ports: int) -> TritonServer:
     names = ("grpc_port", "http_port", "metrics_port")
-    chosen = iter(free_ports(sum(not ports.get(n) for n in names), avoid=[p for p in ports.values() if p]))
-    ports = {name: ports.get(name) or next(chosen) for name in names}
+    ports = dict(zip(names, fill_free_ports([ports.get(name) for name in names])))
     return TritonServer(ServerOptions(repository, **ports)).start(timeout_s=120)
 
 

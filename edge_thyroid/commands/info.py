@@ -85,14 +85,17 @@ def training_lines(manifest: dict) -> list[str]:
                      + (f", pooled out of fold {cv['out_of_fold_auc']:.3f} [{pooled[0]:.3f}, {pooled[1]:.3f}]"
                         if isinstance(cv.get("out_of_fold_auc"), float) and pooled else "")
                      + (f"; CAM in mask {cv['cam_in_mask']['mean']:.2f}" if isinstance(cv.get("cam_in_mask"), dict) else ""))
-    split = (manifest.get("provenance") or {}).get("training_data") or {}
-    every_row = (metrics.get("training") or {}).get("data_csv_sha256")
-    if split.get("sha256"):
-        lines.append(f"trained on  the training side of fold {split.get('fold', '?')}/{split.get('folds', '?')} (seed "
-                     f"{split.get('seed', '?')}) of {split.get('data', 'a CSV')} (sha256 {split['sha256'][:12]}...)")
-    elif every_row:
-        lines.append(f"trained on  every labelled row of a CSV with sha256 {every_row[:12]}...: `evaluate` on it is "
+    from ..scorer import training_rows
+
+    split = (manifest.get("provenance") or {}).get("training_data")
+    seen = training_rows(split, metrics.get("training"))   # the rule evaluate decides its rows by
+    known = lambda value: "?" if value is None else value   # noqa: E731
+    if seen.every_row:
+        lines.append(f"trained on  every labelled row of a CSV with sha256 {seen.sha256[:12]}...: `evaluate` on it is "
                      "in-sample; the accuracy line is the held-out figure")
+    elif seen.sha256:
+        lines.append(f"trained on  the training side of fold {known(seen.fold)}/{known(seen.folds)} (seed "
+                     f"{known(seen.seed)}) of {split.get('data') or 'a CSV'} (sha256 {seen.sha256[:12]}...)")
     return lines
 
 

@@ -130,12 +130,10 @@ def serve(bundles, host, grpc_port, http_port, metrics_port, repository, ready_t
       edge-thyroid serve bundle/ --flavor openvino --layout latency     # one workstation, fastest
     """
     from ..serving.repository import write_model
-    from ..serving.server import ServerOptions, TritonServer, free_ports
+    from ..serving.server import ServerOptions, TritonServer, fill_free_ports
 
-    asked = [grpc_port, http_port, metrics_port]
-    chosen = iter(free_ports(asked.count(0), host if host not in ("0.0.0.0", "::") else "127.0.0.1",
-                             avoid=[port for port in asked if port]))
-    ports = [port or next(chosen) for port in asked]
+    ports = fill_free_ports([grpc_port, http_port, metrics_port],
+                            host if host not in ("0.0.0.0", "::") else "127.0.0.1")
     if len(set(ports)) != 3:
         raise click.UsageError(f"--grpc-port, --http-port and --metrics-port must differ; got {ports}")
     keep = repository is not None

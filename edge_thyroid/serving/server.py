@@ -133,6 +133,14 @@ def free_port(host: str = LOOPBACK) -> int:
     return free_ports(1, host)[0]
 
 
+def fill_free_ports(ports: Sequence[int | None], host: str = LOOPBACK) -> list[int]:
+    """``ports`` with every 0 (or None) replaced by a free port, all of them distinct from each other and
+    from the ports given."""
+    given = [port for port in ports if port]
+    chosen = iter(free_ports(len(ports) - len(given), host, avoid=given))
+    return [port or next(chosen) for port in ports]
+
+
 @dataclass
 class ServerOptions:
     repository: Path
@@ -285,4 +293,4 @@ def _url_host(host: str) -> str:
 
 
 __all__ = ["Installation", "ServerError", "ServerOptions", "TritonServer", "find_installation",
-           "free_port", "free_ports"]
+           "fill_free_ports", "free_port", "free_ports"]
