@@ -283,7 +283,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
          unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
-    from edge_thyroid.export.nodule_training import NoduleRecipe, fit_nodule, fold_assignment, split_record
+    from edge_thyroid.export.nodule_training import (NoduleRecipe, every_row_record, fit_nodule, fold_assignment,
+                                                     split_record)
     from edge_thyroid.export.checkpoint import load_checkpoint
 
     if replay_per_batch and not replay:
@@ -380,7 +381,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
         target = out / "all"
         if not (target / "final.pt").exists():
             click.echo(f"[all data] training on {len(pack)} crops", err=True)
-            fit_nodule(recipe, pack, np.arange(len(pack)), target, device=device, workers=workers, threads=threads)
+            fit_nodule(recipe, pack, np.arange(len(pack)), target, device=device, workers=workers, threads=threads,
+                       split=every_row_record(pack))
 
     done = 0
     for fold in fold_list:

@@ -30,11 +30,14 @@ class TrainingRows:
 
 def training_rows(split: Mapping[str, Any] | None, all_data: Mapping[str, Any] | None) -> TrainingRows:
     """From a model's records: ``split``, the split it was trained on (bundle provenance.training_data,
-    checkpoint training.split: data, sha256, folds, fold, seed); ``all_data``, what stamp_checkpoint writes
-    into the model trained on every row (metrics.training: data_csv_sha256)."""
+    checkpoint training.split: data, sha256, folds, fold, seed, or ``every_row`` true for a model trained on
+    every row); ``all_data``, what stamp_checkpoint writes into the model trained on every row
+    (metrics.training: data_csv_sha256)."""
     def whole(value: Any) -> int | None:   # a record is free-form JSON: a non-integer is "not recorded"
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
+    if split and split.get("sha256") and split.get("every_row") is True:
+        return TrainingRows(str(split["sha256"]), every_row=True)
     if split and split.get("sha256"):
         return TrainingRows(str(split["sha256"]), False, *(whole(split.get(k)) for k in ("folds", "fold", "seed")))
     if all_data and all_data.get("data_csv_sha256"):

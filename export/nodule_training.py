@@ -323,6 +323,16 @@ def split_record(pack: DataPack, folds: int, fold: int, seed: int = 0) -> dict[s
     return {"data": pack.meta.get("csv"), "sha256": digest, "folds": folds, "fold": fold, "seed": seed}
 
 
+def every_row_record(pack: DataPack) -> dict[str, Any] | None:
+    """What a model trained on every crop of the pack records (checkpoint training.split with ``every_row``),
+    so that `edge-thyroid evaluate` on that CSV says every figure is in-sample even before
+    stamp_checkpoint adds the cross-validated metrics; None when the pack names no one CSV."""
+    digest = pack.meta.get("csv_sha256")
+    if not digest or "+" in str(digest):
+        return None
+    return {"data": pack.meta.get("csv"), "sha256": digest, "every_row": True}
+
+
 def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, out: Path, *,
                device: str = "auto", workers: int = 0, threads: int = 0, resume: bool = True,
                log: Callable[[str], None] | None = None, split: dict[str, Any] | None = None) -> MultimodalClassifier:
@@ -603,7 +613,7 @@ def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, 
             raise click.BadParameter(f"must be in [0, {folds}), got {fold}", param_hint="--fold")
         index = np.flatnonzero(fold_assignment(pack, folds) != fold)
     fit_nodule(recipe, pack, index, Path(out_dir), device=device, workers=workers, threads=threads, resume=resume,
-               split=None if use_all else split_record(pack, folds, fold))
+               split=every_row_record(pack) if use_all else split_record(pack, folds, fold))
     click.echo(json.dumps({"checkpoint": str(Path(out_dir) / "final.pt")}))
 
 

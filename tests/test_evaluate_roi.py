@@ -144,6 +144,9 @@ def test_the_records_that_say_which_rows_a_model_saw():
     assert training_rows(None, {"data_csv_sha256": "cd" * 32}) == TrainingRows("cd" * 32, every_row=True)
     assert training_rows({}, {}) == TrainingRows() == training_rows(None, None)
     assert training_rows({**split, "fold": "2", "seed": None}, None) == TrainingRows("ab" * 32, False, 4, None, None)
+    every = {"data": "a.csv", "sha256": "ab" * 32, "every_row": True}
+    assert training_rows(every, None) == TrainingRows("ab" * 32, every_row=True)
+    assert training_rows({**every, "every_row": "yes"}, None) == TrainingRows("ab" * 32)   # free-form: only true counts
 
 
 @needs_data
@@ -218,6 +221,15 @@ def test_export_records_the_training_csv_and_evaluate_uses_it(random_model, tmp_
     for model in (bundle, checkpoint):        # the bundle's manifest and the checkpoint both say so
         report, _ = evaluate_model(model, crops, SplitSpec(None), resamples=50)
         assert report.n < 24 and "is the one the model was trained on" in report.rows
+
+    every = {"data": str(crops), "sha256": sha256_file(crops), "every_row": True}   # an all-data model, unstamped
+    save_checkpoint(checkpoint, random_model, CheckpointInfo(image_size=32, training={"split": every}))
+    result = CliRunner().invoke(cli, ["export", str(checkpoint), "-o", str(tmp_path / "all"), "--image-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "all" / "manifest.json").read_text())["provenance"]["training_data"] == every
+    for model in (tmp_path / "all", checkpoint):
+        report, _ = evaluate_model(model, crops, SplitSpec(None), resamples=50)
+        assert report.n == 24 and "in-sample" in report.rows
 
 
 def test_classify_takes_a_box_per_image_from_a_list(tmp_path):

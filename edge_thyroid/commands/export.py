@@ -162,7 +162,7 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
             provenance["checkpoint"] = {"file": str(checkpoint), "sha256": sha256_file(checkpoint)}
             split = info.training.get("split") or {}
             if split.get("sha256"):   # the training CSV, so evaluate knows which rows the model has seen
-                provenance["training_data"] = {k: split[k] for k in ("data", "sha256", "folds", "fold", "seed")
+                provenance["training_data"] = {k: split[k] for k in ("data", "sha256", "folds", "fold", "seed", "every_row")
                                                if k in split}
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise EdgeThyroidError(str(exc)) from None
