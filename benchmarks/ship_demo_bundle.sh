@@ -27,11 +27,11 @@ mkdir -p "$RUNS/bundles"
 $PY benchmarks/stamp_checkpoint.py "$CV_JSON" "$CKPT" -o "$RUNS/shipped.pt"
 FP32_FLIP=() INT8_FLIP=()   # both line the mirrored view up on the same seeded training-side images
 if [ "$TEST_TIME_FLIP" = 1 ]; then FP32_FLIP=(--test-time-flip --calib "$LABELS"); INT8_FLIP=(--test-time-flip); fi
-$ET export "$RUNS/shipped.pt" -o "$RUNS/bundles/shipped_fp32" --force --box-context "$BOX_CONTEXT" "${FP32_FLIP[@]}"
+$ET export "$RUNS/shipped.pt" -o "$RUNS/bundles/shipped_fp32" --force --box-context "$BOX_CONTEXT" --probability-prior 0.5 "${FP32_FLIP[@]}"
 # Full INT8 first (the fastest); if its gate refuses it, the stem (the first convolution and its pool) stays
 # in float, the smallest change that brought the cyst-trained model's INT8 decisions back within budget.
 int8_export() {
-    $ET export "$RUNS/shipped.pt" -o "$BUNDLE" --force --box-context "$BOX_CONTEXT" --precision int8 --calib "$LABELS" \
+    $ET export "$RUNS/shipped.pt" -o "$BUNDLE" --force --box-context "$BOX_CONTEXT" --probability-prior 0.5 --precision int8 --calib "$LABELS" \
         "${INT8_FLIP[@]}" --verify-data "$LABELS" --no-keep-fp32 "$@"
 }
 if ! int8_export; then

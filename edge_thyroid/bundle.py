@@ -127,6 +127,9 @@ class Manifest:
     test_time: dict[str, Any] = field(default_factory=dict)
     # {"file", "modality", "neighbours", "threshold", ...}: its training crops' features (familiarity.py)
     familiarity: dict[str, Any] = field(default_factory=dict)
+    # {"prior": 0.5, "basis": ...}: the share of malignant nodules the model's p assumes (prevalence.py);
+    # empty: not recorded, and --prevalence refuses the bundle.
+    probability: dict[str, Any] = field(default_factory=dict)
 
     @property
     def test_time_flip(self) -> bool:
@@ -160,6 +163,7 @@ class Manifest:
             **({"nodule_box": {"context": self.box_context, "note": BOX_CONTEXT_NOTE}} if self.box_context != 1.0 else {}),
             **({"test_time": {**self.test_time, "note": TEST_TIME_NOTE}} if self.test_time_flip else {}),
             **({"familiarity": self.familiarity} if self.familiarity else {}),
+            **({"probability": self.probability} if self.probability else {}),
             "files": dict(sorted(self.files.items())),
         }
 
@@ -200,6 +204,11 @@ class Manifest:
                 raise BundleError(f"{source}: test_time.flip is {test_time['flip']!r}; expected true or false")
             files = {file_name(name, "files"): str(digest) for name, digest in mapping(data["files"], "files").items()}
             familiarity = manifest_entry(mapping(data.get("familiarity", {}), "familiarity"), modalities, source)
+            probability = dict(mapping(data.get("probability", {}), "probability"))
+            prior = probability.get("prior")
+            if probability and (not isinstance(prior, (int, float)) or isinstance(prior, bool) or not 0.0 < prior < 1.0):
+                raise BundleError(f"{source}: probability.prior is {prior!r}; expected the share of malignant nodules "
+                                  "the model's p assumes, in (0, 1)")
             return cls(
                 backbone=str(data["backbone"]),
                 modalities=modalities,
@@ -219,6 +228,7 @@ class Manifest:
                 box_context=box_context,
                 test_time=test_time,
                 familiarity=familiarity,
+                probability=probability,
             )
         except BundleError:
             raise

@@ -43,6 +43,7 @@ class Finding:
     modality: str = "bmode"
     reason: str | None = None             # why it abstained
     frame_number: int | None = None       # 1-based frame of a multi-frame source
+    prevalence: float | None = None       # the share of malignant nodules p and threshold are read at (None: the model's own)
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,9 @@ def structured_report(finding: Finding, model: ModelIdentity, image: Any) -> Any
         if value is not None:
             items.append(hd.sr.NumContentItem(name=_concept(code, meaning), value=float(value), unit=unit,
                                               relationship_type=rel.CONTAINS))
+    if finding.prevalence is not None:
+        items.append(hd.sr.NumContentItem(name=_concept("prevalence", "Share of malignant nodules the probability is read at"),
+                                          value=float(finding.prevalence), unit=unit, relationship_type=rel.CONTAINS))
     if finding.reason:
         items.append(hd.sr.TextContentItem(name=_concept("abstain_reason", "Reason for abstaining"),
                                            value=finding.reason[:1024], relationship_type=rel.CONTAINS))
@@ -264,4 +268,4 @@ def stream_finding(result: Any, rows: int, columns: int, frames: int) -> Finding
         reason = result.reason.value + (f": {result.detail}" if result.detail else "")
     return Finding(result.decision.value, result.p, result.p_smoothed, result.threshold,
                    pane.roi if pane else (0, 0, columns, rows), pane.modality if pane else "bmode", reason,
-                   frame_number=result.frame % frames + 1)
+                   frame_number=result.frame % frames + 1, prevalence=result.prevalence)

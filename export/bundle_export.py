@@ -140,13 +140,15 @@ def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path
                   keep_fp32: bool = True, gate: GateRequest | None = None, cache_dir: Path | None = None,
                   max_panes: int = 3, progress: bool = False, model_card: dict[str, Any] | None = None,
                   preprocessing: PreprocessSpec | None = None, box_context: float = 1.0,
-                  test_time_flip: bool = False, mirror_data: Path | None = None) -> Path:
+                  test_time_flip: bool = False, mirror_data: Path | None = None,
+                  probability_prior: float | None = None) -> Path:
     """Write a bundle atomically; returns its path. Raises GateFailedError (nothing written) when
     ``gate`` is given and the compiled model is outside its budget. ``preprocessing`` overrides the
     default spec at ``image_size`` (an imported model's own mean and std); ``box_context`` is how many
     times the runtime grows a nodule box before the model sees it (Manifest.box_context);
     ``test_time_flip`` builds the mirror-image average into the graph (the project's classifier only),
-    lined up on training images of ``mirror_data`` (default: the calibration data, else the gate's)."""
+    lined up on training images of ``mirror_data`` (default: the calibration data, else the gate's);
+    ``probability_prior`` is the share of malignant nodules the model's p assumes (Manifest.probability)."""
     test_time: dict[str, Any] = {}
     if test_time_flip:
         if isinstance(model, BundleModel):
@@ -215,6 +217,8 @@ def export_bundle(model: MultimodalClassifier | BundleModel, out_dir: str | Path
             provenance={"tools": tool_versions(), **(provenance or {})},
             model_card=dict(model_card or {}),
             box_context=float(box_context), test_time=test_time,
+            probability={"prior": float(probability_prior), "basis": "given at export (--probability-prior)"}
+            if probability_prior is not None else {},
         )
         report = None
         if labelled is not None and key != "fp32":

@@ -70,6 +70,19 @@ def test_export_classify_json_and_cam(tmp_path, image):
 
 
 @needs_torch
+def test_export_records_what_p_assumes_and_info_says_it(tmp_path):
+    bundle = tmp_path / "b"
+    assert run(["export", "--random-init", "-o", str(bundle), "--image-size", "32", "--probability-prior", "0.5"]).exit_code == 0
+    assert json.loads((bundle / "manifest.json").read_text())["probability"]["prior"] == 0.5
+    assert "p assumes   0.5 of the nodules malignant" in run(["info", str(bundle)]).output
+    plain = tmp_path / "plain"
+    assert run(["export", "--random-init", "-o", str(plain), "--image-size", "32"]).exit_code == 0
+    assert "probability" not in json.loads((plain / "manifest.json").read_text())
+    assert "p assumes   not recorded" in run(["info", str(plain)]).output
+    assert run(["export", "--random-init", "-o", str(tmp_path / "c"), "--probability-prior", "1"]).exit_code == 2
+
+
+@needs_torch
 def test_export_refuses_to_overwrite_without_force(tmp_path):
     bundle = tmp_path / "b"
     assert run(["export", "--random-init", "-o", str(bundle), "--image-size", "32"]).exit_code == 0

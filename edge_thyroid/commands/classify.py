@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import InputError
+from .params import prevalence_option
 from .runtime_options import backend_settings, print_auto_choice, runtime_options
 from .trust_options import trust_option
 
@@ -59,10 +60,11 @@ def _cam_path(cam: str, image: Path, many: bool) -> Path:
 @click.option("--dicom-sr", "dicom_sr", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Write a DICOM Structured Report per image (IMAGE.sr.dcm) and the Secondary Capture it refers "
                    "to (IMAGE.sc.dcm) into DIR. Needs pip install 'edge-thyroid[dicom]'.")
+@prevalence_option
 @runtime_options
 @trust_option
 def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_out, as_json, dicom_sr,
-             **backend_kwargs) -> None:
+             prevalence_share, **backend_kwargs) -> None:
     """Classify IMAGES (PNG/JPEG/..., read as BGR; grayscale is replicated) with BUNDLE.
 
     Prints p(malignant), the decision at the bundle's threshold and the per-modality logits. The
@@ -88,6 +90,7 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
     from ..engine import Engine
     from ..frames import Pane, read_image
     from ..inputs import pane_problem
+    from ..prevalence import site_prevalence
     from ..visualize import overlay_prediction
 
     if bool(images) == bool(image_list):
@@ -110,6 +113,7 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
     furniture = still_furniture(rows)   # the screen's fixed text and marks, learnt from the screenshots themselves
     noted: set[tuple[int, int]] = set()
     with Engine(bundle, model=model_key, threads=threads, **backend_settings(backend_kwargs)) as engine:
+        prevalence = site_prevalence(prevalence_share, engine.bundle.manifest.probability, bundle)
         print_auto_choice(engine)
         for row in rows:
             path = row.image
@@ -126,12 +130,18 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
                 if problem:
                     raise InputError(f"image {path}: {problem}")
                 prediction = engine.classify(frame, [pane])
+                decision = prediction.decision   # the model's own: the same at any --prevalence
+                if prevalence is not None:
+                    prediction = replace(prediction, probability=prevalence.p(prediction.probability),
+                                         logit=prevalence.logit(prediction.logit),
+                                         threshold=prevalence.p(prediction.threshold))
             except InputError as exc:
                 # One bad image must not hide the results of the good ones: report it, go on, fail at the end.
                 unusable.append(str(exc))
                 click.echo(f"skipped: {exc}", err=True)
                 continue
-            record = {"image": str(path), **prediction.to_dict()}
+            record = {"image": str(path), **prediction.to_dict(), "decision": decision,
+                      **({"probability": prevalence.to_dict()} if prevalence is not None else {})}
             if calipers is not None:
                 record["calipers"] = {"box": list(calipers.box), "marks": [m.to_dict() for m in calipers.marks]}
             if cam_out and not engine.head.has_cam:
@@ -145,13 +155,16 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
                     raise InputError(f"cannot write CAM image {target}; expected a writable path ending in .png or .jpg")
                 record["cam"] = str(target)
             if dicom_sr:
-                record["dicom_sr"] = str(_write_report(Path(dicom_sr), path, frame, marked, prediction, engine))
+                record["dicom_sr"] = str(_write_report(Path(dicom_sr), path, frame, marked, prediction, decision, engine,
+                                                       prevalence.site if prevalence is not None else None))
             if as_json:
                 click.echo(json.dumps(record))
             else:
                 logits = ", ".join(f"{m}={v:+.3f}" for m, v in prediction.contributions.items())
-                click.echo(f"{path}: p(malignant)={prediction.probability:.4f} -> {prediction.decision} "
-                           f"(threshold {prediction.threshold:.3f}; logits {logits})"
+                click.echo(f"{path}: p(malignant)={prediction.probability:.4f} -> {decision} "
+                           f"(threshold {prediction.threshold:.3f}"
+                           + (f" at prevalence {prevalence.site:g}" if prevalence is not None else "")
+                           + f"; logits {logits})"
                            + (f"; nodule box {list(calipers.box)} from {len(calipers.marks)} calipers" if calipers else "")
                            + (f"; UNFAMILIAR: unlike the model's training crops (distance "
                               f"{prediction.familiarity.distance:.3f} > {prediction.familiarity.threshold:.3f}), "
@@ -161,8 +174,10 @@ def classify(bundle, images, modality, roi, image_list, model_key, threads, cam_
                          f"the first: {unusable[0]}")
 
 
-def _write_report(directory: Path, image: Path, frame, pane, prediction, engine) -> Path:
+def _write_report(directory: Path, image: Path, frame, pane, prediction, decision: str, engine,
+                  prevalence: float | None) -> Path:
     from ..dicom_sr import Finding, ModelIdentity, write_report
 
-    finding = Finding(prediction.decision, prediction.probability, None, prediction.threshold, pane.roi, pane.modality)
+    finding = Finding(decision, prediction.probability, None, prediction.threshold, pane.roi, pane.modality,
+                      prevalence=prevalence)
     return write_report(directory / f"{image.stem}.sr.dcm", finding, ModelIdentity.of(engine), frame_bgr=frame)[-1]

@@ -75,11 +75,15 @@ def _import_export_tools():
               help="Build into the graph the average of each pane's feature maps with its mirror image's "
                    "(2 backbone passes per pane; exact CAMs kept), lined up on training images of --calib (any "
                    "precision) or --verify-data. The demo bundle uses it (BENCHMARKS.md).")
+@click.option("--probability-prior", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="The share of malignant nodules the model's p assumes: 0.5 for a model trained with the classes "
+                   "sampled equally (the project's recipes). Recorded so that stream/classify --prevalence can read p "
+                   "at a site's own share; without it, --prevalence refuses the bundle.")
 @click.option("--intended-use", default="", help="Free text for the bundle's model card (shown by 'edge-thyroid info').")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 def export(checkpoint, output, backbone, modalities, image_size, random_init, seed, force, precision, target, calib,
            calib_method, calib_count, calib_average, fp32_layers, keep_fp32, verify_data, max_auc_drop, min_agreement, cache_dir,
-           malignant_index, mean, std, channel_order, box_context, test_time_flip, intended_use, as_json) -> None:
+           malignant_index, mean, std, channel_order, box_context, test_time_flip, probability_prior, intended_use, as_json) -> None:
     """Export CHECKPOINT to a model bundle: model.onnx with the preprocessing fused in (uint8 BGR frame
     + pane ROIs in, feature maps out), head.npz and manifest.json.
 
@@ -187,6 +191,7 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
                                            progress=True, model_card=imported.model_card if imported else None,
                                            preprocessing=imported.preprocessing if imported else None,
                                            box_context=box_context, test_time_flip=test_time_flip,
+                                           probability_prior=probability_prior,
                                            mirror_data=Path(calib) if calib else Path(verify_data) if verify_data else None)
     except GateFailedError as failure:
         click.echo("\n".join(failure.report.lines()), err=True)

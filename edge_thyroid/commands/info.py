@@ -61,6 +61,12 @@ def info(bundle, as_json) -> None:
                        + (f" ({figures})" if figures else ""))
     t = manifest["threshold"]
     click.echo(f"threshold   {t['value']:.4f} ({t['method']}, chosen on {t['chosen_on']})")
+    from ..prevalence import model_prior
+
+    prior = model_prior(manifest.get("probability"))
+    click.echo("p assumes   " + (f"{prior:g} of the nodules malignant; --prevalence SHARE reads p and the threshold at a "
+                                 "site's own share (decisions unchanged)" if prior is not None else
+                                 "not recorded (no --prevalence; export --probability-prior records it)"))
     for line in training_lines(manifest):
         click.echo(line)
     if manifest["metrics"]:

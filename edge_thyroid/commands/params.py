@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -28,3 +30,13 @@ def make_output_folder(folder: str | Path, flag: str) -> None:
     except OSError as exc:
         raise InputError(f"{flag}: cannot create the folder {folder} ({exc.strerror or exc}); expected a writable "
                          "folder path") from None
+
+
+def prevalence_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--prevalence (passed on as ``prevalence_share``): read p at a site's own share of malignant nodules."""
+    return click.option(
+        "--prevalence", "prevalence_share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+        metavar="SHARE",
+        help="Show p(malignant) and the threshold as they read where SHARE of the nodules seen are malignant "
+             "(e.g. 0.1), moved from the share the bundle's p assumes (its probability.prior, 0.5 for the demo "
+             "model) by Bayes' rule. Decisions do not change: they are made on the model's own p.")(function)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..errors import BundleError, EdgeThyroidError, InputError
-from .params import parse_size
+from .params import parse_size, prevalence_option
 from .runtime_options import backend_settings, print_auto_choice, runtime_options
 from .trust_options import trust_option
 
@@ -58,6 +58,7 @@ class StreamOptions:
     control: str | None = None
     calipers: bool = True
     abstain_unfamiliar: bool = False
+    prevalence_share: float | None = None   # read p where this share of the nodules are malignant
     backend_settings: dict[str, Any] = field(default_factory=dict)   # Engine keywords: backend and its options
     view: tuple[str, int] | None = None     # serve the live view here (host, port)
     view_fps: float = 10.0
@@ -142,7 +143,7 @@ def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in options:
         function = option(function)
-    return runtime_options(function)
+    return runtime_options(prevalence_option(function))
 
 
 def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, default_layout: str | None = None,
@@ -151,6 +152,7 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
     view's port is taken, serve it on a free one instead of failing (the demo's default port)."""
     from ..engine import Engine
     from ..layout import load_layout
+    from ..prevalence import site_prevalence
     from ..stream import Pipeline, PipelineConfig, ReconnectPolicy
     from ..sinks import ConsoleSink, JsonlSink, OverlayVideoSink, WindowSink
     from ..sources import SourceOptions, create_source
@@ -183,6 +185,8 @@ def run_stream(bundle: str | Path, source_spec: str, options: StreamOptions, *, 
         if options.abstain_unfamiliar and engine.familiarity is None:
             raise click.UsageError(f"--abstain-unfamiliar needs a bundle with a familiarity reference; {bundle} has "
                                    "none (give it one: edge-thyroid familiarize BUNDLE --data TRAINING_CSV)")
+        config = replace(config, prevalence=site_prevalence(options.prevalence_share, engine.bundle.manifest.probability,
+                                                            str(bundle)))
         if not options.quiet:
             print_auto_choice(engine)
         source.open()

@@ -22,6 +22,7 @@ from ..frames import Pane, Roi, widen_box
 from ..head import FusionHead, sigmoid
 from ..inputs import size_problem
 from ..layout import Layout, Modality, preset
+from ..prevalence import Prevalence
 from ..sources import Captured
 from ..temporal import Reason, TemporalFilter
 from .cache import PaneCache
@@ -66,7 +67,7 @@ class FrameClassifier:
 
     def __init__(self, engine: EngineLike, layout: Layout, cache: PaneCache, temporal: TemporalFilter, *,
                  media_fps: float, lossless: bool, keep_frames: bool, nodule: NoduleBox | None = None,
-                 abstain_unfamiliar: bool = False) -> None:
+                 abstain_unfamiliar: bool = False, prevalence: Prevalence | None = None) -> None:
         self.engine = engine
         self.layout = layout
         self.cache = cache
@@ -75,6 +76,8 @@ class FrameClassifier:
         self.lossless = lossless
         self.keep_frames = keep_frames
         self.abstain_unfamiliar = abstain_unfamiliar
+        # Applied to what the result shows, after the temporal filter decided on the model's own p.
+        self.prevalence = prevalence
         self.nodule = nodule or NoduleBox()
         self.last_change_ts: float | None = None
         self.last_fused: Prediction | None = None
@@ -244,14 +247,21 @@ class FrameClassifier:
         for stage in ("preprocess", "infer", "head"):
             stages.setdefault(stage, 0.0)
         done = time.monotonic()
+        threshold, p_smoothed = self.engine.threshold, verdict.p_smoothed
+        if self.prevalence is not None:
+            shown = self.prevalence
+            p, logit, p_smoothed, threshold = shown.p(p), shown.logit(logit), shown.p(p_smoothed), shown.p(threshold)
+            for pane_record in panes:
+                pane_record.p = shown.p(pane_record.p)
         return StreamResult(
             frame=item.index, capture_ts=item.timestamp, wall_time=time.time(), stages_ms=stages,
             total_ms=(done - item.timestamp) * 1000.0, panes=panes, p=p, logit=logit,
-            p_smoothed=verdict.p_smoothed, decision=verdict.decision, reason=verdict.reason, detail=verdict.detail,
-            threshold=self.engine.threshold, processed=0, dropped=0, cache_hits=0, gaps=0, result_time=done,
+            p_smoothed=p_smoothed, decision=verdict.decision, reason=verdict.reason, detail=verdict.detail,
+            threshold=threshold, processed=0, dropped=0, cache_hits=0, gaps=0, result_time=done,
             roi=choice.roi, roi_source=choice.source, model_roi=model_roi, frozen=choice.frozen,
             calipers=[m.to_dict() for m in choice.marks], media_ts=item.media_ts, familiarity=familiarity,
-            image=frame if self.keep_frames else None, prediction=prediction)
+            image=frame if self.keep_frames else None, prediction=prediction,
+            prevalence=self.prevalence.site if self.prevalence is not None else None)
 
     def _note_outage(self, error: str) -> None:
         if self._outage is None:

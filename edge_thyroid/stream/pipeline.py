@@ -24,6 +24,7 @@ from ..control import ControlChange, ControlServer
 from ..errors import EdgeThyroidError, InputError
 from ..inputs import BLANK_STD
 from ..layout import Layout
+from ..prevalence import Prevalence
 from ..sinks import Sink
 from ..sources import Captured, Source
 from ..temporal import TemporalConfig, TemporalFilter
@@ -54,6 +55,7 @@ class PipelineConfig:
     calipers: bool = True              # on a frozen B-mode pane, take the box from measurement calipers
     control: str | None = None         # control channel address: a Unix socket path or tcp://127.0.0.1:PORT
     abstain_unfamiliar: bool = False   # abstain on a frame whose B-mode pane the bundle's reference finds unfamiliar
+    prevalence: Prevalence | None = None   # show p and the threshold at a site's share of malignant nodules
 
 
 class Pipeline:
@@ -128,6 +130,7 @@ class Pipeline:
         classifier = FrameClassifier(self.engine, self.layout, self.cache, self.temporal,
                                      media_fps=self.source.fps or 30.0, lossless=self.config.lossless,
                                      keep_frames=self.fanout.keep_frames, abstain_unfamiliar=self.config.abstain_unfamiliar,
+                                     prevalence=self.config.prevalence,
                                      nodule=NoduleBox(whole_pane=self.config.whole_pane, calipers=self.config.calipers))
         self.classifier = classifier
         self.fanout.open()
@@ -201,7 +204,8 @@ class Pipeline:
             started_utc=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             engine=self.engine.identity(), layout=self.layout.to_dict(),
             source={"kind": self.source.kind, "description": self.source.describe(), "fps": self.source.fps},
-            threshold=self.engine.threshold, temporal=temporal)
+            threshold=self.config.prevalence.p(self.engine.threshold) if self.config.prevalence else self.engine.threshold,
+            temporal=temporal, probability=self.config.prevalence.to_dict() if self.config.prevalence else None)
 
     def _summary(self, seconds: float) -> StreamSummary:
         stopped = self.stopped_by or ("source error" if self.error else "end of source")

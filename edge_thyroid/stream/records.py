@@ -81,6 +81,7 @@ class StreamResult:
     calipers: list[dict[str, Any]] = field(default_factory=list)   # the marks behind a calipers box
     media_ts: float | None = None      # seconds into the recording (file/DICOM sources); None when live
     familiarity: Familiarity | None = None   # the B-mode pane against the bundle's training crops (None: not checked)
+    prevalence: float | None = None    # the share of malignant nodules p and threshold are read at (None: the model's own)
     image: np.ndarray | None = field(default=None, repr=False)
     prediction: Prediction | None = field(default=None, repr=False)
 
@@ -112,13 +113,15 @@ class HeaderRecord:
     source: dict[str, Any]       # kind, description, fps
     threshold: float
     temporal: dict[str, Any]     # TemporalConfig as plain values
+    probability: dict[str, Any] | None = None   # Prevalence.to_dict() when p is read at a site's share; None: the model's own
 
     def record(self) -> dict[str, Any]:
         return {"type": "header", "format_version": FORMAT_VERSION, "engine_version": self.engine["version"],
                 "started_utc": self.started_utc, "bundle": self.engine["bundle"], "model": self.engine["model"],
                 "backend": self.engine["backend"], "backend_auto": self.engine.get("backend_auto"),
                 "threads": self.engine["threads"], "layout": self.layout,
-                "source": self.source, "threshold": self.threshold, "temporal": self.temporal}
+                "source": self.source, "threshold": self.threshold, "temporal": self.temporal,
+                "probability": self.probability}
 
 
 @dataclass(frozen=True)

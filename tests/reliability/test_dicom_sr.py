@@ -196,3 +196,16 @@ def test_a_dicom_source_streamed_to_a_jsonl_gets_its_report_beside_it_by_default
     result = run_cli("stream", DEMO_BUNDLE, "--source", "synthetic?frames=3", "--as-fast-as-possible", "--quiet",
                      "--json-out", tmp_path / "synthetic.jsonl", "--whole-pane")
     assert result.returncode == 0 and not (tmp_path / "synthetic.sr.dcm").exists()
+
+
+def test_a_probability_read_at_a_site_prevalence_says_which(tmp_path):
+    model = ModelIdentity("resnet50", "int8", "ab" * 32, "unsigned")
+    frame = np.zeros((64, 64, 3), np.uint8)
+    site = write_report(tmp_path / "a.sr.dcm", Finding("benign", 0.12, 0.11, 0.139, (0, 0, 64, 64), prevalence=0.1),
+                        model, frame_bgr=frame)[-1]
+    items = content(pydicom.dcmread(site))
+    assert float(items["Share of malignant nodules the probability is read at"].MeasuredValueSequence[0].NumericValue) == 0.1
+    assert float(items["Probability of malignancy"].MeasuredValueSequence[0].NumericValue) == pytest.approx(0.12)
+    own = write_report(tmp_path / "b.sr.dcm", Finding("benign", 0.5, None, 0.593, (0, 0, 64, 64)), model,
+                       frame_bgr=frame)[-1]
+    assert "Share of malignant nodules the probability is read at" not in content(pydicom.dcmread(own))
