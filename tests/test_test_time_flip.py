@@ -77,7 +77,9 @@ def test_the_exported_graph_matches_the_module_for_any_batch(random_model):
         with torch.no_grad():
             reference = module(torch.from_numpy(pixels)).numpy()
         assert onnx_maps.shape == reference.shape
-        np.testing.assert_allclose(onnx_maps, reference, rtol=0, atol=1e-4)
+        # float32 through ResNet50 in another summation order (ONNX Runtime's AVX2 or AVX-512 kernels against
+        # PyTorch's): maps up to ~50 agree to ~4e-5 relative, so the bound is relative as well as absolute.
+        np.testing.assert_allclose(onnx_maps, reference, rtol=1e-5, atol=1e-4)
 
 
 def test_a_bundle_with_it_scores_the_average_of_a_pane_and_its_mirror_image(random_model, tmp_path):
