@@ -28,6 +28,7 @@ from typing import Any
 from .errors import BundleError
 from .familiarity import manifest_entry
 from .manifest_fields import file_name, mapping, strings
+from .prevalence import model_prior
 from .kernels.reference import PreprocessSpec
 from .signing import SIGNATURE, SignatureStatus, TrustPolicy, check_signature
 
@@ -205,10 +206,10 @@ class Manifest:
             files = {file_name(name, "files"): str(digest) for name, digest in mapping(data["files"], "files").items()}
             familiarity = manifest_entry(mapping(data.get("familiarity", {}), "familiarity"), modalities, source)
             probability = dict(mapping(data.get("probability", {}), "probability"))
-            prior = probability.get("prior")
-            if probability and (not isinstance(prior, (int, float)) or isinstance(prior, bool) or not 0.0 < prior < 1.0):
-                raise BundleError(f"{source}: probability.prior is {prior!r}; expected the share of malignant nodules "
-                                  "the model's p assumes, in (0, 1)")
+            prior = model_prior(probability)
+            if probability and not (prior is not None and 0.0 < prior < 1.0):
+                raise BundleError(f"{source}: probability.prior is {probability.get('prior')!r}; expected the share of "
+                                  "malignant nodules the model's p assumes, in (0, 1)")
             return cls(
                 backbone=str(data["backbone"]),
                 modalities=modalities,

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InputError
-
-# The manifest entry: {"prior": 0.5, "basis": "..."}; absent: the bundle does not say what its p assumes.
-MANIFEST_KEY = "probability"
+from .head import sigmoid
 
 
 @dataclass(frozen=True)
@@ -41,8 +39,7 @@ class Prevalence:
         """``p`` at the site's prevalence (None stays None; 0 and 1 stay 0 and 1)."""
         if p is None or p <= 0.0 or p >= 1.0:
             return p
-        shifted = math.log(p / (1 - p)) + self.offset
-        return 1.0 / (1.0 + math.exp(-shifted)) if shifted >= 0 else math.exp(shifted) / (1.0 + math.exp(shifted))
+        return sigmoid(math.log(p / (1 - p)) + self.offset)
 
     def logit(self, logit: float | None) -> float | None:
         return None if logit is None else logit + self.offset
@@ -52,7 +49,8 @@ class Prevalence:
 
 
 def model_prior(manifest_entry: Any) -> float | None:
-    """The share of malignant nodules a bundle's p assumes (manifest ``probability.prior``), or None."""
+    """The share of malignant nodules a bundle's p assumes (manifest ``probability.prior``: a number, not a
+    boolean), or None; the manifest reader refuses an entry whose prior this does not give in (0, 1)."""
     if not isinstance(manifest_entry, dict):
         return None
     prior = manifest_entry.get("prior")

@@ -314,23 +314,27 @@ def feature_grid(backbone: str, image_size: int) -> int:
         return int(model.feature_maps(torch.zeros(1, 3, image_size, image_size)).shape[-1])
 
 
+def training_csv(pack: DataPack) -> dict[str, Any] | None:
+    """The one CSV a pack was built from ({data, sha256}), or None (a pack of several CSVs, or none named)."""
+    digest = pack.meta.get("csv_sha256")
+    if not digest or "+" in str(digest):
+        return None
+    return {"data": pack.meta.get("csv"), "sha256": digest}
+
+
 def split_record(pack: DataPack, folds: int, fold: int, seed: int = 0) -> dict[str, Any] | None:
     """What a fold model records of its split (checkpoint training.split, as export/train.py writes it), so
     that `edge-thyroid evaluate` on its CSV takes the fold it held out; None when the pack names no CSV."""
-    digest = pack.meta.get("csv_sha256")
-    if not digest or "+" in str(digest):   # a pack of several CSVs: no one CSV to name
-        return None
-    return {"data": pack.meta.get("csv"), "sha256": digest, "folds": folds, "fold": fold, "seed": seed}
+    csv = training_csv(pack)
+    return None if csv is None else {**csv, "folds": folds, "fold": fold, "seed": seed}
 
 
 def every_row_record(pack: DataPack) -> dict[str, Any] | None:
     """What a model trained on every crop of the pack records (checkpoint training.split with ``every_row``),
     so that `edge-thyroid evaluate` on that CSV says every figure is in-sample even before
     stamp_checkpoint adds the cross-validated metrics; None when the pack names no one CSV."""
-    digest = pack.meta.get("csv_sha256")
-    if not digest or "+" in str(digest):
-        return None
-    return {"data": pack.meta.get("csv"), "sha256": digest, "every_row": True}
+    csv = training_csv(pack)
+    return None if csv is None else {**csv, "every_row": True}
 
 
 def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, out: Path, *,
