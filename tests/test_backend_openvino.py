@@ -108,15 +108,46 @@ def test_shipped_int8_bundle_matches_onnxruntime():
         expected = reference.classify(frame, pane).probability
     import openvino as ov
 
-    # A CPU without AVX-512 BF16 / AMX (e.g. a Zen3 AVX2 machine) runs a bf16 request in f32: the backend must
-    # say what ran, not what was asked.
+    # A CPU without AVX-512 BF16 / AMX (e.g. a Zen3 AVX2 machine) would run a bf16 request in f32: the backend
+    # refuses it there (test_a_precision_the_cpu_cannot_run_is_refused) and runs it here.
     has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    for precision in ("f32", "bf16"):
+    for precision in ("f32", "bf16") if has_bf16 else ("f32",):
         with Engine(bundle, backend="openvino", threads=2, execution_precision=precision) as engine:
-            ran = precision if precision == "f32" or has_bf16 else "f32"
-            assert f"({ran};" in engine.backend.providers[0]
+            assert f"({precision};" in engine.backend.providers[0]
             got = engine.classify(frame, pane).probability
         assert abs(got - expected) <= INT8_DP, precision
+    if not has_bf16:
+        with pytest.raises(BackendError, match=r"runs this model's float parts in f32, not in bf16"):
+            Engine(bundle, backend="openvino", threads=2, execution_precision="bf16").open()
+
+
+def test_a_precision_the_cpu_cannot_run_is_refused(monkeypatch, tmp_path, capsys):
+    """OpenVINO compiles a bf16 request in f32 on a CPU without BF16. Running on would make `verify --record`
+    file a bf16 gate measured in f32, so the backend refuses at load with one line, and the CLI exits 2.
+    The CPU's answer is stood in for (this test must hold on CPUs with and without BF16)."""
+    from edge_thyroid.backends import create_backend
+    from edge_thyroid.backends import openvino as ov_backend
+
+    monkeypatch.setattr(ov_backend, "executed_precision", lambda compiled: "f32")
+    model = data_path(DEMO_BUNDLE) / "model.int8.onnx"
+    backend = create_backend("openvino", model, threads=1, execution_precision="bf16")
+    with pytest.raises(BackendError) as refused:
+        backend.load()
+    message = str(refused.value)
+    assert "\n" not in message and "not in bf16 as --execution-precision asked" in message
+    assert "expected --execution-precision f32 on this machine" in message and "this CPU offers" in message
+    assert backend.input_names == [] and not backend._networks  # nothing half-loaded is kept
+    with create_backend("openvino", model, threads=1, execution_precision="f32") as backend:  # what it can run
+        assert set(backend.input_names) == {"frame", "rois"}
+
+    with pytest.raises(SystemExit) as exited:
+        main(["stream", str(data_path(DEMO_BUNDLE)), "--source", str(data_path(DEMO_CLIP)), "--layout",
+              str(data_path(DEMO_LAYOUT)), "--backend", "openvino", "--execution-precision", "bf16", "--max-frames", "2",
+              "--as-fast-as-possible", "--json-out", str(tmp_path / "records.jsonl")])
+    err = capsys.readouterr().err
+    refusal = [line for line in err.splitlines() if "--execution-precision" in line]
+    assert exited.value.code == 2 and len(refusal) == 1 and "Traceback" not in err, err
+    assert refusal[0].startswith("error: OpenVINO runs this model's float parts in f32, not in bf16 as")
 
 
 def test_lifecycle_and_errors(tmp_path, monkeypatch):

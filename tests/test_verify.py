@@ -251,7 +251,38 @@ def test_verify_records_the_gate_of_the_configuration_it_ran(int8_bundle, data_c
     before = (bundle / "manifest.json").read_text()
     result = verify(bundle, "--data", data_csv, "--split", "all", "--backend", "openvino", "--execution-precision",
                     "bf16", "--no-record")
-    assert result.exit_code == 0 and (bundle / "manifest.json").read_text() == before
+    if cpu_runs_bf16():
+        assert result.exit_code == 0, result.output
+    else:  # a CPU without BF16 would measure f32 and call it bf16: refused (test_backend_openvino.py)
+        assert result.exit_code != 0 and "not in bf16 as --execution-precision asked" in str(result.exception)
+    assert (bundle / "manifest.json").read_text() == before
+
+
+def cpu_runs_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@needs_torch
+def test_verify_files_no_bf16_gate_from_a_cpu_that_would_run_f32(int8_bundle, data_csv, tmp_path, monkeypatch, capsys):
+    """Before the backend refused, `verify --execution-precision bf16` on a CPU without BF16 recorded an
+    openvino/bf16 gate measured in f32; `--backend auto` on a BF16 workstation would then have run bf16
+    numbers no gate had seen. The CPU's answer is stood in for, so this holds on every CPU."""
+    pytest.importorskip("openvino")
+    from edge_thyroid.backends import openvino as ov_backend
+
+    monkeypatch.setattr(ov_backend, "executed_precision", lambda compiled: "f32")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(int8_bundle, bundle)
+    before = (bundle / "manifest.json").read_text()
+    with pytest.raises(SystemExit) as exited:
+        main(["verify", str(bundle), "--data", str(data_csv), "--split", "all", "--backend", "openvino",
+              "--execution-precision", "bf16"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "runs this model's float parts in f32, not in bf16" in err
+    assert "recorded" not in err and "Traceback" not in err
+    assert (bundle / "manifest.json").read_text() == before
 
 
 @needs_torch

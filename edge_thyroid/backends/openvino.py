@@ -15,7 +15,8 @@ copy in reference code and the INT8 stem convolution in float. On CPUs with
 AVX-512 BF16 or AMX, OpenVINO would by default run the float parts of a model in bfloat16. That
 changes the numbers the accuracy gate approved, so this backend asks for f32 unless told otherwise;
 ``ExecutionPrecision.BF16`` is an opt-in to be judged with ``edge-thyroid verify --backend openvino
---execution-precision bf16`` before it is deployed.
+--execution-precision bf16`` before it is deployed. A CPU without BF16 would run a bf16 request in f32;
+the backend refuses that at load rather than report, or gate, a precision that never ran.
 """
 
 from __future__ import annotations
@@ -142,6 +143,11 @@ class OpenVinoBackend(Backend):
                 compiled = self._core.compile_model(model, self.device, self._config)
             except RuntimeError as exc:
                 raise BundleError(f"OpenVINO cannot compile {self.model_path}: {_first_line(exc)}") from None
+            ran = executed_precision(compiled)
+            if ran != self.execution_precision.value:
+                # Running f32 for a bf16 request would be a silent swap: `verify --record` would file a bf16
+                # gate measured in f32, and a stream would report a precision it never ran.
+                raise BackendError(precision_refusal(self.execution_precision.value, ran, self._core))
             self._networks[panes] = (compiled, compiled.create_infer_request())
         return self._networks[panes]
 
@@ -197,6 +203,22 @@ def executed_precision(compiled: Any) -> str:
     """The precision OpenVINO runs a compiled model's float parts in ("f32", "bf16", ...)."""
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")
     return hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+
+
+CPU_SUPPORT = {"bf16": "AVX-512 BF16 or AMX"}
+
+
+def precision_refusal(asked: str, ran: str, core: Any = None) -> str:
+    """One line: OpenVINO compiled the float parts in ``ran``, not the ``asked`` precision, and what to do."""
+    capabilities = ""
+    if core is not None:
+        try:
+            capabilities = f" (this CPU offers {' '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))})"
+        except RuntimeError:
+            pass
+    return (f"OpenVINO runs this model's float parts in {ran}, not in {asked} as --execution-precision asked"
+            f"{capabilities}; {asked} needs a CPU with {CPU_SUPPORT.get(asked, 'support for it')}, expected "
+            f"--execution-precision {ran} on this machine")
 
 
 def _first_line(exc: BaseException) -> str:
