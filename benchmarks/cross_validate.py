@@ -274,13 +274,15 @@ def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int,
                    "or its epochs (fewer steps).")
 @click.option("--threads", type=int, default=0)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(("auto", "f32", "bf16")), default="auto", show_default=True,
+              help="Training forward pass: auto is bf16 on CUDA, f32 (the reference recipe) on a CPU.")
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--also-all", is_flag=True, help="Then train the same recipe on every crop (OUT/all/final.pt).")
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
          descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, replay_shared_head, pseudo_run,
-         unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, workers, also_all, all_first_after) -> None:
+         unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, precision, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import (NoduleRecipe, every_row_record, fit_nodule, fold_assignment,
@@ -382,7 +384,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
         if not (target / "final.pt").exists():
             click.echo(f"[all data] training on {len(pack)} crops", err=True)
             fit_nodule(recipe, pack, np.arange(len(pack)), target, device=device, workers=workers, threads=threads,
-                       split=every_row_record(pack))
+                       precision=precision, split=every_row_record(pack))
 
     done = 0
     for fold in fold_list:
@@ -407,7 +409,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                 val_index = np.flatnonzero(assignment == fold)
                 click.echo(f"[fold {fold} seed {seed}] train {len(train_index)} crops, validate {len(val_index)}", err=True)
                 model = fit_nodule(recipe, pack, train_index, fold_dir, device=device, workers=workers, threads=threads,
-                                   split=split_record(pack, folds, fold))
+                                   precision=precision, split=split_record(pack, folds, fold))
                 if not (fold_dir / "final.pt").exists():
                     raise click.ClickException(f"{fold_dir}: training ended without final.pt")
                 model, _, _ = load_checkpoint(fold_dir / "final.pt")

@@ -17,7 +17,9 @@ What differs from the plain recipe (export/train.py):
   crops without a label (DDTI has 166) still teach the segmentation head and the CAM guidance, never the classifier;
 * a fixed schedule: no epoch is picked on validation data; the saved model is the weight EMA at the end;
 * a data pack (export/datapack.py) and a device switch: on CUDA it trains in bf16 autocast,
-  channels-last, with loader workers; the CPU run is the reference recipe.
+  channels-last, with loader workers; the CPU run is the reference recipe (f32). ``--precision bf16``
+  trains in bf16 autocast on a CPU too: on a CPU with AMX a ResNet50 step takes ~0.55x the f32 time,
+  with other numbers than the reference recipe's (BENCHMARKS.md "Training precision").
 
 Checkpoints: OUT/last.pt every epoch (model, EMA, auxiliary heads, optimizer; resumable) and OUT/final.pt,
 the EMA model alone in the project's checkpoint format (auxiliary heads dropped), which
@@ -307,6 +309,25 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
+PRECISIONS = ("auto", "f32", "bf16")
+
+
+def training_precision(device: torch.device, requested: str = "auto") -> str:
+    """What the forward pass runs in: ``auto`` is bf16 on CUDA and f32 (the reference recipe) on a CPU,
+    where bf16 is an opt-in because it changes the recipe's numbers."""
+    if requested not in PRECISIONS:
+        raise click.ClickException(f"--precision {requested!r} is not supported; expected one of {list(PRECISIONS)}")
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" else "f32"
+    return requested
+
+
+def autocast_for(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context of one training step: bf16 where ``precision`` says so, none for f32.
+    Losses are taken in float32 either way (the step casts the outputs back)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def feature_grid(backbone: str, image_size: int) -> int:
     """Side of the backbone's last feature map for this input size (all four backbones: stride 32)."""
     with torch.no_grad():
@@ -339,11 +360,13 @@ def every_row_record(pack: DataPack) -> dict[str, Any] | None:
 
 def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, out: Path, *,
                device: str = "auto", workers: int = 0, threads: int = 0, resume: bool = True,
-               log: Callable[[str], None] | None = None, split: dict[str, Any] | None = None) -> MultimodalClassifier:
+               log: Callable[[str], None] | None = None, split: dict[str, Any] | None = None,
+               precision: str = "auto") -> MultimodalClassifier:
     """Train on ``pack[train_index]`` (labelled and unlabelled crops) for the fixed schedule.
 
     Writes OUT/last.pt every epoch and OUT/final.pt (the EMA model, the project's checkpoint format) at
-    the end; returns that model in eval mode, on the CPU.
+    the end; returns that model in eval mode, on the CPU. ``precision``: see :func:`training_precision`;
+    the checkpoint records the one used.
     """
     from tqdm import tqdm
 
@@ -352,6 +375,7 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         torch.set_num_threads(threads)
     torch.manual_seed(recipe.seed)
     dev = pick_device(device)
+    precision = training_precision(dev, precision)
     out.mkdir(parents=True, exist_ok=True)
     grid = feature_grid(recipe.backbone, recipe.image_size)
     train_index = np.asarray(train_index)
@@ -397,14 +421,16 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         payload = torch.load(last, map_location=dev, weights_only=True)
         if not same_recipe(payload.get("recipe") or {}, recipe):
             raise click.ClickException(f"{last} was written with another recipe; use a new --out or --no-resume")
+        if payload.get("precision", precision) != precision:
+            raise click.ClickException(f"{last} was trained in {payload['precision']}, this run asks for {precision}; "
+                                       f"expected the same --precision, a new --out or --no-resume")
         model.load_state_dict(payload["model"])
         ema.model.load_state_dict(payload["ema"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         state = payload["state"]
         log(f"resumed from {last} at epoch {state['epoch']}")
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = autocast_for(dev, precision)
     started = time.monotonic() - state["elapsed_s"]
     batch = (recipe.batch_size + (recipe.unlabelled_per_batch if len(unlabelled) else 0)
              + (recipe.replay_per_batch if replay is not None else 0))
@@ -467,7 +493,8 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         state["epoch"], state["elapsed_s"] = epoch + 1, elapsed
         tmp = last.with_suffix(".pt.tmp")
         torch.save({"recipe": recipe.to_dict(), "model": model.state_dict(), "ema": ema.model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state}, tmp)
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
+                    "precision": precision}, tmp)
         tmp.replace(last)
         (out / "history.json").write_text(json.dumps(state["history"], indent=1))
         log(f"epoch {epoch + 1}/{recipe.epochs}: " + "  ".join(f"{k} {v:.3f}" for k, v in record.items()
@@ -483,6 +510,7 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
                                     "train_crops": int(len(labelled)), "unlabelled_crops": int(len(unlabelled)),
                                     "pseudo_labelled_crops": int(len(unlabelled)) if soft_labels is not None else 0,
                                     "label_source": recipe.label_source, "history": state["history"],
+                                    "precision": precision, "device": dev.type,
                                     **({"split": split} if split else {})})
     save_checkpoint(out / "final.pt", final, info)
     return final
@@ -589,11 +617,14 @@ def fold_assignment(pack: DataPack, folds: int, seed: int = 0) -> np.ndarray:
 @click.option("--unlabelled-per-batch", type=click.IntRange(0, None), default=NoduleRecipe.unlabelled_per_batch,
               show_default=True, help="Unlabelled crops per step (mask heads; with pseudo-labels, the classifier too).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Forward pass precision: auto is bf16 autocast on CUDA and f32 (the reference recipe) on a CPU; "
+                   "bf16 on a CPU with AMX trains faster with other numbers than the reference.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loader worker processes.")
 @click.option("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
 @click.option("--resume/--no-resume", default=True, show_default=True)
 def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, p_spongiform, mixup_alpha, replay,
-         replay_per_batch, pseudo_run, unlabelled_per_batch, device, workers, threads, resume) -> None:
+         replay_per_batch, pseudo_run, unlabelled_per_batch, device, precision, workers, threads, resume) -> None:
     """Train the nodule-guided classifier on one case-level fold's training side, or on all data."""
     if (fold is None) == (not use_all):
         raise click.UsageError("give exactly one of --fold K or --all")
@@ -617,7 +648,7 @@ def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, 
             raise click.BadParameter(f"must be in [0, {folds}), got {fold}", param_hint="--fold")
         index = np.flatnonzero(fold_assignment(pack, folds) != fold)
     fit_nodule(recipe, pack, index, Path(out_dir), device=device, workers=workers, threads=threads, resume=resume,
-               split=every_row_record(pack) if use_all else split_record(pack, folds, fold))
+               precision=precision, split=every_row_record(pack) if use_all else split_record(pack, folds, fold))
     click.echo(json.dumps({"checkpoint": str(Path(out_dir) / "final.pt")}))
 
 
