@@ -4,7 +4,9 @@
         --markdown benchmarks/results/cv.md --reliability docs/cv_reliability.png
 
 The first file gets the per-fold table and the reliability diagram (its pooled out-of-fold scores); every
-file gets a row in the comparison table (mean +- sd over folds; a run with fewer folds done says so).
+file gets a row in the comparison table (mean +- sd over folds; a run with fewer folds done says so), and
+every later file a paired row against the first: the difference of each (fold, seed) model both runs
+trained, so that the fold-to-fold spread (one fold is harder for every run) does not hide a shift.
 """
 
 from __future__ import annotations
@@ -51,6 +53,38 @@ def comparison_table(runs: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
+PAIRED_KEYS = ("auc", "cam_in_mask", "tirads2_benign_rate")
+
+
+def paired_differences(first: dict, other: dict, key: str) -> dict | None:
+    """``other`` minus ``first`` for ``key`` over the (fold, seed) models both runs trained: pairs, mean, sd
+    (n - 1), smallest and largest; None when they share none."""
+    mine = {(f["fold"], f["seed"]): f.get(key) for f in first["per_fold"]}
+    deltas = [f[key] - mine[(f["fold"], f["seed"])] for f in other["per_fold"]
+              if mine.get((f["fold"], f["seed"])) is not None and f.get(key) is not None]
+    if not deltas:
+        return None
+    values = np.asarray(deltas, np.float64)
+    return {"pairs": len(values), "mean": float(values.mean()),
+            "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
+            "min": float(values.min()), "max": float(values.max())}
+
+
+def paired_table(runs: list[tuple[str, dict]]) -> list[str]:
+    base_name = runs[0][0]
+    lines = [f"| run minus {base_name}, same fold and seed | pairs | AUC | CAM in mask | TI-RADS 2 benign |",
+             "|---|---|---|---|---|"]
+    for name, cv in runs[1:]:
+        cells, pairs = [], 0
+        for key in PAIRED_KEYS:
+            d = paired_differences(runs[0][1], cv, key)
+            pairs = max(pairs, d["pairs"] if d else 0)
+            cells.append("-" if d is None else f"{d['mean']:+.3f}" + (f" ± {d['sd']:.3f}" if d["sd"] is not None else "")
+                         + f" ({d['min']:+.3f} to {d['max']:+.3f})")
+        lines.append(f"| {name} | {pairs} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def reliability_png(cv: dict, path: str | Path) -> Path:
     from edge_thyroid.evaluation_plots import plot_reliability
 
@@ -86,7 +120,7 @@ def main(cv_json, names, markdown_out, reliability_out) -> None:
                   + (f"; TI-RADS 2 crops below it {o['tirads2_benign_at_threshold']:.2f} of {o['tirads2_crops']} "
                      "(optimistic: the threshold is chosen on these scores)" if "tirads2_crops" in o else "") + ".", ""]
     if len(runs) > 1:
-        lines += comparison_table(runs) + [""]
+        lines += comparison_table(runs) + [""] + paired_table(runs) + [""]
     text = "\n".join(lines)
     if markdown_out:
         Path(markdown_out).write_text(text)
