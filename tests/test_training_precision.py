@@ -98,3 +98,13 @@ def test_the_command_line_offers_the_switch(tmp_path):
     result = CliRunner().invoke(main, ["--data", str(tmp_path / "pack.npz"), "--all", "--precision", "fp8",
                                        "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "'fp8' is not one of" in result.output
+
+
+def test_the_timing_benchmark_reads_epochs_from_the_history_and_alternates_the_order():
+    from benchmarks import training_precision_bench as bench
+
+    history = [{"epoch": 1, "elapsed_s": 30.0}, {"epoch": 2, "elapsed_s": 50.5}, {"epoch": 3, "elapsed_s": 71.0}]
+    assert bench.epoch_seconds(history) == pytest.approx([20.5, 20.5])   # the warm-up epoch dropped
+    assert bench.order_of_round(0) == ("f32", "bf16") and bench.order_of_round(1) == ("bf16", "f32")
+    cpu = bench.cpu_description()
+    assert set(cpu) == {"model", "bf16_flags"} and set(cpu["bf16_flags"]) <= {"avx512_bf16", "amx_bf16", "amx_tile"}
