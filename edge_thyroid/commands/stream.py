@@ -111,12 +111,14 @@ def stream_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--change-threshold", type=click.FloatRange(0, 255), default=1.0, show_default=True,
                      help="Mean absolute pixel difference (grey levels) under which a pane counts as unchanged."),
         click.option("--unstable-std", type=click.FloatRange(0, 1, min_open=True), default=0.2, show_default=True,
-                     help="Abstain when the std of p over the last 10 frames exceeds this."),
+                     help="Abstain when the std of p over the last 10 frames exceeds this (the model's own p, as "
+                          "--hysteresis)."),
         click.option("--frozen-after", type=click.FloatRange(0), default=0.0, show_default=True,
                      help="Abstain after this many seconds without any pane changing (0: never; a freeze is when the "
                           "sonographer reviews and measures, so the last result holds)."),
         click.option("--hysteresis", type=click.FloatRange(0, 0.5, max_open=True), default=0.05, show_default=True,
-                     help="The decision flips only when smoothed p crosses threshold +/- this margin."),
+                     help="The decision flips only when smoothed p crosses threshold +/- this margin (in the model's "
+                          "own p: --prevalence moves what is shown, not where decisions flip)."),
         click.option("--window", type=click.IntRange(1, 1000), default=8, show_default=True,
                      help="Frames averaged by --smoothing window."),
         click.option("--tau", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True,
