@@ -286,7 +286,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import (NoduleRecipe, every_row_record, fit_nodule, fold_assignment,
-                                                     split_record)
+                                                     pick_device, split_record, training_precision)
     from edge_thyroid.export.checkpoint import load_checkpoint
 
     if replay_per_batch and not replay:
@@ -296,6 +296,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
     if also_all and train_cases < 1:
         raise click.UsageError(f"--also-all trains on every crop; it cannot be combined with --train-cases {train_cases}")
     pack = pack_for(data)
+    ran_in = training_precision(pick_device(device), precision)   # what "auto" means on this machine, for the JSON
     assignment = fold_assignment(pack, folds)
     out = Path(out_dir)
     fold_list = [int(f) for f in only_folds.split(",")] if only_folds else list(range(folds))
@@ -367,7 +368,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             "data": {"path": str(data), **pack.meta}, "backbone": backbone, "folds": folds, "seeds": seed_list,
             "recipe": {**make_recipe(seed_list[0], fold_list[0]).to_dict(), "init": init}, "test_time_flip": test_time_flip,
             "train_cases": train_cases,
-            "train_schedule": train_schedule,
+            "train_schedule": train_schedule, "precision": ran_in,
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0]},
             "command": " ".join(sys.argv),
             "summary": summarise(results) if results else {},

@@ -25,6 +25,14 @@ def have_torch() -> bool:
 needs_torch = pytest.mark.skipif(not have_torch(), reason="torch/torchvision not installed (pip install -e '.[export]')")
 
 
+def openvino_runs_bf16() -> bool:
+    """Whether OpenVINO can run float parts in bf16 on this CPU (AVX-512 BF16 or AMX); without it the
+    openvino backend refuses a bf16 request (backends/openvino.py), so tests expect one or the other."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def ultrasound_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A grayscale speckle image with a dark elliptical 'nodule': real-looking statistics, no data needed."""
     rng = np.random.default_rng(seed)

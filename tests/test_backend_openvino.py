@@ -16,7 +16,7 @@ from edge_thyroid.engine import Engine
 from edge_thyroid.errors import BackendError, BundleError, MissingDependencyError
 from edge_thyroid.frames import Pane
 
-from .conftest import needs_torch, ort_gated_demo_copy, screen_frame
+from .conftest import needs_torch, openvino_runs_bf16, ort_gated_demo_copy, screen_frame
 
 pytest.importorskip("openvino")
 
@@ -106,11 +106,9 @@ def test_shipped_int8_bundle_matches_onnxruntime():
     pane = [Pane("bmode", (20, 50, 580, 620))]
     with Engine(bundle, threads=2) as reference:
         expected = reference.classify(frame, pane).probability
-    import openvino as ov
-
     # A CPU without AVX-512 BF16 / AMX (e.g. a Zen3 AVX2 machine) would run a bf16 request in f32: the backend
     # refuses it there (test_a_precision_the_cpu_cannot_run_is_refused) and runs it here.
-    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    has_bf16 = openvino_runs_bf16()
     for precision in ("f32", "bf16") if has_bf16 else ("f32",):
         with Engine(bundle, backend="openvino", threads=2, execution_precision=precision) as engine:
             assert f"({precision};" in engine.backend.providers[0]

@@ -19,7 +19,7 @@ from edge_thyroid.head import FusionHead
 from edge_thyroid.metrics import operating_point, roc_auc, youden_threshold
 from edge_thyroid.verification import GateBudget, GateFailedError, Split, compare_scores, labelled_split
 
-from .conftest import needs_torch, ultrasound_like
+from .conftest import needs_torch, openvino_runs_bf16, ultrasound_like
 
 SIZE = 64
 IMAGES = 24
@@ -251,17 +251,11 @@ def test_verify_records_the_gate_of_the_configuration_it_ran(int8_bundle, data_c
     before = (bundle / "manifest.json").read_text()
     result = verify(bundle, "--data", data_csv, "--split", "all", "--backend", "openvino", "--execution-precision",
                     "bf16", "--no-record")
-    if cpu_runs_bf16():
+    if openvino_runs_bf16():
         assert result.exit_code == 0, result.output
     else:  # a CPU without BF16 would measure f32 and call it bf16: refused (test_backend_openvino.py)
         assert result.exit_code != 0 and "not in bf16 as --execution-precision asked" in str(result.exception)
     assert (bundle / "manifest.json").read_text() == before
-
-
-def cpu_runs_bf16() -> bool:
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 @needs_torch
