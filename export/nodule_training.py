@@ -19,7 +19,8 @@ What differs from the plain recipe (export/train.py):
 * a data pack (export/datapack.py) and a device switch: on CUDA it trains in bf16 autocast,
   channels-last, with loader workers; the CPU run is the reference recipe (f32). ``--precision bf16``
   trains in bf16 autocast on a CPU too: on a CPU with AMX an epoch took 0.64x the f32 time, and its
-  cross-validated AUC read 0.024 lower than the f32 run's (BENCHMARKS.md "Training precision").
+  cross-validated AUC came within 0.03 of the f32 run's, as close as f32 on another CPU comes
+  (BENCHMARKS.md "Training precision").
 
 Checkpoints: OUT/last.pt every epoch (model, EMA, auxiliary heads, optimizer; resumable) and OUT/final.pt,
 the EMA model alone in the project's checkpoint format (auxiliary heads dropped), which
