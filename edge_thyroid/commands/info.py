@@ -12,14 +12,24 @@ from .trust_options import trust_option
 @click.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@click.option("--card", "as_card", is_flag=True,
+              help="Print the model card as Markdown: what the model is for, its cross-validated figures and its "
+                   "limits, from the verified manifest alone (e.g. > MODEL_CARD.md).")
 @trust_option
-def info(bundle, as_json) -> None:
+def info(bundle, as_json, as_card) -> None:
     """Verify BUNDLE (its signature against --trust keys, the sha256 of every file) and summarise it,
     with the manifest's sha256, its signer and, for an imported model, its model card."""
     from ..bundle import load_bundle
 
+    if as_json and as_card:
+        raise click.UsageError("--json and --card both print the bundle; expected one of them")
     loaded = load_bundle(bundle)
     manifest = loaded.manifest.to_dict()
+    if as_card:
+        from ..model_card import render_model_card
+
+        click.echo(render_model_card(manifest, loaded.signature.manifest_sha256, loaded.signature.describe()), nl=False)
+        return
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
