@@ -42,7 +42,8 @@ def _cross_validation_rows(cv: dict) -> list[tuple[str, str]]:
     pooled, ci = _number(cv.get("out_of_fold_auc")), cv.get("out_of_fold_auc_ci95")
     if pooled is not None:
         rows.append(("AUC, every held-out crop pooled [95% DeLong CI]", f"{pooled:.3f}"
-                     + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 else "")))
+                     + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2
+                        and all(_number(c) is not None for c in ci) else "")))
     margins = [(key.rsplit("_", 1)[-1], _mean_sd(cv.get(key))) for key in sorted(cv) if key.startswith("auc_margin_")]
     if any(value for _, value in margins):
         rows.append(("AUC on nodule boxes of margin " + " / ".join(f"{m}x" for m, v in margins if v),

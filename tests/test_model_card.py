@@ -73,6 +73,13 @@ def test_a_bare_manifest_says_what_is_not_recorded_instead_of_guessing():
     assert "| figure |" not in card and "Compiled and quantized" not in card
 
 
+def test_odd_values_in_a_hand_edited_manifest_are_left_out_not_a_crash():
+    card = render_model_card(_manifest(auc={"mean": "high"}, out_of_fold_auc=0.7, out_of_fold_auc_ci95=["a", None],
+                                       specificity=True, auc_per_fold=[0.6, "x"]))
+    assert "| AUC, every held-out crop pooled [95% DeLong CI] | 0.700 |" in card
+    assert "AUC, mean" not in card and "Specificity" not in card
+
+
 def test_quantized_gates_report_agreement_not_auc():
     manifest = _manifest(auc={"mean": 0.7, "sd": 0.06})
     manifest["models"] = {"int8": {"gates": {"onnxruntime": {"passed": True, "agreement": 0.989, "n": 91, "auc": 0.96},
