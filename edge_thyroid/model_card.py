@@ -99,28 +99,15 @@ def _limits(manifest: dict, cv: dict, label_source: str | None) -> list[str]:
     return limits
 
 
-def render_model_card(manifest: dict, manifest_sha256: str | None = None, signer: str | None = None) -> str:
-    """The model card of a bundle's manifest (its ``to_dict()``), as Markdown."""
-    metrics = _dict(manifest.get("metrics"))
-    cv = _dict(metrics.get("cross_validation"))
-    label_source = metrics.get("label_source") if isinstance(metrics.get("label_source"), str) else None
-    pre = _dict(manifest.get("preprocessing"))
-    models = _dict(manifest.get("models"))
-    threshold = _dict(manifest.get("threshold"))
-    card = _dict(manifest.get("model_card"))
-    lines = [f"# Model card: {manifest.get('backbone', '?')}"
-             + (f" ({', '.join(sorted(models))})" if models else ""), ""]
-    if manifest_sha256:
-        lines.append(f"Manifest sha256 `{manifest_sha256}`" + (f"; signer: {signer}." if signer else "."))
-    lines += ["Generated from the bundle's verified manifest by `edge-thyroid info BUNDLE --card`. Not a medical device.",
-              "", "## What it does", ""]
+def _what_it_does(manifest: dict) -> list[str]:
+    pre, threshold = _dict(manifest.get("preprocessing")), _dict(manifest.get("threshold"))
     context = _number(_dict(manifest.get("nodule_box")).get("context")) or 1.0
     size = pre.get("image_size", "?")
-    lines.append(f"- **Input:** a nodule box on a {', '.join(manifest.get('trained_modalities') or []) or '?'} pane, "
-                 + (f"grown {context:g}x about its centre, " if context != 1.0 else "as given, ")
-                 + f"resized to {size} x {size} px inside the model graph.")
-    lines.append("- **Output:** p(malignant) per pane and a class-activation heatmap of the evidence; a decision "
-                 "where p reaches the threshold.")
+    lines = [f"- **Input:** a nodule box on a {', '.join(manifest.get('trained_modalities') or []) or '?'} pane, "
+             + (f"grown {context:g}x about its centre, " if context != 1.0 else "as given, ")
+             + f"resized to {size} x {size} px inside the model graph.",
+             ("- **Output:** p(malignant) per pane and a class-activation heatmap of the evidence; a decision "
+              "where p reaches the threshold.")]
     value = _number(threshold.get("value"))
     lines.append("- **Threshold:** " + (f"{value:.4f} ({threshold.get('method', '?')}, chosen on "
                                          f"{threshold.get('chosen_on', '?')})." if value is not None else NOT_RECORDED + "."))
@@ -131,39 +118,65 @@ def render_model_card(manifest: dict, manifest_sha256: str | None = None, signer
                                            else NOT_RECORDED + " (`--prevalence` refuses this bundle)."))
     if _dict(manifest.get("test_time")).get("flip"):
         lines.append("- **Test time:** each pane is scored with its mirror image and the two averaged (in the graph).")
-    lines.append(f"- **Intended use:** {card.get('intended_use') or NOT_RECORDED}.")
-    lines += ["", "## What it learnt from", ""]
-    lines.append(f"- **Labels:** {label_source or NOT_RECORDED}.")
-    training = _dict(metrics.get("training"))
+    lines.append(f"- **Intended use:** {_dict(manifest.get('model_card')).get('intended_use') or NOT_RECORDED}.")
+    return lines
+
+
+def _what_it_learnt_from(training: dict, label_source: str | None) -> list[str]:
     sha, rows = training.get("data_csv_sha256"), training.get("data_rows")
-    lines.append("- **Data:** " + (f"a CSV of {rows} rows, sha256 `{sha}`" if sha else NOT_RECORDED)
-                 + (f"; files sha256 `{training['data_files_sha256']}`" if training.get("data_files_sha256") else "") + ".")
+    lines = [f"- **Labels:** {label_source or NOT_RECORDED}.",
+             "- **Data:** " + (f"a CSV of {rows} rows, sha256 `{sha}`" if sha else NOT_RECORDED)
+             + (f"; files sha256 `{training['data_files_sha256']}`" if training.get("data_files_sha256") else "") + "."]
     recipe = _dict(training.get("recipe"))
     if recipe:
         keys = ("backbone", "image_size", "epochs", "lr", "weight_decay", "p_box", "p_cyst", "init")
         lines.append("- **Recipe:** " + ", ".join(f"{k} {recipe[k]}" for k in keys if k in recipe) + ".")
-    lines += ["", "## How well it did on crops it had not seen", ""]
-    cv_rows = _cross_validation_rows(cv)
-    if cv_rows:
-        seeds = cv.get("seeds") or []
-        lines.append(f"{cv.get('folds', '?')}-fold cross-validation split by case (no patient on both sides)"
-                     + (f", {len(seeds)} seeds averaged within each fold" if len(seeds) > 1 else "")
-                     + "; no epoch or threshold was picked on the fold reported.")
-        lines += ["", "| figure | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in cv_rows]
-    else:
-        lines.append(f"Cross-validated figures: {NOT_RECORDED}. Measure them with `edge-thyroid evaluate` on labelled "
-                     "images the model never saw before relying on it.")
-    gates = []
+    return lines
+
+
+def _how_well(cv: dict) -> list[str]:
+    rows = _cross_validation_rows(cv)
+    if not rows:
+        return [(f"Cross-validated figures: {NOT_RECORDED}. Measure them with `edge-thyroid evaluate` on labelled "
+                 "images the model never saw before relying on it.")]
+    seeds = cv.get("seeds") or []
+    return [f"{cv.get('folds', '?')}-fold cross-validation split by case (no patient on both sides)"
+            + (f", {len(seeds)} seeds averaged within each fold" if len(seeds) > 1 else "")
+            + "; no epoch or threshold was picked on the fold reported.",
+            "", "| figure | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
+
+
+def _gates(models: dict) -> list[str]:
+    """One line per recorded accuracy gate: passed or not, and the agreement (never the gate's AUC)."""
+    lines = []
     for key, entry in models.items():
         for configuration, gate in _dict(_dict(entry).get("gates")).items():
-            agreement = _number(_dict(gate).get("agreement"))
-            gates.append(f"- {key} on {configuration}: {'passed' if _dict(gate).get('passed') is True else 'FAILED'}"
+            gate = _dict(gate)
+            agreement = _number(gate.get("agreement"))
+            lines.append(f"- {key} on {configuration}: {'passed' if gate.get('passed') is True else 'FAILED'}"
                          + (f", {agreement:.3f} of {gate.get('n', '?')} decisions equal to the FP32 reference's"
                             if agreement is not None else ""))
+    return lines
+
+
+def render_model_card(manifest: dict, manifest_sha256: str | None = None, signer: str | None = None) -> str:
+    """The model card of a bundle's manifest (its ``to_dict()``), as Markdown."""
+    metrics = _dict(manifest.get("metrics"))
+    cv = _dict(metrics.get("cross_validation"))
+    label_source = metrics.get("label_source") if isinstance(metrics.get("label_source"), str) else None
+    models = _dict(manifest.get("models"))
+    lines = [f"# Model card: {manifest.get('backbone', '?')}" + (f" ({', '.join(sorted(models))})" if models else ""), ""]
+    if manifest_sha256:
+        lines.append(f"Manifest sha256 `{manifest_sha256}`" + (f"; signer: {signer}." if signer else "."))
+    lines += ["Generated from the bundle's verified manifest by `edge-thyroid info BUNDLE --card`. Not a medical device."]
+    lines += ["", "## What it does", ""] + _what_it_does(manifest)
+    lines += ["", "## What it learnt from", ""] + _what_it_learnt_from(_dict(metrics.get("training")), label_source)
+    lines += ["", "## How well it did on crops it had not seen", ""] + _how_well(cv)
+    gates = _gates(models)
     if gates:
         lines += ["", "## Compiled and quantized copies", "",
-                  "Each copy's accuracy gate compares its decisions with its FP32 reference's. The gate's crops may be "
-                  "ones the model trained on, so its AUC is not an accuracy figure; the table above is.", ""] + gates
+                  ("Each copy's accuracy gate compares its decisions with its FP32 reference's. The gate's crops may "
+                   "be ones the model trained on, so its AUC is not an accuracy figure; the table above is."), ""] + gates
     lines += ["", "## Limits", ""] + [f"- {limit}" for limit in _limits(manifest, cv, label_source)]
     tools = _dict(_dict(manifest.get("provenance")).get("tools"))
     if tools:
