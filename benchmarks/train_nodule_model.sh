@@ -13,8 +13,9 @@ THREADS=${THREADS:-0}
 PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-12}
 EPOCHS=${EPOCHS:-30}
 # auto: bf16 autocast on CUDA, f32 on a CPU (the reference: it reproduces the shipped model byte for byte
-# on the CPU kind it was trained on). bf16 on a CPU with AMX trains faster; its figures differ from the
-# reference run's about as much as f32 on another CPU does (BENCHMARKS.md "Training precision").
+# on the CPU kind it was trained on, AMD EPYC lscpu family 26 model 2). bf16 on a CPU with AMX trains
+# faster; its figures differ from the reference run's about as much as f32 on another CPU does
+# (BENCHMARKS.md "Training precision").
 PRECISION=${PRECISION:-auto}
 [ -f "$RUNS/ddti_pack.npz" ] || $PY -m edge_thyroid.export.datapack --data "$DATA/ddti/labels.csv" -o "$RUNS/ddti_pack.npz"
 [ -f "$RUNS/pretrain_pack.npz" ] || $PY -m edge_thyroid.export.datapack --data "$DATA/ddti/labels.csv" \
