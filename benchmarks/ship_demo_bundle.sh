@@ -23,16 +23,19 @@ BUNDLE=${BUNDLE:-$DEMO}
 BOX_CONTEXT=${BOX_CONTEXT:-1.25}
 TEST_TIME_FLIP=${TEST_TIME_FLIP:-1}
 LABELS="$DATA/ddti/labels.csv"
+# The model card's intended use (edge-thyroid info --card; docs/model_card.md).
+INTENDED_USE="Research demonstration of the edge_thyroid engine: ranks a B-mode thyroid nodule box by the chance of a TI-RADS 4a-5 category, with a heatmap of its evidence. Not a medical device: not for diagnosis or for deciding on a biopsy"
 mkdir -p "$RUNS/bundles"
 $PY benchmarks/stamp_checkpoint.py "$CV_JSON" "$CKPT" -o "$RUNS/shipped.pt"
 FP32_FLIP=() INT8_FLIP=()   # both line the mirrored view up on the same seeded training-side images
 if [ "$TEST_TIME_FLIP" = 1 ]; then FP32_FLIP=(--test-time-flip --calib "$LABELS"); INT8_FLIP=(--test-time-flip); fi
-$ET export "$RUNS/shipped.pt" -o "$RUNS/bundles/shipped_fp32" --force --box-context "$BOX_CONTEXT" --probability-prior 0.5 "${FP32_FLIP[@]}"
+$ET export "$RUNS/shipped.pt" -o "$RUNS/bundles/shipped_fp32" --force --box-context "$BOX_CONTEXT" --probability-prior 0.5 \
+    --intended-use "$INTENDED_USE" "${FP32_FLIP[@]}"
 # Full INT8 first (the fastest); if its gate refuses it, the stem (the first convolution and its pool) stays
 # in float, the smallest change that brought the cyst-trained model's INT8 decisions back within budget.
 int8_export() {
     $ET export "$RUNS/shipped.pt" -o "$BUNDLE" --force --box-context "$BOX_CONTEXT" --probability-prior 0.5 --precision int8 --calib "$LABELS" \
-        "${INT8_FLIP[@]}" --verify-data "$LABELS" --no-keep-fp32 "$@"
+        --intended-use "$INTENDED_USE" "${INT8_FLIP[@]}" --verify-data "$LABELS" --no-keep-fp32 "$@"
 }
 if ! int8_export; then
     echo "note: full INT8 failed its gate; exporting again with the stem in float (--fp32-layers stem)" >&2
@@ -44,6 +47,7 @@ for precision in f32 bf16; do
 done
 if [ "$BUNDLE" = "$DEMO" ]; then
     $PY benchmarks/sign_demo_bundle.py
+    $ET info "$BUNDLE" --card > docs/model_card.md
 else
     echo "note: $BUNDLE is a trial copy; only the demo bundle is signed with the demo key" >&2
 fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from edge_thyroid.bundle import load_bundle
 from edge_thyroid.cli import main
 from edge_thyroid.model_card import NOT_RECORDED, render_model_card
+
+from .conftest import needs_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "edge_thyroid" / "data" / "demo_bundle"
@@ -96,3 +99,28 @@ def test_card_and_json_together_is_one_line_error(capsys):
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--json and --card" in err
+
+
+@needs_torch
+def test_an_edge_thyroid_checkpoint_can_say_what_it_is_for(tmp_path, capsys):
+    import torch
+
+    from edge_thyroid.export.checkpoint import CheckpointInfo, save_checkpoint
+    from edge_thyroid.export.models import MultimodalClassifier
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "final.pt"
+    save_checkpoint(checkpoint, MultimodalClassifier("googlenet", ("bmode",)).eval(),
+                    CheckpointInfo("googlenet", ("bmode",), image_size=32))
+    bundle = tmp_path / "bundle"
+    main(["export", str(checkpoint), "-o", str(bundle), "--intended-use", "research on B-mode crops only"])
+    assert json.loads((bundle / "manifest.json").read_text())["model_card"] == {"intended_use": "research on B-mode crops only"}
+    capsys.readouterr()
+    main(["info", str(bundle)])
+    assert "intended use research on B-mode crops only" in capsys.readouterr().out
+    main(["info", str(bundle), "--card"])
+    assert "- **Intended use:** research on B-mode crops only." in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:   # what an imported model needs stays refused for a checkpoint
+        main(["export", str(checkpoint), "-o", str(tmp_path / "b2"), "--mean", "0.5,0.5,0.5"])
+    assert exited.value.code == 2
+    assert "apply to your own model" in capsys.readouterr().err and not (tmp_path / "b2").exists()

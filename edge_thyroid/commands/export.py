@@ -79,7 +79,8 @@ def _import_export_tools():
               help="The share of malignant nodules the model's p assumes: 0.5 for a model trained with the classes "
                    "sampled equally (the project's recipes). Recorded so that stream/classify --prevalence can read p "
                    "at a site's own share; without it, --prevalence refuses the bundle.")
-@click.option("--intended-use", default="", help="Free text for the bundle's model card (shown by 'edge-thyroid info').")
+@click.option("--intended-use", default="", help="What the model is for, in words (the model card: 'edge-thyroid info', "
+                                                 "'info --card'); for your own model or an edge-thyroid checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 def export(checkpoint, output, backbone, modalities, image_size, random_init, seed, force, precision, target, calib,
            calib_method, calib_count, calib_average, fp32_layers, keep_fp32, verify_data, max_auc_drop, min_agreement, cache_dir,
@@ -132,6 +133,8 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
     trained, metrics, threshold = (), {}, None
     imported = None
     byo_options = (malignant_index, mean, std, channel_order, intended_use)
+    # An edge-thyroid checkpoint's card holds only what it is for; an imported model's, where it came from too.
+    own_card = {"intended_use": intended_use} if intended_use else None
     if checkpoint and not random_init:
         from ..export import model_import
 
@@ -141,9 +144,9 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
         elif not model_import.is_project_checkpoint(checkpoint):
             imported = _import_own_model(model_import, checkpoint, backbone, modality_tuple, image_size,
                                          malignant_index, mean, std, channel_order, intended_use)
-        elif any(byo_options):
-            raise click.UsageError("--malignant-index, --mean, --std, --channel-order and --intended-use apply to "
-                                   "your own model, not to an edge-thyroid checkpoint")
+        elif any(byo_options[:4]):
+            raise click.UsageError("--malignant-index, --mean, --std and --channel-order apply to your own model, "
+                                   "not to an edge-thyroid checkpoint (which records them)")
     try:
         if imported is not None:
             model, size = imported.model, imported.preprocessing.image_size
@@ -188,7 +191,7 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
                                            threshold=threshold, metrics=metrics, provenance=provenance, overwrite=force,
                                            precision=precision, target=target, calibration=calibration,
                                            keep_fp32=keep_fp32, gate=gate, cache_dir=Path(cache_dir) if cache_dir else None,
-                                           progress=True, model_card=imported.model_card if imported else None,
+                                           progress=True, model_card=imported.model_card if imported else own_card,
                                            preprocessing=imported.preprocessing if imported else None,
                                            box_context=box_context, test_time_flip=test_time_flip,
                                            probability_prior=probability_prior,
@@ -220,7 +223,7 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
     for key, entry in manifest.models.items():
         for modality, branch in entry.branches.items():
             click.echo(f"  {key} branch {modality}: {branch.file} ({branch.details.get('architecture', '?')})")
-    if manifest.model_card:
+    if manifest.model_card.get("source"):
         card = manifest.model_card
         click.echo(f"imported {card['source']['kind']} {card['source']['file']} as {card['architecture']}; "
                    f"outputs {card['outputs']['count']} ({card['outputs']['activation']}, malignant: "

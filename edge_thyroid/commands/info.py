@@ -117,6 +117,8 @@ def training_lines(manifest: dict) -> list[str]:
 
 def model_card_lines(card: dict) -> list[str]:
     """The model card of an imported model, one labelled line per fact (missing facts say so)."""
+    if "source" not in card:   # an edge-thyroid checkpoint's card: what it is for (the rest is above)
+        return [f"intended use {card.get('intended_use', 'not stated')}"]
     source, outputs, inputs = card.get("source", {}), card.get("outputs", {}), card.get("input", {})
     origin = inputs.get("from", {})
     lines = [
