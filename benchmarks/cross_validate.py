@@ -14,8 +14,9 @@ picked on the fold) on the other folds' crops, then scores the held-out crops:
   scores) and the share of TI-RADS 2 crops scored benign at that threshold.
 
 It reports every fold and the mean +- sd over folds (never a best fold), saves the out-of-fold scores,
-and is resumable: a fold whose result file exists is not retrained. Labels are TI-RADS-derived, not
-pathology. Finally ``--also-all`` trains the same recipe on every crop (the shipped model) with the
+and is resumable: a fold whose result file exists is not retrained (if its model trained with the recipe
+asked for now; a run folder of other options is refused, not reported under the new ones). Labels are
+TI-RADS-derived, not pathology. Finally ``--also-all`` trains the same recipe on every crop (the shipped model) with the
 threshold chosen on the pooled out-of-fold scores.
 """
 
@@ -213,6 +214,29 @@ def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int,
     return kept
 
 
+def refuse_another_recipe(checkpoint: Path, expected) -> None:
+    """A finished fold is reused only if its model trained with the recipe asked for now: the same run folder
+    with another --epochs, --weight-decay, ... would otherwise report the old models under the new options.
+    ``init`` is compared by the options that make it, not by its path (``./runs/x.pt`` is ``runs/x.pt``).
+    A fold whose checkpoint is gone (results kept alone) is taken as it is."""
+    if not checkpoint.is_file():
+        return
+    import torch
+
+    from edge_thyroid.export.nodule_training import recipe_differences
+
+    saved = ((torch.load(checkpoint, map_location="cpu", weights_only=True).get("training") or {}).get("recipe")) or {}
+    if not saved:
+        return
+    differences = [key for key in recipe_differences(saved, expected) if key != "init"]
+    if differences:
+        now = expected.to_dict()
+        raise click.ClickException(
+            f"{checkpoint.parent} was trained with " + ", ".join(f"{k} {saved.get(k, 'unset')}" for k in differences)
+            + ", not " + ", ".join(f"{k} {now.get(k, 'unset')}" for k in differences)
+            + "; expected a run folder of its own per recipe (another --out)")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Labelled CSV or data pack (.npz).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder (one sub-folder per fold).")
@@ -227,6 +251,9 @@ def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int,
                    "'{fold}' in it, one per fold ('all' for the all-data model), e.g. runs/ssl/fold{fold}/final.pt "
                    "from export/ssl_pretrain.py, so no fold starts from weights that saw its held-out crops.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
+@click.option("--weight-decay", type=click.FloatRange(0, None), default=None,
+              help="AdamW's decoupled weight decay (default: the recipe's 5e-4; over the recipe's ~500 steps at lr "
+                   "5e-4 it shrinks the weights by well under 1%).")
 @click.option("--backbone-lr-scale", type=float, default=None,
               help="The backbone's learning rate as a share of --lr, the heads keeping --lr (default: the recipe's 1).")
 @click.option("--image-size", type=int, default=None,
@@ -280,7 +307,8 @@ def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int,
 @click.option("--also-all", is_flag=True, help="Then train the same recipe on every crop (OUT/all/final.pt).")
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
-def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, backbone_lr_scale, image_size,
+def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, weight_decay, backbone_lr_scale,
+         image_size,
          descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, replay_shared_head, pseudo_run,
          unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, precision, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
@@ -331,6 +359,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
         recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init_for(fold))
         if lr is not None:
             recipe.lr = lr
+        if weight_decay is not None:
+            recipe.weight_decay = weight_decay
         if backbone_lr_scale is not None:
             if not 0 < backbone_lr_scale <= 1:
                 raise click.BadParameter(f"must be in (0, 1], got {backbone_lr_scale}", param_hint="--backbone-lr-scale")
@@ -402,6 +432,9 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                 if train_cases < 1 and saved_schedule != train_schedule:
                     raise click.ClickException(f"{result_file} was trained with --train-schedule {saved_schedule}, not "
                                                f"{train_schedule}; expected a run folder of its own per schedule")
+                expected = make_recipe(seed, fold)   # as it would train now, shrunk like the saved run's side
+                shrink_training_side(pack, np.flatnonzero(assignment != fold), train_cases, fold, expected, train_schedule)
+                refuse_another_recipe(fold_dir / "final.pt", expected)
                 results.append(saved)
             else:
                 recipe = make_recipe(seed, fold)

@@ -121,13 +121,19 @@ class NoduleRecipe:
 CYST_LEVEL = TIRADS_LEVELS.index("2")  # a simple cyst: benign, the lowest level DDTI grades
 
 
-def same_recipe(saved: dict, recipe: NoduleRecipe) -> bool:
-    """Whether a run saved with ``saved`` is this recipe. A field added to the recipe after the run was
-    saved counts as equal when it has its default (the run trained without it, i.e. with the default),
-    so finished runs stay resumable and re-scorable."""
+def recipe_differences(saved: dict, recipe: NoduleRecipe) -> list[str]:
+    """The fields in which a run saved with ``saved`` differs from this recipe. A field added to the recipe
+    after the run was saved counts as equal when it has its default (the run trained without it, i.e. with
+    the default), so finished runs stay resumable and re-scorable; a saved field the recipe no longer has
+    is a difference."""
     current, defaults = recipe.to_dict(), NoduleRecipe().to_dict()
-    return all(saved[key] == value if key in saved else value == defaults[key] for key, value in current.items()) \
-        and set(saved) <= set(current)
+    return sorted([key for key, value in current.items()
+                   if (saved[key] != value if key in saved else value != defaults[key])] + list(set(saved) - set(current)))
+
+
+def same_recipe(saved: dict, recipe: NoduleRecipe) -> bool:
+    """Whether a run saved with ``saved`` is this recipe (:func:`recipe_differences` is empty)."""
+    return not recipe_differences(saved, recipe)
 
 
 # -- inputs ---------------------------------------------------------------------------------------------

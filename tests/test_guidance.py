@@ -273,3 +273,17 @@ def test_backbone_lr_scale_groups_and_the_default_single_group():
     saved = NoduleRecipe().to_dict()
     del saved["backbone_lr_scale"]
     assert same_recipe(saved, NoduleRecipe()) and not same_recipe(saved, NoduleRecipe(backbone_lr_scale=0.2))
+
+
+@needs_torch
+def test_recipe_differences_name_the_fields_that_differ():
+    from edge_thyroid.export.nodule_training import NoduleRecipe, recipe_differences
+
+    saved = NoduleRecipe(epochs=60, weight_decay=0.5).to_dict()
+    assert recipe_differences(saved, NoduleRecipe(epochs=60, weight_decay=0.5)) == []
+    assert recipe_differences(saved, NoduleRecipe(epochs=30, weight_decay=0.5)) == ["epochs"]
+    assert recipe_differences(saved, NoduleRecipe()) == ["epochs", "weight_decay"]
+    del saved["p_cyst"]   # saved before the field existed: equal only to its default
+    assert recipe_differences(saved, NoduleRecipe(epochs=60, weight_decay=0.5)) == []
+    assert recipe_differences(saved, NoduleRecipe(epochs=60, weight_decay=0.5, p_cyst=0.1)) == ["p_cyst"]
+    assert recipe_differences({**saved, "retired_knob": 1}, NoduleRecipe(epochs=60, weight_decay=0.5)) == ["retired_knob"]

@@ -108,7 +108,7 @@ def _cross_validate_over(tmp_path, saved: dict, *options: str):
 
     data = save_pack(replace(tiny_pack(), meta={"format": PACK_FORMAT}), tmp_path / "tiny.npz")
     fold_dir = tmp_path / "cv" / "fold0_seed0"
-    fold_dir.mkdir(parents=True)
+    fold_dir.mkdir(parents=True, exist_ok=True)
     (fold_dir / "result.json").write_text(json.dumps({"fold": 0, "seed": 0, "auc": 0.7, **saved}))
     return CliRunner().invoke(main, ["--data", str(data), "--out", str(tmp_path / "cv"), "--json",
                                      str(tmp_path / "cv.json"), "--only-folds", "0", *options])
@@ -153,3 +153,31 @@ def test_cross_validation_refuses_a_run_folder_of_another_schedule(tmp_path):
     result = _cross_validate_over(tmp_path, {"train_cases": 0.5}, "--train-cases", "0.5", "--train-schedule", "epochs")
     assert result.exit_code == 1 and "trained with --train-schedule steps, not epochs" in result.output
     assert not (tmp_path / "cv.json").exists()
+
+
+def test_cross_validation_refuses_a_finished_fold_of_another_recipe(tmp_path):
+    """Re-running a run folder with other options (here --epochs and --weight-decay) must not report the old
+    models under the new options; the same options (init spelt another way) reuse them."""
+    torch = pytest.importorskip("torch")
+    from edge_thyroid.export.nodule_training import NoduleRecipe
+
+    fold_dir = tmp_path / "cv" / "fold0_seed0"
+    fold_dir.mkdir(parents=True)
+    trained = NoduleRecipe(backbone="resnet50", epochs=60, seed=0, init="runs/pretrain/final.pt", weight_decay=0.5)
+    torch.save({"training": {"recipe": trained.to_dict()}}, fold_dir / "final.pt")
+    init = tmp_path / "pretrain.pt"
+    init.write_bytes(b"")
+    result = _cross_validate_over(tmp_path, {}, "--epochs", "30", "--init", str(init))
+    assert result.exit_code == 1
+    assert "was trained with epochs 60, weight_decay 0.5, not epochs 30, weight_decay 0.0005" in result.output
+    assert "run folder of its own per recipe" in result.output and not (tmp_path / "cv.json").exists()
+    import click
+
+    from benchmarks.cross_validate import refuse_another_recipe
+
+    same = NoduleRecipe(backbone="resnet50", epochs=60, seed=0, init=str(init), weight_decay=0.5)
+    refuse_another_recipe(fold_dir / "final.pt", same)   # init spelt another way: the same recipe, reused
+    refuse_another_recipe(fold_dir / "absent.pt", NoduleRecipe())   # results kept without their model: taken
+    with pytest.raises(click.ClickException, match="trained with p_cyst 0.0, not p_cyst 0.1"):
+        refuse_another_recipe(fold_dir / "final.pt",
+                              NoduleRecipe(backbone="resnet50", epochs=60, seed=0, weight_decay=0.5, p_cyst=0.1))
