@@ -16,8 +16,8 @@ picked on the fold) on the other folds' crops, then scores the held-out crops:
 It reports every fold and the mean +- sd over folds (never a best fold), saves the out-of-fold scores,
 and is resumable: a fold whose result file exists is not retrained (if its model trained with the recipe
 asked for now; a run folder of other options is refused, not reported under the new ones). Labels are
-TI-RADS-derived, not pathology. Finally ``--also-all`` trains the same recipe on every crop (the shipped model) with the
-threshold chosen on the pooled out-of-fold scores.
+TI-RADS-derived, not pathology. Finally ``--also-all`` trains the same recipe on every crop (the shipped
+model) with the threshold chosen on the pooled out-of-fold scores.
 """
 
 from __future__ import annotations
@@ -308,8 +308,7 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, weight_decay, backbone_lr_scale,
-         image_size,
-         descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, replay_shared_head, pseudo_run,
+         image_size, descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, replay_shared_head, pseudo_run,
          unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, precision, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for

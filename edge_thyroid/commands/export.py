@@ -132,7 +132,7 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
     provenance = {}
     trained, metrics, threshold = (), {}, None
     imported = None
-    byo_options = (malignant_index, mean, std, channel_order, intended_use)
+    import_only = (malignant_index, mean, std, channel_order)   # what an edge-thyroid checkpoint records itself
     # An edge-thyroid checkpoint's card holds only what it is for; an imported model's, where it came from too.
     own_card = {"intended_use": intended_use} if intended_use else None
     if checkpoint and not random_init:
@@ -144,7 +144,7 @@ def export(checkpoint, output, backbone, modalities, image_size, random_init, se
         elif not model_import.is_project_checkpoint(checkpoint):
             imported = _import_own_model(model_import, checkpoint, backbone, modality_tuple, image_size,
                                          malignant_index, mean, std, channel_order, intended_use)
-        elif any(byo_options[:4]):
+        elif any(import_only):
             raise click.UsageError("--malignant-index, --mean, --std and --channel-order apply to your own model, "
                                    "not to an edge-thyroid checkpoint (which records them)")
     try:
