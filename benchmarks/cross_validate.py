@@ -225,7 +225,9 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
 
     from edge_thyroid.export.nodule_training import recipe_differences
 
-    saved = ((torch.load(checkpoint, map_location="cpu", weights_only=True).get("training") or {}).get("recipe")) or {}
+    # mmap: only the recipe is read, not the ~100 MB of weights beside it, for every reused fold.
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    saved = (payload.get("training") or {}).get("recipe") or {}
     if not saved:
         return
     differences = [key for key in recipe_differences(saved, expected) if key != "init"]

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .gates import recorded_gates
+from .prevalence import model_prior
+
 NOT_RECORDED = "not recorded"
 
 
@@ -111,7 +114,7 @@ def _what_it_does(manifest: dict) -> list[str]:
     value = _number(threshold.get("value"))
     lines.append("- **Threshold:** " + (f"{value:.4f} ({threshold.get('method', '?')}, chosen on "
                                          f"{threshold.get('chosen_on', '?')})." if value is not None else NOT_RECORDED + "."))
-    prior = _number(_dict(manifest.get("probability")).get("prior"))
+    prior = model_prior(manifest.get("probability"))
     lines.append("- **What p means:** " + (f"the chance of a malignant label where {prior:g} of the nodules are "
                                            "malignant; `--prevalence SHARE` reads p and the threshold at a site's own "
                                            "share without changing any decision." if prior is not None
@@ -147,11 +150,11 @@ def _how_well(cv: dict) -> list[str]:
 
 
 def _gates(models: dict) -> list[str]:
-    """One line per recorded accuracy gate: passed or not, and the agreement (never the gate's AUC)."""
+    """One line per recorded accuracy gate (a legacy single gate included): passed or not, and the agreement
+    (never the gate's AUC)."""
     lines = []
     for key, entry in models.items():
-        for configuration, gate in _dict(_dict(entry).get("gates")).items():
-            gate = _dict(gate)
+        for configuration, gate in recorded_gates(_dict(entry)).items():
             agreement = _number(gate.get("agreement"))
             lines.append(f"- {key} on {configuration}: {'passed' if gate.get('passed') is True else 'FAILED'}"
                          + (f", {agreement:.3f} of {gate.get('n', '?')} decisions equal to the FP32 reference's"
