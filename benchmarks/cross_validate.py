@@ -256,6 +256,12 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
 @click.option("--weight-decay", type=click.FloatRange(0, None), default=None,
               help="AdamW's decoupled weight decay (default: the recipe's 5e-4; over the recipe's ~500 steps at lr "
                    "5e-4 it shrinks the weights by well under 1%).")
+@click.option("--stochastic-depth", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="ResNet stochastic depth: the deepest residual block's drop rate, rising linearly from 0 at the "
+                   "first (export/stochastic_depth.py; default: the recipe's 0, off).")
+@click.option("--head-dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Dropout on the pooled features the classification head sees, training only (default: the "
+                   "recipe's 0, off).")
 @click.option("--backbone-lr-scale", type=float, default=None,
               help="The backbone's learning rate as a share of --lr, the heads keeping --lr (default: the recipe's 1).")
 @click.option("--image-size", type=int, default=None,
@@ -309,7 +315,8 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
 @click.option("--also-all", is_flag=True, help="Then train the same recipe on every crop (OUT/all/final.pt).")
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
-def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, weight_decay, backbone_lr_scale,
+def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, weight_decay, stochastic_depth,
+         head_dropout, backbone_lr_scale,
          image_size, descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, replay_shared_head, pseudo_run,
          unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, precision, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
@@ -322,6 +329,9 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
         raise click.UsageError("--replay-per-batch needs --replay PACK (e.g. runs/pretrain_pack.npz)")
     if replay_shared_head and not replay_per_batch:
         raise click.UsageError("--replay-shared-head needs --replay PACK and --replay-per-batch N")
+    if stochastic_depth and not backbone.startswith("resnet"):
+        raise click.BadParameter(f"needs a ResNet backbone (residual blocks to drop), got {backbone}",
+                                 param_hint="--stochastic-depth")
     if also_all and train_cases < 1:
         raise click.UsageError(f"--also-all trains on every crop; it cannot be combined with --train-cases {train_cases}")
     pack = pack_for(data)
@@ -362,6 +372,10 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             recipe.lr = lr
         if weight_decay is not None:
             recipe.weight_decay = weight_decay
+        if stochastic_depth is not None:
+            recipe.stochastic_depth = stochastic_depth
+        if head_dropout is not None:
+            recipe.head_dropout = head_dropout
         if backbone_lr_scale is not None:
             if not 0 < backbone_lr_scale <= 1:
                 raise click.BadParameter(f"must be in (0, 1], got {backbone_lr_scale}", param_hint="--backbone-lr-scale")

@@ -34,8 +34,10 @@ class GuidedClassifier(nn.Module):
     """A :class:`MultimodalClassifier` plus the auxiliary heads, for single-modality training batches."""
 
     def __init__(self, base: MultimodalClassifier, modality: str = "bmode", tirads_levels: int = 6,
-                 descriptors: int = 0, replay: bool = False) -> None:
+                 descriptors: int = 0, replay: bool = False, head_dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= head_dropout < 1.0:
+            raise ValueError(f"head dropout must be in [0, 1), got {head_dropout}")
         if modality not in base.modalities:
             raise ValueError(f"modality {modality!r} is not one of the model's {base.modalities}")
         self.base = base
@@ -50,6 +52,9 @@ class GuidedClassifier(nn.Module):
         # A head for the pre-training task's own images (BUSI: malignant vs not) replayed during fine-tuning;
         # also only built when asked for.
         self.aux_replay = nn.Linear(channels, 1) if replay else None
+        # Dropout on what the classification head sees (training only; no parameters, so the seeded start is
+        # the same with it on or off). The CAM and the auxiliary heads see the features whole.
+        self.head_dropout = head_dropout
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """pixels: B x 3 x S x S of one modality -> logit (B), cam (B x h x w), seg (B x h x w), ordinal (B x K-1).
@@ -62,7 +67,9 @@ class GuidedClassifier(nn.Module):
         batch, channels = pooled.shape
         num_modalities = len(base.modalities)
         features = pooled.new_zeros(batch, num_modalities, channels)
-        features[:, self.slot] = pooled
+        # Skipped at 0 rather than called with p=0, so the recipe without it draws nothing extra.
+        features[:, self.slot] = (F.dropout(pooled, self.head_dropout, self.training) if self.head_dropout > 0
+                                  else pooled)
         presence = pooled.new_zeros(batch, num_modalities)
         presence[:, self.slot] = 1.0
         logit = base.head(torch.cat([features.flatten(1), presence], dim=1)).squeeze(1)

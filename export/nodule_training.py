@@ -55,6 +55,7 @@ from .guidance import (GuidedClassifier, cam_outside_loss, descriptor_loss, leve
                        training_batch)
 from .mixup import mix_batch, mixup_partners
 from .models import BACKBONE_CHANNELS, MODALITIES, MultimodalClassifier
+from .stochastic_depth import add_stochastic_depth
 from .train import Ema, lr_lambda, smooth_targets
 
 LABEL_SOURCE = "TI-RADS category (2-3 benign, 4a-5 malignant), not pathology"
@@ -74,6 +75,11 @@ class NoduleRecipe:
     warmup_epochs: float = 2.0
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    # Stochastic depth (export/stochastic_depth.py): the deepest residual block's drop rate, rising linearly
+    # from 0 at the first; ResNet only. 0: off (the shipped recipe).
+    stochastic_depth: float = 0.0
+    # Dropout on the pooled features the classification head sees, in training only. 0: off.
+    head_dropout: float = 0.0
     ema: float = 0.99
     p_box: float = 0.7            # a mask-derived box instead of the stock crop
     margin_min: float = 1.1
@@ -391,6 +397,8 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     unlabelled = train_index[labels[train_index] < 0]
     if recipe.mixup_alpha > 0 and recipe.descriptor_weight > 0:
         raise ValueError("mixup and the descriptor head cannot be combined: a blend of two crops has no descriptors")
+    if recipe.stochastic_depth > 0 and not recipe.backbone.startswith("resnet"):
+        raise ValueError(f"stochastic depth needs a ResNet backbone (residual blocks to drop), got {recipe.backbone}")
     replay = load_replay(recipe)
     soft_labels = None
     if recipe.pseudo_label_teachers:
@@ -415,13 +423,17 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         scale = descriptor_scale(pack.images[train_index], pack.masks[train_index])
     model = GuidedClassifier(base, "bmode", len(TIRADS_LEVELS),
                              len(DESCRIPTOR_NAMES) if scale is not None else 0,
-                             replay=replay is not None and not recipe.replay_shared_head)
+                             replay=replay is not None and not recipe.replay_shared_head,
+                             head_dropout=recipe.head_dropout)
     model = model.to(dev).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(parameter_groups(model, recipe), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = len(labelled) // recipe.batch_size
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(recipe.epochs * steps_per_epoch, max(1, round(recipe.warmup_epochs * steps_per_epoch))))
     ema = Ema(model, recipe.ema)
+    if recipe.stochastic_depth > 0:
+        # After the EMA copy: the averaged model is only ever evaluated, where the hooks do nothing anyway.
+        add_stochastic_depth(model.base.backbone, recipe.stochastic_depth)
     state = {"epoch": 0, "step": 0, "history": [], "elapsed_s": 0.0}
     last = out / "last.pt"
     if resume and last.exists():
