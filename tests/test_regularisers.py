@@ -1,7 +1,8 @@
-"""Two training-only regularisers of the nodule recipe: stochastic depth in the ResNet backbone
-(export/stochastic_depth.py) and dropout before the classification head (export/guidance.py). Both must
-leave the checkpoint format, the seeded start and evaluation untouched, and do exactly what they say in
-training, checked against a hand-computed reference in float64."""
+"""Training-only regularisers of the nodule recipe: stochastic depth in the ResNet backbone
+(export/stochastic_depth.py), dropout before the classification head (export/guidance.py) and the weight
+average's decay (cross_validate.py --ema). They must leave the checkpoint format, the seeded start and
+evaluation untouched, and do exactly what they say in training, checked against a hand-computed reference
+in float64."""
 
 from __future__ import annotations
 
@@ -173,7 +174,7 @@ def test_cross_validate_offers_both_and_refuses_stochastic_depth_without_residua
         main(["--help"])
     assert exit_info.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "--stochastic-depth" in help_text and "--head-dropout" in help_text
+    assert "--stochastic-depth" in help_text and "--head-dropout" in help_text and "--ema" in help_text
     pack = tmp_path / "pack.npz"
     pack.write_bytes(b"")
     with pytest.raises(SystemExit) as exit_info:
@@ -186,3 +187,28 @@ def test_cross_validate_offers_both_and_refuses_stochastic_depth_without_residua
               "--head-dropout", "1"])
     assert exit_info.value.code == 2
     assert "--head-dropout" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(pack), "--out", str(tmp_path / "o"), "--json", str(tmp_path / "o.json"), "--ema", "1.5"])
+    assert exit_info.value.code == 2
+    assert "--ema" in capsys.readouterr().err
+
+
+def test_cross_validate_trains_each_fold_with_the_asked_regularisers(tmp_path):
+    """The options reach the recipe each fold trains with (recorded in its checkpoint), so a run folder of
+    one recipe is never reported under another's options."""
+    import torch
+
+    from dataclasses import replace
+
+    from benchmarks.cross_validate import main
+    from edge_thyroid.export.datapack import PACK_FORMAT, save_pack
+
+    pack_path = save_pack(replace(tiny_pack(), meta={"format": PACK_FORMAT}), tmp_path / "pack.npz")
+    main(["--data", str(pack_path), "--out", str(tmp_path / "run"), "--json", str(tmp_path / "run.json"),
+          "--epochs", "1", "--image-size", "64", "--only-folds", "0", "--threads", "1", "--precision", "f32",
+          "--stochastic-depth", "0.1", "--head-dropout", "0.3", "--ema", "0.9"], standalone_mode=False)
+    saved = torch.load(tmp_path / "run" / "fold0_seed0" / "final.pt", map_location="cpu", weights_only=True)
+    recipe = saved["training"]["recipe"]
+    assert (recipe["stochastic_depth"], recipe["head_dropout"], recipe["ema"]) == (0.1, 0.3, 0.9)
+    summary = json.loads((tmp_path / "run.json").read_text())
+    assert (summary["recipe"]["stochastic_depth"], summary["recipe"]["head_dropout"], summary["recipe"]["ema"]) == (0.1, 0.3, 0.9)
