@@ -263,8 +263,13 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
               help="Dropout on the pooled features the classification head sees, training only (default: the "
                    "recipe's 0, off).")
 @click.option("--ema", "ema_decay", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Decay of the weight average that becomes the model (default: the recipe's 0.99, i.e. about the "
-                   "last 100 of the ~510 steps; 0.998 averages about the last 500).")
+              help="Cap on the decay of the weight average that becomes the model (default: the recipe's 0.99). "
+                   "The decay ramps up as (1+s)/(R+s) and, with R 10, reaches 0.99 only after 890 steps: in the "
+                   "recipe's ~510 steps a higher cap changes nothing (use --ema-ramp).")
+@click.option("--ema-ramp", type=click.FloatRange(2, None), default=None,
+              help="R of the decay's ramp (1+s)/(R+s): until the --ema cap acts, the average weights step j like "
+                   "j^(R-2), so R sets its length (default: the recipe's 10, ~92% on the last quarter of the steps; "
+                   "R 4 with --ema 0.9999: ~58%; R 2: the plain mean of every step).")
 @click.option("--backbone-lr-scale", type=float, default=None,
               help="The backbone's learning rate as a share of --lr, the heads keeping --lr (default: the recipe's 1).")
 @click.option("--image-size", type=int, default=None,
@@ -319,7 +324,7 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, weight_decay, stochastic_depth,
-         head_dropout, ema_decay, backbone_lr_scale,
+         head_dropout, ema_decay, ema_ramp, backbone_lr_scale,
          image_size, descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, replay_shared_head, pseudo_run,
          unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, precision, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
@@ -381,6 +386,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             recipe.head_dropout = head_dropout
         if ema_decay is not None:
             recipe.ema = ema_decay
+        if ema_ramp is not None:
+            recipe.ema_ramp = ema_ramp
         if backbone_lr_scale is not None:
             if not 0 < backbone_lr_scale <= 1:
                 raise click.BadParameter(f"must be in (0, 1], got {backbone_lr_scale}", param_hint="--backbone-lr-scale")

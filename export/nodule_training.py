@@ -80,7 +80,11 @@ class NoduleRecipe:
     stochastic_depth: float = 0.0
     # Dropout on the pooled features the classification head sees, in training only. 0: off.
     head_dropout: float = 0.0
+    # The weight average that becomes the model (export/train.py ema_decay_at): decay (1 + s) / (ema_ramp + s)
+    # at step s, capped at ``ema``. The recipe's ~510 steps never reach the 0.99 cap (that takes 890), so
+    # ``ema_ramp`` is what sets the average's length: 10 puts ~92% of it on the last quarter of the steps.
     ema: float = 0.99
+    ema_ramp: float = 10.0
     p_box: float = 0.7            # a mask-derived box instead of the stock crop
     margin_min: float = 1.1
     margin_max: float = 2.5
@@ -430,7 +434,7 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     steps_per_epoch = len(labelled) // recipe.batch_size
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(recipe.epochs * steps_per_epoch, max(1, round(recipe.warmup_epochs * steps_per_epoch))))
-    ema = Ema(model, recipe.ema)
+    ema = Ema(model, recipe.ema, recipe.ema_ramp)
     if recipe.stochastic_depth > 0:
         # After the EMA copy: the averaged model is only ever evaluated, where the hooks do nothing anyway.
         add_stochastic_depth(model.base.backbone, recipe.stochastic_depth)

@@ -136,6 +136,37 @@ def test_ema_tracks_the_weights():
     torch.testing.assert_close(ema.model.weight, model.weight, atol=1e-6, rtol=0)
 
 
+
+def test_ema_decay_ramps_up_and_is_capped():
+    from edge_thyroid.export.train import ema_decay_at
+
+    assert ema_decay_at(0, 0.99) == 0.1 and ema_decay_at(8, 0.99) == 0.5
+    # The recipe's ~510 steps stay under the 0.99 cap (reached at step 890) with the default ramp.
+    assert ema_decay_at(509, 0.99) == 510 / 519 < 0.99 and ema_decay_at(889, 0.99) < 0.99 <= ema_decay_at(890, 0.99)
+    assert ema_decay_at(50, 0.9, ramp=4.0) == 0.9 and ema_decay_at(1, 0.9, ramp=4.0) == 0.4
+
+
+def test_an_ema_ramp_of_two_is_the_plain_mean_of_the_start_and_every_step():
+    """Against a float64 NumPy reference: with the ramp (1 + s) / (2 + s) and a cap that never acts, the
+    average after steps 0..S is (start + w_0 + ... + w_S) / (S + 2)."""
+    import torch
+
+    from edge_thyroid.export.train import Ema
+
+    model = torch.nn.Linear(4, 2).double()
+    start = model.weight.detach().numpy().copy()
+    ema = Ema(model, decay=0.999999, ramp=2.0)
+    rng = np.random.default_rng(0)
+    seen = [start]
+    for step in range(40):
+        with torch.no_grad():
+            model.weight.copy_(torch.from_numpy(rng.normal(size=(2, 4))))
+        seen.append(model.weight.detach().numpy().copy())
+        ema.update(model, step)
+    np.testing.assert_allclose(ema.model.weight.numpy(), np.mean(seen, axis=0), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="EMA ramp must be >= 2 .*got 1.5"):
+        Ema(model, decay=0.99, ramp=1.5)
+
 @needs_data
 def test_busi_samples_drop_the_cross_labelled_duplicate():
     from edge_thyroid.export.pretrain import busi_samples
