@@ -270,6 +270,9 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
               help="R of the decay's ramp (1+s)/(R+s): until the --ema cap acts, the average weights step j like "
                    "j^(R-2), so R sets its length (default: the recipe's 10, ~92% on the last quarter of the steps; "
                    "R 4 with --ema 0.9999: ~58%; R 2: the plain mean of every step).")
+@click.option("--cam-weight", type=click.FloatRange(0, None), default=None,
+              help="Weight of the CAM guidance loss (the share of the CAM's evidence outside the dilated nodule mask; "
+                   "default: the recipe's 1; 0 turns the guidance off).")
 @click.option("--backbone-lr-scale", type=float, default=None,
               help="The backbone's learning rate as a share of --lr, the heads keeping --lr (default: the recipe's 1).")
 @click.option("--image-size", type=int, default=None,
@@ -324,7 +327,7 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, weight_decay, stochastic_depth,
-         head_dropout, ema_decay, ema_ramp, backbone_lr_scale,
+         head_dropout, ema_decay, ema_ramp, cam_weight, backbone_lr_scale,
          image_size, descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, replay_shared_head, pseudo_run,
          unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, precision, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
@@ -388,6 +391,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             recipe.ema = ema_decay
         if ema_ramp is not None:
             recipe.ema_ramp = ema_ramp
+        if cam_weight is not None:
+            recipe.cam_weight = cam_weight
         if backbone_lr_scale is not None:
             if not 0 < backbone_lr_scale <= 1:
                 raise click.BadParameter(f"must be in (0, 1], got {backbone_lr_scale}", param_hint="--backbone-lr-scale")

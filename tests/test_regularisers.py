@@ -174,7 +174,8 @@ def test_cross_validate_offers_both_and_refuses_stochastic_depth_without_residua
         main(["--help"])
     assert exit_info.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
-    assert all(option in help_text for option in ("--stochastic-depth", "--head-dropout", "--ema", "--ema-ramp"))
+    assert all(option in help_text for option in ("--stochastic-depth", "--head-dropout", "--ema", "--ema-ramp",
+                                                   "--cam-weight"))
     pack = tmp_path / "pack.npz"
     pack.write_bytes(b"")
     with pytest.raises(SystemExit) as exit_info:
@@ -210,11 +211,12 @@ def test_cross_validate_trains_each_fold_with_the_asked_regularisers(tmp_path):
     pack_path = save_pack(replace(tiny_pack(), meta={"format": PACK_FORMAT}), tmp_path / "pack.npz")
     main(["--data", str(pack_path), "--out", str(tmp_path / "run"), "--json", str(tmp_path / "run.json"),
           "--epochs", "1", "--image-size", "64", "--only-folds", "0", "--threads", "1", "--precision", "f32",
-          "--stochastic-depth", "0.1", "--head-dropout", "0.3", "--ema", "0.9", "--ema-ramp", "4"],
+          "--stochastic-depth", "0.1", "--head-dropout", "0.3", "--ema", "0.9", "--ema-ramp", "4",
+          "--cam-weight", "0.3"],
          standalone_mode=False)
     saved = torch.load(tmp_path / "run" / "fold0_seed0" / "final.pt", map_location="cpu", weights_only=True)
     recipe = saved["training"]["recipe"]
-    asked = ("stochastic_depth", "head_dropout", "ema", "ema_ramp")
-    assert tuple(recipe[k] for k in asked) == (0.1, 0.3, 0.9, 4.0)
+    asked = ("stochastic_depth", "head_dropout", "ema", "ema_ramp", "cam_weight")
+    assert tuple(recipe[k] for k in asked) == (0.1, 0.3, 0.9, 4.0, 0.3)
     summary = json.loads((tmp_path / "run.json").read_text())
-    assert tuple(summary["recipe"][k] for k in asked) == (0.1, 0.3, 0.9, 4.0)
+    assert tuple(summary["recipe"][k] for k in asked) == (0.1, 0.3, 0.9, 4.0, 0.3)
