@@ -136,7 +136,6 @@ def test_ema_tracks_the_weights():
     torch.testing.assert_close(ema.model.weight, model.weight, atol=1e-6, rtol=0)
 
 
-
 def test_ema_decay_ramps_up_and_is_capped():
     from edge_thyroid.export.train import ema_decay_at
 
@@ -166,6 +165,7 @@ def test_an_ema_ramp_of_two_is_the_plain_mean_of_the_start_and_every_step():
     np.testing.assert_allclose(ema.model.weight.numpy(), np.mean(seen, axis=0), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="EMA ramp must be >= 2 .*got 1.5"):
         Ema(model, decay=0.99, ramp=1.5)
+
 
 @needs_data
 def test_busi_samples_drop_the_cross_labelled_duplicate():
