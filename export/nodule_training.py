@@ -41,7 +41,6 @@ import click
 import cv2
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
