@@ -189,10 +189,16 @@ SCHEDULES = ("steps", "epochs")
 FIRST_SCHEDULE = "steps"   # what a result without train_schedule was trained with (the only one before the option)
 
 
+def subsample_seed(fold: int, draw: int = 0) -> int:
+    """The case draw's generator seed: draw 0 is each fold's own draw (the learning curves' first), later
+    draws are other, fixed subsets of the same fold's cases."""
+    return fold if draw == 0 else 1000 * draw + fold
+
+
 def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int, recipe,
-                         schedule: str = "steps") -> np.ndarray:
-    """``share`` of the fold's labelled training cases (export/subsample.py; one draw per fold, whatever the
-    seed: seeds differ in training only). ``schedule`` "steps": ``recipe`` set to as many optimizer steps as
+                         schedule: str = "steps", draw: int = 0) -> np.ndarray:
+    """``share`` of the fold's labelled training cases (export/subsample.py; one draw per fold and ``draw``,
+    whatever the seed: seeds differ in training only). ``schedule`` "steps": ``recipe`` set to as many optimizer steps as
     the whole side gets (more epochs over fewer crops), so a smaller set is not also a shorter training;
     warm-up and the cosine follow in steps. "epochs": the recipe's epochs unchanged (fewer steps), the other
     reading of "the same training". ``share`` 1: the side and the recipe unchanged."""
@@ -206,7 +212,7 @@ def shrink_training_side(pack, train_index: np.ndarray, share: float, fold: int,
     def steps(index: np.ndarray) -> int:
         return max(1, int((pack.labels[index] >= 0).sum()) // recipe.batch_size)
 
-    kept = case_subsample(pack.case_ids, pack.labels, train_index, share, seed=fold)
+    kept = case_subsample(pack.case_ids, pack.labels, train_index, share, seed=subsample_seed(fold, draw))
     if schedule == "epochs":
         return kept
     scale = steps(train_index) / steps(kept)
@@ -313,11 +319,14 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
                    "with its mirror image's); training is unchanged, so existing fold models are re-scored.")
 @click.option("--train-cases", "train_cases", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Share of each fold's labelled training cases kept (export/subsample.py: whole cases, benign and other "
-                   "cases drawn apart, nested across shares, one draw per fold), trained for as many optimizer steps as "
+                   "cases drawn apart, nested across shares, one draw per fold and --case-draw), trained for as many optimizer steps as "
                    "the whole training side (more epochs); for a learning curve. The held-out fold is unchanged.")
 @click.option("--train-schedule", "train_schedule", type=click.Choice(SCHEDULES), default="steps", show_default=True,
               help="With --train-cases below 1: keep the whole side's optimizer steps (more epochs over fewer crops) "
                    "or its epochs (fewer steps).")
+@click.option("--case-draw", type=click.IntRange(0, None), default=0, show_default=True,
+              help="With --train-cases below 1: which subset of cases each fold keeps (0: the first draw; 1, 2, ...: "
+                   "other fixed draws), so a learning curve's point can be repeated on other cases.")
 @click.option("--threads", type=int, default=0)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(("auto", "f32", "bf16")), default="auto", show_default=True,
@@ -329,7 +338,7 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
 def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, weight_decay, stochastic_depth,
          head_dropout, ema_decay, ema_ramp, cam_weight, backbone_lr_scale,
          image_size, descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, replay_shared_head, pseudo_run,
-         unlabelled_per_batch, test_time_flip, train_cases, train_schedule, threads, device, precision, workers, also_all, all_first_after) -> None:
+         unlabelled_per_batch, test_time_flip, train_cases, train_schedule, case_draw, threads, device, precision, workers, also_all, all_first_after) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import (NoduleRecipe, every_row_record, fit_nodule, fold_assignment,
@@ -343,6 +352,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
     if stochastic_depth and not backbone.startswith("resnet"):
         raise click.BadParameter(f"needs a ResNet backbone (residual blocks to drop), got {backbone}",
                                  param_hint="--stochastic-depth")
+    if case_draw and train_cases >= 1:
+        raise click.UsageError(f"--case-draw {case_draw} picks a subset of cases; it needs --train-cases below 1")
     if also_all and train_cases < 1:
         raise click.UsageError(f"--also-all trains on every crop; it cannot be combined with --train-cases {train_cases}")
     pack = pack_for(data)
@@ -430,7 +441,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             "data": {"path": str(data), **pack.meta}, "backbone": backbone, "folds": folds, "seeds": seed_list,
             "recipe": {**make_recipe(seed_list[0], fold_list[0]).to_dict(), "init": init}, "test_time_flip": test_time_flip,
             "train_cases": train_cases,
-            "train_schedule": train_schedule, "precision": ran_in,
+            "train_schedule": train_schedule, "case_draw": case_draw, "precision": ran_in,
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0]},
             "command": " ".join(sys.argv),
             "summary": summarise(results) if results else {},
@@ -460,18 +471,22 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                 if saved.get("train_cases", 1.0) != train_cases:   # a run folder of another share: not this curve's point
                     raise click.ClickException(f"{result_file} was trained on --train-cases {saved.get('train_cases', 1.0)}, "
                                                f"not {train_cases}; expected a run folder of its own per share")
+                if saved.get("case_draw", 0) != case_draw:
+                    raise click.ClickException(f"{result_file} was trained on --case-draw {saved.get('case_draw', 0)}, "
+                                               f"not {case_draw}; expected a run folder of its own per draw")
                 saved_schedule = saved.get("train_schedule", FIRST_SCHEDULE)
                 if train_cases < 1 and saved_schedule != train_schedule:
                     raise click.ClickException(f"{result_file} was trained with --train-schedule {saved_schedule}, not "
                                                f"{train_schedule}; expected a run folder of its own per schedule")
                 expected = make_recipe(seed, fold)   # as it would train now, shrunk like the saved run's side
-                shrink_training_side(pack, np.flatnonzero(assignment != fold), train_cases, fold, expected, train_schedule)
+                shrink_training_side(pack, np.flatnonzero(assignment != fold), train_cases, fold, expected, train_schedule,
+                                     case_draw)
                 refuse_another_recipe(fold_dir / "final.pt", expected)
                 results.append(saved)
             else:
                 recipe = make_recipe(seed, fold)
                 train_index = shrink_training_side(pack, np.flatnonzero(assignment != fold), train_cases, fold, recipe,
-                                                   train_schedule)
+                                                   train_schedule, case_draw)
                 val_index = np.flatnonzero(assignment == fold)
                 click.echo(f"[fold {fold} seed {seed}] train {len(train_index)} crops, validate {len(val_index)}", err=True)
                 model = fit_nodule(recipe, pack, train_index, fold_dir, device=device, workers=workers, threads=threads,
@@ -481,6 +496,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                 model, _, _ = load_checkpoint(fold_dir / "final.pt")
                 labelled_train = train_index[pack.labels[train_index] >= 0]
                 result = {"fold": fold, "seed": seed, "train_cases": train_cases, "train_schedule": train_schedule,
+                          "case_draw": case_draw,
                           "epochs": recipe.epochs,
                           "train_labelled_crops": int(len(labelled_train)),
                           "train_labelled_cases": int(len(set(pack.case_ids[labelled_train].tolist()))),

@@ -120,6 +120,47 @@ def test_cross_validation_refuses_a_run_folder_of_another_share(tmp_path):
     assert not (tmp_path / "cv.json").exists()
 
 
+def test_cross_validation_refuses_a_run_folder_of_another_case_draw(tmp_path):
+    result = _cross_validate_over(tmp_path, {"train_cases": 0.5}, "--train-cases", "0.5", "--case-draw", "1")
+    assert result.exit_code == 1 and "trained on --case-draw 0, not 1; expected a run folder of its own per draw" in result.output
+    assert not (tmp_path / "cv.json").exists()
+
+
+def test_a_case_draw_needs_a_share_below_one(tmp_path):
+    from benchmarks.cross_validate import main
+
+    data = tmp_path / "pack.npz"
+    data.write_bytes(b"")
+    result = CliRunner().invoke(main, ["--data", str(data), "--out", str(tmp_path / "cv"), "--json",
+                                       str(tmp_path / "cv.json"), "--case-draw", "1"])
+    assert result.exit_code == 2 and "--case-draw 1 picks a subset of cases; it needs --train-cases below 1" in result.output
+
+
+def test_another_case_draw_keeps_as_many_other_cases_and_draw_zero_is_the_first_curves():
+    """Draw 0 is the subset the learning curves were trained on (seed = fold); draw 1 is another subset of the
+    same size and strata, and still whole cases."""
+    from benchmarks.cross_validate import shrink_training_side, subsample_seed
+    from edge_thyroid.export.nodule_training import NoduleRecipe
+
+    from .test_mixup import tiny_pack
+
+    assert [subsample_seed(f) for f in range(4)] == [0, 1, 2, 3] and subsample_seed(2, 1) == 1002
+    pack = tiny_pack(count=96, unlabelled=8)
+    side = np.arange(len(pack))
+    first = shrink_training_side(pack, side, 0.5, fold=2, recipe=NoduleRecipe(batch_size=4))
+    np.testing.assert_array_equal(first, case_subsample(pack.case_ids, pack.labels, side, 0.5, seed=2))
+    other = shrink_training_side(pack, side, 0.5, fold=2, recipe=NoduleRecipe(batch_size=4), draw=1)
+
+    def cases(index: np.ndarray, benign_only: bool = False) -> set:
+        chosen = index[pack.labels[index] == 0] if benign_only else index[pack.labels[index] >= 0]
+        return set(pack.case_ids[chosen].tolist())
+
+    assert cases(first) != cases(other) and len(cases(first)) == len(cases(other))
+    assert len(cases(first, benign_only=True)) == len(cases(other, benign_only=True))
+    dropped = np.setdiff1d(side, other)
+    assert not set(pack.case_ids[other].tolist()) & set(pack.case_ids[dropped].tolist())
+
+
 @pytest.mark.parametrize("schedule", ["steps", "epochs"])
 def test_a_shrunk_training_side_keeps_the_steps_or_the_epochs(schedule):
     """"steps": the recipe's epochs scale by the whole side's steps over the kept side's (the learning curve
