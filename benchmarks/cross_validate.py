@@ -352,6 +352,12 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
     if stochastic_depth and not backbone.startswith("resnet"):
         raise click.BadParameter(f"needs a ResNet backbone (residual blocks to drop), got {backbone}",
                                  param_hint="--stochastic-depth")
+    if backbone_lr_scale is not None and not 0 < backbone_lr_scale <= 1:
+        raise click.BadParameter(f"must be in (0, 1], got {backbone_lr_scale}", param_hint="--backbone-lr-scale")
+    if image_size is not None and not 32 <= image_size <= 1024:
+        raise click.BadParameter(f"must be between 32 and 1024 pixels, got {image_size}", param_hint="--image-size")
+    if descriptor_weight is not None and descriptor_weight < 0:
+        raise click.BadParameter(f"must be >= 0, got {descriptor_weight}", param_hint="--descriptor-weight")
     if case_draw and train_cases >= 1:
         raise click.UsageError(f"--case-draw {case_draw} picks a subset of cases; it needs --train-cases below 1")
     if also_all and train_cases < 1:
@@ -388,48 +394,19 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
         if pseudo_run:
             teachers[fold] = teachers_for(fold)
 
+    # Every option left unset keeps the recipe's own default (NoduleRecipe), so a run says only what it changes.
+    overrides = {key: value for key, value in {
+        "lr": lr, "weight_decay": weight_decay, "stochastic_depth": stochastic_depth, "head_dropout": head_dropout,
+        "ema": ema_decay, "ema_ramp": ema_ramp, "cam_weight": cam_weight, "backbone_lr_scale": backbone_lr_scale,
+        "image_size": image_size, "descriptor_weight": descriptor_weight, "level_targets": level_targets,
+        "p_cyst": p_cyst, "p_spongiform": p_spongiform, "gamma_log_range": gamma_log_range, "mixup_alpha": mixup_alpha,
+        "unlabelled_per_batch": unlabelled_per_batch}.items() if value is not None}
+
     def make_recipe(seed: int, fold: int | str = 0) -> NoduleRecipe:
-        recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init_for(fold))
-        if lr is not None:
-            recipe.lr = lr
-        if weight_decay is not None:
-            recipe.weight_decay = weight_decay
-        if stochastic_depth is not None:
-            recipe.stochastic_depth = stochastic_depth
-        if head_dropout is not None:
-            recipe.head_dropout = head_dropout
-        if ema_decay is not None:
-            recipe.ema = ema_decay
-        if ema_ramp is not None:
-            recipe.ema_ramp = ema_ramp
-        if cam_weight is not None:
-            recipe.cam_weight = cam_weight
-        if backbone_lr_scale is not None:
-            if not 0 < backbone_lr_scale <= 1:
-                raise click.BadParameter(f"must be in (0, 1], got {backbone_lr_scale}", param_hint="--backbone-lr-scale")
-            recipe.backbone_lr_scale = backbone_lr_scale
-        if image_size is not None:
-            if not 32 <= image_size <= 1024:
-                raise click.BadParameter(f"must be between 32 and 1024 pixels, got {image_size}", param_hint="--image-size")
-            recipe.image_size = image_size
-        if descriptor_weight is not None:
-            if descriptor_weight < 0:
-                raise click.BadParameter(f"must be >= 0, got {descriptor_weight}", param_hint="--descriptor-weight")
-            recipe.descriptor_weight = descriptor_weight
-        recipe.level_targets = level_targets
-        if p_cyst is not None:
-            recipe.p_cyst = p_cyst
-        if p_spongiform is not None:
-            recipe.p_spongiform = p_spongiform
-        if gamma_log_range is not None:
-            recipe.gamma_log_range = gamma_log_range
-        if mixup_alpha is not None:
-            recipe.mixup_alpha = mixup_alpha
+        recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init_for(fold), **overrides)
         if replay_per_batch:
             recipe.replay, recipe.replay_per_batch = replay, replay_per_batch
             recipe.replay_shared_head = replay_shared_head
-        if unlabelled_per_batch is not None:
-            recipe.unlabelled_per_batch = unlabelled_per_batch
         if pseudo_run:
             recipe.pseudo_label_teachers = teachers[fold]
         return recipe
