@@ -93,7 +93,9 @@ def read_points(runs: list[tuple[float, Path]], seeds: list[int], full_cases: di
             first = rows[seeds[0]]
             point = {"share": share, "fold": fold, "seeds": list(seeds),
                      "cases": int(first.get("train_labelled_cases") or full_cases[fold]),
-                     "schedule": None if share >= 1 else first.get("train_schedule", FIRST_SCHEDULE)}
+                     "schedule": None if share >= 1 else first.get("train_schedule", FIRST_SCHEDULE),
+                     # The whole side (share 1) has no draw of cases; runs before --case-draw drew draw 0.
+                     "case_draw": None if share >= 1 else int(first.get("case_draw", 0))}
             for key in ("auc", "auc_train_side", "tirads2_benign_rate", "cam_in_mask"):
                 values = [rows[s].get(key) for s in seeds]
                 point[key] = None if None in values else float(np.mean(values))
@@ -115,6 +117,10 @@ def summarise(points: list[dict], target: float) -> dict:
     if len(schedules) > 1:
         raise ValueError(f"the shares were trained with different schedules ({', '.join(schedules)}); expected one "
                          "--train-schedule for the whole curve")
+    draws = sorted({p["case_draw"] for p in points if p.get("case_draw") is not None})
+    if len(draws) > 1:
+        raise ValueError(f"the shares were trained on different case draws ({', '.join(map(str, draws))}); expected one "
+                         "--case-draw for the whole curve, so that a smaller share's cases lie inside a larger one's")
     for share in shares:
         if missing := sorted(set(folds) - {p["fold"] for p in points if p["share"] == share}):
             raise ValueError(f"share {share} has no result for folds {missing}; expected every fold at every share "
@@ -135,7 +141,7 @@ def summarise(points: list[dict], target: float) -> dict:
               "slope_per_doubling": {"mean": float(np.mean(slopes)), "sd": float(np.std(slopes, ddof=1)),
                                      "folds": [round(s, 4) for s in slopes]},
               "more_cases_help": verdict, "target_auc": target,
-              "train_schedule": schedules[0] if schedules else None}
+              "train_schedule": schedules[0] if schedules else None, "case_draw": draws[0] if draws else None}
     if verdict:
         intercept = float(np.mean([lines[f][0] for f in folds]))
         needed = cases_to_reach(intercept, float(np.mean(slopes)), target)
@@ -180,7 +186,8 @@ def plot(points: list[dict], summary: dict, path: str) -> None:
     slope = summary["slope_per_doubling"]
     same = {"steps": "\neach share trained for as many optimizer steps as the whole side",
             "epochs": "\neach share trained for the recipe's epochs (fewer steps)"}.get(summary.get("train_schedule"), "")
-    ax.set_title(f"AUC per doubling of cases: {slope['mean']:+.3f} ± {slope['sd']:.3f} ({len(slope['folds'])} folds)"
+    draw = f", case draw {summary['case_draw']}" if summary.get("case_draw") else ""
+    ax.set_title(f"AUC per doubling of cases: {slope['mean']:+.3f} ± {slope['sd']:.3f} ({len(slope['folds'])} folds{draw})"
                  + same, fontsize=9)
     ax.set_ylim(0.45, 1.12)   # room for the legend above AUC 1
     ax.set_yticks(np.arange(0.5, 1.01, 0.1))

@@ -130,3 +130,22 @@ def test_read_points_takes_the_schedule_from_the_results(tmp_path):
                                              "train_labelled_cases": 86}]}))
     points = lc.read_points([(0.5, run)], [0], {0: 173, 1: 172})
     assert [p["schedule"] for p in points] == ["epochs", "steps"]
+
+
+def test_one_curve_has_one_case_draw(tmp_path):
+    """A curve's smaller shares are nested inside its larger ones only within one --case-draw, so shares of
+    two draws are refused; the whole side (share 1) has no draw, and a result without the field is draw 0."""
+    run = tmp_path / "cv.json"
+    run.write_text(json.dumps({"per_fold": [{"fold": 0, "seed": 0, "auc": 0.6, "train_cases": 0.5, "case_draw": 1,
+                                             "train_labelled_cases": 87},
+                                            {"fold": 1, "seed": 0, "auc": 0.6, "train_cases": 0.5,
+                                             "train_labelled_cases": 86}]}))
+    assert [p["case_draw"] for p in lc.read_points([(0.5, run)], [0], {0: 173, 1: 172})] == [1, 0]
+    assert [p["case_draw"] for p in lc.read_points([(1.0, run)], [0], {0: 173, 1: 172})] == [None, None]
+    points = _points([0.04, 0.05, 0.06, 0.05])
+    for p in points:
+        p["case_draw"] = None if p["share"] >= 1 else 1
+    assert lc.summarise(points, target=0.85)["case_draw"] == 1
+    points[0]["case_draw"] = 0
+    with pytest.raises(ValueError, match=r"different case draws \(0, 1\)"):
+        lc.summarise(points, target=0.85)
