@@ -189,6 +189,25 @@ SCHEDULES = ("steps", "epochs")
 FIRST_SCHEDULE = "steps"   # what a result without train_schedule was trained with (the only one before the option)
 
 
+def cpu_kind(cpuinfo: str | None = None) -> dict:
+    """The CPU's model name, family and model number from /proc/cpuinfo (None where absent): f32 training is
+    bit-exact on one CPU kind and not across kinds, so a run's figures are paired only with runs of its kind,
+    and a virtual CPU's name alone ("Intel(R) Xeon(R) Processor") does not say which kind it is."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n")[0].splitlines():   # the first processor's block
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    number = lambda key: int(fields[key]) if fields.get(key, "").isdigit() else None  # noqa: E731
+    return {"cpu": fields.get("model name") or platform.processor() or None, "cpu_family": number("cpu family"),
+            "cpu_model": number("model")}
+
+
 def subsample_seed(fold: int, draw: int = 0) -> int:
     """The case draw's generator seed: draw 0 is each fold's own draw (the learning curves' first), later
     draws are other, fixed subsets of the same fold's cases."""
@@ -419,7 +438,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
             "recipe": {**make_recipe(seed_list[0], fold_list[0]).to_dict(), "init": init}, "test_time_flip": test_time_flip,
             "train_cases": train_cases,
             "train_schedule": train_schedule, "case_draw": case_draw, "precision": ran_in,
-            "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0]},
+            "machine": {"platform": platform.platform(), "processor": platform.processor(), **cpu_kind(),
+                        "python": sys.version.split()[0]},
             "command": " ".join(sys.argv),
             "summary": summarise(results) if results else {},
             "out_of_fold": pooled_out_of_fold(results) if len(results) == folds * len(seed_list) else None,

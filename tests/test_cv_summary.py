@@ -59,3 +59,13 @@ def test_pooled_out_of_fold_counts_tirads_2_crops_below_the_pooled_threshold():
     assert pooled["tirads2_benign_at_threshold"] == pytest.approx(0.5)   # b1 below, b2 above
     no_levels = cv.pooled_out_of_fold([_run(0, 0, 0.5, {"b1": (0, 0.2), "b2": (0, 0.7), "m1": (1, 0.6), "m2": (1, 0.8)})])
     assert "tirads2_crops" not in no_levels
+
+
+def test_cpu_kind_reads_name_family_and_model_of_the_first_processor():
+    from benchmarks.cross_validate import cpu_kind
+
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+            "model name\t: AMD EPYC 9B45\n\nprocessor\t: 1\ncpu family\t: 6\nmodel\t\t: 167\n")
+    assert cpu_kind(text) == {"cpu": "AMD EPYC 9B45", "cpu_family": 26, "cpu_model": 2}
+    blank = cpu_kind("processor\t: 0\n")
+    assert blank["cpu_family"] is None and blank["cpu_model"] is None

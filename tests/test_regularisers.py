@@ -220,3 +220,5 @@ def test_cross_validate_trains_each_fold_with_the_asked_regularisers(tmp_path):
     assert tuple(recipe[k] for k in asked) == (0.1, 0.3, 0.9, 4.0, 0.3)
     summary = json.loads((tmp_path / "run.json").read_text())
     assert tuple(summary["recipe"][k] for k in asked) == (0.1, 0.3, 0.9, 4.0, 0.3)
+    # The CPU kind is recorded, since f32 fold models are paired only with runs of the same kind.
+    assert set(summary["machine"]) >= {"cpu", "cpu_family", "cpu_model"}
