@@ -31,6 +31,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from edge_thyroid.export.recipe_options import recipe_options, recipe_overrides
+
 MARGINS = (1.2, 1.5, 2.0)
 
 
@@ -277,62 +279,9 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
               help="Pre-trained checkpoint whose backbone starts every fold (and the all-data model); with "
                    "'{fold}' in it, one per fold ('all' for the all-data model), e.g. runs/ssl/fold{fold}/final.pt "
                    "from export/ssl_pretrain.py, so no fold starts from weights that saw its held-out crops.")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
-@click.option("--weight-decay", type=click.FloatRange(0, None), default=None,
-              help="AdamW's decoupled weight decay (default: the recipe's 5e-4; over the recipe's ~500 steps at lr "
-                   "5e-4 it shrinks the weights by well under 1%).")
-@click.option("--stochastic-depth", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="ResNet stochastic depth: the deepest residual block's drop rate, rising linearly from 0 at the "
-                   "first (export/stochastic_depth.py; default: the recipe's 0, off).")
-@click.option("--head-dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Dropout on the pooled features the classification head sees, training only (default: the "
-                   "recipe's 0, off).")
-@click.option("--ema", "ema_decay", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Cap on the decay of the weight average that becomes the model (default: the recipe's 0.99). "
-                   "The decay ramps up as (1+s)/(R+s) and, with R 10, reaches 0.99 only after 890 steps: in the "
-                   "recipe's ~510 steps a higher cap changes nothing (use --ema-ramp).")
-@click.option("--ema-ramp", type=click.FloatRange(2, None), default=None,
-              help="R of the decay's ramp (1+s)/(R+s): until the --ema cap acts, the average weights step j like "
-                   "j^(R-2), so R sets its length (default: the recipe's 10, ~92% on the last quarter of the steps; "
-                   "R 4 with --ema 0.9999: ~58%; R 2: the plain mean of every step).")
-@click.option("--cam-weight", type=click.FloatRange(0, None), default=None,
-              help="Weight of the CAM guidance loss (the share of the CAM's evidence outside the dilated nodule mask; "
-                   "default: the recipe's 1; 0 turns the guidance off).")
-@click.option("--backbone-lr-scale", type=float, default=None,
-              help="The backbone's learning rate as a share of --lr, the heads keeping --lr (default: the recipe's 1).")
-@click.option("--image-size", type=int, default=None,
-              help="Model input side in pixels (default: the recipe's 128); the bundle's preprocessing follows it.")
-@click.option("--descriptor-weight", type=float, default=None,
-              help="Weight of the sonographic-descriptor head (export/descriptors.py; default: the recipe's 0, off).")
-@click.option("--level-targets", is_flag=True, default=False,
-              help="Binary head targets graded by TI-RADS level (2: 0, 3: 0.25, 4a: 0.75, 4b: 0.85, 4c: 0.95, 5: 1) "
-                   "instead of 0/1 (default: the recipe's 0/1).")
-@click.option("--p-cyst", type=click.FloatRange(0, 1), default=None,
-              help="Share of training draws whose nodule becomes a synthetic anechoic cyst labelled benign "
-                   "(TI-RADS 2; export/augment.py synthetic_cyst; default: the recipe's 0, off).")
-@click.option("--p-spongiform", type=click.FloatRange(0, 1), default=None,
-              help="Share of the other draws whose nodule becomes a synthetic spongiform one (small cystic spaces "
-                   "in an isoechoic oval) labelled benign (TI-RADS 2; export/augment.py synthetic_spongiform; "
-                   "default: the recipe's 0, off).")
-@click.option("--gamma-range", "gamma_log_range", type=click.FloatRange(0, 1.5), default=None,
-              help="Scanner gamma drawn as exp(U(-R, R)) (export/augment.py scanner_look; default: the recipe's 0.3, "
-                   "i.e. 0.74-1.35; 0.6 reaches 0.55-1.82).")
-@click.option("--mixup", "mixup_alpha", type=click.FloatRange(0, None), default=None,
-              help="Mixup of the labelled crops with Beta(alpha, alpha) weights (export/mixup.py; default: the "
-                   "recipe's 0, off).")
-@click.option("--replay", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Data pack whose labelled crops are replayed during fine-tuning with a head of their own, dropped "
-                   "at export (e.g. runs/pretrain_pack.npz: BUSI); needs --replay-per-batch.")
-@click.option("--replay-per-batch", type=click.IntRange(0, None), default=None,
-              help="Replayed crops per training step (default: the recipe's 0, off).")
-@click.option("--replay-shared-head", is_flag=True, default=False,
-              help="Score the replayed crops with the thyroid head itself (more labelled cases of 'malignant or "
-                   "not' from another organ) instead of a head of their own; needs --replay.")
 @click.option("--pseudo-labels-from", "pseudo_run", default=None, type=click.Path(exists=True, file_okay=False),
               help="An earlier cross-validation run whose models of each fold (every seed; 'all' for the all-data "
                    "model) give the unlabelled crops soft labels (export/pseudo_labels.py; default: off).")
-@click.option("--unlabelled-per-batch", type=click.IntRange(0, None), default=None,
-              help="Unlabelled crops per training step (default: the recipe's 2).")
 @click.option("--test-time-flip", is_flag=True,
               help="Score every fold as a bundle exported with --test-time-flip does (each input's maps averaged "
                    "with its mirror image's); training is unchanged, so existing fold models are re-scored.")
@@ -354,29 +303,17 @@ def refuse_another_recipe(checkpoint: Path, expected) -> None:
 @click.option("--also-all", is_flag=True, help="Then train the same recipe on every crop (OUT/all/final.pt).")
 @click.option("--all-first-after", type=int, default=None,
               help="Train the all-data model after this many folds (default: after every fold).")
-def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, lr, weight_decay, stochastic_depth,
-         head_dropout, ema_decay, ema_ramp, cam_weight, backbone_lr_scale,
-         image_size, descriptor_weight, level_targets, p_cyst, p_spongiform, gamma_log_range, mixup_alpha, replay, replay_per_batch, replay_shared_head, pseudo_run,
-         unlabelled_per_batch, test_time_flip, train_cases, train_schedule, case_draw, threads, device, precision, workers, also_all, all_first_after) -> None:
+@recipe_options
+def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, init, pseudo_run, test_time_flip,
+         train_cases, train_schedule, case_draw, threads, device, precision, workers, also_all, all_first_after,
+         **knobs) -> None:
     """Case-level K-fold cross-validation of the nodule-guided recipe (mean +- sd over folds)."""
     from edge_thyroid.export.datapack import pack_for
     from edge_thyroid.export.nodule_training import (NoduleRecipe, every_row_record, fit_nodule, fold_assignment,
                                                      pick_device, split_record, training_precision)
     from edge_thyroid.export.checkpoint import load_checkpoint
 
-    if replay_per_batch and not replay:
-        raise click.UsageError("--replay-per-batch needs --replay PACK (e.g. runs/pretrain_pack.npz)")
-    if replay_shared_head and not replay_per_batch:
-        raise click.UsageError("--replay-shared-head needs --replay PACK and --replay-per-batch N")
-    if stochastic_depth and not backbone.startswith("resnet"):
-        raise click.BadParameter(f"needs a ResNet backbone (residual blocks to drop), got {backbone}",
-                                 param_hint="--stochastic-depth")
-    if backbone_lr_scale is not None and not 0 < backbone_lr_scale <= 1:
-        raise click.BadParameter(f"must be in (0, 1], got {backbone_lr_scale}", param_hint="--backbone-lr-scale")
-    if image_size is not None and not 32 <= image_size <= 1024:
-        raise click.BadParameter(f"must be between 32 and 1024 pixels, got {image_size}", param_hint="--image-size")
-    if descriptor_weight is not None and descriptor_weight < 0:
-        raise click.BadParameter(f"must be >= 0, got {descriptor_weight}", param_hint="--descriptor-weight")
+    overrides = recipe_overrides(knobs, backbone)   # the options given; unset ones keep the recipe's default
     if case_draw and train_cases >= 1:
         raise click.UsageError(f"--case-draw {case_draw} picks a subset of cases; it needs --train-cases below 1")
     if also_all and train_cases < 1:
@@ -413,19 +350,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
         if pseudo_run:
             teachers[fold] = teachers_for(fold)
 
-    # Every option left unset keeps the recipe's own default (NoduleRecipe), so a run says only what it changes.
-    overrides = {key: value for key, value in {
-        "lr": lr, "weight_decay": weight_decay, "stochastic_depth": stochastic_depth, "head_dropout": head_dropout,
-        "ema": ema_decay, "ema_ramp": ema_ramp, "cam_weight": cam_weight, "backbone_lr_scale": backbone_lr_scale,
-        "image_size": image_size, "descriptor_weight": descriptor_weight, "level_targets": level_targets,
-        "p_cyst": p_cyst, "p_spongiform": p_spongiform, "gamma_log_range": gamma_log_range, "mixup_alpha": mixup_alpha,
-        "unlabelled_per_batch": unlabelled_per_batch}.items() if value is not None}
-
     def make_recipe(seed: int, fold: int | str = 0) -> NoduleRecipe:
         recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init_for(fold), **overrides)
-        if replay_per_batch:
-            recipe.replay, recipe.replay_per_batch = replay, replay_per_batch
-            recipe.replay_shared_head = replay_shared_head
         if pseudo_run:
             recipe.pseudo_label_teachers = teachers[fold]
         return recipe

@@ -53,6 +53,7 @@ from .descriptors import DESCRIPTOR_NAMES, descriptor_scale, nodule_descriptors,
 from .guidance import (GuidedClassifier, cam_outside_loss, descriptor_loss, level_targets, seg_loss, soft_ordinal_loss,
                        training_batch)
 from .mixup import mix_batch, mixup_partners
+from .recipe_options import recipe_options, recipe_overrides
 from .models import BACKBONE_CHANNELS, MODALITIES, MultimodalClassifier
 from .stochastic_depth import add_stochastic_depth
 from .train import Ema, lr_lambda, smooth_targets
@@ -621,23 +622,9 @@ def fold_assignment(pack: DataPack, folds: int, seed: int = 0) -> np.ndarray:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--init", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Start the backbone from this checkpoint (e.g. the pre-training run's final.pt).")
-@click.option("--lr", type=float, default=NoduleRecipe.lr, show_default=True)
-@click.option("--p-cyst", type=click.FloatRange(0, 1), default=NoduleRecipe.p_cyst, show_default=True,
-              help="Share of draws whose nodule becomes a synthetic anechoic cyst labelled benign (TI-RADS 2).")
-@click.option("--p-spongiform", type=click.FloatRange(0, 1), default=NoduleRecipe.p_spongiform, show_default=True,
-              help="Share of the other draws whose nodule becomes a synthetic spongiform one labelled benign (TI-RADS 2).")
-@click.option("--mixup", "mixup_alpha", type=click.FloatRange(0, None), default=NoduleRecipe.mixup_alpha,
-              show_default=True, help="Mixup's Beta(alpha, alpha) for the labelled crops (export/mixup.py); 0: off.")
-@click.option("--replay", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Data pack whose labelled crops are replayed during fine-tuning with a head of their own "
-                   "(e.g. runs/pretrain_pack.npz: BUSI); needs --replay-per-batch.")
-@click.option("--replay-per-batch", type=click.IntRange(0, None), default=NoduleRecipe.replay_per_batch,
-              show_default=True, help="Replayed crops per step; 0: off.")
 @click.option("--pseudo-labels-from", "pseudo_run", default=None, type=click.Path(exists=True, file_okay=False),
               help="Cross-validation run (benchmarks/cross_validate.py --out) whose models of this fold (with --all: "
                    "its all-data model) give the unlabelled crops soft labels (export/pseudo_labels.py).")
-@click.option("--unlabelled-per-batch", type=click.IntRange(0, None), default=NoduleRecipe.unlabelled_per_batch,
-              show_default=True, help="Unlabelled crops per step (mask heads; with pseudo-labels, the classifier too).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Forward pass precision: auto is bf16 autocast on CUDA and f32 (the reference recipe) on a CPU; "
@@ -645,15 +632,15 @@ def fold_assignment(pack: DataPack, folds: int, seed: int = 0) -> np.ndarray:
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loader worker processes.")
 @click.option("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
 @click.option("--resume/--no-resume", default=True, show_default=True)
-def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, p_cyst, p_spongiform, mixup_alpha, replay,
-         replay_per_batch, pseudo_run, unlabelled_per_batch, device, precision, workers, threads, resume) -> None:
+@recipe_options
+def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, pseudo_run, device, precision, workers,
+         threads, resume, **knobs) -> None:
     """Train the nodule-guided classifier on one case-level fold's training side, or on all data."""
     if (fold is None) == (not use_all):
         raise click.UsageError("give exactly one of --fold K or --all")
+    overrides = recipe_overrides(knobs, backbone)   # the options given; unset ones keep the recipe's default
     pack = pack_for(data)
-    recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init, lr=lr, p_cyst=p_cyst,
-                          p_spongiform=p_spongiform, mixup_alpha=mixup_alpha, replay=replay,
-                          replay_per_batch=replay_per_batch, unlabelled_per_batch=unlabelled_per_batch)
+    recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init, **overrides)
     if pseudo_run:
         from .pseudo_labels import fold_teachers
 
@@ -661,8 +648,6 @@ def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, lr, 
             recipe.pseudo_label_teachers = tuple(fold_teachers(pseudo_run, "all" if use_all else fold))
         except FileNotFoundError as error:
             raise click.BadParameter(str(error), param_hint="--pseudo-labels-from") from None
-    if replay_per_batch and not replay:
-        raise click.UsageError("--replay-per-batch needs --replay PACK (e.g. runs/pretrain_pack.npz)")
     if use_all:
         index = np.arange(len(pack))
     else:
