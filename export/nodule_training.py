@@ -53,8 +53,8 @@ from .descriptors import DESCRIPTOR_NAMES, descriptor_scale, nodule_descriptors,
 from .guidance import (GuidedClassifier, cam_outside_loss, descriptor_loss, level_targets, seg_loss, soft_ordinal_loss,
                        training_batch)
 from .mixup import mix_batch, mixup_partners
-from .recipe_options import recipe_options, recipe_overrides
 from .models import BACKBONE_CHANNELS, MODALITIES, MultimodalClassifier
+from .recipe_options import recipe_options, recipe_overrides
 from .stochastic_depth import add_stochastic_depth
 from .train import Ema, lr_lambda, smooth_targets
 
