@@ -13,8 +13,9 @@ so the comparison is paired) and reports the slope, AUC per doubling of the case
 
 The reading rule was fixed before the runs: "more cases help" only if the mean slope is positive and at
 least 3 of 4 fold slopes are; only then the mean line is extended to the AUC goal, as an order of magnitude
-(learning curves flatten, so it is a lower bound on the cases needed, not a promise). Labels are TI-RADS
-categories, not pathology.
+(learning curves flatten, so it is a lower bound on the cases needed, not a promise). The mean slope's
+Student-t 95% interval over folds is carried into cases too (the line at either end of it): with four
+folds it usually bounds the cases only from below. Labels are TI-RADS categories, not pathology.
 """
 
 from __future__ import annotations
@@ -47,6 +48,27 @@ def cases_to_reach(intercept: float, slope: float, target: float) -> float | Non
     if slope <= 0:
         return None
     return float(2 ** ((target - intercept) / slope))
+
+
+def slope_interval(slopes: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean slope over folds (n - 1 degrees of freedom): with 4 folds the mean's
+    spread, not its value, says how far the line can be carried."""
+    from scipy import stats
+
+    values = np.asarray(slopes, dtype=np.float64)
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def cases_range(intercept: float, slope: float, x_centre: float, interval: tuple[float, float],
+                target: float) -> list[float | None]:
+    """Cases at which the line reaches ``target`` when its slope is either end of ``interval``, the line
+    turning about its point at ``x_centre`` (log2 cases, the middle of the data), so that at ``slope`` it is
+    the mean line itself: [fewest, most]; None where the slope is <= 0 (no finite number of cases)."""
+    y_centre = intercept + slope * x_centre
+    low, high = interval
+    return [cases_to_reach(y_centre - high * x_centre, high, target),
+            cases_to_reach(y_centre - low * x_centre, low, target)]
 
 
 def more_cases_help(slopes: list[float]) -> bool:
@@ -137,16 +159,22 @@ def summarise(points: list[dict], target: float) -> dict:
         lines[fold] = fold_slope(np.array([p["cases"] for p in at]), np.array([p["auc"] for p in at]))
     slopes = [lines[f][1] for f in folds]
     verdict = more_cases_help(slopes)
+    interval = slope_interval(slopes)
     result = {"shares": by_share,
               "slope_per_doubling": {"mean": float(np.mean(slopes)), "sd": float(np.std(slopes, ddof=1)),
-                                     "folds": [round(s, 4) for s in slopes]},
+                                     "ci95": list(interval), "folds": [round(s, 4) for s in slopes]},
               "more_cases_help": verdict, "target_auc": target,
               "train_schedule": schedules[0] if schedules else None, "case_draw": draws[0] if draws else None}
     if verdict:
         intercept = float(np.mean([lines[f][0] for f in folds]))
         needed = cases_to_reach(intercept, float(np.mean(slopes)), target)
+        x_centre = float(np.mean([np.log2(p["cases"]) for p in points]))
         result["extension"] = {"intercept": intercept, "cases_at_target": needed,
-                               "note": "the mean line extended; learning curves flatten, so read it as a lower bound"}
+                               "cases_at_target_slope_ci95": cases_range(intercept, float(np.mean(slopes)), x_centre,
+                                                                         interval, target),
+                               "note": "the mean line extended; learning curves flatten, so read it as a lower bound; "
+                                       "the range is the line at either end of the slope's 95% interval (None: a "
+                                       "slope <= 0, no finite number of cases)"}
     return result
 
 
@@ -238,10 +266,13 @@ def main(data, runs, seeds, folds, target, json_out, plot_out) -> None:
         click.echo(f"share {s['share']:.2f}: {s['cases']['mean']:.0f} cases  AUC {s['auc']['mean']:.3f} ± "
                    f"{s['auc']['sd'] or 0:.3f}  training side {s['auc_train_side']['mean']:.3f}")
     slope = summary["slope_per_doubling"]
-    click.echo(f"AUC per doubling: {slope['mean']:+.3f} ± {slope['sd']:.3f}  folds {slope['folds']}  "
-               f"more cases help: {summary['more_cases_help']}")
+    low, high = slope["ci95"]
+    click.echo(f"AUC per doubling: {slope['mean']:+.3f} ± {slope['sd']:.3f} (95% CI {low:+.3f} to {high:+.3f})  "
+               f"folds {slope['folds']}  more cases help: {summary['more_cases_help']}")
     if "extension" in summary:
-        click.echo(f"the mean line reaches {target} at ~{summary['extension']['cases_at_target']:.0f} labelled cases")
+        fewest, most = summary["extension"]["cases_at_target_slope_ci95"]
+        click.echo(f"the mean line reaches {target} at ~{summary['extension']['cases_at_target']:.0f} labelled cases "
+                   f"(slope's 95% interval: ~{fewest:.0f} to " + (f"~{most:.0f})" if most else "never)"))
     if json_out:
         Path(json_out).write_text(json.dumps(record, indent=1))
     if plot_out:

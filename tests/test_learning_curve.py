@@ -149,3 +149,30 @@ def test_one_curve_has_one_case_draw(tmp_path):
     points[0]["case_draw"] = 0
     with pytest.raises(ValueError, match=r"different case draws \(0, 1\)"):
         lc.summarise(points, target=0.85)
+
+
+def test_the_slope_interval_is_students_t_over_folds():
+    from scipy import stats
+
+    slopes = [0.102, 0.0134, 0.0116, -0.0061]
+    low, high = lc.slope_interval(slopes)
+    values = np.array(slopes, dtype=np.float64)
+    half = stats.t.ppf(0.975, 3) * values.std(ddof=1) / 2.0
+    assert (low, high) == pytest.approx((values.mean() - half, values.mean() + half), abs=1e-12)
+    assert low < 0 < high   # four folds this spread: the mean slope is not distinguishable from 0
+
+
+def test_the_cases_range_turns_the_line_about_the_middle_of_the_data():
+    # AUC = 0.3 + 0.05 log2(cases): 0.85 at 2^11 cases; the centre at 2^6 cases is the point (6, 0.6).
+    assert lc.cases_range(0.3, 0.05, 6.0, (0.05, 0.05), 0.85) == pytest.approx([2.0 ** 11, 2.0 ** 11])
+    fewest, most = lc.cases_range(0.3, 0.05, 6.0, (0.025, 0.1), 0.85)
+    assert fewest == pytest.approx(2.0 ** (6 + 0.25 / 0.1)) and most == pytest.approx(2.0 ** (6 + 0.25 / 0.025))
+    assert lc.cases_range(0.3, 0.05, 6.0, (-0.01, 0.1), 0.85)[1] is None
+
+
+def test_the_extension_carries_the_slope_interval_into_cases():
+    summary = lc.summarise(_points([0.04, 0.05, 0.06, 0.05]), target=0.85)
+    low, high = summary["slope_per_doubling"]["ci95"]
+    assert low < 0.05 < high
+    fewest, most = summary["extension"]["cases_at_target_slope_ci95"]
+    assert fewest < summary["extension"]["cases_at_target"] < most
