@@ -192,19 +192,12 @@ FIRST_SCHEDULE = "steps"   # what a result without train_schedule was trained wi
 
 
 def cpu_kind(cpuinfo: str | None = None) -> dict:
-    """The CPU's model name, family and model number from /proc/cpuinfo (None where absent): f32 training is
-    bit-exact on one CPU kind and not across kinds, so a run's figures are paired only with runs of its kind,
-    and a virtual CPU's name alone ("Intel(R) Xeon(R) Processor") does not say which kind it is."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-        except OSError:
-            cpuinfo = ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.split("\n\n")[0].splitlines():   # the first processor's block
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip().lower(), value.strip())
+    """The CPU's model name, family and model number (None where absent): f32 training is bit-exact on one CPU
+    kind and not across kinds, so a run's figures are paired only with runs of its kind, and a virtual CPU's
+    name alone ("Intel(R) Xeon(R) Processor") does not say which kind it is."""
+    from edge_thyroid.cpuinfo import cpuinfo_fields
+
+    fields = cpuinfo_fields(cpuinfo)
     number = lambda key: int(fields[key]) if fields.get(key, "").isdigit() else None  # noqa: E731
     return {"cpu": fields.get("model name") or platform.processor() or None, "cpu_family": number("cpu family"),
             "cpu_model": number("model")}

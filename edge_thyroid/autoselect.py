@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cpuinfo import cpu_model
 from .errors import BackendError, EdgeThyroidError
 from .gates import Configuration, recorded_gates
 
@@ -349,18 +349,6 @@ def cache_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "edge-thyroid" / "backend-auto"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (the decision's main key: the same bundle on another CPU is measured again)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 # ---------------------------------------------------------------------------------------------
