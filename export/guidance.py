@@ -181,6 +181,20 @@ def training_batch(pixels: torch.Tensor, cls_target: torch.Tensor, coverage: tor
                          ordinal_target=cumulative, ordinal_valid=known_level)
 
 
+def pairwise_rank_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch's (malignant, benign) pairs of softplus(logit_benign - logit_malignant).
+
+    The logistic surrogate of 1 - AUC (each pair ordered the wrong way costs ~|gap|, each ordered right
+    ~exp(-gap)): the BCE scores every crop on its own, this loss only the order of the two classes, which is
+    what AUC reads. ``labels``: B hard labels, 1 malignant, 0 benign, anything else (unlabelled: -1) left out.
+    Zero (with a gradient path) when the batch lacks either class.
+    """
+    positive, negative = logits[labels == 1], logits[labels == 0]
+    if positive.numel() == 0 or negative.numel() == 0:
+        return logits.sum() * 0.0
+    return F.softplus(negative[None, :] - positive[:, None]).mean()
+
+
 def descriptor_loss(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Smooth-L1 between predicted and standardised descriptors (B x D), over the crops whose targets are
     finite (NaN rows: no usable mask)."""

@@ -12,7 +12,8 @@ What differs from the plain recipe (export/train.py):
 * losses: the product's BCE (label smoothing, class-balanced sampler) + CAM guidance (evidence outside the
   dilated mask) + a segmentation head on the last feature maps + an ordinal TI-RADS head
   (export/guidance.py), optionally a head regressing the nodule's sonographic descriptors
-  (export/descriptors.py, ``descriptor_weight``), mixup of the labelled crops (export/mixup.py, ``mixup_alpha``)
+  (export/descriptors.py, ``descriptor_weight``), a pairwise ranking loss on the binary head
+  (``rank_weight``), mixup of the labelled crops (export/mixup.py, ``mixup_alpha``)
   or the pre-training images replayed with a head of their own (``replay``, ``replay_per_batch``);
   crops without a label (DDTI has 166) still teach the segmentation head and the CAM guidance, never the classifier;
 * a fixed schedule: no epoch is picked on validation data; the saved model is the weight EMA at the end;
@@ -50,8 +51,8 @@ from .augment import (box_at_margin, burn_in_marks, crop, mask_bbox, sample_box,
 from .checkpoint import CheckpointInfo, save_checkpoint
 from .datapack import TIRADS_LEVELS, DataPack, pack_for
 from .descriptors import DESCRIPTOR_NAMES, descriptor_scale, nodule_descriptors, standardised
-from .guidance import (GuidedClassifier, cam_outside_loss, descriptor_loss, level_targets, seg_loss, soft_ordinal_loss,
-                       training_batch)
+from .guidance import (GuidedClassifier, cam_outside_loss, descriptor_loss, level_targets, pairwise_rank_loss, seg_loss,
+                       soft_ordinal_loss, training_batch)
 from .mixup import mix_batch, mixup_partners
 from .models import BACKBONE_CHANNELS, MODALITIES, MultimodalClassifier
 from .recipe_options import recipe_options, recipe_overrides
@@ -97,6 +98,9 @@ class NoduleRecipe:
     seg_weight: float = 0.5
     ordinal_weight: float = 0.5
     descriptor_weight: float = 0.0  # 0: no descriptor head (the shipped recipe)
+    # Weight of a pairwise ranking loss on the binary head (guidance.pairwise_rank_loss: the logistic
+    # surrogate of 1 - AUC over each batch's malignant/benign pairs) beside its BCE. 0: off (the shipped recipe).
+    rank_weight: float = 0.0
     level_targets: bool = False   # binary targets graded by TI-RADS level (guidance.LEVEL_TARGETS); off: 0/1
     # Share of drawn crops whose nodule becomes a synthetic anechoic cyst (augment.synthetic_cyst), labelled
     # benign at TI-RADS 2: guideline knowledge that DDTI (one labelled cyst) cannot teach. 0: off.
@@ -401,6 +405,8 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     unlabelled = train_index[labels[train_index] < 0]
     if recipe.mixup_alpha > 0 and recipe.descriptor_weight > 0:
         raise ValueError("mixup and the descriptor head cannot be combined: a blend of two crops has no descriptors")
+    if recipe.mixup_alpha > 0 and recipe.rank_weight > 0:
+        raise ValueError("mixup and the ranking loss cannot be combined: a blend of two crops is neither class")
     if recipe.stochastic_depth > 0 and not recipe.backbone.startswith("resnet"):
         raise ValueError(f"stochastic depth needs a ResNet backbone (residual blocks to drop), got {recipe.backbone}")
     replay = load_replay(recipe)
@@ -490,6 +496,10 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
             }
             loss = (losses["cls"] + recipe.cam_weight * losses["cam"] + recipe.seg_weight * losses["seg"]
                     + recipe.ordinal_weight * losses["ord"])
+            if recipe.rank_weight > 0:
+                # The drawn hard labels (a synthetic cyst's is 0), not the smoothed or graded targets.
+                losses["rank"] = pairwise_rank_loss(logit[known], label[known])
+                loss = loss + recipe.rank_weight * losses["rank"]
             if "descriptors" in outputs:
                 losses["desc"] = descriptor_loss(outputs["descriptors"].float(), targets.to(dev))
                 loss = loss + recipe.descriptor_weight * losses["desc"]

@@ -52,6 +52,10 @@ RECIPE_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--gamma-range", "gamma_log_range", click.FloatRange(0, 1.5),
      "Scanner gamma drawn as exp(U(-R, R)) (export/augment.py scanner_look; default: the recipe's 0.3, i.e. "
      "0.74-1.35; 0.6 reaches 0.55-1.82)."),
+    ("--rank-weight", "rank_weight", click.FloatRange(0, None),
+     "Weight of a pairwise ranking loss beside the binary head's BCE: the mean over each batch's "
+     "malignant/benign pairs of softplus(benign logit - malignant logit), the logistic surrogate of 1 - AUC "
+     "(export/guidance.py pairwise_rank_loss; default: the recipe's 0, off)."),
     ("--mixup", "mixup_alpha", click.FloatRange(0, None),
      "Mixup of the labelled crops with Beta(alpha, alpha) weights (export/mixup.py; default: the recipe's 0, off)."),
     ("--replay", "replay", click.Path(exists=True, dir_okay=False),
@@ -97,6 +101,8 @@ def recipe_overrides(params: dict[str, Any], backbone: str) -> dict[str, Any]:
         raise click.UsageError("--replay needs --replay-per-batch N (crops replayed per step)")
     if given["replay_shared_head"] and not given["replay_per_batch"]:
         raise click.UsageError("--replay-shared-head needs --replay PACK and --replay-per-batch N")
+    if given["rank_weight"] and given["mixup_alpha"]:
+        raise click.UsageError("--rank-weight cannot be combined with --mixup: a blend of two crops is neither class")
     if given["stochastic_depth"] and not backbone.startswith("resnet"):
         raise click.BadParameter(f"needs a ResNet backbone (residual blocks to drop), got {backbone}",
                                  param_hint="--stochastic-depth")

@@ -38,6 +38,31 @@ def test_cam_outside_loss_against_a_direct_computation():
     assert float(cam_outside_loss(torch.randn(2, 4, 4), torch.zeros(2, 4, 4), torch.tensor([False, False]))) == 0.0
 
 
+def test_pairwise_rank_loss_against_a_float64_reference():
+    import torch
+
+    from edge_thyroid.export.guidance import pairwise_rank_loss
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=9) * 2
+    labels = np.array([1, 0, 1, -1, 0, 1, 0, 1, -1], dtype=np.float64)   # -1: unlabelled, left out
+    pairs = [np.log1p(np.exp(n - p)) for p in logits[labels == 1] for n in logits[labels == 0]]
+    x = torch.tensor(logits, requires_grad=True)
+    got = pairwise_rank_loss(x, torch.tensor(labels))
+    assert got.item() == pytest.approx(np.mean(pairs), rel=1e-12)
+    got.backward()
+    grad = x.grad.numpy()
+    # Pushes malignant logits up and benign ones down; unlabelled crops get no gradient.
+    assert (grad[labels == 1] < 0).all() and (grad[labels == 0] > 0).all() and (grad[labels == -1] == 0).all()
+    # Only the order counts: shifting every logit leaves it unchanged.
+    assert float(pairwise_rank_loss(torch.tensor(logits + 5.0), torch.tensor(labels))) == pytest.approx(np.mean(pairs), rel=1e-9)
+    # One class only: zero, and still differentiable.
+    only = torch.tensor(logits[:3], requires_grad=True)
+    none = pairwise_rank_loss(only, torch.ones(3, dtype=torch.float64))
+    none.backward()
+    assert none.item() == 0.0 and only.grad is not None and not only.grad.any()
+
+
 def test_seg_loss_is_mean_bce_over_valid_crops():
     import torch
 
