@@ -48,14 +48,9 @@ PANES = ((20, 100, 600, 600), (660, 100, 600, 600), (1300, 100, 600, 600))
 
 
 def machine_info() -> dict:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from edge_thyroid.cpuinfo import cpu_model
+
+    model = cpu_model()
     import cv2
     import onnxruntime
 

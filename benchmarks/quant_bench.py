@@ -75,10 +75,9 @@ def machine_state() -> dict:
             continue
         if share >= 20 and process.pid != os.getpid():
             busy.append({"cpu_percent": round(share), "command": " ".join(process.info["cmdline"] or [])[:90]})
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
+    from edge_thyroid.cpuinfo import cpu_flags, cpu_model
+
+    flags, model = cpu_flags(), cpu_model()
     return {"cpu": model, "logical_cpus": os.cpu_count(), "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8")
                                                                    if f in flags],
             "load_average": list(os.getloadavg()), "other_busy_processes": busy,

@@ -27,13 +27,10 @@ PRECISIONS = ("f32", "bf16")
 
 def cpu_description() -> dict:
     """Model name and the bf16-relevant flags from /proc/cpuinfo (empty where it is absent)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": platform.processor(), "bf16_flags": []}
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return {"model": model, "bf16_flags": sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile"))}
+    from edge_thyroid.cpuinfo import cpu_flags, cpuinfo_fields
+
+    return {"model": cpuinfo_fields().get("model name") or platform.processor(),
+            "bf16_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile"})}
 
 
 def epoch_seconds(history: list[dict]) -> list[float]:

@@ -27,3 +27,9 @@ def cpuinfo_fields(cpuinfo: str | None = None) -> dict[str, str]:
 def cpu_model() -> str:
     """The CPU's model name (the backend picker's main key: the same bundle on another CPU is measured again)."""
     return cpuinfo_fields().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The first processor's instruction-set flags ("avx2", "avx512_vnni", "amx_int8", ...); empty where
+    /proc/cpuinfo is absent."""
+    return set(cpuinfo_fields(cpuinfo).get("flags", "").split())

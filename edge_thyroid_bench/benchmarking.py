@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_thyroid import cpuinfo
+from edge_thyroid.cpuinfo import cpu_model
 from edge_thyroid.errors import InputError
 from edge_thyroid.stream.stats import percentile  # the one definition, shared with the stream's console
 
@@ -227,27 +229,11 @@ def split_blocks(total: int, rounds: int) -> list[range]:
 # Machine facts
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_flags() -> list[str]:
     """The SIMD features that decide conv speed (AVX2 / AVX-512 / VNNI / AMX)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-                return [f for f in wanted if f in flags]
-    except OSError:
-        pass
-    return []
+    flags = cpuinfo.cpu_flags()
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+    return [f for f in wanted if f in flags]
 
 
 def allowed_cpus() -> list[int]:

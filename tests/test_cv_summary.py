@@ -69,3 +69,12 @@ def test_cpu_kind_reads_name_family_and_model_of_the_first_processor():
     assert cpu_kind(text) == {"cpu": "AMD EPYC 9B45", "cpu_family": 26, "cpu_model": 2}
     blank = cpu_kind("processor\t: 0\n")
     assert blank["cpu_family"] is None and blank["cpu_model"] is None
+
+
+def test_cpu_flags_are_the_first_processors_and_empty_without_cpuinfo():
+    from edge_thyroid.cpuinfo import cpu_flags
+
+    text = ("processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni amx_int8\n\n"
+            "processor\t: 1\nflags\t\t: fpu sse2\n")
+    assert cpu_flags(text) == {"fpu", "avx2", "avx512_vnni", "amx_int8"}
+    assert cpu_flags("processor\t: 0\n") == set()
