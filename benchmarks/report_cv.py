@@ -70,10 +70,39 @@ def paired_differences(first: dict, other: dict, key: str) -> dict | None:
             "min": float(values.min()), "max": float(values.max())}
 
 
+def _held_out_p(cv: dict) -> dict[tuple[int, int], dict[str, float]]:
+    return {(r["fold"], r["seed"]): {s["image"]: float(s["p"]) for s in r["scores"]} for r in cv.get("scores", [])}
+
+
+def score_agreement(first: dict, other: dict) -> dict | None:
+    """How alike two runs score the same held-out crops, model by model: over the (fold, seed) models both
+    trained, the Pearson correlation of their p on the crops both scored (mean and smallest over models) and
+    the median |p difference| over every such crop; None when they share no scored model.
+
+    Two runs of one recipe on different CPUs, or a knob that barely changes the model, show r near 1; the
+    paired AUC difference alone cannot tell a reshuffled ranking from an unchanged one."""
+    mine, theirs = _held_out_p(first), _held_out_p(other)
+    correlations, differences = [], []
+    for key in sorted(mine.keys() & theirs.keys()):
+        crops = sorted(mine[key].keys() & theirs[key].keys())
+        if len(crops) < 3:
+            continue
+        a = np.array([mine[key][c] for c in crops], np.float64)
+        b = np.array([theirs[key][c] for c in crops], np.float64)
+        if a.std() > 0 and b.std() > 0:
+            correlations.append(float(np.corrcoef(a, b)[0, 1]))
+        differences.extend(np.abs(b - a).tolist())
+    if not correlations:
+        return None
+    return {"models": len(correlations), "r_mean": float(np.mean(correlations)), "r_min": float(np.min(correlations)),
+            "abs_dp_median": float(np.median(differences))}
+
+
 def paired_table(runs: list[tuple[str, dict]]) -> list[str]:
     base_name = runs[0][0]
-    lines = [f"| run minus {base_name}, same fold and seed | pairs | AUC | CAM in mask | TI-RADS 2 benign |",
-             "|---|---|---|---|---|"]
+    lines = [f"| run minus {base_name}, same fold and seed | pairs | AUC | CAM in mask | TI-RADS 2 benign | "
+             "held-out p: r mean (smallest), median abs dp |",
+             "|---|---|---|---|---|---|"]
     for name, cv in runs[1:]:
         cells, pairs = [], 0
         for key in PAIRED_KEYS:
@@ -81,6 +110,9 @@ def paired_table(runs: list[tuple[str, dict]]) -> list[str]:
             pairs = max(pairs, d["pairs"] if d else 0)
             cells.append("-" if d is None else f"{d['mean']:+.3f}" + (f" ± {d['sd']:.3f}" if d["sd"] is not None else "")
                          + f" ({d['min']:+.3f} to {d['max']:+.3f})")
+        agreement = score_agreement(runs[0][1], cv)
+        cells.append("-" if agreement is None else f"{agreement['r_mean']:.3f} ({agreement['r_min']:.3f}), "
+                     f"{agreement['abs_dp_median']:.3f}")
         lines.append(f"| {name} | {pairs} | " + " | ".join(cells) + " |")
     return lines
 

@@ -52,3 +52,29 @@ def test_the_command_prints_the_paired_row(tmp_path):
     assert "| run minus f32, same fold and seed | pairs |" in result.output
     # AUC differences +0.02 and -0.04: mean -0.010, sd 0.042; CAM -0.02 and 0
     assert "| bf16 | 2 | -0.010 ± 0.042 (-0.040 to +0.020) | -0.010 ± 0.014 (-0.020 to +0.000) |" in result.output
+    assert result.output.count("| - |") >= 1   # no held-out scores in these files: the agreement cell says so
+
+
+def _scored(run: dict, p_by_model: dict[tuple[int, int], list[float]]) -> dict:
+    run["scores"] = [{"fold": f, "seed": s, "scores": [{"image": f"c{i}", "label": i % 2, "p": p} for i, p in enumerate(ps)]}
+                     for (f, s), ps in p_by_model.items()]
+    return run
+
+
+def test_score_agreement_against_numpy_on_the_shared_models_and_crops():
+    a = [0.1, 0.4, 0.35, 0.8, 0.9]
+    b = [0.2, 0.3, 0.5, 0.7, 0.95]
+    first = _scored(_run([_fold(0, 0, 0.7)]), {(0, 0): a, (1, 0): [0.5, 0.6, 0.7]})
+    other = _scored(_run([_fold(0, 0, 0.7)]), {(0, 0): b, (2, 0): [0.1, 0.2, 0.3]})
+    got = report_cv.score_agreement(first, other)
+    assert got["models"] == 1   # only fold 0 seed 0 was scored by both
+    assert got["r_mean"] == pytest.approx(np.corrcoef(a, b)[0, 1], rel=1e-12) == got["r_min"]
+    assert got["abs_dp_median"] == pytest.approx(np.median(np.abs(np.subtract(b, a))))
+    # A second shared model: the mean and the smallest correlation part ways.
+    first = _scored(_run([_fold(0, 0, 0.7)]), {(0, 0): a, (1, 0): a})
+    other = _scored(_run([_fold(0, 0, 0.7)]), {(0, 0): a, (1, 0): b})
+    got = report_cv.score_agreement(first, other)
+    assert got["models"] == 2 and got["r_mean"] == pytest.approx((1 + np.corrcoef(a, b)[0, 1]) / 2)
+    assert got["r_min"] == pytest.approx(np.corrcoef(a, b)[0, 1])
+    assert report_cv.score_agreement(first, _scored(_run([_fold(0, 0, 0.7)]), {(3, 1): a})) is None
+    assert report_cv.score_agreement(_run([_fold(0, 0, 0.7)]), other) is None   # no scores recorded
