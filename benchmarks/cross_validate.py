@@ -306,7 +306,8 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
                                                      pick_device, split_record, training_precision)
     from edge_thyroid.export.checkpoint import load_checkpoint
 
-    overrides = recipe_overrides(knobs, backbone)   # the options given; unset ones keep the recipe's default
+    # The options given; unset ones keep the recipe's default.
+    overrides = recipe_overrides(knobs, backbone, pseudo_labels=pseudo_run is not None)
     if case_draw and train_cases >= 1:
         raise click.UsageError(f"--case-draw {case_draw} picks a subset of cases; it needs --train-cases below 1")
     if also_all and train_cases < 1:

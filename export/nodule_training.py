@@ -68,6 +68,10 @@ class NoduleRecipe:
     image_size: int = 128
     epochs: int = 30
     batch_size: int = 16          # labelled crops per step
+    # How the classes are balanced: "balanced" draws each labelled crop's class by a fair coin (with
+    # replacement: the few benign crops recur ~3x an epoch); "natural" meets every labelled crop once an
+    # epoch and weights the BCE so each class carries half of it (class_weights).
+    sampler: str = "balanced"
     unlabelled_per_batch: int = 2  # extra crops per step for the mask heads (and, pseudo-labelled, the classifier)
     lr: float = 5e-4
     # The pre-trained backbone's learning rate as a share of ``lr`` (the heads keep ``lr``): below 1 the
@@ -209,6 +213,9 @@ def evaluation_box(mask: np.ndarray, margin: float | None) -> tuple[int, int, in
     return None if bbox is None else box_at_margin(bbox, margin, mask.shape)
 
 
+SYNTHETIC_ORIGIN = 2   # a draw's origin once its nodule was made a synthetic cyst or spongiform nodule
+
+
 class NoduleBatches(torch.utils.data.Dataset):
     """One epoch's draws (pack indices); each draw is augmented with its own seeded generator, so the
     batches are the same whatever the number of loader workers."""
@@ -234,20 +241,23 @@ class NoduleBatches(torch.utils.data.Dataset):
         label, level = float(self.pack.labels[i]), int(self.pack.tirads[i])
         if label < 0 and self.soft_labels is not None and np.isfinite(self.soft_labels[i]):
             label = float(self.soft_labels[i])   # no level: the ordinal head still learns from graded crops only
+        # What the crop was before any synthetic nodule: its own hard label, 2 once made a synthetic nodule,
+        # -1 without a label (the natural sampler weights the BCE by it).
+        origin = int(self.pack.labels[i]) if self.pack.labels[i] >= 0 else -1
         made_cyst = False
         if self.recipe.p_cyst > 0:
             # Its own generator, so the recipe without cysts draws exactly the augmentations it always drew.
             cyst_rng = np.random.default_rng((self.recipe.seed, self.epoch, k, 11))
             cyst = synthetic_cyst(image, mask, cyst_rng) if cyst_rng.random() < self.recipe.p_cyst else None
             if cyst is not None:
-                (image, mask), label, level, made_cyst = cyst, 0.0, CYST_LEVEL, True
+                (image, mask), label, level, made_cyst, origin = cyst, 0.0, CYST_LEVEL, True, SYNTHETIC_ORIGIN
         if self.recipe.p_spongiform > 0 and not made_cyst:
             # Its own generator too: the cysts and every other augmentation are drawn as without it.
             sponge_rng = np.random.default_rng((self.recipe.seed, self.epoch, k, 13))
             if sponge_rng.random() < self.recipe.p_spongiform:
                 sponge = synthetic_spongiform(image, mask, sponge_rng)
                 if sponge is not None:
-                    (image, mask), label, level = sponge, 0.0, CYST_LEVEL
+                    (image, mask), label, level, origin = sponge, 0.0, CYST_LEVEL, SYNTHETIC_ORIGIN
         # The view itself, not training_crop: the descriptor targets are measured on it.
         image, mask = augmented_view(image, mask, self.recipe, rng)
         pixels, coverage, has_mask = view_inputs(image, mask, self.recipe, self.spec, self.grid)
@@ -256,7 +266,7 @@ class NoduleBatches(torch.utils.data.Dataset):
             targets = standardised(nodule_descriptors(image, mask), *self.descriptor_scale)
         return (torch.from_numpy(pixels), torch.from_numpy(coverage), torch.tensor(has_mask),
                 torch.tensor(label), torch.tensor(level),
-                torch.from_numpy(targets), torch.tensor(-1.0))
+                torch.from_numpy(targets), torch.tensor(-1.0), torch.tensor(origin))
 
     def replay_item(self, i: int, rng: np.random.Generator):
         """A pre-training image, augmented like the others: no thyroid label or level (-1), its own label
@@ -269,7 +279,20 @@ class NoduleBatches(torch.utils.data.Dataset):
         width = len(self.descriptor_scale[0]) if self.descriptor_scale is not None else 0
         return (torch.from_numpy(pixels), torch.from_numpy(coverage), torch.tensor(has_mask),
                 torch.tensor(-1.0), torch.tensor(-1), torch.full((width,), float("nan")),
-                torch.tensor(float(self.replay.labels[i])))
+                torch.tensor(float(self.replay.labels[i])), torch.tensor(-1))
+
+
+SAMPLERS = ("balanced", "natural")
+
+
+def class_weights(labels: np.ndarray) -> tuple[float, float]:
+    """BCE weights (benign, malignant) that give each class half the loss over ``labels`` (0/1; others
+    ignored): N / (2 N_class), so a batch drawn in the classes' own proportions averages weight 1."""
+    counts = [int(np.sum(labels == c)) for c in (0, 1)]
+    if min(counts) == 0:
+        raise ValueError(f"class weights need both classes; got {counts[1]} malignant / {counts[0]} benign crops")
+    total = counts[0] + counts[1]
+    return total / (2 * counts[0]), total / (2 * counts[1])
 
 
 def epoch_draws(labels: np.ndarray, labelled: np.ndarray, unlabelled: np.ndarray, recipe: NoduleRecipe,
@@ -283,10 +306,16 @@ def epoch_draws(labels: np.ndarray, labelled: np.ndarray, unlabelled: np.ndarray
     if any(len(c) == 0 for c in classes):
         raise ValueError(f"training needs both classes; got {len(classes[1])} malignant / {len(classes[0])} benign crops")
     steps = len(labelled) // recipe.batch_size
+    if recipe.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {recipe.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    order = rng.permutation(labelled) if recipe.sampler == "natural" else None
     draws: list[int] = []
-    for _ in range(steps):
-        chosen = rng.integers(0, 2, recipe.batch_size)
-        draws += [int(rng.choice(classes[c])) for c in chosen]
+    for step in range(steps):
+        if order is not None:
+            draws += [int(i) for i in order[step * recipe.batch_size:(step + 1) * recipe.batch_size]]
+        else:
+            chosen = rng.integers(0, 2, recipe.batch_size)
+            draws += [int(rng.choice(classes[c])) for c in chosen]
         if len(unlabelled) and recipe.unlabelled_per_batch:
             draws += [int(i) for i in rng.choice(unlabelled, recipe.unlabelled_per_batch)]
         if replay_count and recipe.replay_per_batch:
@@ -405,6 +434,8 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     unlabelled = train_index[labels[train_index] < 0]
     if recipe.mixup_alpha > 0 and recipe.descriptor_weight > 0:
         raise ValueError("mixup and the descriptor head cannot be combined: a blend of two crops has no descriptors")
+    if recipe.sampler == "natural" and (recipe.mixup_alpha > 0 or recipe.pseudo_label_teachers):
+        raise ValueError("the natural sampler's class weights need hard labels: no mixup, no pseudo-labels")
     if recipe.mixup_alpha > 0 and recipe.rank_weight > 0:
         raise ValueError("mixup and the ranking loss cannot be combined: a blend of two crops is neither class")
     if recipe.stochastic_depth > 0 and not recipe.backbone.startswith("resnet"):
@@ -460,6 +491,8 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         state = payload["state"]
         log(f"resumed from {last} at epoch {state['epoch']}")
     autocast = autocast_for(dev, precision)
+    # BCE weight by origin (benign, malignant, synthetic); only the natural sampler reads it.
+    origin_weights = torch.tensor([*class_weights(labels[labelled]), 1.0], device=dev)
     started = time.monotonic() - state["elapsed_s"]
     batch = (recipe.batch_size + (recipe.unlabelled_per_batch if len(unlabelled) else 0)
              + (recipe.replay_per_batch if replay is not None else 0))
@@ -472,7 +505,7 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
                                              persistent_workers=False, pin_memory=dev.type == "cuda")
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, file=sys.stderr)
-        for step, (pixels, coverage, has_mask, label, level, targets, replay_label) in enumerate(bar):
+        for step, (pixels, coverage, has_mask, label, level, targets, replay_label, origin) in enumerate(bar):
             pixels = pixels.to(dev, non_blocking=True).to(memory_format=torch.channels_last)
             coverage, has_mask = coverage.to(dev), has_mask.to(dev)
             label, level = label.to(dev), level.to(dev)
@@ -488,8 +521,13 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
             with autocast:
                 outputs = model(inputs.pixels)
             logit, cam = outputs["logit"].float(), outputs["cam"].float()
+            weight = None
+            if recipe.sampler == "natural":
+                # Each real class carries half of the real crops' BCE, as the balanced draws give it; a
+                # synthetic nodule keeps weight 1, so the cysts' share of the loss is the balanced recipe's too.
+                weight = origin_weights[origin[known].clamp(min=0).to(dev)]
             losses = {
-                "cls": F.binary_cross_entropy_with_logits(logit[known], inputs.cls_target[known]),
+                "cls": F.binary_cross_entropy_with_logits(logit[known], inputs.cls_target[known], weight=weight),
                 "cam": cam_outside_loss(cam, inputs.cam_inside, inputs.cam_valid),
                 "seg": seg_loss(outputs["seg"].float(), inputs.seg_target, inputs.seg_valid),
                 "ord": soft_ordinal_loss(outputs["ordinal"].float(), inputs.ordinal_target, inputs.ordinal_valid),
@@ -648,7 +686,8 @@ def main(data, out_dir, fold, folds, use_all, backbone, epochs, seed, init, pseu
     """Train the nodule-guided classifier on one case-level fold's training side, or on all data."""
     if (fold is None) == (not use_all):
         raise click.UsageError("give exactly one of --fold K or --all")
-    overrides = recipe_overrides(knobs, backbone)   # the options given; unset ones keep the recipe's default
+    # The options given; unset ones keep the recipe's default.
+    overrides = recipe_overrides(knobs, backbone, pseudo_labels=pseudo_run is not None)
     pack = pack_for(data)
     recipe = NoduleRecipe(backbone=backbone, epochs=epochs, seed=seed, init=init, **overrides)
     if pseudo_run:

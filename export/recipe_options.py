@@ -56,6 +56,10 @@ RECIPE_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
      "Weight of a pairwise ranking loss beside the binary head's BCE: the mean over each batch's "
      "malignant/benign pairs of softplus(benign logit - malignant logit), the logistic surrogate of 1 - AUC "
      "(export/guidance.py pairwise_rank_loss; default: the recipe's 0, off)."),
+    ("--sampler", "sampler", click.Choice(["balanced", "natural"]),
+     "How the classes are balanced: balanced draws each labelled crop's class by a fair coin (the few benign "
+     "crops recur ~3x an epoch); natural meets every labelled crop once an epoch and weights the BCE so each "
+     "class carries half of it (default: the recipe's balanced)."),
     ("--mixup", "mixup_alpha", click.FloatRange(0, None),
      "Mixup of the labelled crops with Beta(alpha, alpha) weights (export/mixup.py; default: the recipe's 0, off)."),
     ("--replay", "replay", click.Path(exists=True, dir_okay=False),
@@ -91,9 +95,10 @@ def recipe_options(command: Callable) -> Callable:
     return command
 
 
-def recipe_overrides(params: dict[str, Any], backbone: str) -> dict[str, Any]:
+def recipe_overrides(params: dict[str, Any], backbone: str, pseudo_labels: bool = False) -> dict[str, Any]:
     """The knobs given, as NoduleRecipe fields (what the run changes), after the checks that need more than
-    one option; a bad combination is a one-line usage error before any data loads."""
+    one option (``pseudo_labels``: the command was given teachers for pseudo-labels); a bad combination is a
+    one-line usage error before any data loads."""
     given = {field: params.get(field) for field in RECIPE_FIELDS}
     if given["replay_per_batch"] and not given["replay"]:
         raise click.UsageError("--replay-per-batch needs --replay PACK (e.g. runs/pretrain_pack.npz)")
@@ -103,6 +108,9 @@ def recipe_overrides(params: dict[str, Any], backbone: str) -> dict[str, Any]:
         raise click.UsageError("--replay-shared-head needs --replay PACK and --replay-per-batch N")
     if given["rank_weight"] and given["mixup_alpha"]:
         raise click.UsageError("--rank-weight cannot be combined with --mixup: a blend of two crops is neither class")
+    if given["sampler"] == "natural" and (given["mixup_alpha"] or pseudo_labels):
+        raise click.UsageError("--sampler natural weights the BCE by hard labels: it cannot be combined with "
+                               "--mixup or pseudo-labels")
     if given["stochastic_depth"] and not backbone.startswith("resnet"):
         raise click.BadParameter(f"needs a ResNet backbone (residual blocks to drop), got {backbone}",
                                  param_hint="--stochastic-depth")

@@ -247,6 +247,8 @@ def test_training_draws_with_cysts_are_benign_at_tirads_2_and_leave_the_other_dr
     label, level = always[0][3:5]
     assert float(label) == 0.0 and int(level) == TIRADS_LEVELS.index("2")
     assert float(always[1][3]) == 1.0                       # no mask, no cyst: the crop's own label
+    # The origin the natural sampler weights by: synthetic (2) once made a cyst, else the crop's own label.
+    assert int(always[0][7]) == 2 and int(always[1][7]) == 1
     plain = NoduleBatches(Pack(), [0, 1], NoduleRecipe(image_size=64), 2, epoch=0)
     never = NoduleBatches(Pack(), [0, 1], NoduleRecipe(image_size=64, p_cyst=0.0), 2, epoch=0)
     for k in range(2):                                       # off: exactly the shipped recipe's draws

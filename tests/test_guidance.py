@@ -206,6 +206,34 @@ def _write_csv(folder):
     return path
 
 
+def test_natural_sampler_meets_every_labelled_crop_once_and_class_weights_halve_the_loss():
+    from edge_thyroid.export.nodule_training import NoduleRecipe, class_weights, epoch_draws
+
+    labels = np.array([0] * 6 + [1] * 30 + [-1] * 8)
+    labelled, unlabelled = np.flatnonzero(labels >= 0), np.flatnonzero(labels < 0)
+    recipe = NoduleRecipe(batch_size=8, unlabelled_per_batch=2, sampler="natural")
+    draws = epoch_draws(labels, labelled, unlabelled, recipe, epoch=4)
+    steps = len(labelled) // 8
+    batches = [draws[k * 10:(k + 1) * 10] for k in range(steps)]
+    assert len(draws) == steps * 10
+    met = [i for b in batches for i in b[:8]]
+    assert len(set(met)) == len(met) == steps * 8 and set(met) <= set(labelled.tolist())   # no crop twice
+    assert all(labels[i] == -1 for b in batches for i in b[8:])
+    assert draws == epoch_draws(labels, labelled, unlabelled, recipe, epoch=4)              # seeded
+    assert draws != epoch_draws(labels, labelled, unlabelled, recipe, epoch=5)
+    # The balanced recipe's draws are untouched by the option's existence.
+    balanced = epoch_draws(labels, labelled, unlabelled, NoduleRecipe(batch_size=8, unlabelled_per_batch=2), epoch=4)
+    assert balanced != draws and len(balanced) == len(draws)
+    w0, w1 = class_weights(labels[labelled])
+    assert (w0, w1) == (36 / 12, 36 / 60)
+    assert 6 * w0 == pytest.approx(30 * w1)                 # each class carries half
+    assert (6 * w0 + 30 * w1) / 36 == pytest.approx(1.0)    # a batch in the classes' proportions averages 1
+    with pytest.raises(ValueError, match="need both classes"):
+        class_weights(np.array([1, 1, -1]))
+    with pytest.raises(ValueError, match="unknown sampler 'uniform'"):
+        epoch_draws(labels, labelled, unlabelled, NoduleRecipe(sampler="uniform"), epoch=0)
+
+
 def test_datapack_round_trip_and_folds_follow_evaluate(tmp_path):
     from edge_thyroid.dataset import read_samples, split_by_case
     from edge_thyroid.export.datapack import build_pack, load_pack, save_pack

@@ -54,10 +54,10 @@ def test_a_replayed_crop_has_no_thyroid_target_and_its_own_label(tmp_path):
     batches = NoduleBatches(pack, [0, len(pack) + 3], recipe, 2, epoch=0, replay=replay)
     own = batches[0]
     assert float(own[3]) == float(pack.labels[0]) and float(own[6]) == -1.0
-    pixels, coverage, has_mask, label, level, targets, replay_label = batches[1]
+    pixels, coverage, has_mask, label, level, targets, replay_label, origin = batches[1]
     assert pixels.shape == (3, 64, 64) and not bool(has_mask) and float(coverage.sum()) == 0.0
     assert float(label) == -1.0 and int(level) == -1 and targets.numel() == 0
-    assert float(replay_label) == float(replay.labels[3])
+    assert float(replay_label) == float(replay.labels[3]) and int(origin) == -1
     with pytest.raises(ValueError, match="no replay pack was given"):
         load_replay(NoduleRecipe(replay_per_batch=2))
     empty = load_pack(busi_like_pack(tmp_path))
