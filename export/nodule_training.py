@@ -9,7 +9,8 @@ What differs from the plain recipe (export/train.py):
 * inputs: with probability ``p_box`` a box around the nodule's mask (margin 1.1x-2.5x, random shift,
   export/augment.py), else the stock crop; small affine, burned-in calipers/text/rulers on both classes,
   scanner look (TGC, gain, gamma, resampling, blur, speckle, JPEG), horizontal flip;
-* losses: the product's BCE (label smoothing, class-balanced sampler) + CAM guidance (evidence outside the
+* losses: the product's BCE (label smoothing, class-balanced sampler; ``sampler`` "natural": every crop
+  once an epoch, the BCE weighted per class instead) + CAM guidance (evidence outside the
   dilated mask) + a segmentation head on the last feature maps + an ordinal TI-RADS head
   (export/guidance.py), optionally a head regressing the nodule's sonographic descriptors
   (export/descriptors.py, ``descriptor_weight``), a pairwise ranking loss on the binary head
