@@ -492,8 +492,9 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         state = payload["state"]
         log(f"resumed from {last} at epoch {state['epoch']}")
     autocast = autocast_for(dev, precision)
-    # BCE weight by origin (benign, malignant, synthetic); only the natural sampler reads it.
-    origin_weights = torch.tensor([*class_weights(labels[labelled]), 1.0], device=dev)
+    # BCE weight by origin (benign, malignant, synthetic), for the natural sampler only.
+    origin_weights = (torch.tensor([*class_weights(labels[labelled]), 1.0], device=dev)
+                      if recipe.sampler == "natural" else None)
     started = time.monotonic() - state["elapsed_s"]
     batch = (recipe.batch_size + (recipe.unlabelled_per_batch if len(unlabelled) else 0)
              + (recipe.replay_per_batch if replay is not None else 0))
@@ -523,7 +524,7 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
                 outputs = model(inputs.pixels)
             logit, cam = outputs["logit"].float(), outputs["cam"].float()
             weight = None
-            if recipe.sampler == "natural":
+            if origin_weights is not None:
                 # Each real class carries half of the real crops' BCE, as the balanced draws give it; a
                 # synthetic nodule keeps weight 1, so the cysts' share of the loss is the balanced recipe's too.
                 weight = origin_weights[origin[known].clamp(min=0).to(dev)]
