@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import fields
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -44,14 +44,11 @@ def recipe_from_record(saved: dict, seed: int):
     extra inputs this check does not rebuild."""
     from edge_thyroid.export.nodule_training import NoduleRecipe
 
-    known = {f.name for f in fields(NoduleRecipe)}
-    values = {k: v for k, v in saved.items() if k in known}
-    used = [k for k in UNSUPPORTED if values.get(k)]
+    used = [k for k in UNSUPPORTED if saved.get(k)]
     if used:
         raise click.ClickException(f"the run's recipe uses {', '.join(used)}; this check rebuilds only the "
                                    f"recipe's own draws (expected a run without {', '.join(UNSUPPORTED)})")
-    values["pseudo_label_teachers"] = tuple(values.get("pseudo_label_teachers") or ())
-    return NoduleRecipe(**{**values, "seed": seed})
+    return replace(NoduleRecipe.from_dict(saved), seed=seed)
 
 
 def training_draw_batches(pack, train_index: np.ndarray, recipe):
@@ -128,7 +125,6 @@ def main(data, cv_json, run_dir, threads, json_out) -> None:
         sources = {"training_draws": lambda: training_draw_batches(pack, train_index, recipe),
                    "stock_crops": lambda: stock_crop_batches(pack, train_index, recipe.image_size)}
         for way in WAYS:
-            torch.manual_seed(0)
             model = recalibrated(checkpoints[(fold, seed)], sources[way]())
             result = evaluate_fold(model, pack, train_index, val_index, recipe.image_size, flip)
             row[way] = {k: result.get(k) for k in KEPT}

@@ -35,7 +35,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from .guidance import (GuidedClassifier, cam_outside_loss, descriptor_loss, leve
                        soft_ordinal_loss, training_batch)
 from .mixup import mix_batch, mixup_partners
 from .models import BACKBONE_CHANNELS, MODALITIES, MultimodalClassifier
-from .recipe_options import recipe_options, recipe_overrides
+from .recipe_options import SAMPLERS, recipe_options, recipe_overrides
 from .stochastic_depth import add_stochastic_depth
 from .train import Ema, lr_lambda, smooth_targets
 
@@ -135,6 +135,16 @@ class NoduleRecipe:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "NoduleRecipe":
+        """The recipe a run recorded with :meth:`to_dict` (a results JSON's or a checkpoint's): keys the
+        recipe no longer has are dropped, fields added since keep their defaults."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in saved.items() if k in known}
+        if "pseudo_label_teachers" in values:   # JSON gives a list
+            values["pseudo_label_teachers"] = tuple(values["pseudo_label_teachers"] or ())
+        return cls(**values)
 
 
 CYST_LEVEL = TIRADS_LEVELS.index("2")  # a simple cyst: benign, the lowest level DDTI grades
@@ -281,9 +291,6 @@ class NoduleBatches(torch.utils.data.Dataset):
         return (torch.from_numpy(pixels), torch.from_numpy(coverage), torch.tensor(has_mask),
                 torch.tensor(-1.0), torch.tensor(-1), torch.full((width,), float("nan")),
                 torch.tensor(float(self.replay.labels[i])), torch.tensor(-1))
-
-
-SAMPLERS = ("balanced", "natural")
 
 
 def class_weights(labels: np.ndarray) -> tuple[float, float]:

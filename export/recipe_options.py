@@ -14,6 +14,9 @@ from typing import Any, Callable
 
 import click
 
+# NoduleRecipe.sampler's values: how the classes are balanced (export/nodule_training.py epoch_draws).
+SAMPLERS = ("balanced", "natural")
+
 # (option, NoduleRecipe field, click type, help), in the order --help lists them.
 RECIPE_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--lr", "lr", float, "Peak learning rate (default: the recipe's 5e-4)."),
@@ -56,7 +59,7 @@ RECIPE_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
      "Weight of a pairwise ranking loss beside the binary head's BCE: the mean over each batch's "
      "malignant/benign pairs of softplus(benign logit - malignant logit), the logistic surrogate of 1 - AUC "
      "(export/guidance.py pairwise_rank_loss; default: the recipe's 0, off)."),
-    ("--sampler", "sampler", click.Choice(["balanced", "natural"]),
+    ("--sampler", "sampler", click.Choice(SAMPLERS),
      "How the classes are balanced: balanced draws each labelled crop's class by a fair coin (the few benign "
      "crops recur ~3x an epoch); natural meets every labelled crop once an epoch and weights the BCE so each "
      "class carries half of it (default: the recipe's balanced)."),

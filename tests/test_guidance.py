@@ -340,3 +340,15 @@ def test_recipe_differences_name_the_fields_that_differ():
     assert recipe_differences(saved, NoduleRecipe(epochs=60, weight_decay=0.5)) == []
     assert recipe_differences(saved, NoduleRecipe(epochs=60, weight_decay=0.5, p_cyst=0.1)) == ["p_cyst"]
     assert recipe_differences({**saved, "retired_knob": 1}, NoduleRecipe(epochs=60, weight_decay=0.5)) == ["retired_knob"]
+
+
+def test_recipe_from_dict_round_trips_and_reads_older_and_json_records():
+    import json
+
+    from edge_thyroid.export.nodule_training import NoduleRecipe
+
+    recipe = NoduleRecipe(p_cyst=0.1, rank_weight=1.0, pseudo_label_teachers=("a.pt", "b.pt"))
+    assert NoduleRecipe.from_dict(recipe.to_dict()) == recipe
+    assert NoduleRecipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe   # lists back to tuples
+    older = {k: v for k, v in recipe.to_dict().items() if k != "sampler"} | {"retired_knob": 3}
+    assert NoduleRecipe.from_dict(older) == recipe
