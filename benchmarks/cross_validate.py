@@ -36,6 +36,21 @@ from edge_thyroid.export.recipe_options import recipe_options, recipe_overrides
 MARGINS = (1.2, 1.5, 2.0)
 
 
+def fold_model_dir(run_dir: str | Path, fold: int, seed: int) -> Path:
+    """Where a run of this script keeps one fold's model of one seed (final.pt, last.pt, its results)."""
+    return Path(run_dir) / f"fold{fold}_seed{seed}"
+
+
+def recorded_mirror_roll(fold_dir: Path) -> int:
+    """The mirror roll this script's --test-time-flip measured for a fold model (what its bundle records);
+    a one-line error when the model was not scored that way."""
+    recorded = Path(fold_dir) / "result_test_time_flip.json"
+    if not recorded.is_file():
+        raise click.ClickException(f"{recorded} is missing; expected a fold model scored by cross_validate.py "
+                                   f"--test-time-flip (it lines each fold model's mirror up)")
+    return int(json.loads(recorded.read_text())["mirror_roll"])
+
+
 def _cam_in_mask(cams: np.ndarray, masks: np.ndarray) -> np.ndarray:
     from edge_thyroid.visualize import cam_to_heat
 
@@ -380,7 +395,7 @@ def main(data, out_dir, json_out, backbone, epochs, folds, only_folds, seeds, in
     done = 0
     for fold in fold_list:
         for seed in seed_list:
-            fold_dir = out / f"fold{fold}_seed{seed}"
+            fold_dir = fold_model_dir(out, fold, seed)
             # Scored with the mirror-image average, a fold model gets results of its own.
             result_file = fold_dir / ("result_test_time_flip.json" if test_time_flip else "result.json")
             if result_file.exists():

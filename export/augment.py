@@ -348,3 +348,44 @@ def synthetic_spongiform(image: np.ndarray, mask: np.ndarray,
     nodule = cv2.GaussianBlur(nodule * rng.gamma(8.0, 1.0 / 8.0, (h, w)).astype(np.float32), (0, 0), 0.7)
     soft = cv2.GaussianBlur(outline.astype(np.float32), (0, 0), 1.0)
     return _to_uint8(pixels * (1.0 - soft) + nodule * soft), outline
+
+
+# -- another crop's surroundings ------------------------------------------------------------------------
+
+def _nodule_ring(mask: np.ndarray, width: int) -> np.ndarray:
+    """The band ``width`` px wide just outside the mask."""
+    kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    return (cv2.dilate(mask.astype(np.uint8), kernel) > 0) & ~mask
+
+
+def swap_background(image: np.ndarray, mask: np.ndarray, donor: np.ndarray, donor_mask: np.ndarray,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    """The crop's nodule and a ring of its own tissue on another crop's surroundings, and the nodule's
+    (unchanged) mask; None when either mask is under 16 pixels or the crops differ in size.
+
+    The donor is moved so its nodule's centre meets this one's (reflected at the edges), its own nodule
+    inpainted, and its tissue scaled so the ring just outside this nodule keeps its mean brightness: a
+    nodule's echogenicity is read against the tissue next to it (TI-RADS), so that stays, while the
+    texture, structures and marks around it change. The kept region is the nodule grown by 10-25% of its
+    diameter (at least 3 px: its margin and halo), blended in through a 1.5-3 px feather.
+    """
+    mask, donor_mask = np.asarray(mask, dtype=bool), np.asarray(donor_mask, dtype=bool)
+    if image.shape != donor.shape or int(mask.sum()) < 16 or int(donor_mask.sum()) < 16:
+        return None
+    h, w = image.shape
+    (cy, cx), (dy, dx) = (np.argwhere(m).mean(axis=0) for m in (mask, donor_mask))
+    shift = np.float32([[1, 0, cx - dx], [0, 1, cy - dy]])
+    ring_width = max(3, int(round(np.sqrt(4.0 * mask.sum() / np.pi) * rng.uniform(0.10, 0.25))))
+    moved_mask = cv2.warpAffine(donor_mask.astype(np.uint8), shift, (w, h), flags=cv2.INTER_NEAREST,
+                                borderMode=cv2.BORDER_REFLECT) > 0
+    moved = cv2.warpAffine(donor, shift, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    # The donor's nodule (a little grown, so its margin goes too) filled from its surroundings.
+    hole = cv2.dilate(moved_mask.astype(np.uint8), np.ones((7, 7), np.uint8))
+    moved = cv2.inpaint(moved, hole, 5, cv2.INPAINT_TELEA).astype(np.float32)
+    ring = _nodule_ring(mask, ring_width + 4) & ~_nodule_ring(mask, ring_width)   # just past the kept band
+    if not ring.any():
+        ring = ~mask
+    moved *= float(image[ring].mean() + 1.0) / float(moved[ring].mean() + 1.0)
+    keep = (mask | _nodule_ring(mask, ring_width)).astype(np.float32)
+    soft = cv2.GaussianBlur(keep, (0, 0), rng.uniform(1.5, 3.0))
+    return _to_uint8(image.astype(np.float32) * soft + moved * (1.0 - soft)), mask

@@ -48,7 +48,7 @@ from torch.nn import functional as F
 from edge_thyroid.kernels.reference import PreprocessSpec, preprocess_reference
 
 from .augment import (box_at_margin, burn_in_marks, crop, mask_bbox, sample_box, scanner_look,
-                      small_affine, synthetic_cyst, synthetic_spongiform)
+                      small_affine, swap_background, synthetic_cyst, synthetic_spongiform)
 from .checkpoint import CheckpointInfo, save_checkpoint
 from .datapack import TIRADS_LEVELS, DataPack, pack_for
 from .descriptors import DESCRIPTOR_NAMES, descriptor_scale, nodule_descriptors, standardised
@@ -113,6 +113,10 @@ class NoduleRecipe:
     # Share of drawn crops (not made cysts) whose nodule becomes a synthetic spongiform one
     # (augment.synthetic_spongiform), labelled benign at TI-RADS 2. 0: off.
     p_spongiform: float = 0.0
+    # Share of drawn crops (not made synthetic) that keep their nodule and a ring of their own tissue on
+    # another training-side crop's surroundings (augment.swap_background), so no answer can come from what
+    # lies around the nodule. 0: off (the shipped recipe).
+    p_swap: float = 0.0
     # Mixup (export/mixup.py): each labelled crop blended with another of its batch, weight from
     # Beta(alpha, alpha) folded to >= 0.5, targets blended alike. 0: off.
     mixup_alpha: float = 0.0
@@ -233,12 +237,13 @@ class NoduleBatches(torch.utils.data.Dataset):
 
     def __init__(self, pack: DataPack, draws: Sequence[int], recipe: NoduleRecipe, grid: int, epoch: int,
                  descriptor_scale: tuple[np.ndarray, np.ndarray] | None = None, replay: DataPack | None = None,
-                 soft_labels: np.ndarray | None = None) -> None:
+                 soft_labels: np.ndarray | None = None, donors: np.ndarray | None = None) -> None:
         self.pack, self.draws, self.recipe, self.grid, self.epoch = pack, list(draws), recipe, grid, epoch
         self.spec = PreprocessSpec(image_size=recipe.image_size)
         self.descriptor_scale = descriptor_scale
         self.replay = replay
         self.soft_labels = soft_labels   # pack-long; a finite value labels an unlabelled crop (pseudo-label)
+        self.donors = donors             # pack indices whose surroundings a swapped draw may take (recipe.p_swap)
 
     def __len__(self) -> int:
         return len(self.draws)
@@ -255,20 +260,30 @@ class NoduleBatches(torch.utils.data.Dataset):
         # What the crop was before any synthetic nodule: its own hard label, 2 once made a synthetic nodule,
         # -1 without a label (the natural sampler weights the BCE by it).
         origin = int(self.pack.labels[i]) if self.pack.labels[i] >= 0 else -1
-        made_cyst = False
+        synthetic = False
         if self.recipe.p_cyst > 0:
             # Its own generator, so the recipe without cysts draws exactly the augmentations it always drew.
             cyst_rng = np.random.default_rng((self.recipe.seed, self.epoch, k, 11))
             cyst = synthetic_cyst(image, mask, cyst_rng) if cyst_rng.random() < self.recipe.p_cyst else None
             if cyst is not None:
-                (image, mask), label, level, made_cyst, origin = cyst, 0.0, CYST_LEVEL, True, SYNTHETIC_ORIGIN
-        if self.recipe.p_spongiform > 0 and not made_cyst:
+                (image, mask), label, level, synthetic, origin = cyst, 0.0, CYST_LEVEL, True, SYNTHETIC_ORIGIN
+        if self.recipe.p_spongiform > 0 and not synthetic:
             # Its own generator too: the cysts and every other augmentation are drawn as without it.
             sponge_rng = np.random.default_rng((self.recipe.seed, self.epoch, k, 13))
             if sponge_rng.random() < self.recipe.p_spongiform:
                 sponge = synthetic_spongiform(image, mask, sponge_rng)
                 if sponge is not None:
                     (image, mask), label, level, origin = sponge, 0.0, CYST_LEVEL, SYNTHETIC_ORIGIN
+                    synthetic = True
+        if self.recipe.p_swap > 0 and not synthetic and self.donors is not None and len(self.donors):
+            # Its own generator as well; the nodule keeps its label, level and origin.
+            swap_rng = np.random.default_rng((self.recipe.seed, self.epoch, k, 17))
+            if swap_rng.random() < self.recipe.p_swap:
+                donor = int(self.donors[swap_rng.integers(len(self.donors))])
+                if donor != i:
+                    swapped = swap_background(image, mask, self.pack.images[donor], self.pack.masks[donor], swap_rng)
+                    if swapped is not None:
+                        image, mask = swapped
         # The view itself, not training_crop: the descriptor targets are measured on it.
         image, mask = augmented_view(image, mask, self.recipe, rng)
         pixels, coverage, has_mask = view_inputs(image, mask, self.recipe, self.spec, self.grid)
@@ -499,6 +514,8 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
         state = payload["state"]
         log(f"resumed from {last} at epoch {state['epoch']}")
     autocast = autocast_for(dev, precision)
+    # Training-side crops (labelled or not) whose surroundings a swapped draw may take: a usable mask only.
+    donors = (train_index[[int(pack.masks[i].sum()) >= 16 for i in train_index]] if recipe.p_swap > 0 else None)
     # BCE weight by origin (benign, malignant, synthetic), for the natural sampler only.
     origin_weights = (torch.tensor([*class_weights(labels[labelled]), 1.0], device=dev)
                       if recipe.sampler == "natural" else None)
@@ -508,7 +525,8 @@ def fit_nodule(recipe: NoduleRecipe, pack: DataPack, train_index: np.ndarray, ou
     for epoch in range(state["epoch"], recipe.epochs):
         model.train()
         draws = epoch_draws(labels, labelled, unlabelled, recipe, epoch, len(replay) if replay is not None else 0)
-        loader = torch.utils.data.DataLoader(NoduleBatches(pack, draws, recipe, grid, epoch, scale, replay, soft_labels),
+        loader = torch.utils.data.DataLoader(NoduleBatches(pack, draws, recipe, grid, epoch, scale, replay, soft_labels,
+                                                           donors),
                                              batch_size=batch,
                                              shuffle=False, num_workers=workers, drop_last=True,
                                              persistent_workers=False, pin_memory=dev.type == "cuda")

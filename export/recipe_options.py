@@ -52,6 +52,10 @@ RECIPE_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
      "Share of the other draws whose nodule becomes a synthetic spongiform one (small cystic spaces in an "
      "isoechoic oval) labelled benign (TI-RADS 2; export/augment.py synthetic_spongiform; default: the "
      "recipe's 0, off)."),
+    ("--p-swap", "p_swap", click.FloatRange(0, 1),
+     "Share of the other draws that keep their nodule and a ring of its own tissue on another training-side "
+     "crop's surroundings, brightness matched at the ring (export/augment.py swap_background; default: the "
+     "recipe's 0, off)."),
     ("--gamma-range", "gamma_log_range", click.FloatRange(0, 1.5),
      "Scanner gamma drawn as exp(U(-R, R)) (export/augment.py scanner_look; default: the recipe's 0.3, i.e. "
      "0.74-1.35; 0.6 reaches 0.55-1.82)."),

@@ -298,3 +298,75 @@ def test_training_draws_with_spongiform_nodules_are_benign_and_leave_the_cyst_dr
     for k in made_cyst:                                      # a cyst draw stays exactly that cyst
         assert torch.equal(cysts[k][0], both[k][0])
     assert any(float(both[k][3]) == 0.0 for k in range(8) if k not in made_cyst)
+
+
+def test_swap_background_keeps_the_nodule_and_takes_the_donors_shifted_surroundings():
+    from edge_thyroid.export.augment import swap_background
+
+    mask = disc_mask(96, 96, 48, 50, 14, 10)                 # centroid (48, 50): integer shift below
+    donor_mask = disc_mask(96, 96, 40, 44, 12, 9)            # centroid (40, 44): moved by (+8, +6)
+    image = ultrasound_like(96, 96, seed=1)
+    image[mask] //= 3                                        # a dark (hypoechoic) nodule
+    donor = (ultrasound_like(96, 96, seed=7) // 2).astype(np.uint8)   # darker surroundings, other texture
+    out, out_mask = swap_background(image, mask, donor, donor_mask, np.random.default_rng(3))
+    assert out.dtype == np.uint8 and out.shape == image.shape and np.array_equal(out_mask, mask)
+    core = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert np.abs(out[core].astype(int) - image[core]).max() <= 1        # the nodule itself: as it was
+    # Far from the kept nodule and from the donor's inpainted one: the donor moved by (+8, +6), scaled by
+    # the ratio of ring means (float64 reference), to within rounding and the feather's tail.
+    moved = np.zeros((96, 96), np.float64)
+    moved[6:, 8:] = donor[:-6, :-8]
+    kept_far = cv2.dilate(mask.astype(np.uint8), np.ones((41, 41), np.uint8)) > 0
+    hole_far = np.zeros((96, 96), bool)
+    hole_far[6:, 8:] = cv2.dilate(donor_mask.astype(np.uint8), np.ones((31, 31), np.uint8))[:-6, :-8] > 0
+    far = ~kept_far & ~hole_far
+    far[:6, :] = far[:, :8] = False                          # the reflected border: not what this checks
+    assert far.sum() > 300
+    scale = np.median(out[far] / np.maximum(moved[far], 1.0))
+    assert 1.3 < scale < 3.5                                 # brightened towards the source's ring level
+    assert np.abs(out[far] - moved[far] * scale).mean() < 1.5
+    assert np.corrcoef(out[far].astype(float), moved[far])[0, 1] > 0.98
+    assert abs(np.corrcoef(out[far].astype(float), image[far].astype(float))[0, 1]) < 0.3
+
+
+def test_swap_background_matches_the_rings_brightness_and_refuses_what_it_cannot_place():
+    from edge_thyroid.export.augment import swap_background
+
+    mask = disc_mask(96, 96, 48, 50, 14, 10)
+    image = ultrasound_like(96, 96, seed=2)
+    donor = (ultrasound_like(96, 96, seed=4) // 4).astype(np.uint8)   # much darker
+    out, _ = swap_background(image, mask, donor, disc_mask(96, 96, 50, 46, 10, 8), np.random.default_rng(0))
+    band = (cv2.dilate(mask.astype(np.uint8), np.ones((41, 41), np.uint8)) > 0) & \
+        ~(cv2.dilate(mask.astype(np.uint8), np.ones((13, 13), np.uint8)) > 0)
+    assert abs(out[band].mean() - image[band].mean()) < 0.15 * image[band].mean()   # not the donor's quarter
+    again, _ = swap_background(image, mask, donor, disc_mask(96, 96, 50, 46, 10, 8), np.random.default_rng(0))
+    assert np.array_equal(out, again)                        # only the generator decides
+    rng = np.random.default_rng(0)
+    assert swap_background(image, np.zeros_like(mask), donor, mask, rng) is None
+    assert swap_background(image, mask, donor, np.zeros_like(mask), rng) is None
+    assert swap_background(image, mask, donor[:90], mask[:90], rng) is None
+
+
+def test_training_draws_with_swapped_surroundings_keep_label_level_and_mask():
+    import torch
+
+    from edge_thyroid.export.nodule_training import NoduleBatches, NoduleRecipe
+
+    masks = [disc_mask(96, 96, 48, 48, 20, 15), disc_mask(96, 96, 40, 52, 16, 12)] * 4
+    Pack = malignant_pack(masks)
+    Pack.images = [ultrasound_like(96, 96, seed=s) for s in range(8)]
+    plain = NoduleBatches(Pack(), range(8), NoduleRecipe(image_size=64, p_cyst=0.3), 2, epoch=0)
+    swapped = NoduleBatches(Pack(), range(8), NoduleRecipe(image_size=64, p_cyst=0.3, p_swap=1.0), 2, epoch=0,
+                            donors=np.arange(8))
+    no_donors = NoduleBatches(Pack(), range(8), NoduleRecipe(image_size=64, p_cyst=0.3, p_swap=1.0), 2, epoch=0)
+    changed = 0
+    for k in range(8):
+        a, b = plain[k], swapped[k]
+        assert torch.equal(no_donors[k][0], a[0])            # nowhere to take surroundings from: as before
+        assert float(a[3]) == float(b[3]) and int(a[4]) == int(b[4]) and int(a[7]) == int(b[7])
+        if float(a[3]) == 0.0:                               # a synthetic cyst is never swapped as well
+            assert torch.equal(a[0], b[0])
+        else:
+            changed += int(not torch.equal(a[0], b[0]))
+            assert torch.equal(a[1], b[1])                   # the same nodule, so the same mask coverage
+    assert changed >= 4

@@ -57,6 +57,7 @@ def test_only_the_knobs_given_override_the_recipe():
     (["--rank-weight", "-0.5"], "-0.5 is not in the range x>=0"),
     (["--sampler", "natural", "--mixup", "0.4"], "--sampler natural weights the BCE by hard labels"),
     (["--sampler", "uniform"], "'uniform' is not one of 'balanced', 'natural'"),
+    (["--p-swap", "1.5"], "1.5 is not in the range 0<=x<=1"),
 ])
 def test_bad_knobs_are_one_line_usage_errors_before_the_data_loads(tmp_path, capsys, command, args, message):
     pack = tmp_path / "pack.npz"
@@ -86,12 +87,12 @@ def test_the_single_model_trainer_records_the_knobs_it_was_given(tmp_path):
     main(["--data", str(pack_path), "--out", str(tmp_path / "run"), "--fold", "0", "--epochs", "1",
           "--image-size", "64", "--threads", "1", "--precision", "f32", "--weight-decay", "0.01",
           "--head-dropout", "0.2", "--ema-ramp", "4", "--cam-weight", "0.3", "--p-cyst", "0.1",
-          "--rank-weight", "1", "--sampler", "natural"],
+          "--rank-weight", "1", "--sampler", "natural", "--p-swap", "0.5"],
          standalone_mode=False)
     recipe = torch.load(tmp_path / "run" / "final.pt", map_location="cpu", weights_only=True)["training"]["recipe"]
     asked = {"weight_decay": 0.01, "head_dropout": 0.2, "ema_ramp": 4.0, "cam_weight": 0.3, "p_cyst": 0.1,
              "image_size": 64, "rank_weight": 1.0,
-             "sampler": "natural"}
+             "sampler": "natural", "p_swap": 0.5}
     assert {k: recipe[k] for k in asked} == asked
     # What was not given is the recipe's default.
     defaults = NoduleRecipe()
