@@ -31,7 +31,7 @@ import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cross_validate import cpu_kind, evaluate_fold, mean_sd  # noqa: E402
+from cross_validate import cpu_kind, evaluate_fold, fold_model_dir, mean_sd  # noqa: E402
 
 WAYS = ("training_draws", "stock_crops")
 KEPT = ("auc", "auc_ci95", "cam_in_mask", "tirads2_benign_rate", "threshold", "sensitivity", "specificity",
@@ -106,7 +106,7 @@ def main(data, cv_json, run_dir, threads, json_out) -> None:
 
     record = json.loads(Path(cv_json).read_text())
     models = [(f["fold"], f["seed"]) for f in record["per_fold"]]
-    checkpoints = {key: Path(run_dir) / f"fold{key[0]}_seed{key[1]}" / "final.pt" for key in models}
+    checkpoints = {key: fold_model_dir(run_dir, *key) / "final.pt" for key in models}
     missing = [str(c) for c in checkpoints.values() if not c.is_file()]
     if not models or missing:
         raise click.ClickException(f"missing fold models: {', '.join(missing) or 'the results hold no fold'}; "

@@ -27,6 +27,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cross_validate import fold_model_dir, recorded_mirror_roll  # noqa: E402
+
 MARGINS = (1.2, 1.5, 2.0)
 
 
@@ -86,16 +89,10 @@ def main(data, run_dir, seeds, contexts, folds, test_time_flip, threads, json_ou
         images, masks = [pack.images[i] for i in index], [pack.masks[i] for i in index]
         summed = {(c, m): np.zeros(len(index)) for c in context_list for m in MARGINS}
         for seed in seed_list:
-            path = Path(run_dir) / f"fold{fold}_seed{seed}" / "final.pt"
+            path = fold_model_dir(run_dir, fold, seed) / "final.pt"
             if not path.is_file():
                 raise click.ClickException(f"{path} is missing; expected a finished cross_validate.py run with --seeds {seeds}")
-            roll = None
-            if test_time_flip:
-                recorded = path.parent / "result_test_time_flip.json"
-                if not recorded.is_file():
-                    raise click.ClickException(f"{recorded} is missing; run cross_validate.py --test-time-flip on "
-                                               f"{run_dir} first (it lines each fold model's mirror up)")
-                roll = int(json.loads(recorded.read_text())["mirror_roll"])
+            roll = recorded_mirror_roll(path.parent) if test_time_flip else None
             model, info, _ = load_checkpoint(path)
             model.eval()
             with torch.no_grad():

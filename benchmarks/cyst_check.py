@@ -33,6 +33,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cross_validate import fold_model_dir  # noqa: E402
+
 REAL_CYST = "329_1"  # DDTI's one labelled TI-RADS 2 crop whose nodule is mostly anechoic (descriptors: 0.72)
 
 
@@ -110,12 +113,12 @@ def main(data, run_dir, seeds, folds, kind, threads, json_out, grid_out) -> None
         names = [str(pack.names[i]) for i in index[kept]]
         benign_rates, cyst_p, original_p = [], [], []
         for seed in seed_list:
-            path = Path(run_dir) / f"fold{fold}_seed{seed}" / "final.pt"
+            path = fold_model_dir(run_dir, fold, seed) / "final.pt"
             recorded = path.parent / "result_test_time_flip.json"
             if not path.is_file() or not recorded.is_file():
                 raise click.ClickException(f"{path} or {recorded.name} is missing; expected a finished "
                                            f"cross_validate.py --test-time-flip run with --seeds {seeds}")
-            result = json.loads(recorded.read_text())
+            result = json.loads(recorded.read_text())   # its mirror roll and train-side threshold
             model, info, _ = load_checkpoint(path)
             model.eval()
             flip = {"test_time_flip": True, "mirror_roll": int(result["mirror_roll"])}

@@ -36,6 +36,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cross_validate import fold_model_dir  # noqa: E402
+
 BOX_CONTEXT = 1.25   # the shipped bundle's (ship_demo_bundle.sh)
 
 
@@ -133,7 +136,7 @@ def main(data, busi, run_dir, seed, folds, only_folds, bundles, neighbours, quan
     chosen = range(folds) if only_folds is None else [int(f) for f in only_folds.split(",")]
     for fold in chosen:
         bundle = Path(bundles) / f"fold{fold}_seed{seed}"
-        export_fold(Path(run_dir) / f"fold{fold}_seed{seed}" / "final.pt", bundle, data)
+        export_fold(fold_model_dir(run_dir, fold, seed) / "final.pt", bundle, data)
         reference, details, _ = familiarize(bundle, data, folds=folds, fold=fold, neighbours=neighbours,
                                             quantile=quantile, threads=threads)
         _, held_out = split_by_case(labelled, folds=folds, fold=fold)

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import click
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cross_validate import fold_model_dir  # noqa: E402
 
 RULES = ("binary", "ordinal", "sum")
 MALIGNANT_FROM = "4a"   # the first TI-RADS level the label calls malignant
@@ -83,7 +87,7 @@ def main(data, run_dir, seeds, folds, image_size, threads, json_out) -> None:
     runs = []
     for fold in range(folds):
         for seed in seed_list:
-            where = Path(run_dir) / f"fold{fold}_seed{seed}"
+            where = fold_model_dir(run_dir, fold, seed)
             if not (where / "last.pt").exists():
                 raise click.ClickException(f"{where}/last.pt does not exist; expected a finished fold of a "
                                            "cross_validate.py run (it keeps the auxiliary heads)")

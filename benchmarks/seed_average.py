@@ -29,7 +29,7 @@ import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cross_validate import MARGINS, evaluate_fold, mean_sd, pooled_out_of_fold  # noqa: E402
+from cross_validate import MARGINS, evaluate_fold, fold_model_dir, mean_sd, pooled_out_of_fold  # noqa: E402
 
 
 def prediction_average_by_fold(record: dict) -> dict[int, dict]:
@@ -88,7 +88,7 @@ def main(data, cv_json, run_dir, threads, json_out) -> None:
         flip = bool(record.get("test_time_flip"))
         for fold in by_fold:
             started = time.time()
-            checkpoints = [Path(run_dir) / f"fold{fold}_seed{seed}" / "final.pt" for seed in record["seeds"]]
+            checkpoints = [fold_model_dir(run_dir, fold, seed) / "final.pt" for seed in record["seeds"]]
             missing = [str(c) for c in checkpoints if not c.is_file()]
             if missing:
                 raise click.ClickException(f"missing fold models: {', '.join(missing)}; expected the run that wrote {cv_json}")
